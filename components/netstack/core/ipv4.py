@@ -1,0 +1,316 @@
+"""The IPv4 layer: receive, local delivery, forwarding and output.
+
+The tables it uses (routing, neighbors, reassembly, sockets) are version-independent; this
+module holds what is IPv4's own: its address classes, header rebuild, RFC 791 fragmentation
+and the RFC 1812 forwarding rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Callable
+
+from ..wire import (BROADCAST_MAC, ETHERTYPE_IPV4, PROTO_ICMP, ParseError, build_ethernet,
+                    build_ipv4)
+from ..wire.icmpv4 import (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY,
+                           TIME_EXCEEDED_TTL, UNREACH_FRAG_NEEDED, UNREACH_HOST, UNREACH_NET,
+                           UNREACH_PROTOCOL)
+from ..wire.ipv4 import IPV4_HEADER_LEN, Ipv4Packet
+from .device import ETHERNET, LOOPBACK, Device, multicast_mac
+from .errors import StackError
+from .fragment import Reassembler, fragment_ipv4
+from .route import RoutingTable
+
+if TYPE_CHECKING:
+    from .stack import Stack
+
+UNSPECIFIED = IPv4Address("0.0.0.0")
+LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+ALL_HOSTS = IPv4Address("224.0.0.1")   # RFC 1112 §7.2: every host is a member
+_THIS_NET = IPv4Network("0.0.0.0/8")
+_CLASS_E = IPv4Network("240.0.0.0/4")
+MAX_PAYLOAD = 0xFFFF - IPV4_HEADER_LEN
+
+
+def is_martian(a: IPv4Address) -> bool:
+    """Addresses that never name a single remote host (RFC 1812 §5.3.7, §4.2.2.11)."""
+    return a in _THIS_NET or a.is_loopback or a.is_multicast or a in _CLASS_E
+
+
+@dataclass(frozen=True)
+class Ipv4Datagram:
+    """A datagram as received: the header of its (first) packet and its whole payload."""
+    header: Ipv4Packet
+    payload: bytes | memoryview
+    device: str
+    broadcast: bool          # sent to an IP broadcast/multicast or a link-layer broadcast
+
+    @property
+    def src(self) -> IPv4Address:
+        return self.header.src
+
+    @property
+    def dst(self) -> IPv4Address:
+        return self.header.dst
+
+
+@dataclass(frozen=True)
+class OutputPath:
+    """The result of resolve(): egress device, next hop, and the chosen source address."""
+    device: Device
+    next_hop: IPv4Address
+    src: IPv4Address
+    dst: IPv4Address
+    lladdr: bytes | None       # fixed link address for broadcast/multicast, else None
+
+
+class Ipv4Layer:
+    version = 4
+
+    def __init__(self, stack: "Stack") -> None:
+        self.stack = stack
+        self.cfg = stack.cfg
+        self.c = stack.ctr.group("ipv4")
+        self.routes = RoutingTable(4, self.cfg.max_routes)
+        self.reassembly = Reassembler(self.cfg, stack.ctr.group("reassembly"))
+        self.local: dict[IPv4Address, str] = {}        # our addresses -> their device
+        self.broadcasts: dict[IPv4Address, str] = {}   # directed broadcasts -> device
+        self.next_ident = stack.rng.randrange(0x10000)
+        self.protocols: dict[int, Callable[[Ipv4Datagram, float], None]] = {}
+
+    # -- addresses ---------------------------------------------------------------------------
+    def reindex(self) -> None:
+        self.local.clear()
+        self.broadcasts.clear()
+        for dev in self.stack.devs.values():
+            for iface in dev.addresses:
+                self.local.setdefault(iface.ip, dev.name)
+                if iface.network.prefixlen < 31:   # RFC 3021: /31 has no broadcast
+                    self.broadcasts.setdefault(iface.network.broadcast_address, dev.name)
+
+    def is_local(self, a) -> bool:
+        return a in self.local
+
+    def usable(self, name: str) -> bool:
+        d = self.stack.devs.get(name)
+        return d is not None and d.up
+
+    def any_source(self) -> IPv4Address | None:
+        for d in self.stack.devs.values():
+            if d.kind != LOOPBACK and d.addresses:
+                return d.addresses[0].ip
+        return None
+
+    # -- receive -----------------------------------------------------------------------------
+    def receive(self, dev: Device, buf, link_broadcast: bool, now: float) -> None:
+        c = self.c
+        try:
+            pkt = Ipv4Packet.parse(buf)
+        except ParseError:
+            c["rx_bad_header"] += 1
+            return
+        c["rx_packets"] += 1
+        src, dst = pkt.src, pkt.dst
+        on_lo = dev.kind == LOOPBACK
+        # RFC 1122 §3.2.1.3: 127/8 and broadcast/multicast never appear as a source on a wire.
+        if src.is_multicast or src == LIMITED_BROADCAST or src in self.broadcasts or \
+                src in _CLASS_E or (not on_lo and (src.is_loopback or dst.is_loopback)):
+            c["rx_drop_martian"] += 1
+            return
+        if not on_lo and src in self.local:
+            c["rx_drop_own_source"] += 1        # our own address from outside: spoofed or a loop
+            return
+        if dst in self.local:
+            self._local_in(dev, pkt, link_broadcast, now)
+        elif dst == LIMITED_BROADCAST or dst in self.broadcasts or dst == ALL_HOSTS:
+            self._local_in(dev, pkt, True, now)
+        elif dst.is_multicast:
+            c["rx_drop_multicast_not_joined"] += 1
+        elif dst in _THIS_NET or dst in _CLASS_E:
+            c["rx_drop_martian"] += 1
+        else:
+            self._forward(dev, pkt, link_broadcast, now)
+
+    def _local_in(self, dev: Device, pkt: Ipv4Packet, broadcast: bool, now: float) -> None:
+        payload = pkt.payload
+        if pkt.is_fragment:
+            done = self.reassembly.add((pkt.src, pkt.dst, pkt.proto, pkt.ident), pkt.src,
+                                       pkt.frag_offset, pkt.payload, pkt.more_fragments,
+                                       pkt if pkt.frag_offset == 0 else None, now,
+                                       0xFFFF - pkt.header_len)
+            if done is None:
+                return
+            pkt, payload = done
+        rx = Ipv4Datagram(pkt, payload, dev.name, broadcast)
+        handler = self.protocols.get(pkt.proto)
+        self.c["rx_delivered"] += 1
+        if handler is None:
+            self.c["rx_unknown_protocol"] += 1
+            self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_PROTOCOL, now)
+            return
+        handler(rx, now)
+
+    def expire_reassembly(self, now: float) -> None:
+        for first in self.reassembly.poll(now):
+            # RFC 792/1122 §3.3.2: time exceeded (code 1) only if fragment zero arrived.
+            if first is not None:
+                rx = Ipv4Datagram(first, first.payload, "", False)
+                self.stack.icmp.send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY, now)
+
+    # -- forwarding --------------------------------------------------------------------------
+    def _forward(self, dev: Device, pkt: Ipv4Packet, link_broadcast: bool, now: float) -> None:
+        c = self.c
+        if not dev.forwarding:
+            c["forward_drop_disabled"] += 1
+            return
+        if link_broadcast:
+            c["forward_drop_link_broadcast"] += 1  # RFC 1812 §5.3.4
+            return
+        if is_martian(pkt.src) or is_martian(pkt.dst):
+            c["forward_drop_martian"] += 1         # RFC 1812 §5.3.7
+            return
+        rx = Ipv4Datagram(pkt, pkt.payload, dev.name, False)
+        if pkt.ttl <= 1:
+            c["forward_drop_ttl"] += 1             # RFC 1812 §5.3.1
+            self.stack.icmp.send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_TTL, now)
+            return
+        hop = self.routes.lookup(pkt.dst, self.usable)
+        if hop is None:
+            c["forward_drop_no_route"] += 1
+            self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_NET, now)
+            return
+        out = self.stack.devs[hop.device]
+        ttl = pkt.ttl - 1
+        if pkt.header_len + len(pkt.payload) > out.mtu:
+            if pkt.dont_fragment:
+                c["forward_drop_frag_needed"] += 1  # RFC 1191: tell the sender our next-hop MTU
+                self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_FRAG_NEEDED, now,
+                                           mtu=out.mtu)
+                return
+            packets = fragment_ipv4(pkt, out.mtu, ttl)
+            if not packets:
+                c["forward_drop_mtu_too_small"] += 1
+                return
+            c["tx_fragments"] += len(packets)
+        else:
+            packets = [build_ipv4(pkt.src, pkt.dst, pkt.proto, pkt.payload, ttl=ttl,
+                                  ident=pkt.ident, dont_fragment=pkt.dont_fragment,
+                                  more_fragments=pkt.more_fragments,
+                                  frag_offset=pkt.frag_offset, dscp=pkt.dscp, ecn=pkt.ecn,
+                                  options=pkt.options_bytes)]
+        c["forwarded"] += 1
+        for p in packets:
+            self.link_output(out, hop.address, p, now)
+
+    # -- output ------------------------------------------------------------------------------
+    def resolve(self, dst: IPv4Address, *, src: IPv4Address | None = None,
+                device: str | None = None) -> OutputPath:
+        """Where a datagram from us to dst goes, and from which source address.
+
+        Raises StackError (no_device, no_route, no_address, link_down) for a local sender.
+        """
+        stack = self.stack
+        lladdr = None
+        if device is not None and device not in stack.devs:
+            raise StackError("no_device", f"no device {device}")
+        if dst == LIMITED_BROADCAST or dst in self.broadcasts or dst.is_multicast:
+            if device is None:
+                device = self.broadcasts.get(dst)
+            if device is None:
+                hop = self.routes.lookup(dst, self.usable)
+                if hop is None:
+                    raise StackError("no_route", f"no route to {dst}")
+                device = hop.device
+            out = stack.devs[device]
+            next_hop = dst
+            lladdr = multicast_mac(dst) if dst.is_multicast else BROADCAST_MAC
+            if src is None:
+                # An unconfigured host broadcasts from 0.0.0.0 (RFC 2131 §4.1, DHCP).
+                src = out.source_for(dst) or UNSPECIFIED
+        elif dst in self.local or dst.is_loopback:
+            out = stack.devs["lo"]
+            next_hop = dst
+            src = src or dst
+        else:
+            hop = self.routes.lookup(dst, self.usable, device=device)
+            if hop is None:
+                raise StackError("no_route", f"no route to {dst}" +
+                                 (f" via {device}" if device else ""))
+            out = stack.devs[hop.device]
+            next_hop = hop.address
+            if src is None:
+                src = out.source_for(next_hop) or self.any_source()
+            if src is None:
+                raise StackError("no_address", f"no source address to reach {dst}")
+        if not out.up:
+            raise StackError("link_down", f"{out.name} is down")
+        return OutputPath(out, next_hop, src, dst, lladdr)
+
+    def send(self, dst: IPv4Address, proto: int, payload: bytes, now: float, *,
+             src: IPv4Address | None = None, ttl: int | None = None, device: str | None = None,
+             dont_fragment: bool = False) -> None:
+        """Originate one datagram. Raises StackError for what a local sender must hear."""
+        path = self.resolve(dst, src=src, device=device)
+        self.send_via(path, proto, payload, now, ttl=ttl, dont_fragment=dont_fragment)
+
+    def send_via(self, path: OutputPath, proto: int, payload: bytes, now: float, *,
+                 ttl: int | None = None, dont_fragment: bool = False) -> None:
+        if len(payload) > MAX_PAYLOAD:
+            raise StackError("message_too_long", f"{len(payload)} bytes do not fit a datagram")
+        out = path.device
+        ttl = self.cfg.default_ttl if ttl is None else ttl
+        ident = self.next_ident
+        self.next_ident = (ident + 1) & 0xFFFF
+        packet = build_ipv4(path.src, path.dst, proto, payload, ttl=ttl, ident=ident,
+                            dont_fragment=dont_fragment)
+        if len(packet) > out.mtu:
+            if dont_fragment:
+                raise StackError("message_too_long", f"{len(packet)} bytes exceed MTU {out.mtu}")
+            packets = fragment_ipv4(Ipv4Packet.parse(packet, verify_checksum=False), out.mtu)
+            if not packets:
+                raise StackError("message_too_long", f"MTU {out.mtu} too small")
+            self.c["tx_fragments"] += len(packets)
+        else:
+            packets = [packet]
+        self.c["tx_packets"] += 1
+        for p in packets:
+            self.link_output(out, path.next_hop, p, now, path.lladdr)
+
+    def link_output(self, out: Device, next_hop: IPv4Address, packet: bytes, now: float,
+                    lladdr: bytes | None = None) -> None:
+        stack = self.stack
+        if out.name not in stack.devs:
+            stack.dev_counter(out.name)["tx_drop_no_device"] += 1
+            return
+        if not out.up:
+            stack.dev_counter(out.name)["tx_drop_link_down"] += 1
+            return
+        if out.kind == LOOPBACK:
+            stack.loopback(out, packet)
+        elif out.kind != ETHERNET:
+            stack.enqueue_tx(out, packet)
+        else:
+            if lladdr is None:
+                if next_hop == LIMITED_BROADCAST or self.broadcasts.get(next_hop) == out.name:
+                    lladdr = BROADCAST_MAC
+                elif next_hop.is_multicast:
+                    lladdr = multicast_mac(next_hop)
+            if lladdr is not None:
+                stack.enqueue_tx(out, build_ethernet(lladdr, out.mac, ETHERTYPE_IPV4, packet))
+            else:
+                stack.arp_neighbors.send(out.name, next_hop, packet, now)
+
+    def neighbor_failed(self, device: str, packets: list[bytes], now: float) -> None:
+        """Address resolution failed: host unreachable to each waiting packet's sender."""
+        for p in packets:
+            try:
+                pkt = Ipv4Packet.parse(p, verify_checksum=False)
+            except ParseError:
+                continue
+            self.stack.icmp.send_error(Ipv4Datagram(pkt, pkt.payload, device, False),
+                                       ICMP_DEST_UNREACH, UNREACH_HOST, now)
+
+
+__all__ = ["Ipv4Layer", "Ipv4Datagram", "is_martian", "LIMITED_BROADCAST", "UNSPECIFIED",
+           "PROTO_ICMP"]

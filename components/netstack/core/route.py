@@ -1,0 +1,134 @@
+"""The routing table, one per IP version (the code is the same for both).
+
+Lookup is longest-prefix match, then lowest metric, among routes whose device is usable
+(present and link up). A route via a gateway without a device resolves its device by looking
+the gateway up among the directly connected (gateway-less) routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+from typing import Callable, Union
+
+from .errors import StackError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+CONNECTED = "connected"
+STATIC = "static"
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: IPNetwork
+    gateway: IPAddress | None
+    device: str | None
+    metric: int = 0
+    kind: str = STATIC          # "connected" routes come and go with interface addresses
+
+    def to_dict(self) -> dict:
+        return {"prefix": str(self.prefix),
+                "gateway": None if self.gateway is None else str(self.gateway),
+                "device": self.device, "metric": self.metric, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    prefix: str
+    gateway: str | None
+    device: str | None
+    metric: int
+    kind: str
+    active: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """The answer of a lookup: where to send a packet for `dst`."""
+    route: Route
+    device: str
+    address: IPAddress          # the neighbor to resolve: the gateway, or dst itself
+
+
+class RoutingTable:
+    def __init__(self, version: int, max_routes: int) -> None:
+        self.version = version
+        self.max_routes = max_routes
+        self._routes: list[Route] = []   # kept sorted: longest prefix first, then metric
+        self.dropped = 0                 # add_route refused because the table was full
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self):
+        return iter(list(self._routes))
+
+    def add(self, route: Route) -> None:
+        if route.prefix.version != self.version:
+            raise StackError("bad_argument", f"not an IPv{self.version} prefix: {route.prefix}")
+        if route.gateway is not None and route.gateway.version != self.version:
+            raise StackError("bad_argument", f"not an IPv{self.version} gateway: {route.gateway}")
+        if route.gateway is None and route.device is None:
+            raise StackError("bad_argument", "a route needs a gateway or a device")
+        for r in self._routes:
+            if (r.prefix, r.gateway, r.device, r.metric) == \
+                    (route.prefix, route.gateway, route.device, route.metric):
+                raise StackError("exists", f"route {route.prefix} exists")
+        if len(self._routes) >= self.max_routes:
+            self.dropped += 1
+            raise StackError("limit", f"routing table full ({self.max_routes})")
+        self._routes.append(route)
+        self._routes.sort(key=lambda r: (-r.prefix.prefixlen, r.metric, r.kind != CONNECTED))
+
+    def remove(self, prefix: IPNetwork, gateway: IPAddress | None = None,
+               device: str | None = None, kind: str | None = None) -> list[Route]:
+        """Remove routes matching prefix and whichever of gateway/device/kind are given."""
+        gone = [r for r in self._routes if r.prefix == prefix
+                and (gateway is None or r.gateway == gateway)
+                and (device is None or r.device == device)
+                and (kind is None or r.kind == kind)]
+        if not gone:
+            raise StackError("not_found", f"no route {prefix}")
+        self._routes = [r for r in self._routes if r not in gone]
+        return gone
+
+    def remove_device(self, device: str) -> int:
+        """Drop every route that names device (the device went away)."""
+        before = len(self._routes)
+        self._routes = [r for r in self._routes if r.device != device]
+        return before - len(self._routes)
+
+    def lookup(self, dst: IPAddress, usable: Callable[[str], bool],
+               device: str | None = None) -> NextHop | None:
+        """Best usable route to dst; with `device`, only routes leaving through it."""
+        for r in self._routes:
+            if dst not in r.prefix:
+                continue
+            hop = self._resolve(r, dst, usable)
+            if hop is not None and (device is None or hop.device == device):
+                return hop
+        return None
+
+    def _resolve(self, r: Route, dst: IPAddress, usable: Callable[[str], bool]) -> NextHop | None:
+        if r.gateway is None:
+            return NextHop(r, r.device, dst) if usable(r.device) else None  # type: ignore[arg-type]
+        if r.device is not None:
+            return NextHop(r, r.device, r.gateway) if usable(r.device) else None
+        # Gateway without device: one level of recursion, through on-link routes only.
+        for c in self._routes:
+            if c.gateway is None and r.gateway in c.prefix and usable(c.device):  # type: ignore[arg-type]
+                return NextHop(r, c.device, r.gateway)  # type: ignore[arg-type]
+        return None
+
+    def info(self, usable: Callable[[str], bool]) -> list[RouteInfo]:
+        out = []
+        for r in self._routes:
+            dst = r.prefix.network_address
+            out.append(RouteInfo(str(r.prefix), None if r.gateway is None else str(r.gateway),
+                                 r.device, r.metric, r.kind, self._resolve(r, dst, usable) is not None))
+        return out

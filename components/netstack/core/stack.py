@@ -1,0 +1,478 @@
+"""Stack: the one object a binding talks to.
+
+It owns the devices and wires the layers together (Ethernet demux here; ARP, IPv4, ICMP,
+UDP in their modules). Every entry point takes `now`; frames come out of take_transmit(),
+events out of take_events(), and the next timer out of next_deadline().
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import deque
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_UDP,
+                    EthernetFrame, MacAddr, ParseError, UdpDatagram, build_echo, build_udp)
+from ..wire.icmpv4 import ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, UNREACH_PORT
+from . import snapshot as _snapshot
+from .arp import Arp
+from .config import StackConfig
+from .counters import CounterSet
+from .device import (ETHERNET, IP, KINDS, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Device,
+                     DeviceInfo)
+from .errors import StackError
+from .events import DeviceRemoved, LinkChanged
+from .icmp import Icmpv4
+from .ipv4 import LIMITED_BROADCAST, Ipv4Datagram, Ipv4Layer
+from .neighbor import NeighborInfo, NeighborTable
+from .route import CONNECTED, STATIC, Route, RouteInfo
+from .udp import Datagram, UdpSockets
+
+UDP_MAX_PAYLOAD = 65507     # 65535 - 20 (IPv4 header) - 8 (UDP header)
+
+
+def _addr(a, what: str = "address") -> IPv4Address:
+    try:
+        a = a if isinstance(a, IPv4Address) else IPv4Address(a)
+    except (ValueError, TypeError):
+        raise StackError("bad_argument", f"not an IPv4 {what}: {a!r}") from None
+    return a
+
+
+def _port(p, allow_zero: bool) -> int:
+    if not isinstance(p, int) or isinstance(p, bool) or not (0 if allow_zero else 1) <= p <= 0xFFFF:
+        raise StackError("bad_argument", f"bad port {p!r}")
+    return p
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.cfg = config or StackConfig()
+        self.rng = random.Random(self.cfg.random_seed)
+        self.ctr = CounterSet()
+        self._c = self.ctr.group("stack")
+        self.devs: dict[str, Device] = {}
+        self._events: list = []
+        self._lo_queue: deque[bytes] = deque()
+        self._draining = False
+        self.ip4 = Ipv4Layer(self)
+        self.icmp = Icmpv4(self)
+        self.arp = Arp(self)
+        self.arp_neighbors = NeighborTable(self.cfg, self.arp, self.ctr.group("neighbor"))
+        self.udp4 = UdpSockets(4, self.cfg, self.ctr.group("udp"), self.rng)
+        self.ip4.protocols[PROTO_ICMP] = self.icmp.receive
+        self.ip4.protocols[PROTO_UDP] = self._udp_input
+        # RFC 1122 §3.2.1.3: 127/8 is the host's own loopback network.
+        self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
+        self._add_address_quiet(self.devs["lo"], IPv4Interface("127.0.0.1/8"))
+
+    # -- plumbing the layers use -------------------------------------------------------------
+    def dev_counter(self, name: str):
+        return self.ctr.group(f"dev:{name}")
+
+    def emit(self, event) -> None:
+        if len(self._events) >= self.cfg.max_events:
+            self._c["events_dropped"] += 1
+            return
+        self._events.append(event)
+
+    def enqueue_tx(self, dev: Device, frame: bytes) -> None:
+        c = self.dev_counter(dev.name)
+        if not dev.up:
+            c["tx_drop_link_down"] += 1
+        elif len(dev.tx) >= self.cfg.tx_queue_frames:
+            c["tx_drop_queue_full"] += 1
+        else:
+            dev.tx.append(frame)
+            c["tx_frames"] += 1
+            c["tx_bytes"] += len(frame)
+
+    def loopback(self, dev: Device, packet: bytes) -> None:
+        c = self.dev_counter(dev.name)
+        if len(self._lo_queue) >= self.cfg.loopback_queue_frames:
+            c["tx_drop_queue_full"] += 1
+            return
+        self._lo_queue.append(packet)
+        c["tx_frames"] += 1
+        c["tx_bytes"] += len(packet)
+
+    def _drain_loopback(self, now: float) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            # Bounded: each looped packet may loop at most a reply back (echo, ICMP error).
+            budget = 4 * self.cfg.loopback_queue_frames
+            while self._lo_queue and budget > 0:
+                budget -= 1
+                self._receive_one(self.devs["lo"], self._lo_queue.popleft(), now)
+            if self._lo_queue:
+                self._c["loopback_dropped_budget"] += len(self._lo_queue)
+                self._lo_queue.clear()
+        finally:
+            self._draining = False
+
+    def _dev(self, name: str) -> Device:
+        d = self.devs.get(name)
+        if d is None:
+            raise StackError("no_device", f"no device {name!r}")
+        return d
+
+    # -- devices -----------------------------------------------------------------------------
+    def add_device(self, name: str, kind: str = ETHERNET, mac: bytes | None = None,
+                   mtu: int = 1500, now: float = 0.0, up: bool = True) -> DeviceInfo:
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise StackError("bad_argument", f"bad device name {name!r}")
+        if name in self.devs:
+            raise StackError("exists", f"device {name} exists")
+        if kind not in (ETHERNET, IP):
+            raise StackError("bad_argument", f"device kind must be ethernet or ip, not {kind!r}")
+        if len(self.devs) >= self.cfg.max_devices:
+            self._c["add_device_refused_limit"] += 1
+            raise StackError("limit", f"too many devices ({self.cfg.max_devices})")
+        self._check_mtu(mtu)
+        if kind == ETHERNET:
+            if mac is None:
+                # A locally administered unicast address (IEEE 802: U/L bit set, I/G clear).
+                mac = bytes([0x02]) + self.rng.randbytes(5)
+            try:
+                mac = MacAddr(mac)
+            except (ValueError, TypeError):
+                raise StackError("bad_argument", f"bad MAC {mac!r}") from None
+            if mac.is_multicast or mac == bytes(6):
+                raise StackError("bad_argument", f"MAC {mac} is not a unicast address")
+        else:
+            mac = None
+        dev = self.devs[name] = Device(name, kind, mac, mtu, up=up)
+        self.dev_counter(name)
+        return dev.info()
+
+    def remove_device(self, name: str, now: float = 0.0) -> None:
+        dev = self._dev(name)
+        if dev.kind == LOOPBACK:
+            raise StackError("bad_argument", "lo cannot be removed")
+        # Device churn is ordinary: everything that named the device lets go of it here.
+        dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
+        dev.tx.clear()
+        del self.devs[name]
+        self.ip4.routes.remove_device(name)
+        self.ip4.reindex()
+        self.arp.cancel_announcements(name)
+        self._c["device_removed_frames_dropped"] += dropped
+        self.ctr.drop_group(f"dev:{name}")
+        self.emit(DeviceRemoved(name, dropped))
+
+    def set_link(self, name: str, up: bool, now: float = 0.0) -> None:
+        dev = self._dev(name)
+        if dev.kind == LOOPBACK or dev.up == bool(up):
+            return
+        dev.up = bool(up)
+        if not up:
+            dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
+            dev.tx.clear()
+            self.dev_counter(name)["tx_drop_link_down"] += dropped
+            self.arp.cancel_announcements(name)
+        else:
+            # RFC 5227 §2.3: announce our addresses again when the link comes back.
+            for iface in dev.addresses:
+                self.arp.announce(dev, iface.ip, now)
+        self.emit(LinkChanged(name, dev.up))
+
+    def set_forwarding(self, name: str, on: bool) -> None:
+        self._dev(name).forwarding = bool(on)
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        dev = self._dev(name)
+        self._check_mtu(mtu)
+        dev.mtu = mtu
+
+    @staticmethod
+    def _check_mtu(mtu) -> None:
+        if not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+            raise StackError("bad_argument", f"MTU must be {MIN_MTU}..{MAX_MTU}, not {mtu!r}")
+
+    # -- addresses and routes ----------------------------------------------------------------
+    def add_address(self, name: str, iface: IPv4Interface, now: float = 0.0) -> None:
+        dev = self._dev(name)
+        try:
+            iface = IPv4Interface(iface)
+        except (ValueError, TypeError):
+            raise StackError("bad_argument", f"not an IPv4 interface address: {iface!r}") from None
+        ip = iface.ip
+        if ip.is_unspecified or ip.is_multicast or ip.is_reserved or ip == LIMITED_BROADCAST \
+                or (ip.is_loopback and dev.kind != LOOPBACK):
+            raise StackError("bad_argument", f"{ip} cannot be an interface address")
+        if iface.network.prefixlen < 31 and ip in (iface.network.network_address,
+                                                    iface.network.broadcast_address):
+            raise StackError("bad_argument", f"{iface} is a network or broadcast address")
+        if ip in self.ip4.local:
+            raise StackError("exists", f"{ip} is already assigned")
+        self._add_address_quiet(dev, iface)
+        self.arp_neighbors.flush_address(name, ip)
+        self.arp.announce(dev, ip, now)
+
+    def _add_address_quiet(self, dev: Device, iface: IPv4Interface) -> None:
+        dev.addresses.append(iface)
+        self.ip4.reindex()
+        if not any(r.kind == CONNECTED and r.device == dev.name and r.prefix == iface.network
+                   for r in self.ip4.routes):
+            self.ip4.routes.add(Route(iface.network, None, dev.name, 0, CONNECTED))
+
+    def del_address(self, name: str, iface: IPv4Interface) -> None:
+        dev = self._dev(name)
+        try:
+            iface = IPv4Interface(iface)
+        except (ValueError, TypeError):
+            raise StackError("bad_argument", f"not an IPv4 interface address: {iface!r}") from None
+        if iface not in dev.addresses:
+            raise StackError("not_found", f"{iface} is not on {name}")
+        dev.addresses.remove(iface)
+        dev.last_defended.pop(iface.ip, None)
+        self.ip4.reindex()
+        self.arp.cancel_announcements(name, iface.ip)
+        if not any(a.network == iface.network for a in dev.addresses):
+            try:
+                self.ip4.routes.remove(iface.network, device=name, kind=CONNECTED)
+            except StackError:
+                pass
+
+    def add_route(self, prefix: IPv4Network, gateway: IPv4Address | None = None,
+                  device: str | None = None, metric: int = 0) -> None:
+        try:
+            prefix = IPv4Network(prefix)
+        except (ValueError, TypeError):
+            raise StackError("bad_argument", f"not an IPv4 prefix: {prefix!r}") from None
+        if gateway is not None:
+            gateway = _addr(gateway, "gateway")
+        if device is not None:
+            self._dev(device)
+        if not isinstance(metric, int) or not 0 <= metric <= 0xFFFFFFFF:
+            raise StackError("bad_argument", f"bad metric {metric!r}")
+        self.ip4.routes.add(Route(prefix, gateway, device, metric, STATIC))
+
+    def del_route(self, prefix: IPv4Network, gateway: IPv4Address | None = None,
+                  device: str | None = None) -> None:
+        try:
+            prefix = IPv4Network(prefix)
+        except (ValueError, TypeError):
+            raise StackError("bad_argument", f"not an IPv4 prefix: {prefix!r}") from None
+        self.ip4.routes.remove(prefix, None if gateway is None else _addr(gateway, "gateway"),
+                               device, kind=STATIC)
+
+    # -- views -------------------------------------------------------------------------------
+    def devices(self) -> list[DeviceInfo]:
+        return [d.info() for d in self.devs.values()]
+
+    def addresses(self) -> list[AddressInfo]:
+        return [AddressInfo(d.name, str(a)) for d in self.devs.values() for a in d.addresses]
+
+    def routes(self) -> list[RouteInfo]:
+        return self.ip4.routes.info(self.ip4.usable)
+
+    def neighbors(self) -> list[NeighborInfo]:
+        return self.arp_neighbors.info()
+
+    def sockets(self) -> list[dict]:
+        return [s.info() for s in self.udp4.sockets()]
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        out = self.ctr.to_dict()
+        for d in self.devs.values():
+            g = out.setdefault(f"dev:{d.name}", {})
+            g["tx_queued"] = len(d.tx)
+            g["tx_queue_limit"] = self.cfg.tx_queue_frames
+        routes = self.ip4.routes
+        out["table:neighbor"] = self.arp_neighbors.stats()
+        out["table:reassembly"] = self.ip4.reassembly.stats()
+        out["table:udp"] = self.udp4.stats()
+        out["table:routes"] = {"routes": len(routes), "limit": routes.max_routes,
+                               "dropped": routes.dropped}
+        out["table:devices"] = {"devices": len(self.devs), "limit": self.cfg.max_devices}
+        out["table:events"] = {"queued": len(self._events), "limit": self.cfg.max_events}
+        out["table:loopback"] = {"queued": len(self._lo_queue),
+                                 "limit": self.cfg.loopback_queue_frames}
+        return out
+
+    # -- data path ---------------------------------------------------------------------------
+    def receive(self, device: str, frame: bytes, now: float) -> None:
+        """One frame from device; bad input is counted and dropped, never raised."""
+        dev = self.devs.get(device)
+        if dev is None:
+            self._c["rx_drop_no_device"] += 1
+            return
+        self._guarded(dev, frame, now)
+        self._drain_loopback(now)
+
+    def receive_batch(self, device: str, frames: list[bytes], now: float) -> None:
+        for frame in frames:
+            dev = self.devs.get(device)     # a frame may remove nothing, but be safe
+            if dev is None:
+                self._c["rx_drop_no_device"] += 1
+                continue
+            self._guarded(dev, frame, now)
+        self._drain_loopback(now)
+
+    def _guarded(self, dev: Device, frame: bytes, now: float) -> None:
+        try:
+            self._receive_one(dev, frame, now)
+        except Exception as e:
+            # A bug, not bad input (the wire layer raises only ParseError, handled below);
+            # count it so it shows in `qnet status`, and keep the stack alive.
+            if self.cfg.strict:
+                raise
+            self._c["internal_errors"] += 1
+            self._c[f"internal_error_{type(e).__name__}"] += 1
+
+    def _receive_one(self, dev: Device, frame: bytes, now: float) -> None:
+        c = self.dev_counter(dev.name)
+        c["rx_frames"] += 1
+        c["rx_bytes"] += len(frame)
+        if not dev.up:
+            c["rx_drop_link_down"] += 1
+            return
+        if dev.kind != ETHERNET:
+            if frame[:1] and frame[0] >> 4 == 6:
+                c["rx_drop_ipv6_unsupported"] += 1
+                return
+            self.ip4.receive(dev, frame, False, now)
+            return
+        try:
+            eth = EthernetFrame.parse(frame)
+        except ParseError:
+            c["rx_drop_bad_frame"] += 1
+            return
+        if eth.vlan_id is not None:
+            c["rx_drop_vlan"] += 1
+            return
+        if eth.dst != dev.mac and not eth.dst.is_multicast:
+            c["rx_drop_not_for_us"] += 1
+            return
+        if eth.src.is_multicast:
+            c["rx_drop_bad_source_mac"] += 1
+            return
+        if eth.ethertype == ETHERTYPE_IPV4:
+            self.ip4.receive(dev, eth.payload, eth.dst.is_multicast, now)
+        elif eth.ethertype == ETHERTYPE_ARP:
+            self.arp.receive(dev, eth, now)
+        elif eth.ethertype == ETHERTYPE_IPV6:
+            c["rx_drop_ipv6_unsupported"] += 1
+        else:
+            c["rx_drop_unknown_ethertype"] += 1
+
+    def take_transmit(self) -> dict[str, list[bytes]]:
+        out = {}
+        for d in self.devs.values():
+            if d.tx:
+                out[d.name] = list(d.tx)
+                d.tx.clear()
+        return out
+
+    def take_events(self) -> list:
+        ev, self._events = self._events, []
+        return ev
+
+    def poll(self, now: float) -> None:
+        self.arp_neighbors.poll(now)
+        self.arp.poll(now)
+        self.ip4.expire_reassembly(now)
+        self._drain_loopback(now)
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.arp_neighbors.next_deadline(), self.arp.next_deadline(),
+                          self.ip4.reassembly.next_deadline()) if d is not None]
+        return min(ds) if ds else None
+
+    # -- ICMP echo ---------------------------------------------------------------------------
+    def ping(self, dst: IPv4Address, ident: int, seq: int, payload: bytes, now: float,
+             ttl: int = 64) -> None:
+        dst = _addr(dst)
+        if not (0 <= ident <= 0xFFFF and 0 <= seq <= 0xFFFF and 1 <= ttl <= 255):
+            raise StackError("bad_argument", "ident/seq must be 16-bit, ttl 1..255")
+        self.ip4.send(dst, PROTO_ICMP, build_echo(ICMP_ECHO_REQUEST, ident, seq, payload), now,
+                      ttl=ttl)
+        self.ctr.inc("icmp", "tx_echo_request")
+        self._drain_loopback(now)
+
+    # -- UDP ---------------------------------------------------------------------------------
+    def udp_open(self) -> int:
+        return self.udp4.open()
+
+    def udp_bind(self, sid: int, addr: IPv4Address | None, port: int,
+                 device: str | None = None) -> tuple[IPv4Address | None, int]:
+        if device is not None:
+            self._dev(device)
+        return self.udp4.bind(sid, None if addr is None else _addr(addr), _port(port, True),
+                              device, self.ip4.is_local)
+
+    def udp_connect(self, sid: int, addr: IPv4Address, port: int) -> None:
+        s = self.udp4.get(sid)
+        addr, port = _addr(addr), _port(port, False)
+        if not s.local_port:
+            self.udp_bind(sid, None, 0, s.device)
+        self.udp4.connect(sid, addr, port)
+
+    def udp_set_broadcast(self, sid: int, on: bool) -> None:
+        self.udp4.get(sid).broadcast = bool(on)
+
+    def udp_sendto(self, sid: int, payload: bytes, addr: IPv4Address | None, port: int | None,
+                   now: float, device: str | None = None) -> None:
+        s = self.udp4.get(sid)
+        if addr is None:
+            if s.remote_addr is None:
+                raise StackError("destination_required", f"socket {sid} is not connected")
+            addr, port = s.remote_addr, s.remote_port
+        addr = _addr(addr)
+        port = _port(port, False)
+        if len(payload) > UDP_MAX_PAYLOAD:
+            raise StackError("message_too_long", f"{len(payload)} bytes exceed {UDP_MAX_PAYLOAD}")
+        if (addr == LIMITED_BROADCAST or addr in self.ip4.broadcasts) and not s.broadcast:
+            raise StackError("permission_denied", "broadcast needs udp_set_broadcast")  # EACCES
+        if addr.is_unspecified:
+            raise StackError("bad_argument", "cannot send to 0.0.0.0")
+        device = device if device is not None else s.device
+        if not s.local_port:
+            self.udp_bind(sid, None, 0, s.device)
+        path = self.ip4.resolve(addr, src=s.local_addr, device=device)
+        dgram = build_udp(path.src, addr, s.local_port, port, payload)
+        self.ip4.send_via(path, PROTO_UDP, dgram, now)
+        self.ctr.inc("udp", "tx_datagrams")
+        self._drain_loopback(now)
+
+    def udp_recv(self, sid: int, max_count: int) -> list[Datagram]:
+        return self.udp4.recv(sid, max_count)
+
+    def udp_readable(self) -> set[int]:
+        return self.udp4.take_readable()
+
+    def udp_close(self, sid: int) -> None:
+        self.udp4.close(sid)
+
+    def _udp_input(self, rx: Ipv4Datagram, now: float) -> None:
+        c = self.ctr.group("udp")
+        try:
+            d = UdpDatagram.parse(rx.payload, rx.src, rx.dst)
+        except ParseError:
+            c["rx_bad"] += 1
+            return
+        c["rx_datagrams"] += 1
+        socks = self.udp4.match(rx.src, d.src_port, rx.dst, d.dst_port, rx.device, rx.broadcast)
+        if not socks:
+            c["rx_no_port"] += 1
+            # RFC 1122 §4.1.3.1: port unreachable, but never for a broadcast (send_error checks).
+            self.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_PORT, now)
+            return
+        payload = bytes(d.payload)
+        for s in socks:
+            self.udp4.deliver(s, Datagram(rx.src, d.src_port, rx.dst, d.dst_port, rx.device,
+                                          payload))
+
+    # -- restart -----------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return _snapshot.take(self)
+
+    @classmethod
+    def restore(cls, snapshot: dict, config: StackConfig | None = None,
+                now: float = 0.0) -> "Stack":
+        return _snapshot.restore(cls, snapshot, config, now)
+

@@ -1,0 +1,253 @@
+"""UDP sockets (RFC 768), the same table for IPv4 and IPv6.
+
+This module owns bindings, demultiplexing and receive queues. Building and routing datagrams
+is the IP layer's business (Stack.udp_sendto); this module never produces a frame.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Union
+
+from .config import StackConfig
+from .errors import StackError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+@dataclass(frozen=True)
+class Datagram:
+    src: IPAddress
+    src_port: int
+    dst: IPAddress
+    dst_port: int
+    device: str
+    payload: bytes
+
+    def to_dict(self) -> dict:
+        return {"src": str(self.src), "src_port": self.src_port, "dst": str(self.dst),
+                "dst_port": self.dst_port, "device": self.device, "payload": self.payload}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Datagram":
+        return cls(ipaddress.ip_address(d["src"]), int(d["src_port"]),
+                   ipaddress.ip_address(d["dst"]), int(d["dst_port"]), str(d["device"]),
+                   bytes(d["payload"]))
+
+
+@dataclass
+class UdpSocket:
+    sid: int
+    local_addr: IPAddress | None = None     # None: any of our addresses
+    local_port: int = 0                     # 0: not bound yet
+    device: str | None = None               # SO_BINDTODEVICE
+    remote_addr: IPAddress | None = None    # set by connect
+    remote_port: int = 0
+    broadcast: bool = False                 # SO_BROADCAST: may send to broadcast addresses
+    queue: deque = field(default_factory=deque)
+    queued_bytes: int = 0
+    dropped: int = 0                        # datagrams lost to a full receive queue
+
+    def info(self) -> dict:
+        return {"sid": self.sid,
+                "local_addr": None if self.local_addr is None else str(self.local_addr),
+                "local_port": self.local_port, "device": self.device,
+                "remote_addr": None if self.remote_addr is None else str(self.remote_addr),
+                "remote_port": self.remote_port, "broadcast": self.broadcast,
+                "queued": len(self.queue), "queued_bytes": self.queued_bytes,
+                "dropped": self.dropped}
+
+
+def _overlap(a, b) -> bool:
+    return a is None or b is None or a == b
+
+
+class UdpSockets:
+    def __init__(self, version: int, cfg: StackConfig, counters, rng: random.Random) -> None:
+        self.version = version
+        self.cfg = cfg
+        self.counters = counters
+        self.rng = rng
+        self._sockets: dict[int, UdpSocket] = {}
+        self._by_port: dict[int, list[int]] = {}
+        self._readable: set[int] = set()
+        self.next_sid = 1
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def get(self, sid: int) -> UdpSocket:
+        s = self._sockets.get(sid)
+        if s is None:
+            raise StackError("not_found", f"no UDP socket {sid}")
+        return s
+
+    def open(self) -> int:
+        if len(self._sockets) >= self.cfg.max_sockets:
+            self.counters["open_refused_limit"] += 1
+            raise StackError("limit", f"socket table full ({self.cfg.max_sockets})")
+        sid = self.next_sid
+        self.next_sid += 1
+        self._sockets[sid] = UdpSocket(sid)
+        return sid
+
+    def close(self, sid: int) -> None:
+        s = self.get(sid)
+        if s.local_port:
+            self._by_port[s.local_port].remove(sid)
+            if not self._by_port[s.local_port]:
+                del self._by_port[s.local_port]
+        del self._sockets[sid]
+        self._readable.discard(sid)
+
+    def bind(self, sid: int, addr: IPAddress | None, port: int, device: str | None,
+             is_local: Callable[[IPAddress], bool]) -> tuple[IPAddress | None, int]:
+        s = self.get(sid)
+        if s.local_port:
+            raise StackError("bad_argument", f"socket {sid} is already bound")
+        if not 0 <= port <= 0xFFFF:
+            raise StackError("bad_argument", f"bad port {port}")
+        if addr is not None:
+            if addr.version != self.version:
+                raise StackError("bad_argument", f"not an IPv{self.version} address: {addr}")
+            if addr.is_unspecified:
+                addr = None
+            elif not is_local(addr):
+                raise StackError("address_not_available", f"{addr} is not one of our addresses")
+        if port == 0:
+            port = self._ephemeral(addr, device)
+        elif self._in_use(port, addr, device):
+            raise StackError("address_in_use", f"port {port} is in use")
+        s.local_addr, s.local_port, s.device = addr, port, device
+        self._by_port.setdefault(port, []).append(sid)
+        return addr, port
+
+    def connect(self, sid: int, addr: IPAddress, port: int) -> None:
+        s = self.get(sid)
+        if addr.version != self.version or not 0 < port <= 0xFFFF or addr.is_unspecified:
+            raise StackError("bad_argument", f"cannot connect to {addr}:{port}")
+        s.remote_addr, s.remote_port = addr, port
+
+    def _in_use(self, port: int, addr: IPAddress | None, device: str | None) -> bool:
+        for other in self._by_port.get(port, ()):
+            o = self._sockets[other]
+            if _overlap(o.local_addr, addr) and _overlap(o.device, device):
+                return True
+        return False
+
+    def _ephemeral(self, addr: IPAddress | None, device: str | None) -> int:
+        # RFC 6056 §3.3.1, Algorithm 1: random start, then a linear search of the range.
+        lo, hi = self.cfg.ephemeral_port_min, self.cfg.ephemeral_port_max
+        count = hi - lo + 1
+        start = self.rng.randrange(count)
+        for i in range(count):
+            port = lo + (start + i) % count
+            if not self._in_use(port, addr, device):
+                return port
+        self.counters["ephemeral_exhausted"] += 1
+        raise StackError("address_in_use", "no free ephemeral port")
+
+    # -- receive path -----------------------------------------------------------------------
+    def match(self, src: IPAddress, src_port: int, dst: IPAddress, dst_port: int, device: str,
+              broadcast: bool) -> list[UdpSocket]:
+        """Sockets that should get a datagram: the best one for unicast, all for broadcast."""
+        best: list[UdpSocket] = []
+        best_score = -1
+        for sid in self._by_port.get(dst_port, ()):
+            s = self._sockets[sid]
+            score = 0
+            if s.device is not None:
+                if s.device != device:
+                    continue
+                score += 1
+            if s.local_addr is not None:
+                if s.local_addr != dst:
+                    continue
+                score += 2
+            if s.remote_addr is not None:
+                if (s.remote_addr, s.remote_port) != (src, src_port):
+                    continue
+                score += 4
+            if broadcast:
+                best.append(s)
+            elif score > best_score:
+                best, best_score = [s], score
+        return best
+
+    def deliver(self, s: UdpSocket, dgram: Datagram) -> bool:
+        size = len(dgram.payload)
+        if len(s.queue) >= self.cfg.udp_recv_queue_datagrams or \
+                s.queued_bytes + size > self.cfg.udp_recv_queue_bytes:
+            s.dropped += 1
+            self.counters["rx_queue_full"] += 1
+            return False
+        s.queue.append(dgram)
+        s.queued_bytes += size
+        self._readable.add(s.sid)
+        self.counters["rx_delivered"] += 1
+        return True
+
+    def recv(self, sid: int, max_count: int) -> list[Datagram]:
+        s = self.get(sid)
+        out = []
+        while s.queue and len(out) < max_count:
+            d = s.queue.popleft()
+            s.queued_bytes -= len(d.payload)
+            out.append(d)
+        return out
+
+    def take_readable(self) -> set[int]:
+        r, self._readable = self._readable, set()
+        return {sid for sid in r if sid in self._sockets}
+
+    def find_sender(self, local: IPAddress, local_port: int, remote: IPAddress,
+                    remote_port: int) -> UdpSocket | None:
+        """The socket that sent local:local_port -> remote:remote_port (for ICMP errors)."""
+        for sid in self._by_port.get(local_port, ()):
+            s = self._sockets[sid]
+            if s.local_addr not in (None, local):
+                continue
+            if s.remote_addr is not None and (s.remote_addr, s.remote_port) != (remote, remote_port):
+                continue
+            return s
+        return None
+
+    def sockets(self) -> list[UdpSocket]:
+        return list(self._sockets.values())
+
+    def stats(self) -> dict[str, int]:
+        return {"sockets": len(self._sockets), "sockets_limit": self.cfg.max_sockets,
+                "queued_datagrams": sum(len(s.queue) for s in self._sockets.values()),
+                "queue_limit_datagrams": self.cfg.udp_recv_queue_datagrams,
+                "queue_limit_bytes": self.cfg.udp_recv_queue_bytes}
+
+    # -- restart ----------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {"next_sid": self.next_sid,
+                "sockets": [dict(s.info(), queue=[d.to_dict() for d in s.queue])
+                            for s in self._sockets.values()]}
+
+    def restore(self, snap: dict) -> None:
+        self.next_sid = int(snap.get("next_sid", 1))
+        for d in snap.get("sockets", ()):
+            s = UdpSocket(int(d["sid"]))
+            s.local_addr = None if d["local_addr"] is None else ipaddress.ip_address(d["local_addr"])
+            s.local_port = int(d["local_port"])
+            s.device = d["device"]
+            s.remote_addr = None if d["remote_addr"] is None else ipaddress.ip_address(d["remote_addr"])
+            s.remote_port = int(d["remote_port"])
+            s.broadcast = bool(d["broadcast"])
+            s.dropped = int(d.get("dropped", 0))
+            for q in d.get("queue", ()):
+                dg = Datagram.from_dict(q)
+                s.queue.append(dg)
+                s.queued_bytes += len(dg.payload)
+            self._sockets[s.sid] = s
+            if s.local_port:
+                self._by_port.setdefault(s.local_port, []).append(s.sid)
+            if s.queue:
+                self._readable.add(s.sid)
+            self.next_sid = max(self.next_sid, s.sid + 1)

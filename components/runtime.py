@@ -1,0 +1,371 @@
+"""The runtime every component process shares.
+
+One event-loop model everywhere: a ``zmq.Poller`` over ZeroMQ sockets and
+plain file descriptors (TAP fds, unix sockets), plus a heap of timers, all in
+one thread. We chose it over ``zmq.asyncio`` because the data path is a tight
+read-batch / process / write-batch cycle where a coroutine switch per message
+costs more than it gives, and because the sans-I/O cores already return their
+next deadline, which maps directly onto the poll timeout (docs/decisions.md).
+
+The runtime also owns the component's side of supervision: the lifecycle
+protocol (activate / freeze / thaw / stop / status), heartbeats and
+checkpoints to the launcher, logging (JSON lines in the runtime dir, readable
+lines on stderr), SIGTERM, and the parent-death signal that keeps a component
+from outliving its launcher.
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+import zmq
+
+from ipc import errors, registry
+from ipc.decl import Protocol, encode
+from ipc.events import Reporter
+from ipc.protocols.lifecycle import LIFECYCLE, SUPERVISOR
+from ipc.rpc import RpcServer
+
+HEARTBEAT_INTERVAL = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Die with the parent (the launcher): no orphans, ever."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except OSError:
+        pass
+
+
+# -- the event loop -------------------------------------------------------------
+@dataclass(order=True)
+class Timer:
+    when: float
+    seq: int
+    callback: Callable[[], Any] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """zmq.Poller + timers. Callbacks run in the loop's thread, one at a time."""
+
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+        self._readers: dict[Any, Callable[[], Any]] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._running = False
+        self.idle_hooks: list[Callable[[], Any]] = []  # run after every wake-up
+        self.errors = 0
+
+    @staticmethod
+    def _key(obj: Any) -> Any:
+        return obj if isinstance(obj, zmq.Socket) else (obj if isinstance(obj, int) else obj.fileno())
+
+    def add_reader(self, obj: Any, callback: Callable[[], Any]) -> None:
+        key = self._key(obj)
+        self._readers[key] = callback
+        self.poller.register(key, zmq.POLLIN)
+
+    def remove_reader(self, obj: Any) -> None:
+        key = self._key(obj)
+        if self._readers.pop(key, None) is not None:
+            self.poller.unregister(key)
+
+    def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
+        t = Timer(when, next(self._seq), callback)
+        heapq.heappush(self._timers, t)
+        return t
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_every(self, interval: float, callback: Callable[[], Any]) -> None:
+        def tick() -> None:
+            self.call_later(interval, tick)
+            callback()
+        self.call_later(interval, tick)
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _run_guarded(self, cb: Callable[[], Any]) -> None:
+        try:
+            cb()
+        except Exception:
+            # A bug in one handler is logged and counted; the component stays up.
+            self.errors += 1
+            logging.getLogger("qnet.loop").error("callback failed:\n%s", traceback.format_exc())
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        wait = max_wait
+        if self._timers:
+            wait = max(0.0, min(wait, self._timers[0].when - now))
+        ready = self.poller.poll(wait * 1000.0)
+        for key, _ev in ready:
+            cb = self._readers.get(key)
+            if cb is not None:
+                self._run_guarded(cb)
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                self._run_guarded(t.callback)
+        for hook in self.idle_hooks:
+            self._run_guarded(hook)
+
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self.run_once()
+
+
+# -- logging ----------------------------------------------------------------------
+class _JsonLines(logging.Handler):
+    def __init__(self, path: str, component: str):
+        super().__init__()
+        self._f = open(path, "a", buffering=1, encoding="utf-8")
+        self.component = component
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = {"ts": record.created, "level": record.levelname.lower(), "component": self.component,
+                     "logger": record.name, "msg": record.getMessage()}
+            self._f.write(json.dumps(entry) + "\n")
+        except Exception:
+            pass
+
+
+def setup_logging(name: str, runtime_dir: str | None, level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if runtime_dir:
+        logdir = os.path.join(runtime_dir, "logs")
+        os.makedirs(logdir, mode=0o700, exist_ok=True)
+        root.addHandler(_JsonLines(os.path.join(logdir, f"{name}.jsonl"), name))
+
+
+# -- the component contract ------------------------------------------------------------
+class Component:
+    """Base of every component. Subclasses set PROTOCOLS and override the hooks.
+
+    A component is built idle; ``activate(state)`` starts its I/O (with the
+    state its predecessor handed over, or None); ``freeze()`` stops its I/O and
+    returns its state; ``thaw()`` resumes after an abandoned hand-over.
+    """
+
+    STATE_SCHEMA = 1
+
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+        self.log = logging.getLogger(f"qnet.{rt.name}")
+
+    def implementations(self) -> dict[Protocol, Any]:
+        """The protocols this component serves on its RPC endpoint, with their handlers."""
+        return {}
+
+    def activate(self, state: dict | None) -> None:
+        pass
+
+    def freeze(self) -> dict:
+        return {}
+
+    def thaw(self) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Spec:
+    """What the launcher tells a component about itself (environment QNET_*)."""
+
+    name: str
+    incarnation: int
+    runtime_dir: str
+    supervisor: str
+    endpoints: dict[str, str]      # what this incarnation binds: rpc, data, pub
+    peers: dict[str, dict]         # provider component -> its stable endpoints
+    args: dict[str, Any]
+    handles: dict[str, int]        # handle name -> inherited fd
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Spec":
+        try:
+            return cls(
+                name=env["QNET_NAME"],
+                incarnation=int(env.get("QNET_INCARNATION", "1")),
+                runtime_dir=env["QNET_RUNTIME_DIR"],
+                supervisor=env["QNET_SUPERVISOR"],
+                endpoints=json.loads(env.get("QNET_ENDPOINTS", "{}")),
+                peers=json.loads(env.get("QNET_PEERS", "{}")),
+                args=json.loads(env.get("QNET_ARGS", "{}")),
+                handles={k: int(v) for k, v in json.loads(env.get("QNET_HANDLES", "{}")).items()},
+            )
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"qnet component: started without a valid launcher environment ({exc}); "
+                             f"components are started by 'qnet up'") from None
+
+
+class _LifecycleHandler:
+    def __init__(self, rt: "Runtime"):
+        self.rt = rt
+
+    def status(self):
+        return self.rt.status()
+
+    def activate(self, snapshot):
+        return self.rt.do_activate(snapshot)
+
+    def freeze(self):
+        return self.rt.do_freeze()
+
+    def thaw(self):
+        return self.rt.do_thaw()
+
+    def stop(self):
+        self.rt.loop.call_later(0.01, self.rt.loop.stop)
+        return True
+
+
+class Runtime:
+    def __init__(self, spec: Spec, factory: Callable[["Runtime"], Component]):
+        self.spec = spec
+        self.name = spec.name
+        self.incarnation = spec.incarnation
+        self.args = spec.args
+        self.handles = spec.handles
+        self.loop = Loop()
+        self.state = "starting"
+        self.log = logging.getLogger(f"qnet.{spec.name}")
+        self._last_checkpoint = 0.0
+        self.component = factory(self)
+        impls: dict[Protocol, Any] = {LIFECYCLE: _LifecycleHandler(self)}
+        impls.update(self.component.implementations())
+        self.rpc = RpcServer(spec.endpoints["rpc"], impls)
+        self.rpc.always_available = {LIFECYCLE.name}
+        self.rpc.set_unavailable(f"{self.name} is starting")
+        self.loop.add_reader(self.rpc.socket, self.rpc.process)
+        self.reporter = Reporter(SUPERVISOR, spec.supervisor)
+        self.loop.call_every(HEARTBEAT_INTERVAL, self.heartbeat)
+
+    # -- lifecycle ------------------------------------------------------------
+    def do_activate(self, snapshot) -> bool:
+        if self.state == "running":
+            return True
+        state = None
+        if snapshot is not None:
+            if snapshot.component != self.name.split(".")[0] and snapshot.component != self.name:
+                raise errors.RemoteError(f"snapshot is for {snapshot.component}, not {self.name}", code="bad_snapshot")
+            if snapshot.schema != self.component.STATE_SCHEMA:
+                raise errors.RemoteError(
+                    f"snapshot schema {snapshot.schema} is not {self.component.STATE_SCHEMA}", code="bad_snapshot")
+            try:
+                state = msgspec.msgpack.decode(snapshot.data)
+            except msgspec.DecodeError as exc:
+                raise errors.RemoteError(f"snapshot data is not MessagePack: {exc}", code="bad_snapshot") from None
+        self.component.activate(state)
+        self.state = "running"
+        self.rpc.set_unavailable(None)
+        self.log.info("running (incarnation %d%s)", self.incarnation, ", with handed-over state" if state else "")
+        self.heartbeat()
+        return True
+
+    def snapshot_of(self, state: dict) -> dict:
+        return {"component": self.name, "schema": self.component.STATE_SCHEMA, "data": encode(state)}
+
+    def do_freeze(self) -> dict:
+        state = self.component.freeze()
+        self.state = "frozen"
+        self.rpc.set_unavailable(f"{self.name} is handing over to a successor")
+        self.log.info("frozen for hand-over")
+        return self.snapshot_of(state)
+
+    def do_thaw(self) -> bool:
+        if self.state == "frozen":
+            self.component.thaw()
+            self.state = "running"
+            self.rpc.set_unavailable(None)
+        return True
+
+    def checkpoint(self, state: dict, min_interval: float = 0.2) -> None:
+        """Report state worth keeping across a crash (rate-limited)."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < min_interval:
+            return
+        self._last_checkpoint = now
+        self.reporter.emit("checkpoint", name=self.name, incarnation=self.incarnation,
+                           snapshot=self.snapshot_of(state))
+
+    def problem(self, message: str) -> None:
+        self.log.warning("%s", message)
+        self.reporter.emit("problem", name=self.name, incarnation=self.incarnation, message=message[:1024])
+
+    def status(self) -> dict:
+        try:
+            own = self.component.status()
+        except Exception as exc:
+            own = {"status_error": str(exc)}
+        return {"state": self.state, "incarnation": self.incarnation, "pid": os.getpid(),
+                "ipc": dict(self.rpc.counters), "loop_errors": self.loop.errors, **own}
+
+    def heartbeat(self) -> None:
+        self.reporter.emit("heartbeat", name=self.name, incarnation=self.incarnation, pid=os.getpid(),
+                           state=self.state, status=self.status())
+
+    # -- run --------------------------------------------------------------------
+    def run(self) -> None:
+        self.heartbeat()
+        try:
+            self.loop.run()
+        finally:
+            self.log.info("stopping")
+            try:
+                self.component.close()
+            finally:
+                self.rpc.close()
+                self.reporter.close()
+
+
+def run_component(factory: Callable[[Runtime], Component]) -> None:
+    """Entry point of every component process (``python -m components.X``)."""
+    set_parent_death_signal()
+    spec = Spec.from_env()
+    setup_logging(spec.name, spec.runtime_dir)
+    for mod in spec.args.get("_declarations", []):
+        registry.load_module(mod)
+    rt = Runtime(spec, factory)
+    signal.signal(signal.SIGTERM, lambda *_: rt.loop.stop())
+    signal.signal(signal.SIGINT, lambda *_: rt.loop.stop())
+    try:
+        rt.run()
+    except Exception:
+        logging.getLogger("qnet").critical("component failed:\n%s", traceback.format_exc())
+        sys.exit(70)

@@ -1,0 +1,83 @@
+"""Frame batches: many frames in one ZeroMQ message, never msgpack-wrapped one by one.
+
+A batch travels as three frames:
+
+    header   msgpack [stream, seq, count]
+    offsets  count+1 little-endian uint32 values: frame i is blob[off[i]:off[i+1]]
+    blob     the frames back to back
+
+Measured on these machines (./scripts/bench ipc): one packed blob with an
+offsets array moves small frames several times faster than one ZeroMQ part per
+frame, because the per-part cost of ZeroMQ dominates at 64 bytes.
+"""
+from __future__ import annotations
+
+import sys
+from array import array
+from dataclasses import dataclass
+
+import msgspec
+
+from . import errors
+from .decl import encode
+
+_raw = msgspec.msgpack.Decoder()
+_LITTLE = sys.byteorder == "little"
+
+
+def pack_frames(frames: list[bytes]) -> tuple[bytes, bytes]:
+    """(offsets, blob) for a list of frames."""
+    offs = array("I", [0])
+    total = 0
+    for f in frames:
+        total += len(f)
+        offs.append(total)
+    if not _LITTLE:
+        offs.byteswap()
+    return offs.tobytes(), b"".join(frames)
+
+
+def unpack_frames(offsets: bytes | memoryview, blob: bytes | memoryview, count: int,
+                  max_frame: int = 1 << 16) -> list[bytes]:
+    """Split a blob back into frames, checking every offset; raises BadMessage."""
+    if len(offsets) != 4 * (count + 1):
+        raise errors.BadMessage(f"batch: {count} frames need {4 * (count + 1)} offset bytes, got {len(offsets)}")
+    offs = array("I")
+    offs.frombytes(offsets)
+    if not _LITTLE:
+        offs.byteswap()
+    if offs[0] != 0 or offs[-1] != len(blob):
+        raise errors.BadMessage("batch: offsets do not cover the blob")
+    mv = memoryview(blob)
+    out = []
+    prev = 0
+    for i in range(1, count + 1):
+        end = offs[i]
+        if end < prev or end - prev > max_frame:
+            raise errors.BadMessage(f"batch: frame {i - 1} has a bad length")
+        out.append(bytes(mv[prev:end]))
+        prev = end
+    return out
+
+
+@dataclass
+class Batch:
+    stream: str
+    seq: int
+    frames: list[bytes]
+
+
+def encode_batch(stream: str, seq: int, frames: list[bytes]) -> list[bytes]:
+    offsets, blob = pack_frames(frames)
+    return [encode([stream, seq, len(frames)]), offsets, blob]
+
+
+def decode_header(header: bytes) -> tuple[str, int, int]:
+    try:
+        h = _raw.decode(header)
+    except msgspec.DecodeError:
+        raise errors.BadMessage("batch header is not MessagePack") from None
+    if (not isinstance(h, list) or len(h) != 3 or not isinstance(h[0], str)
+            or not isinstance(h[1], int) or not isinstance(h[2], int) or h[2] < 0):
+        raise errors.BadMessage("batch header must be [stream, seq, count]")
+    return h[0], h[1], h[2]

@@ -1,0 +1,194 @@
+"""Data channels: frame batches and typed events between a provider and its users.
+
+The provider binds a ROUTER; each user connects a DEALER whose routing id
+names it (a port name, a component name). ``ROUTER_HANDOVER`` lets a new
+incarnation of a user take over its name while the old one is still
+connected: that is what makes a driver's make-before-break restart work.
+
+Messages:   [b"B", batch header, offsets, blob]    a frame batch (ipc.batch)
+            [b"E", msgpack [event], body]          a typed event of the protocol
+
+Sends never block: when ZeroMQ's queue toward a peer is full the batch is
+dropped and counted (DESIGN.md principle 4), and a stalled peer cannot stall
+the sender's loop.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import msgspec
+import zmq
+
+from . import batch as batchmod
+from . import errors
+from .decl import Protocol, encode
+from .rpc import configure_socket, context
+
+_raw = msgspec.msgpack.Decoder()
+
+KIND_BATCH, KIND_EVENT = b"B", b"E"
+DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
+
+
+class _Channel:
+    def __init__(self, protocol: Protocol, sock: zmq.Socket):
+        self.protocol = protocol
+        self.socket = sock
+        self._seq = 0
+        self.counters = {
+            "tx_batches": 0, "tx_frames": 0, "tx_dropped_batches": 0, "tx_dropped_frames": 0,
+            "rx_batches": 0, "rx_frames": 0, "rx_bad": 0, "rx_events": 0, "tx_events": 0,
+        }
+        self.last_error: str | None = None
+
+    def _send(self, parts: list[bytes], nframes: int, prefix: list[bytes]) -> bool:
+        try:
+            self.socket.send_multipart(prefix + parts, zmq.NOBLOCK, copy=False)
+        except (zmq.Again, zmq.ZMQError):
+            if nframes:
+                self.counters["tx_dropped_batches"] += 1
+                self.counters["tx_dropped_frames"] += nframes
+            return False
+        return True
+
+    def _batch_parts(self, stream: str, frames: list[bytes]) -> list[bytes]:
+        if stream not in self.protocol.stream_by_name:
+            raise errors.InvalidArgument(f"{self.protocol.name} has no stream {stream!r}")
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return [KIND_BATCH] + batchmod.encode_batch(stream, self._seq, frames)
+
+    def _event_parts(self, name: str, fields: dict) -> list[bytes]:
+        ev = self.protocol.event_by_name.get(name)
+        if ev is None:
+            raise errors.InvalidArgument(f"{self.protocol.name} has no event {name!r}")
+        body = encode(fields)
+        ev.decode(body)  # the sender validates too
+        return [KIND_EVENT, encode([name]), body]
+
+    def _parse(self, parts: list) -> tuple[str, Any, Any]:
+        """('batch', stream, frames) or ('event', name, struct); raises BadMessage."""
+        kind = bytes(parts[0]) if parts else b""
+        if kind == KIND_BATCH:
+            if len(parts) != 4:
+                raise errors.BadMessage(f"batch needs 4 parts, got {len(parts)}")
+            stream, _seq, count = batchmod.decode_header(parts[1])
+            decl = self.protocol.stream_by_name.get(stream)
+            if decl is None:
+                raise errors.BadMessage(f"{self.protocol.name} has no stream {stream!r}")
+            if count > decl.max_batch:
+                raise errors.BadMessage(f"batch of {count} frames exceeds {decl.max_batch}")
+            frames = batchmod.unpack_frames(parts[2], parts[3], count, decl.max_frame)
+            self.counters["rx_batches"] += 1
+            self.counters["rx_frames"] += count
+            return "batch", stream, frames
+        if kind == KIND_EVENT:
+            if len(parts) != 3:
+                raise errors.BadMessage(f"event needs 3 parts, got {len(parts)}")
+            try:
+                h = _raw.decode(parts[1])
+            except msgspec.DecodeError:
+                raise errors.BadMessage("event header is not MessagePack") from None
+            if not isinstance(h, list) or len(h) != 1 or not isinstance(h[0], str):
+                raise errors.BadMessage("event header must be [name]")
+            ev = self.protocol.event_by_name.get(h[0])
+            if ev is None:
+                raise errors.BadMessage(f"{self.protocol.name} has no event {h[0]!r}")
+            self.counters["rx_events"] += 1
+            return "event", h[0], ev.decode(parts[2])
+        raise errors.BadMessage(f"unknown data message kind {kind[:8]!r}")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class ProviderChannel(_Channel):
+    """The bound side: talks to many users, each addressed by its routing id."""
+
+    def __init__(self, protocol: Protocol, endpoints: list[str] | str, *, hwm: int = DEFAULT_DATA_HWM):
+        sock = context().socket(zmq.ROUTER)
+        configure_socket(sock, hwm)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown peer raises: counted as a drop
+        for ep in [endpoints] if isinstance(endpoints, str) else endpoints:
+            sock.bind(ep)
+        super().__init__(protocol, sock)
+
+    def send_batch(self, peer: bytes, stream: str, frames: list[bytes]) -> bool:
+        ok = self._send(self._batch_parts(stream, frames), len(frames), [peer])
+        if ok:
+            self.counters["tx_batches"] += 1
+            self.counters["tx_frames"] += len(frames)
+        return ok
+
+    def send_event(self, peer: bytes, name: str, /, **fields: Any) -> bool:
+        ok = self._send(self._event_parts(name, fields), 0, [peer])
+        self.counters["tx_events"] += ok
+        return ok
+
+    def receive(self, on_batch: Callable[[bytes, str, list[bytes]], None],
+                on_event: Callable[[bytes, str, Any], None], limit: int = 64) -> int:
+        """Drain up to ``limit`` messages; bad ones are counted and dropped."""
+        n = 0
+        while n < limit:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            peer, body = parts[0], parts[1:]
+            try:
+                kind, name, value = self._parse(body)
+            except errors.IpcError as exc:
+                self.counters["rx_bad"] += 1
+                self.last_error = f"{peer!r}: {exc}"
+                continue
+            if kind == "batch":
+                on_batch(peer, name, value)
+            else:
+                on_event(peer, name, value)
+        return n
+
+
+class UserChannel(_Channel):
+    """The connecting side, named by its routing id."""
+
+    def __init__(self, protocol: Protocol, endpoint: str, identity: bytes, *, hwm: int = DEFAULT_DATA_HWM):
+        sock = context().socket(zmq.DEALER)
+        configure_socket(sock, hwm)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+        self.identity = identity
+        super().__init__(protocol, sock)
+
+    def send_batch(self, stream: str, frames: list[bytes]) -> bool:
+        ok = self._send(self._batch_parts(stream, frames), len(frames), [])
+        if ok:
+            self.counters["tx_batches"] += 1
+            self.counters["tx_frames"] += len(frames)
+        return ok
+
+    def send_event(self, name: str, /, **fields: Any) -> bool:
+        ok = self._send(self._event_parts(name, fields), 0, [])
+        self.counters["tx_events"] += ok
+        return ok
+
+    def receive(self, on_batch: Callable[[str, list[bytes]], None],
+                on_event: Callable[[str, Any], None], limit: int = 64) -> int:
+        n = 0
+        while n < limit:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            try:
+                kind, name, value = self._parse(parts)
+            except errors.IpcError as exc:
+                self.counters["rx_bad"] += 1
+                self.last_error = str(exc)
+                continue
+            if kind == "batch":
+                on_batch(name, value)
+            else:
+                on_event(name, value)
+        return n

@@ -1,0 +1,327 @@
+"""The graph manifest: which components run, what they provide and use, how they restart.
+
+The whole graph is validated before anything starts. Every error names the
+file, the line where it can be found, the component and the field.
+
+    [graph]
+    name = "default"
+    pythonpath = []                 # extra import directories, relative to the manifest
+    declarations = []               # extra modules of protocol declarations
+
+    [components.NAME]
+    module = "components.netstack.process"   # run as python -m MODULE
+    provides = ["qnet.device@1.0"]
+    uses = ["qnet.launcher@1.0"]
+    after = []                      # extra start-order edges
+    restart = "always"              # always | on-failure | never
+    max_restarts = 5                # crash restarts allowed within restart_window seconds
+    restart_window = 30.0
+    backoff_initial = 0.2           # seconds; doubles per consecutive crash
+    backoff_max = 5.0
+    instances = []                  # per-instance copies named NAME.INSTANCE
+    args = { ... }                  # free-form, handed to the component
+    handles.H = { kind = "file", path = "..." }   # OS handles the launcher holds
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from ipc import registry
+from ipc.decl import Version
+
+# Protocols the launcher itself provides to every component.
+LAUNCHER_PROVIDES = ("qnet.launcher", "qnet.supervisor")
+POLICIES = ("always", "on-failure", "never")
+HANDLE_KINDS = ("file", "tap", "unix-listen", "unix-dgram")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_COMPONENT_KEYS = {"module", "provides", "uses", "after", "restart", "max_restarts", "restart_window",
+                   "backoff_initial", "backoff_max", "instances", "args", "handles", "enabled", "description"}
+
+
+class ManifestError(Exception):
+    """One clear line: file:line: component: field: what is wrong."""
+
+
+@dataclass
+class HandleSpec:
+    name: str
+    kind: str
+    options: dict[str, Any]
+
+
+@dataclass
+class ComponentSpec:
+    name: str                 # instance name: "netstack" or "ethdriver.p0"
+    template: str             # the [components.X] key
+    module: str
+    provides: list[tuple[str, Version]]
+    uses: list[tuple[str, Version | None]]
+    after: list[str]
+    restart: str = "always"
+    max_restarts: int = 5
+    restart_window: float = 30.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 5.0
+    args: dict[str, Any] = field(default_factory=dict)
+    handles: list[HandleSpec] = field(default_factory=list)
+    instance: str | None = None
+
+
+@dataclass
+class Graph:
+    name: str
+    source: str
+    declarations: list[str]
+    components: dict[str, ComponentSpec]
+    order: list[str]           # start order (providers first)
+    raw: dict[str, Any]
+    pythonpath: list[str] = field(default_factory=list)
+
+    def provider_of(self, protocol: str) -> str | None:
+        for c in self.components.values():
+            if any(p == protocol for p, _ in c.provides):
+                return c.name
+        return None
+
+
+def default_manifest_text() -> str:
+    return resources.files("launcher").joinpath("default_graph.toml").read_text()
+
+
+def load(path: str | None = None) -> Graph:
+    if path is None:
+        return parse(default_manifest_text(), "<embedded default graph>")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    return parse(text, path)
+
+
+class _Locator:
+    """Finds the line of a table or key in the TOML text, for error messages."""
+
+    def __init__(self, text: str, source: str):
+        self.lines = text.splitlines()
+        self.source = source
+
+    def line_of(self, component: str | None, key: str | None) -> int | None:
+        start = 0
+        if component is not None:
+            pat = re.compile(rf"^\s*\[\s*components\s*\.\s*\"?{re.escape(component)}\"?\s*[\].]")
+            for i, line in enumerate(self.lines):
+                if pat.match(line):
+                    start = i
+                    break
+            else:
+                return None
+        if key is None:
+            return start + 1
+        kpat = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*[=.]")
+        for i in range(start, len(self.lines)):
+            if i > start and self.lines[i].lstrip().startswith("[") and component is not None \
+                    and f"components.{component}" not in self.lines[i].replace(" ", ""):
+                break
+            if kpat.match(self.lines[i]):
+                return i + 1
+        return start + 1 if component is not None else None
+
+    def error(self, message: str, component: str | None = None, key: str | None = None) -> ManifestError:
+        line = self.line_of(component, key)
+        where = f"{self.source}:{line}" if line else self.source
+        who = f"component {component}: " if component else ""
+        what = f"field '{key}': " if key else ""
+        return ManifestError(f"{where}: {who}{what}{message}")
+
+
+def parse(text: str, source: str) -> Graph:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{source}: not valid TOML: {exc}") from None
+    loc = _Locator(text, source)
+    graph_tbl = raw.get("graph", {})
+    if not isinstance(graph_tbl, dict):
+        raise loc.error("[graph] must be a table")
+    unknown_top = set(raw) - {"graph", "components", "ports", "routes", "vms"}
+    if unknown_top:
+        raise loc.error(f"unknown top-level table(s): {', '.join(sorted(unknown_top))}")
+    pythonpath = graph_tbl.get("pythonpath", [])
+    if not isinstance(pythonpath, list) or not all(isinstance(d, str) for d in pythonpath):
+        raise loc.error("[graph] pythonpath must be a list of directories", key="pythonpath")
+    base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else os.getcwd()
+    pythonpath = [os.path.normpath(os.path.join(base, d)) for d in pythonpath]
+    for d in pythonpath:
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    declarations = graph_tbl.get("declarations", [])
+    if not isinstance(declarations, list) or not all(isinstance(d, str) for d in declarations):
+        raise loc.error("[graph] declarations must be a list of module names", key="declarations")
+    for mod in declarations:
+        try:
+            registry.load_module(mod)
+        except ImportError as exc:
+            raise loc.error(f"cannot import declarations module {mod!r}: {exc}", key="declarations") from None
+        except ValueError as exc:
+            raise loc.error(str(exc), key="declarations") from None
+    comps_tbl = raw.get("components")
+    if not isinstance(comps_tbl, dict) or not comps_tbl:
+        raise loc.error("the graph declares no [components.NAME] table")
+    components: dict[str, ComponentSpec] = {}
+    for cname, ctbl in comps_tbl.items():
+        for spec in _component(loc, cname, ctbl):
+            components[spec.name] = spec
+    _check_interfaces(loc, components)
+    order = _start_order(loc, components)
+    return Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations,
+                 components=components, order=order, raw=raw, pythonpath=pythonpath)
+
+
+def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:
+    if not _NAME_RE.match(cname):
+        raise loc.error("a component name uses letters, digits, '-' and '_'", cname)
+    if not isinstance(t, dict):
+        raise loc.error("must be a table", cname)
+    unknown = set(t) - _COMPONENT_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise loc.error(f"unknown field (known: {', '.join(sorted(_COMPONENT_KEYS))})", cname, key)
+    if t.get("enabled", True) is False:
+        return []
+
+    def get(key: str, typ: type | tuple, default: Any) -> Any:
+        v = t.get(key, default)
+        if isinstance(v, bool) and typ in (int, float, (int, float)):
+            raise loc.error(f"must be a number, not {v!r}", cname, key)
+        if not isinstance(v, typ):
+            want = typ.__name__ if isinstance(typ, type) else "/".join(x.__name__ for x in typ)
+            raise loc.error(f"must be {want}, got {type(v).__name__} {v!r}", cname, key)
+        return v
+
+    module = get("module", str, None) if "module" in t else None
+    if not module:
+        raise loc.error("missing (the Python module to run, e.g. components.netstack.process)", cname, "module")
+    provides = []
+    for ref in get("provides", list, []):
+        name, ver = _ref(loc, cname, "provides", ref)
+        proto = registry.get(name)
+        if proto is None:
+            raise loc.error(f"unknown interface {name!r} (see 'qnet ipc list')", cname, "provides")
+        if ver is not None and not proto.version.serves(ver):
+            raise loc.error(f"{name} is declared at version {proto.version}, not {ver}", cname, "provides")
+        provides.append((name, proto.version))
+    uses = []
+    for ref in get("uses", list, []):
+        name, ver = _ref(loc, cname, "uses", ref)
+        if registry.get(name) is None:
+            raise loc.error(f"unknown interface {name!r} (see 'qnet ipc list')", cname, "uses")
+        uses.append((name, ver))
+    after = get("after", list, [])
+    restart = get("restart", str, "always")
+    if restart not in POLICIES:
+        raise loc.error(f"must be one of {', '.join(POLICIES)}, got {restart!r}", cname, "restart")
+    max_restarts = get("max_restarts", int, 5)
+    window = float(get("restart_window", (int, float), 30.0))
+    b0 = float(get("backoff_initial", (int, float), 0.2))
+    bmax = float(get("backoff_max", (int, float), 5.0))
+    if max_restarts < 0 or window <= 0 or b0 < 0 or bmax < b0:
+        raise loc.error("restart limits must be non-negative with backoff_max >= backoff_initial", cname)
+    args = get("args", dict, {})
+    handles = []
+    for hname, h in get("handles", dict, {}).items():
+        if not isinstance(h, dict) or h.get("kind") not in HANDLE_KINDS:
+            raise loc.error(f"handle {hname!r} needs kind = one of {', '.join(HANDLE_KINDS)}", cname, "handles")
+        handles.append(HandleSpec(hname, h["kind"], {k: v for k, v in h.items() if k != "kind"}))
+    instances = get("instances", list, [])
+    common = dict(template=cname, module=module, provides=provides, uses=uses, after=list(after),
+                  restart=restart, max_restarts=max_restarts, restart_window=window,
+                  backoff_initial=b0, backoff_max=bmax)
+    if not instances:
+        return [ComponentSpec(name=cname, args=dict(args), handles=handles, **common)]
+    out = []
+    for inst in instances:
+        if not isinstance(inst, str) or not _NAME_RE.match(inst):
+            raise loc.error(f"bad instance name {inst!r}", cname, "instances")
+        out.append(ComponentSpec(name=f"{cname}.{inst}", instance=inst, args={**args, "instance": inst},
+                                 handles=handles, **common))
+    return out
+
+
+def _ref(loc: _Locator, cname: str, key: str, ref: Any) -> tuple[str, Version | None]:
+    if not isinstance(ref, str):
+        raise loc.error(f"interface references are strings like 'qnet.device@1.0', got {ref!r}", cname, key)
+    try:
+        return registry.parse_ref(ref)
+    except ValueError as exc:
+        raise loc.error(str(exc), cname, key) from None
+
+
+def _check_interfaces(loc: _Locator, comps: dict[str, ComponentSpec]) -> None:
+    providers: dict[str, tuple[str, Version]] = {}
+    for c in comps.values():
+        for name, ver in c.provides:
+            other = providers.get(name)
+            if other is not None and comps[other[0]].template != c.template:
+                raise loc.error(f"{name} is provided by both {other[0]} and {c.name}", c.template, "provides")
+            providers.setdefault(name, (c.name, ver))
+    for c in comps.values():
+        for name, wanted in c.uses:
+            if name in LAUNCHER_PROVIDES:
+                continue
+            prov = providers.get(name)
+            if prov is None:
+                raise loc.error(f"uses {name} but no component provides it", c.template, "uses")
+            if wanted is not None and not prov[1].serves(wanted):
+                raise loc.error(f"uses {name}@{wanted} but {prov[0]} provides version {prov[1]}",
+                                c.template, "uses")
+        for a in c.after:
+            if a not in comps and not any(x.template == a for x in comps.values()):
+                raise loc.error(f"'after' names {a!r}, which is not in the graph", c.template, "after")
+
+
+def _start_order(loc: _Locator, comps: dict[str, ComponentSpec]) -> list[str]:
+    providers = {name: c.name for c in comps.values() for name, _ in c.provides}
+    deps: dict[str, set[str]] = {}
+    for c in comps.values():
+        d = {providers[n] for n, _ in c.uses if n in providers}
+        for a in c.after:
+            d |= {x.name for x in comps.values() if x.name == a or x.template == a}
+        d.discard(c.name)
+        deps[c.name] = d
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = path[path.index(n):] + [n]
+            raise loc.error(f"dependency cycle: {' -> '.join(cycle)}", comps[n].template, "uses")
+        state[n] = 1
+        for d in sorted(deps[n]):
+            visit(d, path + [n])
+        state[n] = 2
+        order.append(n)
+
+    for n in sorted(comps):
+        visit(n, [])
+    return order
+
+
+def default_runtime_dir() -> str:
+    env = os.environ.get("QNET_RUNTIME_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/run/qnet"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return os.path.join(xdg, "qnet")
+    return f"/tmp/qnet-{os.getuid()}"

@@ -1,0 +1,312 @@
+"""The launcher process: the component manager of one graph.
+
+It owns the runtime directory, the OS handles (TAP fds, QEMU backend sockets),
+the supervision of every component, and the last known state of each. It
+serves ``qnet.launcher`` (the CLI's interface) and collects ``qnet.supervisor``
+reports. It runs the same event loop as every component.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from components.runtime import Loop
+from ipc import errors
+from ipc.decl import to_plain
+from ipc.events import Collector
+from ipc.protocols.launcher import LAUNCHER
+from ipc.protocols.lifecycle import SUPERVISOR
+from ipc.rpc import RpcServer
+
+from .manifest import Graph
+from .supervisor import HEARTBEAT_DEADLINE, Instance, StartFailed, Supervisor, describe_exit
+
+log = logging.getLogger("qnet.launcher")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def prepare_runtime_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def clear_stale_files(path: str) -> None:
+    """Remove sockets and endpoint links a dead launcher left behind (we hold the lock)."""
+    import stat
+    for entry in os.scandir(path):
+        try:
+            st = os.lstat(entry.path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            os.unlink(entry.path)
+
+
+def lock_runtime_dir(path: str) -> int:
+    """Hold RUN/launcher.pid locked for the launcher's lifetime: one graph per runtime dir."""
+    fd = os.open(os.path.join(path, "launcher.pid"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"a qnet graph is already up in {path} (launcher pid {other}); "
+                             f"'qnet down' stops it") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def control_endpoint(runtime_dir: str) -> str:
+    return f"ipc://{os.path.join(runtime_dir, 'launcher.ctl')}"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Launcher:
+    def __init__(self, graph: Graph, runtime_dir: str, *, progress: Callable[[str], None] | None = None):
+        self.graph = graph
+        self.run_dir = runtime_dir
+        self.progress = progress or (lambda msg: None)
+        prepare_runtime_dir(runtime_dir)
+        self._lock_fd = lock_runtime_dir(runtime_dir)
+        clear_stale_files(runtime_dir)
+        self.loop = Loop()
+        self.sup_endpoint = f"ipc://{os.path.join(runtime_dir, 'launcher.sup')}"
+        self.supervisor = Supervisor(graph, runtime_dir, self.sup_endpoint)
+        self.collector = Collector([SUPERVISOR], self.sup_endpoint)
+        self.control = RpcServer(control_endpoint(runtime_dir), {LAUNCHER: _Control(self)})
+        self.loop.add_reader(self.control.socket, self.control.process)
+        self.loop.add_reader(self.collector.socket, self._drain_reports)
+        self.loop.call_every(0.05, self._watch)
+        self.shutting_down = False
+        self.started_at = time.time()
+
+    @property
+    def instances(self) -> dict[str, Instance]:
+        return self.supervisor.instances
+
+    # -- start and stop ------------------------------------------------------------
+    def start_all(self) -> None:
+        for name in self.graph.order:
+            inst = self.instances[name]
+            self.progress(f"starting {name} ...")
+            t0 = time.monotonic()
+            try:
+                self.supervisor.start(inst)
+            except StartFailed as exc:
+                inst.set_state("failed")
+                inst.last_exit = str(exc)[:128]
+                raise
+            self.progress(f"  {name} running (pid {inst.incarnation.pid}, {time.monotonic() - t0:.2f} s)")
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_shutdown())
+        signal.signal(signal.SIGINT, lambda *_: self.request_shutdown())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            while not self.shutting_down:
+                self.loop.run_once(0.2)
+        finally:
+            self.close()
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+
+    def close(self) -> None:
+        self.supervisor.stop_all()
+        self.control.close()
+        self.collector.close()
+        for f in ("launcher.ctl", "launcher.sup"):
+            try:
+                os.unlink(os.path.join(self.run_dir, f))
+            except FileNotFoundError:
+                pass
+        for inst in self.instances.values():
+            for kind in ("rpc", "data", "pub"):
+                try:
+                    os.unlink(os.path.join(self.run_dir, f"{inst.name}.{kind}"))
+                except FileNotFoundError:
+                    pass
+        os.close(self._lock_fd)
+
+    # -- reports from components -------------------------------------------------------
+    def _drain_reports(self) -> None:
+        self.collector.receive(self._on_report, limit=256)
+
+    def _on_report(self, _proto: str, event: str, value: Any) -> None:
+        inst = self.instances.get(value.name)
+        if inst is None or inst.incarnation is None or value.incarnation != inst.incarnation.number:
+            return  # a retiring incarnation, or a stranger
+        if event == "heartbeat":
+            inst.last_heartbeat = time.monotonic()
+            inst.details = to_plain(value.status) if isinstance(value.status, dict) else {}
+        elif event == "checkpoint":
+            inst.snapshot = to_plain(value.snapshot)
+        elif event == "problem":
+            inst.problems.append(value.message)
+
+    # -- supervision ----------------------------------------------------------------------
+    def _watch(self) -> None:
+        now = time.monotonic()
+        self.supervisor.reap_retiring()
+        for inst in self.instances.values():
+            inc = inst.incarnation
+            if inc is not None and inst.state in ("running", "starting"):
+                code = inc.proc.poll()
+                if code is not None:
+                    self._on_exit(inst, describe_exit(code), crashed=(code != 0))
+                elif inst.state == "running" and now - inst.last_heartbeat > HEARTBEAT_DEADLINE:
+                    log.warning("%s sent no heartbeat for %.0f s: killing it", inst.name, now - inst.last_heartbeat)
+                    inc.proc.kill()
+                    inc.proc.wait()
+                    self._on_exit(inst, "unresponsive (killed)", crashed=True)
+            if inst.state == "backoff" and inst.next_start is not None and now >= inst.next_start:
+                self._respawn(inst)
+
+    def _on_exit(self, inst: Instance, how: str, crashed: bool) -> None:
+        log.warning("%s (pid %d) exited: %s", inst.name, inst.incarnation.pid, how)
+        self.supervisor._cleanup_files(inst.incarnation)
+        inst.incarnation = None
+        inst.last_exit = how
+        policy = inst.spec.restart
+        if policy == "never" or (policy == "on-failure" and not crashed):
+            inst.set_state("stopped" if not crashed else "failed")
+            return
+        now = time.monotonic()
+        inst.crash_times.append(now)
+        recent = [t for t in inst.crash_times if now - t <= inst.spec.restart_window]
+        if len(recent) > inst.spec.max_restarts:
+            inst.set_state("failed")
+            msg = (f"{inst.name} crashed {len(recent)} times in {inst.spec.restart_window:g} s; "
+                   f"not restarting it (last: {how})")
+            inst.problems.append(msg)
+            log.error("%s", msg)
+            return
+        # Exponential backoff, reset when the last crash is older than the window.
+        if len(recent) <= 1:
+            inst.backoff = inst.spec.backoff_initial
+        else:
+            inst.backoff = min(inst.spec.backoff_max, max(inst.backoff, inst.spec.backoff_initial) * 2)
+        inst.next_start = now + inst.backoff
+        inst.set_state("backoff")
+
+    def _respawn(self, inst: Instance) -> None:
+        inst.next_start = None
+        try:
+            self.supervisor.start(inst)
+            inst.restarts += 1
+            log.info("%s respawned (pid %d)%s", inst.name, inst.incarnation.pid,
+                     " with its last state" if inst.snapshot else "")
+        except StartFailed as exc:
+            log.error("%s", exc)
+            self._on_exit_failed_start(inst, str(exc))
+
+    def _on_exit_failed_start(self, inst: Instance, why: str) -> None:
+        inst.incarnation = None
+        inst.last_exit = why[:128]
+        now = time.monotonic()
+        inst.crash_times.append(now)
+        recent = [t for t in inst.crash_times if now - t <= inst.spec.restart_window]
+        if len(recent) > inst.spec.max_restarts:
+            inst.set_state("failed")
+            inst.problems.append(f"{inst.name} failed to start repeatedly: {why}")
+            return
+        inst.backoff = min(inst.spec.backoff_max, max(inst.backoff, inst.spec.backoff_initial) * 2)
+        inst.next_start = now + inst.backoff
+        inst.set_state("backoff")
+
+    # -- for the control interface ------------------------------------------------------
+    def status_rows(self) -> list[dict]:
+        rows = []
+        for name in self.graph.order:
+            inst = self.instances[name]
+            details = dict(inst.details)
+            if inst.problems:
+                details["problems"] = list(inst.problems)
+            rows.append({
+                "name": name,
+                "pid": inst.incarnation.pid if inst.incarnation else 0,
+                "state": inst.state,
+                "restarts": inst.restarts,
+                "last_exit": inst.last_exit[:128],
+                "incarnation": inst.incarnation.number if inst.incarnation else 0,
+                "since": _utc(inst.since),
+                "details": details,
+            })
+        return rows
+
+
+class _Control:
+    """Handlers of qnet.launcher."""
+
+    def __init__(self, launcher: Launcher):
+        self.l = launcher
+
+    def status(self):
+        return self.l.status_rows()
+
+    def graph(self):
+        g = self.l.graph
+        return {
+            "name": g.name, "source": g.source, "runtime_dir": self.l.run_dir, "launcher_pid": os.getpid(),
+            "components": [{"name": n, "module": g.components[n].module,
+                            "provides": [f"{p}@{v}" for p, v in g.components[n].provides],
+                            "uses": [p if v is None else f"{p}@{v}" for p, v in g.components[n].uses],
+                            "restart": g.components[n].restart} for n in g.order],
+        }
+
+    def _instance(self, name: str) -> Instance:
+        inst = self.l.instances.get(name)
+        if inst is None:
+            raise errors.RemoteError(f"no component named {name!r} (see 'qnet status')", code="not_found")
+        return inst
+
+    def restart(self, name: str, mode: str):
+        inst = self._instance(name)
+        if inst.state in ("backoff", "failed", "stopped"):
+            inst.crash_times.clear()
+        try:
+            if mode == "cold" and inst.incarnation is not None:
+                old_pid = inst.incarnation.pid
+                inc = inst.incarnation
+                inst.incarnation = None
+                self.l.supervisor.retire(inc)
+                t0 = time.monotonic()
+                self.l.supervisor.start(inst)
+                inst.restarts += 1
+                res = {"old_pid": old_pid, "new_pid": inst.incarnation.pid, "handed_over": False,
+                       "seconds": round(time.monotonic() - t0, 3)}
+            else:
+                res = self.l.supervisor.restart_handover(inst)
+        except StartFailed as exc:
+            raise errors.RemoteError(str(exc), code="failed") from None
+        return {"name": name, **res}
+
+    def logs(self, name: str, offset: int, max_bytes: int):
+        self._instance(name)
+        path = os.path.join(self.l.supervisor.logdir, f"{name}.log")
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return {"text": "", "offset": 0}
+        if offset < 0 or offset > size:
+            offset = max(0, size - max_bytes)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max_bytes)
+        return {"text": data.decode("utf-8", "replace"), "offset": offset + len(data)}
+
+    def shutdown(self):
+        self.l.loop.call_later(0.05, self.l.request_shutdown)
+        return True

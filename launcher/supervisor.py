@@ -1,0 +1,405 @@
+"""Supervision of component processes: spawn, watch, restart by policy, hand over.
+
+Each component instance has one live incarnation at a time (two, briefly,
+during a make-before-break restart). Every incarnation binds its endpoints at
+``RUN/NAME.N.rpc`` (and ``.data``, ``.pub``); the stable names ``RUN/NAME.rpc``
+etc. are symlinks the launcher points at the incarnation in service. Peers
+connect to the stable names, so when the old incarnation closes, ZeroMQ
+reconnects them to the new one without operator action.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipc import errors
+from ipc.protocols.lifecycle import LIFECYCLE
+from ipc.rpc import RpcClient
+
+from .manifest import ComponentSpec, Graph, HandleSpec
+
+log = logging.getLogger("qnet.launcher")
+
+ENDPOINT_KINDS = ("rpc", "data", "pub")
+ACTIVATE_TIMEOUT = 20.0      # a cold Python start plus the component's own set-up
+FREEZE_TIMEOUT = 5.0
+STOP_GRACE = 3.0
+HEARTBEAT_DEADLINE = 6.0     # silent this long while running: unresponsive, restarted
+
+
+def _preexec() -> None:
+    # Runs in the child between fork and exec: die with the launcher.
+    import ctypes
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except OSError:
+        pass
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+@dataclass
+class Incarnation:
+    number: int
+    proc: subprocess.Popen
+    endpoints: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    retiring: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class Instance:
+    spec: ComponentSpec
+    state: str = "stopped"
+    incarnation: Incarnation | None = None
+    counter: int = 0                      # incarnations started so far
+    restarts: int = 0
+    crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    last_exit: str = ""
+    since: float = field(default_factory=time.time)
+    backoff: float = 0.0
+    next_start: float | None = None
+    snapshot: dict | None = None          # last handed-over or checkpointed state
+    last_heartbeat: float = 0.0
+    details: dict = field(default_factory=dict)
+    problems: collections.deque = field(default_factory=lambda: collections.deque(maxlen=8))
+    fds: dict[str, int] = field(default_factory=dict)
+    handle_objs: list[Any] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+
+
+class Supervisor:
+    def __init__(self, graph: Graph, runtime_dir: str, supervisor_endpoint: str):
+        self.graph = graph
+        self.run = runtime_dir
+        self.supervisor_endpoint = supervisor_endpoint
+        self.instances: dict[str, Instance] = {n: Instance(graph.components[n]) for n in graph.order}
+        self.logdir = os.path.join(runtime_dir, "logs")
+        os.makedirs(self.logdir, mode=0o700, exist_ok=True)
+        self.retiring: list[Incarnation] = []
+
+    # -- endpoints -----------------------------------------------------------------
+    def stable_endpoint(self, name: str, kind: str) -> str:
+        return f"ipc://{os.path.join(self.run, f'{name}.{kind}')}"
+
+    def _incarnation_endpoints(self, name: str, number: int) -> dict[str, str]:
+        return {k: f"ipc://{os.path.join(self.run, f'{name}.{number}.{k}')}" for k in ENDPOINT_KINDS}
+
+    def _point_stable_names(self, name: str, number: int) -> None:
+        """Atomically re-point NAME.KIND at NAME.N.KIND (rename over the old symlink)."""
+        for kind in ENDPOINT_KINDS:
+            link = os.path.join(self.run, f"{name}.{kind}")
+            tmp = link + ".new"
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.symlink(f"{name}.{number}.{kind}", tmp)
+            os.replace(tmp, link)
+
+    def _remove_incarnation_files(self, name: str, number: int) -> None:
+        for kind in ENDPOINT_KINDS:
+            try:
+                os.unlink(os.path.join(self.run, f"{name}.{number}.{kind}"))
+            except FileNotFoundError:
+                pass
+
+    def peers_for(self, spec: ComponentSpec) -> dict[str, dict]:
+        peers = {}
+        for proto, _ver in spec.uses:
+            if proto in ("qnet.launcher", "qnet.supervisor"):
+                peers[proto] = {"component": "launcher", "rpc": f"ipc://{os.path.join(self.run, 'launcher.ctl')}"}
+                continue
+            prov = self.graph.provider_of(proto)
+            if prov is not None:
+                peers[proto] = {"component": prov, **{k: self.stable_endpoint(prov, k) for k in ENDPOINT_KINDS}}
+        return peers
+
+    # -- handles ---------------------------------------------------------------------
+    def open_handles(self, inst: Instance) -> None:
+        for h in inst.spec.handles:
+            if h.name not in inst.fds:
+                fd, obj = open_handle(h, inst.spec)
+                inst.fds[h.name] = fd
+                if obj is not None:
+                    inst.handle_objs.append(obj)
+
+    def close_handles(self, inst: Instance) -> None:
+        for obj in inst.handle_objs:
+            try:
+                obj.close()
+            except OSError:
+                pass
+        for name, fd in list(inst.fds.items()):
+            if not any(getattr(o, "fileno", lambda: -1)() == fd for o in inst.handle_objs):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        inst.handle_objs.clear()
+        inst.fds.clear()
+
+    # -- processes ---------------------------------------------------------------------
+    def spawn(self, inst: Instance) -> Incarnation:
+        self.open_handles(inst)
+        inst.counter += 1
+        number = inst.counter
+        eps = self._incarnation_endpoints(inst.name, number)
+        self._remove_incarnation_files(inst.name, number)
+        env = dict(os.environ)
+        args = dict(inst.spec.args)
+        if self.graph.declarations:
+            args["_declarations"] = list(self.graph.declarations)
+        env.update({
+            "QNET_NAME": inst.name,
+            "QNET_INCARNATION": str(number),
+            "QNET_RUNTIME_DIR": self.run,
+            "QNET_SUPERVISOR": self.supervisor_endpoint,
+            "QNET_ENDPOINTS": json.dumps(eps),
+            "QNET_PEERS": json.dumps(self.peers_for(inst.spec)),
+            "QNET_ARGS": json.dumps(args),
+            "QNET_HANDLES": json.dumps(inst.fds),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.graph.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(self.graph.pythonpath + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        logf = open(os.path.join(self.logdir, f"{inst.name}.log"), "ab", buffering=0)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", inst.spec.module], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=logf, stderr=subprocess.STDOUT, pass_fds=tuple(inst.fds.values()),
+                                    preexec_fn=_preexec, close_fds=True)
+        finally:
+            logf.close()
+        log.info("started %s incarnation %d (pid %d)", inst.name, number, proc.pid)
+        return Incarnation(number, proc, eps)
+
+    def lifecycle(self, inc: Incarnation, timeout: float) -> RpcClient:
+        return RpcClient(inc.endpoints["rpc"], LIFECYCLE, timeout=timeout, retries=0)
+
+    def await_up(self, inst: Instance, inc: Incarnation, timeout: float = ACTIVATE_TIMEOUT) -> None:
+        """Wait until a new incarnation answers on its endpoint (it is then idle, not yet active).
+
+        Asks in short slices so that a child that dies early (an import error,
+        a bad argument) is reported at once instead of after the whole timeout.
+        """
+        deadline = time.monotonic() + timeout
+        with self.lifecycle(inc, 0.25) as lc:
+            while True:
+                code = inc.proc.poll()
+                if code is not None:
+                    raise StartFailed(f"{inst.name} exited ({describe_exit(code)}) before it was ready; "
+                                      f"see 'qnet logs {inst.name}'")
+                try:
+                    lc.call("status", timeout=0.25)
+                    return
+                except errors.Timeout:
+                    if time.monotonic() > deadline:
+                        raise StartFailed(f"{inst.name} did not answer within {timeout:g} s") from None
+
+    def activate(self, inst: Instance, inc: Incarnation, snapshot: dict | None) -> bool:
+        """Hand the state over and wait for the readiness report. Returns whether state was used."""
+        with self.lifecycle(inc, ACTIVATE_TIMEOUT) as lc:
+            try:
+                lc.call("activate", snapshot=snapshot)
+                return snapshot is not None
+            except errors.RemoteError as exc:
+                if exc.code != "bad_snapshot" or snapshot is None:
+                    raise
+                log.warning("%s refused the handed-over state (%s); starting clean", inst.name, exc)
+                inst.problems.append(f"state not handed over: {exc}")
+                lc.call("activate", snapshot=None)
+                return False
+
+    def start(self, inst: Instance) -> None:
+        """Start an instance (first start or crash respawn) with its last known state."""
+        inst.set_state("starting")
+        inc = self.spawn(inst)
+        inst.incarnation = inc
+        inst.last_heartbeat = time.monotonic()
+        try:
+            self.await_up(inst, inc)
+            self.activate(inst, inc, inst.snapshot)
+        except (errors.IpcError, StartFailed) as exc:
+            self._kill(inc)
+            inst.incarnation = None
+            raise StartFailed(str(exc) if isinstance(exc, StartFailed)
+                              else f"{inst.name} did not become ready: {exc}") from None
+        self._point_stable_names(inst.name, inc.number)
+        inst.set_state("running")
+        inst.last_heartbeat = time.monotonic()
+
+    def restart_handover(self, inst: Instance) -> dict:
+        """Make-before-break: successor up, state handed over, then the predecessor stops."""
+        old = inst.incarnation
+        if old is None or old.proc.poll() is not None:
+            t0 = time.monotonic()
+            self.start(inst)
+            inst.restarts += 1
+            return {"old_pid": 0, "new_pid": inst.incarnation.pid, "handed_over": inst.snapshot is not None,
+                    "seconds": round(time.monotonic() - t0, 3)}
+        t0 = time.monotonic()
+        new = self.spawn(inst)
+        try:
+            self.await_up(inst, new)  # the successor is up and idle
+        except StartFailed as exc:
+            self._kill(new)
+            raise StartFailed(f"successor of {inst.name} did not start: {exc}") from None
+        inst.set_state("handover")
+        snapshot = None
+        try:
+            with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
+                snapshot = _plain(lc.call("freeze"))
+        except errors.IpcError as exc:
+            log.warning("%s: freeze failed (%s); using the last checkpoint", inst.name, exc)
+            snapshot = inst.snapshot
+        try:
+            used = self.activate(inst, new, snapshot)
+        except errors.IpcError as exc:
+            self._kill(new)
+            try:
+                with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
+                    lc.call("thaw")
+            except errors.IpcError:
+                pass
+            inst.set_state("running")
+            raise StartFailed(f"successor of {inst.name} failed to take over: {exc}") from None
+        if snapshot is not None:
+            inst.snapshot = snapshot
+        self._point_stable_names(inst.name, new.number)
+        inst.incarnation = new
+        inst.restarts += 1
+        inst.last_exit = "replaced (restart)"
+        inst.set_state("running")
+        inst.last_heartbeat = time.monotonic()
+        self.retire(old)
+        return {"old_pid": old.pid, "new_pid": new.pid, "handed_over": used,
+                "seconds": round(time.monotonic() - t0, 3)}
+
+    def retire(self, inc: Incarnation) -> None:
+        """Ask an incarnation to stop; the reaper kills it if it lingers."""
+        inc.retiring = True
+        inc.started = time.monotonic()  # reused as the retirement clock
+        try:
+            inc.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.retiring.append(inc)
+
+    def _kill(self, inc: Incarnation) -> None:
+        try:
+            inc.proc.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            inc.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        self._cleanup_files(inc)
+
+    def reap_retiring(self) -> None:
+        now = time.monotonic()
+        for inc in list(self.retiring):
+            if inc.proc.poll() is not None:
+                self.retiring.remove(inc)
+                self._cleanup_files(inc)
+            elif now - inc.started > STOP_GRACE:
+                inc.proc.kill()
+
+    def _cleanup_files(self, inc: Incarnation) -> None:
+        for ep in inc.endpoints.values():
+            try:
+                os.unlink(ep[len("ipc://"):])
+            except (FileNotFoundError, ValueError):
+                pass
+
+    def stop_all(self, timeout: float = STOP_GRACE) -> None:
+        """SIGTERM everything in reverse start order, then SIGKILL what lingers."""
+        procs = []
+        for name in reversed(self.graph.order):
+            inst = self.instances.get(name)
+            if inst and inst.incarnation and inst.incarnation.proc.poll() is None:
+                procs.append(inst.incarnation.proc)
+                inst.set_state("stopping")
+        procs += [i.proc for i in self.retiring if i.proc.poll() is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for inst in self.instances.values():
+            if inst.incarnation is not None:
+                inst.last_exit = describe_exit(inst.incarnation.proc.returncode or 0)
+                self._cleanup_files(inst.incarnation)
+            inst.incarnation = None
+            inst.set_state("stopped")
+            self.close_handles(inst)
+
+
+class StartFailed(Exception):
+    pass
+
+
+def _plain(value: Any) -> Any:
+    from ipc.decl import to_plain
+    return to_plain(value)
+
+
+def open_handle(h: HandleSpec, spec: ComponentSpec) -> tuple[int, Any]:
+    """Open an OS handle the launcher will hold for a component's incarnations."""
+    o = h.options
+    try:
+        if h.kind == "file":
+            fd = os.open(o["path"], os.O_RDWR | os.O_CREAT, 0o600)
+            return fd, None
+        if h.kind == "tap":
+            from components.ethdriver.backends.tap import open_tap
+            fd = open_tap(o["name"], create=o.get("create", True), vnet_hdr=o.get("vnet_hdr", False))
+            return fd, None
+        if h.kind == "unix-listen":
+            from components.ethdriver.backends.qemu_stream import listen_stream
+            s = listen_stream(o["path"])
+            return s.fileno(), s
+        if h.kind == "unix-dgram":
+            from components.ethdriver.backends.qemu_dgram import open_dgram
+            s = open_dgram(o["path"])
+            return s.fileno(), s
+    except KeyError as exc:
+        raise StartFailed(f"{spec.name}: handle {h.name}: missing option {exc}") from None
+    except OSError as exc:
+        raise StartFailed(f"{spec.name}: handle {h.name}: {exc.strerror or exc}") from None
+    raise StartFailed(f"{spec.name}: handle {h.name}: unknown kind {h.kind}")
+
