@@ -31,6 +31,9 @@ DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
 
 
 class _Channel:
+    # The stream direction this end may receive; it sends the other one.
+    RX_DIRECTION = ""
+
     def __init__(self, protocol: Protocol, sock: zmq.Socket):
         self.protocol = protocol
         self.socket = sock
@@ -52,8 +55,11 @@ class _Channel:
         return True
 
     def _batch_parts(self, stream: str, frames: list[bytes]) -> list[bytes]:
-        if stream not in self.protocol.stream_by_name:
+        decl = self.protocol.stream_by_name.get(stream)
+        if decl is None:
             raise errors.InvalidArgument(f"{self.protocol.name} has no stream {stream!r}")
+        if decl.direction == self.RX_DIRECTION:
+            raise errors.InvalidArgument(f"{self.protocol.name} stream {stream!r} flows {decl.direction}, not from here")
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         return [KIND_BATCH] + batchmod.encode_batch(stream, self._seq, frames)
 
@@ -75,6 +81,8 @@ class _Channel:
             decl = self.protocol.stream_by_name.get(stream)
             if decl is None:
                 raise errors.BadMessage(f"{self.protocol.name} has no stream {stream!r}")
+            if decl.direction != self.RX_DIRECTION:
+                raise errors.BadMessage(f"{self.protocol.name} stream {stream!r} flows {decl.direction}, not here")
             if count > decl.max_batch:
                 raise errors.BadMessage(f"batch of {count} frames exceeds {decl.max_batch}")
             frames = batchmod.unpack_frames(parts[2], parts[3], count, decl.max_frame)
@@ -103,6 +111,8 @@ class _Channel:
 
 class ProviderChannel(_Channel):
     """The bound side: talks to many users, each addressed by its routing id."""
+
+    RX_DIRECTION = "to_provider"
 
     def __init__(self, protocol: Protocol, endpoints: list[str] | str, *, hwm: int = DEFAULT_DATA_HWM):
         sock = context().socket(zmq.ROUTER)
@@ -151,6 +161,8 @@ class ProviderChannel(_Channel):
 
 class UserChannel(_Channel):
     """The connecting side, named by its routing id."""
+
+    RX_DIRECTION = "to_user"
 
     def __init__(self, protocol: Protocol, endpoint: str, identity: bytes, *, hwm: int = DEFAULT_DATA_HWM):
         sock = context().socket(zmq.DEALER)

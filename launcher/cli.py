@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import cli_net  # noqa: F401  (registers the network commands)
     ap = build_parser()
     try:
         args = ap.parse_args(argv)

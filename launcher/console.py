@@ -139,8 +139,6 @@ class SerialConsole:
                 return None
             self._read_some(deadline)
 
-    def _offset(self, match: re.Match[bytes]) -> int:
-        return self._base + match.end()
 
     # --- waiting and writing ------------------------------------------------------------
 
@@ -158,8 +156,10 @@ class SerialConsole:
         if found is None:
             raise TimeoutError(f"no {regex.pattern!r} on the serial console within {timeout:g} s;"
                                f" last output: {self._tail()!r}")
-        self._cursor = self._offset(found)
-        return found
+        self._cursor = self._base + found.end()
+        # A match over the bytearray reads it lazily and would change as the transcript is
+        # trimmed: hand out one over an immutable copy.
+        return regex.search(bytes(self._buf), found.start())  # type: ignore[return-value]
 
     def write(self, data: bytes) -> None:
         """Send raw bytes to the guest (keystrokes)."""
@@ -185,7 +185,7 @@ class SerialConsole:
         # The quotes split the marker in what the terminal echoes back, so only the
         # shell's output of the echo command matches.
         probe = f'echo "__QP_""{nonce}"\n'.encode()
-        pattern = re.compile(b"__QP_" + nonce.encode())
+        pattern = re.compile(b"__QP_" + nonce.encode() + b"\r?\n")
         since = self.mark()
         deadline = time.monotonic() + timeout
         while True:
@@ -205,7 +205,8 @@ class SerialConsole:
         and programs that read stdin cannot take the console down, and shell state (cd,
         variables) does not carry over between calls. Output is stdout and stderr together,
         as the terminal shows them, without CR characters and without "QNET-GUEST:" event
-        lines. On timeout the command is interrupted (Ctrl-C) and TimeoutError raised.
+        lines; output beyond `transcript_limit` loses its beginning (said in its first
+        line). On timeout the command is interrupted (Ctrl-C) and TimeoutError raised.
         """
         deadline = time.monotonic() + timeout
         if not self._synced:
@@ -220,17 +221,24 @@ class SerialConsole:
         begin = self._search(re.compile(b"__QS_" + nonce.encode() + b"\r?\n"), since, deadline)
         end = None
         if begin is not None:
+            # Absolute offsets: reading on may trim the transcript under the match.
+            output_start = self._base + begin.end()
             end = self._search(re.compile(b"__QE_" + nonce.encode() + rb"_(\d+)\r?\n"),
-                               self._offset(begin), deadline)
+                               output_start, deadline)
         if begin is None or end is None:
             self.write(b"\x03")
             self._synced = False
             raise TimeoutError(f"guest command did not finish within {timeout:g} s: {cmd!r};"
                                f" last output: {self._tail()!r}")
-        raw = self._buf[begin.end():end.start()].decode("utf-8", "replace").replace("\r", "")
-        output = "".join(ln for ln in raw.splitlines(keepends=True)
+        status = int(end.group(1))
+        lost = max(0, self._base - output_start)
+        raw = self._buf[max(0, output_start - self._base):end.start()]
+        text = raw.decode("utf-8", "replace").replace("\r", "")
+        output = "".join(ln for ln in text.splitlines(keepends=True)
                          if not ln.startswith(GUEST_EVENT_PREFIX))
-        return int(end.group(1)), output
+        if lost:
+            output = f"[{lost} bytes of output dropped: more than the transcript limit]\n" + output
+        return status, output
 
 
 def _compile(pattern: bytes | str | re.Pattern[bytes]) -> re.Pattern[bytes]:

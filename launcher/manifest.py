@@ -19,6 +19,7 @@ file, the line where it can be found, the component and the field.
     backoff_initial = 0.2           # seconds; doubles per consecutive crash
     backoff_max = 5.0
     instances = []                  # per-instance copies named NAME.INSTANCE
+    per_port = false                # a template: one instance NAME.PORT per port (ethdriver)
     args = { ... }                  # free-form, handed to the component
     handles.H = { kind = "file", path = "..." }   # OS handles the launcher holds
 """
@@ -41,7 +42,8 @@ POLICIES = ("always", "on-failure", "never")
 HANDLE_KINDS = ("file", "tap", "unix-listen", "unix-dgram")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _COMPONENT_KEYS = {"module", "provides", "uses", "after", "restart", "max_restarts", "restart_window",
-                   "backoff_initial", "backoff_max", "instances", "args", "handles", "enabled", "description"}
+                   "backoff_initial", "backoff_max", "instances", "args", "handles", "enabled", "description",
+                   "per_port"}
 
 
 class ManifestError(Exception):
@@ -82,9 +84,10 @@ class Graph:
     order: list[str]           # start order (providers first)
     raw: dict[str, Any]
     pythonpath: list[str] = field(default_factory=list)
+    templates: dict[str, ComponentSpec] = field(default_factory=dict)
 
     def provider_of(self, protocol: str) -> str | None:
-        for c in self.components.values():
+        for c in list(self.components.values()):
             if any(p == protocol for p, _ in c.provides):
                 return c.name
         return None
@@ -175,13 +178,17 @@ def parse(text: str, source: str) -> Graph:
     if not isinstance(comps_tbl, dict) or not comps_tbl:
         raise loc.error("the graph declares no [components.NAME] table")
     components: dict[str, ComponentSpec] = {}
+    templates: dict[str, ComponentSpec] = {}
     for cname, ctbl in comps_tbl.items():
         for spec in _component(loc, cname, ctbl):
-            components[spec.name] = spec
-    _check_interfaces(loc, components)
+            if isinstance(ctbl, dict) and ctbl.get("per_port"):
+                templates[spec.name] = spec
+            else:
+                components[spec.name] = spec
+    _check_interfaces(loc, {**components, **templates})
     order = _start_order(loc, components)
     return Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations,
-                 components=components, order=order, raw=raw, pythonpath=pythonpath)
+                 components=components, order=order, raw=raw, pythonpath=pythonpath, templates=templates)
 
 
 def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:

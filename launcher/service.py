@@ -84,6 +84,9 @@ class Launcher:
         self.loop = Loop()
         self.sup_endpoint = f"ipc://{os.path.join(runtime_dir, 'launcher.sup')}"
         self.supervisor = Supervisor(graph, runtime_dir, self.sup_endpoint)
+        self.supervisor.on_activated = self._on_activated
+        from .ports import PortManager
+        self.ports = PortManager(self)
         self.collector = Collector([SUPERVISOR], self.sup_endpoint)
         self.control = RpcServer(control_endpoint(runtime_dir), {LAUNCHER: _Control(self)})
         self.loop.add_reader(self.control.socket, self.control.process)
@@ -98,7 +101,7 @@ class Launcher:
 
     # -- start and stop ------------------------------------------------------------
     def start_all(self) -> None:
-        for name in self.graph.order:
+        for name in list(self.graph.order):
             inst = self.instances[name]
             self.progress(f"starting {name} ...")
             t0 = time.monotonic()
@@ -109,6 +112,10 @@ class Launcher:
                 inst.last_exit = str(exc)[:128]
                 raise
             self.progress(f"  {name} running (pid {inst.incarnation.pid}, {time.monotonic() - t0:.2f} s)")
+        try:
+            self.ports.start_declared()
+        except errors.IpcError as exc:
+            raise StartFailed(f"ports: {exc}") from None
 
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_shutdown())
@@ -133,12 +140,17 @@ class Launcher:
             except FileNotFoundError:
                 pass
         for inst in self.instances.values():
-            for kind in ("rpc", "data", "pub"):
+            for kind in ("rpc", "data", "pub", "dgram"):
                 try:
                     os.unlink(os.path.join(self.run_dir, f"{inst.name}.{kind}"))
                 except FileNotFoundError:
                     pass
         os.close(self._lock_fd)
+
+    def _on_activated(self, inst: Instance) -> None:
+        """A new incarnation is in service: re-assert the configuration it should hold."""
+        if inst.name == self.ports.netstack_name and self.ports.ports:
+            self.ports.reconcile()
 
     # -- reports from components -------------------------------------------------------
     def _drain_reports(self) -> None:
@@ -230,7 +242,9 @@ class Launcher:
     def status_rows(self) -> list[dict]:
         rows = []
         for name in self.graph.order:
-            inst = self.instances[name]
+            inst = self.instances.get(name)
+            if inst is None:
+                continue
             details = dict(inst.details)
             if inst.problems:
                 details["problems"] = list(inst.problems)
@@ -260,10 +274,11 @@ class _Control:
         g = self.l.graph
         return {
             "name": g.name, "source": g.source, "runtime_dir": self.l.run_dir, "launcher_pid": os.getpid(),
-            "components": [{"name": n, "module": g.components[n].module,
-                            "provides": [f"{p}@{v}" for p, v in g.components[n].provides],
-                            "uses": [p if v is None else f"{p}@{v}" for p, v in g.components[n].uses],
-                            "restart": g.components[n].restart} for n in g.order],
+            "components": [{"name": n, "module": spec.module,
+                            "provides": [f"{p}@{v}" for p, v in spec.provides],
+                            "uses": [p if v is None else f"{p}@{v}" for p, v in spec.uses],
+                            "restart": spec.restart}
+                           for n in g.order for spec in [self.l.instances[n].spec] if n in self.l.instances],
         }
 
     def _instance(self, name: str) -> Instance:
@@ -310,3 +325,54 @@ class _Control:
     def shutdown(self):
         self.l.loop.call_later(0.05, self.l.request_shutdown)
         return True
+
+    # -- ports, addresses, routes (configuration the launcher owns) ----------------------------
+    def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp):
+        cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp}
+        for k, v in (("tap", tap), ("mac", mac), ("path", path), ("peer_path", peer_path)):
+            if v is not None:
+                cfg[k] = v
+        if backend == "tap":
+            cfg["create"] = create
+        try:
+            return _port_out(name, self.l.ports.add(name, cfg))
+        except ValueError as exc:
+            raise errors.RemoteError(str(exc), code="bad_argument") from None
+
+    def port_del(self, name):
+        return self.l.ports.delete(name)
+
+    def port_set(self, name, forwarding, mtu):
+        return _port_out(name, self.l.ports.set(name, forwarding, mtu))
+
+    def addr_add(self, port, address):
+        return self.l.ports.addr(port, str(address), True)
+
+    def addr_del(self, port, address):
+        return self.l.ports.addr(port, str(address), False)
+
+    def route_add(self, prefix, via, dev, metric):
+        try:
+            return self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                       "dev": dev, "metric": metric}, True)
+        except ValueError as exc:
+            raise errors.RemoteError(str(exc), code="bad_argument") from None
+
+    def route_del(self, prefix, via, dev):
+        try:
+            return self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                       "dev": dev}, False)
+        except ValueError as exc:
+            raise errors.RemoteError(str(exc), code="bad_argument") from None
+
+    def endpoints(self):
+        sup = self.l.supervisor
+        out = {}
+        for name in self.l.graph.order:
+            out[name] = {k: sup.stable_endpoint(name, k) for k in ("rpc", "data", "pub", "dgram")}
+        return out
+
+
+def _port_out(name: str, cfg: dict) -> dict:
+    return {"name": name, "backend": cfg["backend"], "tap": cfg.get("tap"), "mtu": cfg["mtu"],
+            "forwarding": cfg["forwarding"], "addresses": list(cfg["addresses"]), "dhcp": cfg.get("dhcp")}

@@ -28,7 +28,7 @@ from .manifest import ComponentSpec, Graph, HandleSpec
 
 log = logging.getLogger("qnet.launcher")
 
-ENDPOINT_KINDS = ("rpc", "data", "pub")
+ENDPOINT_KINDS = ("rpc", "data", "pub", "dgram")
 ACTIVATE_TIMEOUT = 20.0      # a cold Python start plus the component's own set-up
 FREEZE_TIMEOUT = 5.0
 STOP_GRACE = 3.0
@@ -104,6 +104,7 @@ class Supervisor:
         self.logdir = os.path.join(runtime_dir, "logs")
         os.makedirs(self.logdir, mode=0o700, exist_ok=True)
         self.retiring: list[Incarnation] = []
+        self.on_activated = lambda inst: None
 
     # -- endpoints -----------------------------------------------------------------
     def stable_endpoint(self, name: str, kind: str) -> str:
@@ -254,6 +255,7 @@ class Supervisor:
         self._point_stable_names(inst.name, inc.number)
         inst.set_state("running")
         inst.last_heartbeat = time.monotonic()
+        self.on_activated(inst)
 
     def restart_handover(self, inst: Instance) -> dict:
         """Make-before-break: successor up, state handed over, then the predecessor stops."""
@@ -299,6 +301,7 @@ class Supervisor:
         inst.set_state("running")
         inst.last_heartbeat = time.monotonic()
         self.retire(old)
+        self.on_activated(inst)
         return {"old_pid": old.pid, "new_pid": new.pid, "handed_over": used,
                 "seconds": round(time.monotonic() - t0, 3)}
 

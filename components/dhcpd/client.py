@@ -237,7 +237,8 @@ class DhcpClient:
         self._offer: DhcpMessage | None = None
         self._pending: Lease | None = None   # ACKed, being checked
         self._xid = 0
-        self._exchange_started = 0.0
+        self._exchange_started = 0.0       # 'secs' counts from here
+        self._request_sent_at = 0.0        # lease times count from here (§4.4.1)
         self._attempts = 0
         self._timer: float | None = None
         self._link_down = False
@@ -373,13 +374,10 @@ class DhcpClient:
             was_stopped = self.state is State.STOPPED
             self._fire(event)
             return actions if was_stopped else actions + self._enter_init(now, 0.0)
-        if event is Event.T1:
+        if event in (Event.T1, Event.T2):
             self._fire(event)
             self._new_exchange(now)
-            return self._send_renew(now)
-        if event is Event.T2:
-            self._fire(event)
-            self._new_exchange(now)
+            self._request_sent_at = now
             return self._send_renew(now)
         if event is Event.CHECK_OK:
             return self._on_check(True, now)
@@ -445,7 +443,7 @@ class DhcpClient:
                 return self._ignore("ack_mismatch")
             if self.state is State.RENEWING and msg.server_id != self.lease.server_id:
                 return self._ignore("ack_mismatch")
-        lease = Lease.from_ack(msg, self._exchange_started)
+        lease = Lease.from_ack(msg, self._request_sent_at)
         if lease.expired(now):
             return self._ignore("ack_expired")
         if self.state is State.REQUESTING:
@@ -540,6 +538,8 @@ class DhcpClient:
         msg = self._with_params(self._message(MessageType.REQUEST, self._xid, now))
         msg.requested_ip = offer.yiaddr
         msg.server_id = offer.server_id
+        if self._attempts == 0:
+            self._request_sent_at = now
         self._backoff(now)
         return [Send(msg, BROADCAST)]
 
@@ -550,6 +550,7 @@ class DhcpClient:
             self._fire(Event.DELAY_DONE)
         if not retransmit:
             self._new_exchange(now)
+            self._request_sent_at = now
         # RFC 2131 §4.4.2: no server id, 'requested IP' = previous address, ciaddr zero.
         msg = self._with_params(self._message(MessageType.REQUEST, self._xid, now))
         msg.requested_ip = lease.address

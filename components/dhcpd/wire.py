@@ -111,9 +111,9 @@ def _dec_u8(code: int, v: bytes) -> int:
     return v[0]
 
 
+# Text, client identifier and parameter list are taken as sent even below RFC 2132's minimum
+# lengths: dropping a whole DISCOVER for an empty hostname would help nobody.
 def _dec_text(code: int, v: bytes) -> str:
-    if not v:
-        raise DhcpParseError(f"option {code} (text) is empty")  # RFC 2132: minimum length 1
     # Peers NUL-terminate text options although RFC 2132 §2 says they should not.
     return v.rstrip(b"\0").decode("ascii", errors="replace")
 
@@ -122,15 +122,7 @@ def _dec_bytes(code: int, v: bytes) -> bytes:
     return bytes(v)
 
 
-def _dec_client_id(code: int, v: bytes) -> bytes:
-    if len(v) < 2:  # RFC 2132 §9.14: minimum length 2 (type + identifier)
-        raise DhcpParseError(f"option {code} (client identifier) has length {len(v)}")
-    return bytes(v)
-
-
 def _dec_prl(code: int, v: bytes) -> tuple[int, ...]:
-    if not v:
-        raise DhcpParseError("option 55 (parameter request list) is empty")
     return tuple(v)
 
 
@@ -203,7 +195,7 @@ _CODECS: dict[int, tuple[Callable[[int, bytes], Any], Callable[[Any], bytes]]] =
     Option.MAX_MESSAGE_SIZE: (_dec_u16, lambda v: int(v).to_bytes(2, "big")),
     Option.RENEWAL_TIME: (_dec_u32, lambda v: int(v).to_bytes(4, "big")),
     Option.REBINDING_TIME: (_dec_u32, lambda v: int(v).to_bytes(4, "big")),
-    Option.CLIENT_ID: (_dec_client_id, bytes),
+    Option.CLIENT_ID: (_dec_bytes, bytes),
     Option.CLASSLESS_ROUTES: (_dec_routes, encode_classless_routes),
 }
 

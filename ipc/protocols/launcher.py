@@ -1,6 +1,20 @@
 """The launcher's control interface: the `qnet` CLI is an ordinary client of it."""
 from ..decl import Method, Protocol, Version
-from ..types import ANY, BOOL, NAME, Enum, Field, Int, List, Str, U32, struct
+from ..types import (ANY, BOOL, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Enum, Field, Int, List, Optional, Str,
+                     U32, struct)
+
+PORT_ERRORS = ("not_found", "exists", "bad_argument", "failed", "no_route", "no_device", "address_in_use")
+
+PORT_CONFIG = struct(
+    "PortConfig",
+    Field("name", NAME),
+    Field("backend", Str(max_len=16)),
+    Field("tap", Optional(Str(max_len=64))),
+    Field("mtu", Int(68, 65535)),
+    Field("forwarding", BOOL),
+    Field("addresses", List(Str(max_len=64), max_len=64)),
+    Field("dhcp", Optional(Str(max_len=16))),
+)
 
 COMPONENT_STATUS = struct(
     "ComponentStatus",
@@ -44,5 +58,29 @@ LAUNCHER = Protocol(
                result=LOG_CHUNK, errors=("not_found",), idempotent=True,
                doc="Readable log lines of a component from byte offset (-1: the tail)."),
         Method("shutdown", result=BOOL, doc="Stop every component, then the launcher."),
+        Method("endpoints", result=ANY, idempotent=True, doc="The stable endpoints of every component."),
+        Method("port_add", args=(Field("name", NAME), Field("backend", Enum("Backend", ("tap", "stream", "dgram")), default="tap"),
+                                 Field("tap", Optional(NAME), default=None), Field("create", BOOL, default=True),
+                                 Field("mac", Optional(MAC), default=None), Field("mtu", Int(576, 65535), default=1500),
+                                 Field("forwarding", BOOL, default=True),
+                                 Field("path", Optional(Str(max_len=107)), default=None),
+                                 Field("peer_path", Optional(Str(max_len=107)), default=None),
+                                 Field("dhcp", Optional(Enum("DhcpRole", ("client", "server"))), default=None)),
+               result=PORT_CONFIG, errors=PORT_ERRORS,
+               doc="Open the backend handle, start ethdriver.NAME, create the port in netstack."),
+        Method("port_del", args=(Field("name", NAME),), result=BOOL, errors=PORT_ERRORS),
+        Method("port_set", args=(Field("name", NAME), Field("forwarding", Optional(BOOL), default=None),
+                                 Field("mtu", Optional(Int(576, 65535)), default=None)),
+               result=PORT_CONFIG, errors=PORT_ERRORS, idempotent=True),
+        Method("addr_add", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
+               errors=PORT_ERRORS, idempotent=True),
+        Method("addr_del", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
+               errors=PORT_ERRORS, idempotent=True),
+        Method("route_add", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),
+                                  Field("dev", Optional(NAME), default=None), Field("metric", U32, default=0)),
+               result=BOOL, errors=PORT_ERRORS, idempotent=True),
+        Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),
+                                  Field("dev", Optional(NAME), default=None)),
+               result=BOOL, errors=PORT_ERRORS, idempotent=True),
     ),
 )

@@ -58,16 +58,16 @@ class PtyShell:
         try:
             while not self.stop.is_set():
                 readable, _, _ = select.select([conn, master], [], [], 0.1)
-                if conn in readable:
-                    data = conn.recv(4096)
-                    if not data:
-                        break
-                    os.write(master, data)
-                if master in readable:
-                    try:
+                try:
+                    if conn in readable:
+                        data = conn.recv(4096)
+                        if not data:
+                            break
+                        os.write(master, data)
+                    if master in readable:
                         conn.sendall(os.read(master, 4096))
-                    except OSError:
-                        break
+                except OSError:  # the client went away, or the shell did
+                    break
         finally:
             conn.close()
             os.close(master)
@@ -144,11 +144,16 @@ def test_since_mark_skips_earlier_output(shell):
 
 
 def test_transcript_is_bounded_and_counts_what_it_dropped(shell):
-    with SerialConsole.connect(shell.path, timeout=5, transcript_limit=4096) as console:
-        status, output = console.run("i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done",
+    with SerialConsole.connect(shell.path, timeout=5, transcript_limit=2048) as console:
+        assert console.wait_for(re.compile(rb"QNET-GUEST: (\w+)"), 5).group(1) == b"ready"
+        status, output = console.run("i=0; while [ $i -lt 500 ]; do echo line-$i; i=$((i+1)); done",
                                      timeout=10)
-        assert status == 0 and output.splitlines()[-1] == "line-199"
-        assert len(console.transcript()) <= 4096 and console.transcript_dropped > 0
+        assert status == 0
+        lines = output.splitlines()
+        assert lines[0].startswith("[") and "dropped" in lines[0]
+        assert lines[-1] == "line-499" and "line-0" not in lines
+        assert len(console.transcript()) <= 2048 and console.transcript_dropped > 0
+        assert console.run("echo small", timeout=10) == (0, "small\n")
 
 
 def test_connect_times_out_when_no_socket_appears(sockdir):

@@ -121,7 +121,7 @@ class Ipv4Layer:
         if not on_lo and src in self.local:
             c["rx_drop_own_source"] += 1        # our own address from outside: spoofed or a loop
             return
-        if dst in self.local:
+        if dst in self.local or (on_lo and dst.is_loopback):
             self._local_in(dev, pkt, link_broadcast, now)
         elif dst == LIMITED_BROADCAST or dst in self.broadcasts or dst == ALL_HOSTS:
             self._local_in(dev, pkt, True, now)

@@ -7,7 +7,6 @@ events out of take_events(), and the next timer out of next_deadline().
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections import deque
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -19,7 +18,7 @@ from . import snapshot as _snapshot
 from .arp import Arp
 from .config import StackConfig
 from .counters import CounterSet
-from .device import (ETHERNET, IP, KINDS, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Device,
+from .device import (ETHERNET, IP, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Device,
                      DeviceInfo)
 from .errors import StackError
 from .events import DeviceRemoved, LinkChanged
@@ -301,6 +300,9 @@ class Stack:
         if dev is None:
             self._c["rx_drop_no_device"] += 1
             return
+        if dev.kind == LOOPBACK:
+            self._c["rx_drop_loopback_external"] += 1   # lo is fed only by the stack itself
+            return
         self._guarded(dev, frame, now)
         self._drain_loopback(now)
 
@@ -309,6 +311,9 @@ class Stack:
             dev = self.devs.get(device)     # a frame may remove nothing, but be safe
             if dev is None:
                 self._c["rx_drop_no_device"] += 1
+                continue
+            if dev.kind == LOOPBACK:
+                self._c["rx_drop_loopback_external"] += 1
                 continue
             self._guarded(dev, frame, now)
         self._drain_loopback(now)
@@ -350,6 +355,9 @@ class Stack:
             return
         if eth.src.is_multicast:
             c["rx_drop_bad_source_mac"] += 1
+            return
+        if eth.src == dev.mac:
+            c["rx_drop_own_mac"] += 1        # our own frame reflected by a loop or a hub
             return
         if eth.ethertype == ETHERTYPE_IPV4:
             self.ip4.receive(dev, eth.payload, eth.dst.is_multicast, now)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from .config import StackConfig

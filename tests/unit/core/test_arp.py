@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from scapy.layers.inet import ICMP, IP, IPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, IPerror
 from scapy.layers.l2 import ARP, Ether
 
 from components.netstack.core import (AddressConflict, IcmpErrorForSocket, NeighborUnreachable,

@@ -52,7 +52,7 @@ def arp_reply(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> bytes:
 def learn(s: Stack, dev: str, peer_mac: str, peer_ip: str, our_ip: str, now: float = 0.0) -> None:
     """Make the stack know peer (it asks us who has our_ip); drop our reply."""
     s.receive(dev, arp_request(peer_mac, peer_ip, our_ip), now)
-    s.take_transmit()
+    sent_raw(s, dev)
 
 
 def ip_frame(src_mac: str, dst_mac: str, pkt) -> bytes:
@@ -71,21 +71,36 @@ def udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport:
                     UDP(sport=sport, dport=dport) / Raw(payload))
 
 
-def sent(s: Stack, dev: str | None = None) -> list:
-    """Frames the stack transmitted (since the last call), parsed by scapy."""
-    tx = s.take_transmit()
+def _take(s: Stack) -> dict[str, list[bytes]]:
+    # Frames taken but not yet asked for stay in a per-stack stash, so that looking at one
+    # device's frames does not lose another's.
+    pending = s.__dict__.setdefault("_test_pending", {})
+    for d, fs in s.take_transmit().items():
+        pending.setdefault(d, []).extend(fs)
+    return pending
+
+
+def sent_raw(s: Stack, dev: str | None = None) -> list[bytes]:
+    pending = _take(s)
     if dev is None:
-        return [Ether(f) for fs in tx.values() for f in fs]
-    return [Ether(f) for f in tx.get(dev, [])]
+        out = [f for fs in pending.values() for f in fs]
+        pending.clear()
+        return out
+    return pending.pop(dev, [])
 
 
-def sent_ip(s: Stack, dev: str | None = None, kind: str = "ethernet") -> list:
-    tx = s.take_transmit()
-    frames = [f for d, fs in tx.items() if dev is None or d == dev for f in fs]
-    if kind == "ip":
-        return [IP(f) for f in frames]
-    return [Ether(f)[IP] for f in frames if Ether(f).haslayer(IP)]
+def sent(s: Stack, dev: str | None = None) -> list:
+    """Frames the stack transmitted (since the last look), parsed by scapy."""
+    return [Ether(f) for f in sent_raw(s, dev)]
 
 
 def addr(s: str) -> IPv4Address:
     return IPv4Address(s)
+
+
+def udp_checksum_ok(pkt) -> bool:
+    """Recompute the UDP checksum of a scapy IP/UDP packet independently."""
+    p = IP(bytes(pkt))
+    orig = p[UDP].chksum
+    del p[UDP].chksum
+    return IP(bytes(p))[UDP].chksum == orig

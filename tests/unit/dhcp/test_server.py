@@ -379,3 +379,21 @@ def test_server_fed_garbage_keeps_serving_a_good_client(blobs, messages):
     ack = only_reply(server.handle(request(MessageType.REQUEST, good, server_id=SERVER,
                                            requested_ip=offer.yiaddr), 1000.5)).msg
     assert ack.message_type is MessageType.ACK
+
+
+def test_nak_to_a_renewing_client_is_broadcast_not_sent_to_ciaddr():
+    server = DhcpServer(config())
+    taken = dora(server, MAC1)
+    reply = only_reply(server.handle(request(MessageType.REQUEST, MAC2, ciaddr=taken, flags=0),
+                                     1.0, src_ip=taken))
+    assert reply.msg.message_type is MessageType.NAK
+    assert reply.broadcast and reply.dst_ip == A("255.255.255.255")  # RFC 2131 §4.1
+    assert reply.msg.ciaddr == ZERO
+
+
+def test_relayed_nak_goes_to_the_relay_with_broadcast_bit_set():
+    server = DhcpServer(config())
+    reply = only_reply(server.handle(request(MessageType.REQUEST, flags=0, giaddr=A("10.1.0.2"),
+                                             requested_ip=A("10.7.0.1")), 0.0, src_port=67))
+    assert reply.msg.message_type is MessageType.NAK
+    assert (reply.dst_ip, reply.dst_port) == (A("10.1.0.2"), 67) and reply.msg.broadcast

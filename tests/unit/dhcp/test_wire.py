@@ -150,6 +150,13 @@ def test_missing_end_option_is_tolerated_and_pads_are_skipped():
     assert DhcpMessage.parse(raw).message_type is MessageType.DISCOVER
 
 
+def test_short_text_client_id_and_parameter_list_are_accepted_as_sent():
+    raw = bytes(DhcpMessage(chaddr=MAC).build()[:240]) + bytes([53, 1, 1, 12, 0, 55, 0,
+                                                                 61, 1, 7, 255])
+    msg = DhcpMessage.parse(raw)
+    assert (msg.hostname, msg.parameter_request_list, msg.client_id) == ("", (), b"\x07")
+
+
 def good() -> bytearray:
     msg = DhcpMessage(chaddr=MAC, xid=1)
     msg.message_type = MessageType.DISCOVER
@@ -172,8 +179,6 @@ def _corrupt(offset, value):
     (bytes(good()[:240]) + bytes([53, 2, 1, 1, 255]), "option 53"),
     (bytes(good()[:240]) + bytes([54, 3, 1, 2, 3, 255]), "option 54"),
     (bytes(good()[:240]) + bytes([52, 1, 4, 255]), "overload"),
-    (bytes(good()[:240]) + bytes([55, 0, 255]), "parameter request"),
-    (bytes(good()[:240]) + bytes([61, 1, 1, 255]), "client identifier"),
     (bytes(good()[:240]) + bytes([121, 5, 33, 0, 0, 0, 0, 255]), "width"),
     (bytes(70000), "exceeds"),
 ])

@@ -1,0 +1,201 @@
+"""Shared helpers for the benchmarks: timing, percentiles, ratios, tables, server processes.
+
+The machines are small (2 cores) and shared with other work, so every benchmark
+reports medians over several interleaved rounds, prints each figure beside the
+anchor it is compared with, and gives the ratio rather than the absolute number
+the weight.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+# "spawn": a child starts from a clean interpreter, with no ZeroMQ context or
+# sockets inherited from the parent (ZeroMQ contexts do not survive a fork).
+_MP = multiprocessing.get_context("spawn")
+
+
+# -- statistics -----------------------------------------------------------------
+def percentile(samples: list[float], p: float) -> float:
+    """The p-th percentile (0..100), linearly interpolated between ranks."""
+    if not samples:
+        raise ValueError("percentile of no samples")
+    xs = sorted(samples)
+    k = (len(xs) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def latency_summary(samples_ns: list[int]) -> dict:
+    """Median, p99 and count of round-trip samples given in nanoseconds, in µs."""
+    us = [s / 1000.0 for s in samples_ns]
+    return {"median_us": round(median(us), 2), "p99_us": round(percentile(us, 99), 2), "n": len(us)}
+
+
+def ratio(ours: float, anchor: float) -> float:
+    return ours / anchor if anchor else float("inf")
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def time_per_op(op: Callable[[], Any], number: int, repeat: int) -> list[float]:
+    """µs per call of ``op``, one figure per repeat (the loop's own cost is included)."""
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        for _ in range(number):
+            op()
+        runs.append((time.perf_counter_ns() - t0) / number / 1000.0)
+    return runs
+
+
+# -- output ---------------------------------------------------------------------
+class Table:
+    """A plain text table: a header row, then rows of strings, columns aligned."""
+
+    def __init__(self, *columns: str):
+        self.columns = columns
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, *cells: Any) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"row has {len(cells)} cells, table has {len(self.columns)} columns")
+        self.rows.append(tuple(str(c) for c in cells))
+
+    def render(self) -> str:
+        widths = [max(len(r[i]) for r in [self.columns, *self.rows]) for i in range(len(self.columns))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            # First column left-aligned (a label), figures right-aligned.
+            out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+            return "  ".join(out).rstrip()
+
+        sep = "  ".join("-" * w for w in widths)
+        return "\n".join([line(self.columns), sep] + [line(r) for r in self.rows])
+
+
+def machine_info() -> dict:
+    import msgspec
+    import zmq
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0.0, 0.0, 0.0)
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(load[0], 2),
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgspec": msgspec.__version__,
+        "platform": platform.platform(terse=True),
+    }
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def arg_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and iterations (a smoke run)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    return p
+
+
+# -- endpoints and processes ------------------------------------------------------
+@contextlib.contextmanager
+def runtime_dir(prefix: str = "qnet-bench-") -> Iterator[str]:
+    """A private (0700) temporary directory for ipc:// endpoints, removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def endpoint(directory: str, name: str) -> str:
+    return f"ipc://{os.path.join(directory, name)}"
+
+
+class ServerProcess:
+    """A benchmark peer in its own process, driven over a control pipe.
+
+    ``target(conn, *args)`` runs in a fresh interpreter. It must send one
+    message on ``conn`` once its sockets are bound (the ready message), answer
+    requests the parent sends, and return when it receives ``"stop"`` (after
+    sending its final report) or when the pipe reaches EOF (the parent is
+    gone), so no child outlives the benchmark.
+    """
+
+    def __init__(self, target: Callable[..., None], *args: Any, ready_timeout: float = 30.0):
+        self._parent, child = _MP.Pipe()
+        self.process = _MP.Process(target=target, args=(child, *args), daemon=True)
+        self.process.start()
+        child.close()
+        if not self._parent.poll(ready_timeout):
+            self.close()
+            raise RuntimeError(f"{target.__name__}: not ready within {ready_timeout:g} s")
+        self.ready = self._parent.recv()
+
+    def request(self, msg: Any, timeout: float = 30.0) -> Any:
+        self._parent.send(msg)
+        if not self._parent.poll(timeout):
+            raise RuntimeError(f"server process did not answer {msg!r} within {timeout:g} s")
+        return self._parent.recv()
+
+    def stop(self, timeout: float = 10.0) -> Any:
+        """Ask the child to stop; its final report, or None if it did not give one."""
+        report = None
+        try:
+            report = self.request("stop", timeout)
+        except (RuntimeError, OSError, EOFError):
+            pass
+        self.close()
+        return report
+
+    def close(self) -> None:
+        self.process.join(2.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2.0)
+        self._parent.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process.is_alive():
+            self.stop()
+        else:
+            self.close()
+
+
+def log(msg: str) -> None:
+    """Progress lines go to stderr so the table on stdout stays clean."""
+    print(msg, file=sys.stderr, flush=True)

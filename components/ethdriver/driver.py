@@ -1,0 +1,159 @@
+"""The ethdriver component: moves Ethernet frames between one backend and netstack.
+
+One instance per port (``ethdriver.PORT``). It knows nothing of IP. The
+backend's OS handle (a TAP fd, QEMU's stream or dgram socket) is opened by the
+launcher and inherited by every incarnation, so a restart is invisible to the
+kernel device and to QEMU. Frames travel in batches: the driver reads until
+the backend is empty and sends one message per batch.
+
+State: none that matters beyond the handle. A planned restart freezes the
+predecessor (it stops reading the backend, so unread frames stay in the
+kernel's queue for the successor) and hands over the stream backend's partial
+frame bytes.
+"""
+from __future__ import annotations
+
+import time
+
+from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend
+from components.runtime import Component, run_component
+from ipc.channel import UserChannel
+from ipc.protocols.device import DEVICE
+
+ATTACH_INTERVAL = 2.0
+LINK_POLL = 0.5
+MAX_BATCH = 256
+
+
+class EthDriver(Component):
+    STATE_SCHEMA = 1
+
+    def __init__(self, rt):
+        super().__init__(rt)
+        self.port = rt.args.get("instance") or rt.args.get("port")
+        if not self.port:
+            raise SystemExit("ethdriver: no port name (args.instance)")
+        self.kind = rt.args.get("backend", "tap")
+        peer = rt.spec.peers.get("qnet.device")
+        if peer is None:
+            raise SystemExit("ethdriver: the graph gives no provider of qnet.device")
+        self.chan = UserChannel(DEVICE, peer["data"], self.port.encode())
+        self.backend = None
+        self.active = False
+        self.link = None
+        self.counters = {"rx_batches": 0, "tx_batches": 0, "tx_short": 0}
+
+    def _open_backend(self, state):
+        h = self.rt.handles
+        mtu = int(self.rt.args.get("mtu", 1500))
+        if self.kind == "tap":
+            return TapBackend(h["tap"], self.rt.args.get("ifname"))
+        if self.kind == "dgram":
+            return DgramBackend(h["dgram"], self.rt.args["peer_path"], mtu=mtu)
+        if self.kind == "stream":
+            residue = (state or {}).get("rx_residue", b"")
+            conn = h.get("conn")
+            return StreamBackend.from_handles(h["listen"], conn, residue) if (conn or residue) \
+                else StreamBackend(h["listen"], mtu=mtu)
+        raise SystemExit(f"ethdriver: unknown backend {self.kind!r}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def activate(self, state):
+        self.backend = self._open_backend(state)
+        self._start_io()
+        self.rt.loop.call_every(ATTACH_INTERVAL, self._attach)
+        self.rt.loop.call_every(LINK_POLL, self._poll_link)
+        self._attach()
+
+    def _start_io(self):
+        self.active = True
+        self.rt.loop.add_reader(self.backend.fileno(), self._on_backend)
+        self.rt.loop.add_reader(self.chan.socket, self._on_channel)
+        # Frames may already wait in the kernel queue (a successor after a hand-over).
+        self._on_backend()
+
+    def freeze(self):
+        self.active = False
+        self.rt.loop.remove_reader(self.backend.fileno())
+        self.rt.loop.remove_reader(self.chan.socket)
+        self._on_channel_drain()
+        state = {}
+        if isinstance(self.backend, StreamBackend):
+            state["rx_residue"] = self.backend.rx_residue()
+        return state
+
+    def thaw(self):
+        self._start_io()
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+        self.chan.close()
+
+    def status(self):
+        c = self.backend.counters() if self.backend is not None else {}
+        drops = sum(v for k, v in c.items() if "drop" in k) + self.chan.counters["tx_dropped_frames"]
+        return {"port": self.port, "backend": self.kind, "link_up": bool(self.link), "drops": drops,
+                "backend_counters": c, "channel": dict(self.chan.counters), **self.counters}
+
+    # -- data path ------------------------------------------------------------------------
+    def _on_backend(self):
+        if not self.active:
+            return
+        # Read until the backend is empty (bounded per wake-up so the channel side gets a turn).
+        for _ in range(8):
+            frames = self.backend.read_batch(MAX_BATCH)
+            if not frames:
+                break
+            self.counters["rx_batches"] += 1
+            self.chan.send_batch("rx", frames)
+            if len(frames) < MAX_BATCH:
+                break
+
+    def _on_channel(self):
+        if not self.active:
+            return
+        self.chan.receive(self._on_tx, self._on_event, limit=64)
+
+    def _on_channel_drain(self):
+        self.chan.receive(self._on_tx, self._on_event, limit=1024)
+
+    def _on_tx(self, stream: str, frames: list[bytes]):
+        if stream != "tx":
+            return
+        self.counters["tx_batches"] += 1
+        n = self.backend.write_batch(frames)
+        if n < len(frames):
+            self.counters["tx_short"] += len(frames) - n
+
+    def _on_event(self, name: str, ev):
+        if name == "resync":
+            self._attach()
+
+    def _attach(self):
+        if self.backend is None:
+            return
+        self.link = self.backend.link_up()
+        mac = self.backend.mac
+        mac = ":".join(f"{b:02x}" for b in bytes(mac)) if mac and len(mac) == 6 else None
+        self.chan.send_event("attach", port=self.port, incarnation=self.rt.incarnation, backend=self.kind,
+                             mac=mac, mtu=max(68, min(65535, self.backend.mtu)),
+                             link_up=bool(self.link))
+
+    def _poll_link(self):
+        if self.backend is None or not self.active:
+            return
+        up = self.backend.link_up()
+        if up != self.link:
+            self.link = up
+            self.chan.send_event("link", port=self.port, up=bool(up), mtu=max(68, min(65535, self.backend.mtu)))
+            self.log.info("link %s", "up" if up else "down")
+
+
+def main():
+    run_component(EthDriver)
+
+
+if __name__ == "__main__":
+    main()
+_ = time

@@ -1,0 +1,118 @@
+"""A client of netstack's datagram interface, for components inside the graph (dhcpd, tests).
+
+    client = DatagramClient(peer, owner="dhcpd")     # peer: the spec.peers["qnet.datagram"] entry
+    sid = client.open(67, device="p0", broadcast=True)
+    client.sendto(sid, payload, "255.255.255.255", 68, device="p0")
+    for d in client.recv(timeout=1.0): ...           # Received(sid, src, sport, dst, dport, device, payload)
+
+Sockets belong to ``owner`` (the channel identity), so they survive a restart
+of either side: netstack keeps them in its state, and a new incarnation of the
+owner reconnects under the same identity and keeps receiving.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import zmq
+
+from ipc import errors
+from ipc.channel import UserChannel
+from ipc.decl import to_plain
+from ipc.protocols.netstack import DATAGRAM
+from ipc.rpc import RpcClient
+
+_META = struct.Struct("!H")
+_raw = msgspec.msgpack.Decoder()
+
+
+@dataclass(frozen=True)
+class Received:
+    sid: int
+    src: ipaddress.IPv4Address
+    src_port: int
+    dst: ipaddress.IPv4Address
+    dst_port: int
+    device: str
+    payload: bytes
+
+
+def decode_received(frame: bytes) -> Received:
+    """One frame of the 'recv' stream; raises BadMessage on a malformed one."""
+    try:
+        (n,) = _META.unpack_from(frame, 0)
+        meta = _raw.decode(frame[2:2 + n])
+        sid, src, sport, dst, dport, device = meta
+        return Received(int(sid), ipaddress.IPv4Address(src), int(sport), ipaddress.IPv4Address(dst), int(dport),
+                        str(device), bytes(frame[2 + n:]))
+    except (struct.error, msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise errors.BadMessage(f"datagram frame: {exc}") from None
+
+
+class DatagramClient:
+    def __init__(self, peer: dict[str, str], owner: str, *, timeout: float = 5.0):
+        self.owner = owner
+        self.rpc = RpcClient(peer["rpc"], DATAGRAM, timeout=timeout, retries=3)
+        self.chan = UserChannel(DATAGRAM, peer["dgram"], owner.encode())
+        self.chan.send_event("hello", owner=owner)
+        self._poller = zmq.Poller()
+        self._poller.register(self.chan.socket, zmq.POLLIN)
+        self.bad = 0
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """Readable when datagrams wait: register it in the component's loop."""
+        return self.chan.socket
+
+    def hello(self) -> None:
+        """Say hello again (after netstack restarted) so that it can route to us."""
+        self.chan.send_event("hello", owner=self.owner)
+
+    def open(self, port: int, address: str | None = None, device: str | None = None,
+             broadcast: bool = False) -> int:
+        return self.rpc.call("open", owner=self.owner, port=port, address=address, device=device,
+                             broadcast=broadcast)
+
+    def close_socket(self, sid: int) -> bool:
+        return self.rpc.call("close", sid=sid)
+
+    def sendto(self, sid: int, payload: bytes, address: str, port: int, device: str | None = None) -> bool:
+        return self.rpc.call("sendto", sid=sid, payload=payload, address=str(address), port=port, device=device)
+
+    def sockets(self) -> Any:
+        return to_plain(self.rpc.call("sockets"))
+
+    def drain(self) -> list[Received]:
+        """Everything that has arrived, without waiting."""
+        out: list[Received] = []
+
+        def on_batch(stream: str, frames: list[bytes]) -> None:
+            for f in frames:
+                try:
+                    out.append(decode_received(f))
+                except errors.BadMessage:
+                    self.bad += 1
+
+        while self.chan.receive(on_batch, lambda name, ev: None, limit=256):
+            pass
+        return out
+
+    def recv(self, timeout: float) -> list[Received]:
+        """Wait up to ``timeout`` seconds for at least one datagram."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.drain()
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._poller.poll(remaining * 1000)
+
+    def close(self) -> None:
+        self.rpc.close()
+        self.chan.close()

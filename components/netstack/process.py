@@ -1,0 +1,520 @@
+"""The netstack component: the binding between the sans-I/O core and the world.
+
+It drives ``core.Stack`` from the device streams of every port's ethdriver,
+from its timers and from control calls; it serves ``qnet.netstack`` (control)
+and ``qnet.datagram`` (UDP sockets for components inside the graph).
+
+State it owns, and where it goes across a restart: ports, addresses, routes,
+neighbors and UDP sockets with their owners live in the core and travel in the
+hand-over snapshot (and in checkpoints after every configuration change).
+Configuration declared by the launcher or dhcpd is re-asserted by them when a
+new incarnation announces itself (``started`` event): reconcile, not replay.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import struct
+import time
+from typing import Any
+
+import msgspec
+
+from components.netstack.core import Stack, StackConfig, StackError
+from components.netstack.core.events import EchoReply, PingError
+from components.netstack.wire.addr import MacAddr
+from components.netstack.wire.pcap import PcapWriter
+from components.runtime import Component, run_component
+from ipc import errors
+from ipc.channel import ProviderChannel
+from ipc.events import Publisher
+from ipc.protocols.device import DEVICE
+from ipc.protocols.netstack import DATAGRAM, NETSTACK
+
+PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
+_META = struct.Struct("!H")
+
+
+def _err(exc: StackError) -> errors.RemoteError:
+    code = exc.code if exc.code in ("not_found", "exists", "no_route", "bad_argument", "no_device",
+                                    "address_in_use", "message_too_long") else "failed"
+    return errors.RemoteError(str(exc), code=code)
+
+
+def _port_mac(name: str) -> str:
+    """A stable locally administered unicast MAC for a port without one."""
+    h = msgspec.msgpack.encode(name)
+    n = int.from_bytes(__import__("hashlib").sha256(h).digest()[:4], "big")
+    return "02:71:6e:%02x:%02x:%02x" % ((n >> 16) & 0xFF, (n >> 8) & 0xFF, n & 0xFF)
+
+
+class _Ping:
+    def __init__(self, token, dst, count, interval, timeout, size, ttl, ident):
+        self.token, self.dst, self.count, self.interval = token, dst, count, interval
+        self.timeout, self.size, self.ttl, self.ident = timeout, size, ttl, ident
+        self.sent: dict[int, float] = {}
+        self.replies: dict[int, dict] = {}
+        self.next_seq = 0
+
+
+class Netstack(Component):
+    STATE_SCHEMA = 1
+
+    def __init__(self, rt):
+        super().__init__(rt)
+        self.stack = Stack(StackConfig())
+        self.ports: dict[str, dict] = {}        # name -> {"attached": bool, "incarnation": int}
+        self.owners: dict[int, str] = {}        # UDP socket id -> owner channel identity
+        self.captures: dict[str, tuple[PcapWriter, Any, int]] = {}
+        self.pings: dict[int, _Ping] = {}
+        self.rng = random.Random()
+        self.timer = None
+        self.active = False
+        self.dev_chan = ProviderChannel(DEVICE, rt.spec.endpoints["data"])
+        self.dg_chan = ProviderChannel(DATAGRAM, rt.spec.endpoints["dgram"])
+        self.pub = Publisher(NETSTACK, rt.spec.endpoints["pub"])
+        self.counters = {"tx_no_driver": 0, "dg_undeliverable": 0}
+
+    def implementations(self):
+        return {NETSTACK: _Control(self), DATAGRAM: _Datagrams(self)}
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def activate(self, state):
+        restored = False
+        if state:
+            self.stack = Stack.restore(state["stack"], StackConfig(), now=time.monotonic())
+            self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
+            self.owners = {int(k): v for k, v in state.get("owners", {}).items()}
+            restored = True
+        self._start_io()
+        self.pub.emit("started", incarnation=self.rt.incarnation, restored=restored)
+        # Ask every driver to announce itself again: links and MTUs may have changed meanwhile.
+        for name in self.ports:
+            self.dev_chan.send_event(name.encode(), "resync")
+
+    def _start_io(self):
+        self.active = True
+        self.rt.loop.add_reader(self.dev_chan.socket, self._on_device_readable)
+        self.rt.loop.add_reader(self.dg_chan.socket, self._on_dgram_readable)
+        self.rt.loop.idle_hooks.append(self._after_wakeup)
+
+    def freeze(self):
+        self.active = False
+        self.rt.loop.remove_reader(self.dev_chan.socket)
+        self.rt.loop.remove_reader(self.dg_chan.socket)
+        self._flush()
+        return self._state()
+
+    def thaw(self):
+        self._start_io()
+
+    def _state(self) -> dict:
+        return {"stack": self.stack.snapshot(), "ports": list(self.ports),
+                "owners": {str(k): v for k, v in self.owners.items()}}
+
+    def checkpoint(self):
+        self.rt.checkpoint(self._state(), min_interval=0.0)
+
+    def status(self):
+        c = self.stack.counters()
+        drops = sum(v for g in c.values() for k, v in g.items() if "drop" in k and isinstance(v, int))
+        return {"ports": {n: dict(p) for n, p in self.ports.items()}, "drops": drops,
+                "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
+                "sockets": len(self.owners), **self.counters}
+
+    def close(self):
+        for w, f, _ in self.captures.values():
+            f.close()
+        self.dev_chan.close()
+        self.dg_chan.close()
+        self.pub.close()
+
+    # -- data path ------------------------------------------------------------------------
+    def _on_device_readable(self):
+        now = time.monotonic()
+        self.dev_chan.receive(lambda peer, stream, frames: self._on_frames(peer, frames, now),
+                              self._on_device_event, limit=PROCESS_BUDGET)
+
+    def _on_frames(self, peer: bytes, frames: list[bytes], now: float):
+        port = peer.decode("utf-8", "replace")
+        cap = self.captures.get(port)
+        if cap is not None:
+            self._capture(port, frames)
+        self.stack.receive_batch(port, frames, now)
+
+    def _on_device_event(self, peer: bytes, name: str, ev):
+        port = peer.decode("utf-8", "replace")
+        if name in ("attach", "link"):
+            if port not in self.ports or port not in self.stack.devs:
+                return  # a driver for a port we do not have (yet): ignored until port_add
+            up = ev.link_up if name == "attach" else ev.up
+            info = self.ports[port]
+            changed = (not info["attached"]) or self.stack.devs[port].up != up
+            info["attached"] = True
+            if name == "attach":
+                info["incarnation"] = ev.incarnation
+            now = time.monotonic()
+            if self.stack.devs[port].up != up:
+                self.stack.set_link(port, up, now)
+            if ev.mtu != self.stack.devs[port].mtu and ev.mtu >= 576:
+                try:
+                    self.stack.set_mtu(port, min(ev.mtu, self.stack.devs[port].mtu))
+                except StackError:
+                    pass
+            if changed:
+                self.pub.emit("port", port=port, up=up, attached=True)
+
+    def _on_dgram_readable(self):
+        self.dg_chan.receive(lambda *a: None, lambda peer, name, ev: None, limit=PROCESS_BUDGET)
+
+    def _after_wakeup(self):
+        if not self.active:
+            return
+        now = time.monotonic()
+        dl = self.stack.next_deadline()
+        if dl is not None and dl <= now:
+            self.stack.poll(now)
+        self._flush()
+        dl = self.stack.next_deadline()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if dl is not None:
+            self.timer = self.rt.loop.call_at(max(dl, now + 0.001), lambda: None)
+
+    def _flush(self):
+        for port, frames in self.stack.take_transmit().items():
+            if port in self.captures:
+                self._capture(port, frames)
+            if port == "lo":
+                continue
+            if not self.dev_chan.send_batch(port.encode(), "tx", frames):
+                self.counters["tx_no_driver"] += len(frames)
+        for ev in self.stack.take_events():
+            self._on_core_event(ev)
+        readable = self.stack.udp_readable()
+        if readable:
+            self._deliver_datagrams(readable)
+
+    def _deliver_datagrams(self, sids):
+        by_owner: dict[str, list[bytes]] = {}
+        for sid in sids:
+            owner = self.owners.get(sid)
+            try:
+                dgrams = self.stack.udp_recv(sid, 1024)
+            except StackError:
+                continue
+            if owner is None:
+                self.counters["dg_undeliverable"] += len(dgrams)
+                continue
+            out = by_owner.setdefault(owner, [])
+            for d in dgrams:
+                meta = msgspec.msgpack.encode([sid, str(d.src), d.src_port, str(d.dst), d.dst_port, d.device])
+                out.append(_META.pack(len(meta)) + meta + d.payload)
+        for owner, frames in by_owner.items():
+            if not self.dg_chan.send_batch(owner.encode(), "recv", frames):
+                self.counters["dg_undeliverable"] += len(frames)
+
+    def _on_core_event(self, ev):
+        now = time.monotonic()
+        if isinstance(ev, EchoReply):
+            p = self.pings.get(ev.ident)
+            if p is not None and ev.seq in p.sent and ev.seq not in p.replies and ev.src == p.dst:
+                p.replies[ev.seq] = {"seq": ev.seq, "ok": True, "rtt_ms": round((now - p.sent[ev.seq]) * 1000, 3),
+                                     "ttl": ev.ttl, "size": ev.size, "error": None, "src": str(ev.src)}
+                self._ping_maybe_done(p)
+        elif isinstance(ev, PingError):
+            p = self.pings.get(ev.ident)
+            if p is not None and ev.seq in p.sent and ev.seq not in p.replies:
+                p.replies[ev.seq] = {"seq": ev.seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
+                                     "error": _icmp_error_text(ev.type, ev.code), "src": str(ev.src)}
+                self._ping_maybe_done(p)
+        else:
+            d = ev.to_dict()
+            kind = d.get("event")
+            if kind == "AddressConflict":
+                self.pub.emit("conflict", port=d["device"], address=d["address"], mac=d["mac"])
+                self.rt.problem(f"address conflict on {d['device']}: {d['address']} is used by {d['mac']}")
+            elif kind == "LinkChanged":
+                self.pub.emit("port", port=d["device"], up=d["up"], attached=self.ports.get(d["device"], {}).get("attached", False))
+
+    def _capture(self, port: str, frames: list[bytes]):
+        w, f, limit = self.captures[port]
+        ts = time.time()
+        for fr in frames:
+            if limit and w.frames_written >= limit:
+                break
+            w.write(bytes(fr), ts)
+        f.flush()
+
+    # -- ping ----------------------------------------------------------------------------
+    def start_ping(self, token, dst, count, interval, timeout, size, ttl):
+        ident = self.rng.randrange(1, 0xFFFF)
+        while ident in self.pings:
+            ident = self.rng.randrange(1, 0xFFFF)
+        p = _Ping(token, dst, count, interval, timeout, size, ttl, ident)
+        self.pings[ident] = p
+        self._ping_send(p)
+
+    def _ping_send(self, p: _Ping):
+        if p.ident not in self.pings:
+            return
+        seq = p.next_seq
+        p.next_seq += 1
+        now = time.monotonic()
+        p.sent[seq] = now
+        payload = (b"qnet-ping" * ((p.size // 9) + 1))[:p.size]
+        try:
+            self.stack.ping(p.dst, p.ident, seq, payload, now, ttl=p.ttl)
+        except StackError as exc:
+            p.replies[seq] = {"seq": seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
+                              "error": str(exc)[:128], "src": None}
+        self._flush()
+        self.rt.loop.call_later(p.timeout, lambda: self._ping_timeout(p, seq))
+        if p.next_seq < p.count:
+            self.rt.loop.call_later(p.interval, lambda: self._ping_send(p))
+
+    def _ping_timeout(self, p: _Ping, seq: int):
+        if seq not in p.replies:
+            p.replies[seq] = {"seq": seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
+                              "error": "timeout", "src": None}
+        self._ping_maybe_done(p)
+
+    def _ping_maybe_done(self, p: _Ping):
+        if len(p.replies) < p.count or p.ident not in self.pings:
+            return
+        del self.pings[p.ident]
+        replies = [p.replies[s] for s in sorted(p.replies)]
+        self.rt.rpc.reply(p.token, {"dst": str(p.dst), "sent": len(p.sent),
+                                    "received": sum(1 for r in replies if r["ok"]), "replies": replies})
+
+
+def _icmp_error_text(t: int, code: int) -> str:
+    if t == 3:
+        return {0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
+                3: "port unreachable", 4: "fragmentation needed"}.get(code, f"destination unreachable ({code})")
+    if t == 11:
+        return "time to live exceeded" if code == 0 else "fragment reassembly time exceeded"
+    return f"icmp type {t} code {code}"
+
+
+def _port_row(ns: Netstack, info) -> dict:
+    p = ns.ports.get(info.name, {})
+    return {"name": info.name, "kind": info.kind, "mac": info.mac, "mtu": info.mtu, "up": info.up,
+            "attached": bool(p.get("attached")), "forwarding": info.forwarding,
+            "addresses": list(info.addresses)}
+
+
+class _Control:
+    """Handlers of qnet.netstack."""
+
+    def __init__(self, ns: Netstack):
+        self.ns = ns
+
+    @property
+    def stack(self) -> Stack:
+        return self.ns.stack
+
+    def _row(self, name: str) -> dict:
+        for info in self.stack.devices():
+            if info.name == name:
+                return _port_row(self.ns, info)
+        raise errors.RemoteError(f"no port {name!r}", code="not_found")
+
+    def port_add(self, name, kind, mac, mtu, forwarding):
+        if name == "lo":
+            raise errors.RemoteError("'lo' is the loopback interface", code="exists")
+        if name in self.stack.devs:
+            row = self._row(name)
+            if row["kind"] != kind or (mac is not None and row["mac"] != mac):
+                raise errors.RemoteError(f"port {name} exists with other settings", code="exists")
+            return row
+        mac_b = MacAddr.parse(mac or _port_mac(name)) if kind == "ethernet" else None
+        try:
+            # Link stays down until the driver attaches and reports carrier.
+            self.stack.add_device(name, kind=kind, mac=mac_b, mtu=mtu, now=time.monotonic(), up=False)
+            self.stack.set_forwarding(name, forwarding)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.ports[name] = {"attached": False, "incarnation": 0}
+        self.ns.dev_chan.send_event(name.encode(), "resync")
+        self.ns.checkpoint()
+        return self._row(name)
+
+    def port_del(self, name):
+        if name not in self.stack.devs or name == "lo":
+            return False
+        self.stack.remove_device(name, time.monotonic())
+        self.ns.ports.pop(name, None)
+        cap = self.ns.captures.pop(name, None)
+        if cap:
+            cap[1].close()
+        self.ns.checkpoint()
+        return True
+
+    def port_set(self, name, forwarding, mtu):
+        if name not in self.stack.devs:
+            raise errors.RemoteError(f"no port {name!r}", code="not_found")
+        try:
+            if forwarding is not None:
+                self.stack.set_forwarding(name, forwarding)
+            if mtu is not None:
+                self.stack.set_mtu(name, mtu)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return self._row(name)
+
+    def port_list(self):
+        return [_port_row(self.ns, i) for i in self.stack.devices() if i.name != "lo"]
+
+    def addr_add(self, port, address):
+        if port not in self.stack.devs:
+            raise errors.RemoteError(f"no port {port!r}", code="not_found")
+        if address in self.stack.devs[port].addresses:
+            return True
+        try:
+            self.stack.add_address(port, address, time.monotonic())
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.pub.emit("address", port=port, address=address, present=True)
+        self.ns.checkpoint()
+        return True
+
+    def addr_del(self, port, address):
+        if port not in self.stack.devs or address not in self.stack.devs[port].addresses:
+            return False
+        try:
+            self.stack.del_address(port, address)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.pub.emit("address", port=port, address=address, present=False)
+        self.ns.checkpoint()
+        return True
+
+    def route_add(self, prefix, gateway, device, metric):
+        for r in self.stack.routes():
+            rd = r.to_dict() if hasattr(r, "to_dict") else dict(r.__dict__)
+            if (str(rd.get("prefix")) == str(prefix) and str(rd.get("gateway")) == str(gateway)
+                    and rd.get("device") == device and rd.get("metric") == metric):
+                return True
+        try:
+            self.stack.add_route(prefix, gateway, device, metric)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return True
+
+    def route_del(self, prefix, gateway, device):
+        try:
+            self.stack.del_route(prefix, gateway, device)
+        except StackError as exc:
+            if exc.code == "not_found":
+                return False
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return True
+
+    def route_list(self):
+        out = []
+        for r in self.stack.routes():
+            rd = r.to_dict() if hasattr(r, "to_dict") else dict(r.__dict__)
+            out.append({"prefix": str(rd["prefix"]), "gateway": None if rd.get("gateway") in (None, "None") else str(rd["gateway"]),
+                        "device": rd.get("device"), "metric": int(rd.get("metric", 0)),
+                        "origin": str(rd.get("origin", "static"))})
+        return out
+
+    def neigh_list(self):
+        out = []
+        for n in self.stack.neighbors():
+            nd = n.to_dict() if hasattr(n, "to_dict") else dict(n.__dict__)
+            out.append({"device": nd["device"], "address": str(nd["address"]), "mac": nd.get("mac"),
+                        "state": str(nd["state"]), "queued": int(nd.get("queued", 0))})
+        return out
+
+    def stats(self):
+        return {"stack": self.stack.counters(), "binding": self.ns.status()}
+
+    def ping(self, dst, count, interval, timeout, size, ttl):
+        if not (0.001 <= interval <= 60 and 0.01 <= timeout <= 60):
+            raise errors.RemoteError("interval must be 0.001..60 s and timeout 0.01..60 s", code="bad_argument")
+        if len(self.ns.pings) >= 64:
+            raise errors.RemoteError("too many pings in progress", code="busy")
+        token = self.ns.rt.rpc.defer()
+        self.ns.start_ping(token, dst, count, interval, timeout, size, ttl)
+
+    def capture_start(self, port, path, max_frames):
+        if port not in self.stack.devs:
+            raise errors.RemoteError(f"no port {port!r}", code="not_found")
+        if port in self.ns.captures:
+            raise errors.RemoteError(f"a capture on {port} is already running", code="busy")
+        try:
+            f = open(path, "wb")
+        except OSError as exc:
+            raise errors.RemoteError(f"cannot write {path}: {exc.strerror}", code="bad_argument") from None
+        w = PcapWriter(f, linktype=1 if self.stack.devs[port].kind == "ethernet" else 101)
+        f.flush()
+        self.ns.captures[port] = (w, f, max_frames)
+        return True
+
+    def capture_stop(self, port):
+        cap = self.ns.captures.pop(port, None)
+        if cap is None:
+            raise errors.RemoteError(f"no capture running on {port}", code="not_found")
+        w, f, _ = cap
+        f.close()
+        return w.frames_written
+
+
+class _Datagrams:
+    """Handlers of qnet.datagram."""
+
+    def __init__(self, ns: Netstack):
+        self.ns = ns
+
+    def open(self, owner, port, address, device, broadcast):
+        st = self.ns.stack
+        sid = st.udp_open()
+        try:
+            st.udp_bind(sid, address, port, device)
+            st.udp_set_broadcast(sid, broadcast)
+        except StackError as exc:
+            st.udp_close(sid)
+            raise _err(exc) from None
+        self.ns.owners[sid] = owner
+        self.ns.checkpoint()
+        return sid
+
+    def close(self, sid):
+        if sid not in self.ns.owners:
+            return False
+        self.ns.owners.pop(sid, None)
+        try:
+            self.ns.stack.udp_close(sid)
+        except StackError:
+            pass
+        self.ns.checkpoint()
+        return True
+
+    def sendto(self, sid, payload, address, port, device):
+        if sid not in self.ns.owners:
+            raise errors.RemoteError(f"no socket {sid}", code="not_found")
+        try:
+            self.ns.stack.udp_sendto(sid, payload, address, port, time.monotonic(), device=device)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns._flush()
+        return True
+
+    def sockets(self):
+        return self.ns.stack.sockets() if hasattr(self.ns.stack, "sockets") else []
+
+
+def main():
+    run_component(Netstack)
+
+
+if __name__ == "__main__":
+    main()
+_ = (ipaddress, os)

@@ -1,0 +1,137 @@
+"""netstack's interfaces: control (ports, addresses, routes, neighbors, ping, capture)
+and datagrams (UDP sockets for components inside the graph, e.g. dhcpd)."""
+from ..decl import Event, Method, Protocol, Stream, Version
+from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Bytes, Enum, Field, Int,
+                     List, Optional, Str, U16, U32, struct)
+
+PORT_KIND = Enum("PortKind", ("ethernet", "ip"))
+
+PORT = struct(
+    "Port",
+    Field("name", NAME),
+    Field("kind", PORT_KIND),
+    Field("mac", Optional(MAC)),
+    Field("mtu", Int(68, 65535)),
+    Field("up", BOOL, doc="link state reported by the driver"),
+    Field("attached", BOOL, doc="a driver is connected"),
+    Field("forwarding", BOOL),
+    Field("addresses", List(IPV4_IFACE, max_len=64)),
+)
+
+ROUTE = struct(
+    "Route",
+    Field("prefix", IPV4_PREFIX),
+    Field("gateway", Optional(IPV4)),
+    Field("device", Optional(NAME)),
+    Field("metric", U32),
+    Field("origin", Str(max_len=16), doc="connected | static"),
+)
+
+NEIGHBOR = struct(
+    "Neighbor",
+    Field("device", NAME),
+    Field("address", IPV4),
+    Field("mac", Optional(MAC)),
+    Field("state", Str(max_len=16)),
+    Field("queued", U32),
+)
+
+PING_REPLY = struct(
+    "PingReply",
+    Field("seq", U16),
+    Field("ok", BOOL),
+    Field("rtt_ms", Optional(FLOAT)),
+    Field("ttl", Optional(Int(0, 255))),
+    Field("size", Optional(U32)),
+    Field("error", Optional(Str(max_len=128))),
+    Field("src", Optional(IPV4)),
+)
+
+PING_RESULT = struct(
+    "PingResult",
+    Field("dst", IPV4),
+    Field("sent", U32),
+    Field("received", U32),
+    Field("replies", List(PING_REPLY, max_len=10000)),
+)
+
+STACK_ERRORS = ("not_found", "exists", "no_route", "bad_argument", "no_device", "address_in_use",
+                "message_too_long", "busy", "failed")
+
+NETSTACK = Protocol(
+    "qnet.netstack", Version(1, 0),
+    doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics.",
+    methods=(
+        Method("port_add", args=(Field("name", NAME), Field("kind", PORT_KIND, default="ethernet"),
+                                 Field("mac", Optional(MAC), default=None), Field("mtu", Int(68, 65535), default=1500),
+                                 Field("forwarding", BOOL, default=True)),
+               result=PORT, errors=STACK_ERRORS, idempotent=True,
+               doc="Create a port (or confirm an identical one): its driver attaches by name."),
+        Method("port_del", args=(Field("name", NAME),), result=BOOL, errors=STACK_ERRORS, idempotent=True),
+        Method("port_set", args=(Field("name", NAME), Field("forwarding", Optional(BOOL), default=None),
+                                 Field("mtu", Optional(Int(68, 65535)), default=None)),
+               result=PORT, errors=STACK_ERRORS, idempotent=True),
+        Method("port_list", result=List(PORT, max_len=1024), idempotent=True),
+        Method("addr_add", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
+               errors=STACK_ERRORS, idempotent=True, doc="Idempotent: adding a present address is not an error."),
+        Method("addr_del", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
+               errors=STACK_ERRORS, idempotent=True),
+        Method("route_add", args=(Field("prefix", IPV4_PREFIX), Field("gateway", Optional(IPV4), default=None),
+                                  Field("device", Optional(NAME), default=None), Field("metric", U32, default=0)),
+               result=BOOL, errors=STACK_ERRORS, idempotent=True),
+        Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("gateway", Optional(IPV4), default=None),
+                                  Field("device", Optional(NAME), default=None)),
+               result=BOOL, errors=STACK_ERRORS, idempotent=True),
+        Method("route_list", result=List(ROUTE, max_len=65536), idempotent=True),
+        Method("neigh_list", result=List(NEIGHBOR, max_len=65536), idempotent=True),
+        Method("stats", result=ANY, idempotent=True, doc="Per-interface and per-protocol counters, table sizes and drops."),
+        Method("ping", args=(Field("dst", IPV4), Field("count", Int(1, 10000), default=3),
+                             Field("interval", FLOAT, default=1.0), Field("timeout", FLOAT, default=2.0),
+                             Field("size", Int(0, 65000), default=56), Field("ttl", Int(1, 255), default=64)),
+               result=PING_RESULT, errors=STACK_ERRORS,
+               doc="ICMP echo sent by the stack itself; answers when every reply arrived or timed out."),
+        Method("capture_start", args=(Field("port", NAME), Field("path", Str(max_len=4096)),
+                                      Field("max_frames", U32, default=0)),
+               result=BOOL, errors=STACK_ERRORS, doc="Write every frame crossing the port to a pcap file."),
+        Method("capture_stop", args=(Field("port", NAME),), result=U32, errors=STACK_ERRORS,
+               doc="Stop a capture; returns the number of frames written."),
+    ),
+    events=(
+        Event("port", (Field("port", NAME), Field("up", BOOL), Field("attached", BOOL)),
+              doc="A port's link or driver changed."),
+        Event("address", (Field("port", NAME), Field("address", IPV4_IFACE), Field("present", BOOL))),
+        Event("conflict", (Field("port", NAME), Field("address", IPV4), Field("mac", MAC))),
+        Event("started", (Field("incarnation", U32), Field("restored", BOOL)),
+              doc="A netstack incarnation became active; owners of configuration re-assert theirs."),
+    ),
+)
+
+# One received or sent datagram, in a frame of the datagram streams: a 2-byte
+# big-endian length of a MessagePack meta array, the meta, then the payload.
+#   recv meta: [sid, src, sport, dst, dport, device]
+DATAGRAM = Protocol(
+    "qnet.datagram", Version(1, 0),
+    doc="UDP sockets for components inside the graph (dhcpd). Data arrives on the 'recv' stream.",
+    methods=(
+        Method("open", args=(Field("owner", NAME, doc="channel identity that receives the datagrams"),
+                             Field("port", U16), Field("address", Optional(IPV4), default=None),
+                             Field("device", Optional(NAME), default=None), Field("broadcast", BOOL, default=False)),
+               result=U32, errors=STACK_ERRORS,
+               doc="Bind a socket (port 0: ephemeral); its datagrams go to the caller's channel identity."),
+        Method("close", args=(Field("sid", U32),), result=BOOL, errors=STACK_ERRORS, idempotent=True),
+        Method("sendto", args=(Field("sid", U32), Field("payload", Bytes(max_len=65507)),
+                               Field("address", IPV4), Field("port", U16),
+                               Field("device", Optional(NAME), default=None)),
+               result=BOOL, errors=STACK_ERRORS),
+        Method("sockets", result=ANY, idempotent=True),
+    ),
+    streams=(
+        Stream("recv", "to_user", max_batch=1024, max_frame=65535 + 512,
+               doc="datagrams for the user's sockets: u16 meta length, msgpack [sid, src, sport, dst, dport, device], payload"),
+    ),
+    events=(
+        Event("hello", (Field("owner", NAME),),
+              doc="user -> netstack on connect, so that datagrams can be routed to this identity."),
+    ),
+)
+_ = (ANY, Bytes)

@@ -1,0 +1,315 @@
+"""`qnet port|addr|route|neigh|ping|capture|stats`: the network commands.
+
+Configuration (ports, addresses, routes) goes through the launcher, which owns
+it and re-asserts it to a restarted netstack; read-only views, ping and
+capture talk to netstack's declared control interface directly.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+import time
+
+from ipc import errors
+from ipc.decl import to_plain
+from ipc.protocols.netstack import NETSTACK
+from ipc.rpc import RpcClient
+
+from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, call, out_json, table
+
+
+def netstack_call(args, method: str, timeout: float = 10.0, **kw):
+    graph = call(args, "graph")
+    name = next((c["name"] for c in graph["components"]
+                 if any(p.startswith("qnet.netstack@") for p in c["provides"])), None)
+    if name is None:
+        raise CliError("this graph has no netstack component")
+    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+    with RpcClient(ep, NETSTACK, timeout=timeout, retries=2) as c:
+        try:
+            return to_plain(c.call(method, **kw))
+        except errors.Timeout:
+            raise CliError(f"netstack did not answer within {timeout:g} s") from None
+        except errors.IpcError as exc:
+            raise CliError(str(exc)) from None
+
+
+def _iface(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Interface(text))
+    except ValueError:
+        raise CliError(f"not an address with prefix length: {text!r} (want A.B.C.D/LEN)", EXIT_USAGE) from None
+
+
+def _prefix(text: str) -> str:
+    if text == "default":
+        return "0.0.0.0/0"
+    try:
+        return str(ipaddress.IPv4Network(text, strict=True))
+    except ValueError as exc:
+        raise CliError(f"not a prefix: {text!r} ({exc})", EXIT_USAGE) from None
+
+
+def _addr(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise CliError(f"not an IPv4 address: {text!r}", EXIT_USAGE) from None
+
+
+# -- port ----------------------------------------------------------------------------------------
+def cmd_port(args) -> int:
+    sub = args.port_cmd
+    if sub == "add":
+        backend = "tap" if args.tap else ("stream" if args.stream else ("dgram" if args.dgram else None))
+        if backend is None:
+            raise CliError("qnet port add: say --tap IFNAME, --stream PATH or --dgram PATH --peer PATH", EXIT_USAGE)
+        if backend == "dgram" and not args.peer:
+            raise CliError("qnet port add: --dgram needs --peer PATH (QEMU's local.path)", EXIT_USAGE)
+        res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
+                   create=not args.no_create, mac=args.mac, mtu=args.mtu, forwarding=not args.no_forwarding,
+                   path=args.stream or args.dgram, peer_path=args.peer, dhcp="client" if args.dhcp else None)
+        for a in args.addr or []:
+            call(args, "addr_add", port=args.name, address=_iface(a))
+            res["addresses"].append(a)
+        if args.json:
+            out_json(res)
+        else:
+            print(f"port {res['name']}: {res['backend']}" + (f" {res['tap']}" if res.get("tap") else "")
+                  + f", mtu {res['mtu']}" + (f", {', '.join(res['addresses'])}" if res["addresses"] else ""))
+        return 0
+    if sub == "del":
+        call(args, "port_del", name=args.name)
+        print(f"port {args.name}: removed")
+        return 0
+    if sub == "set":
+        if args.what != "forwarding" or args.value not in ("on", "off"):
+            raise CliError("qnet port set: usage: qnet port set NAME forwarding on|off", EXIT_USAGE)
+        res = call(args, "port_set", name=args.name, forwarding=args.value == "on")
+        print(f"port {args.name}: forwarding {'on' if res['forwarding'] else 'off'}")
+        return 0
+    rows = netstack_call(args, "port_list")
+    if args.json:
+        out_json(rows)
+        return 0
+    for r in rows:
+        r["link"] = "up" if r["up"] else "down"
+        r["driver"] = "attached" if r["attached"] else "none"
+    print(table(rows, [("name", "PORT"), ("kind", "KIND"), ("mac", "MAC"), ("mtu", "MTU"), ("link", "LINK"),
+                       ("driver", "DRIVER"), ("forwarding", "FORWARDING"), ("addresses", "ADDRESSES")]))
+    return 0
+
+
+def cmd_addr(args) -> int:
+    if args.addr_cmd in ("add", "del"):
+        addr = _iface(args.address)
+        call(args, "addr_add" if args.addr_cmd == "add" else "addr_del", port=args.port, address=addr)
+        print(f"{args.port}: {addr} {'added' if args.addr_cmd == 'add' else 'removed'}")
+        return 0
+    rows = [{"port": p["name"], "address": a} for p in netstack_call(args, "port_list") for a in p["addresses"]]
+    if args.json:
+        out_json(rows)
+    else:
+        print(table(rows, [("port", "PORT"), ("address", "ADDRESS")]))
+    return 0
+
+
+def cmd_route(args) -> int:
+    if args.route_cmd in ("add", "del"):
+        prefix = _prefix(args.prefix)
+        via = _addr(args.via) if args.via else None
+        if args.route_cmd == "add" and via is None and args.dev is None:
+            raise CliError("qnet route add: say 'via GATEWAY' or 'dev PORT'", EXIT_USAGE)
+        if args.route_cmd == "add":
+            call(args, "route_add", prefix=prefix, via=via, dev=args.dev, metric=args.metric)
+        else:
+            call(args, "route_del", prefix=prefix, via=via, dev=args.dev)
+        print(f"route {prefix}{' via ' + via if via else ''}{' dev ' + args.dev if args.dev else ''}: "
+              f"{'added' if args.route_cmd == 'add' else 'removed'}")
+        return 0
+    rows = netstack_call(args, "route_list")
+    if args.json:
+        out_json(rows)
+    else:
+        print(table(rows, [("prefix", "PREFIX"), ("gateway", "VIA"), ("device", "DEV"), ("metric", "METRIC"),
+                           ("origin", "ORIGIN")]))
+    return 0
+
+
+def cmd_neigh(args) -> int:
+    rows = netstack_call(args, "neigh_list")
+    if args.json:
+        out_json(rows)
+    else:
+        print(table(rows, [("device", "PORT"), ("address", "ADDRESS"), ("mac", "MAC"), ("state", "STATE"),
+                           ("queued", "QUEUED")]))
+    return 0
+
+
+def cmd_ping(args) -> int:
+    dst = _addr(args.dst)
+    if args.count < 1 or args.interval <= 0:
+        raise CliError("qnet ping: count must be >= 1 and interval > 0", EXIT_USAGE)
+    budget = args.count * args.interval + args.timeout + 5
+    res = _ping(args, dst, budget)
+    if args.json:
+        out_json(res)
+    else:
+        print(f"PING {dst}: {args.size} data bytes, sent by qnet's stack")
+        for r in res["replies"]:
+            if r["ok"]:
+                print(f"{r['size']} bytes from {r['src']}: icmp_seq={r['seq']} ttl={r['ttl']} time={r['rtt_ms']:.3f} ms")
+            else:
+                print(f"icmp_seq={r['seq']}: {r['error']}" + (f" (from {r['src']})" if r.get("src") else ""))
+        loss = 100.0 * (res["sent"] - res["received"]) / max(1, res["sent"])
+        print(f"--- {dst}: {res['sent']} sent, {res['received']} received, {loss:.0f}% loss")
+    return 0 if res["received"] > 0 else 1
+
+
+def _ping(args, dst: str, budget: float):
+    graph = call(args, "graph")
+    name = next((c["name"] for c in graph["components"]
+                 if any(p.startswith("qnet.netstack@") for p in c["provides"])), None)
+    if name is None:
+        raise CliError("this graph has no netstack component")
+    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+    with RpcClient(ep, NETSTACK, timeout=budget, retries=0) as c:
+        try:
+            return to_plain(c.call("ping", dst=dst, count=args.count, interval=args.interval,
+                                   timeout=args.timeout, size=args.size, ttl=args.ttl))
+        except errors.IpcError as exc:
+            raise CliError(str(exc)) from None
+
+
+def cmd_capture(args) -> int:
+    path = os.path.abspath(args.write)
+    netstack_call(args, "capture_start", port=args.port, path=path, max_frames=args.count or 0)
+    print(f"capturing on {args.port} to {path}" + (f" for {args.duration:g} s" if args.duration else
+                                                    " (Ctrl-C stops)"), file=sys.stderr, flush=True)
+    stop = {"flag": False}
+    old = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    t_end = time.monotonic() + args.duration if args.duration else None
+    try:
+        while not stop["flag"] and (t_end is None or time.monotonic() < t_end):
+            time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        n = netstack_call(args, "capture_stop", port=args.port)
+    print(f"{n} frames written to {path}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    st = netstack_call(args, "stats")
+    if args.json:
+        out_json(st)
+        return 0
+    for group, counters in sorted(st["stack"].items()):
+        items = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
+        print(f"{group}: {items or '-'}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from .cli import _Parser
+    p = sub.add_parser("port", help="ports: add, del, set, list")
+    ps = p.add_subparsers(dest="port_cmd", metavar="add|del|set|list", parser_class=_Parser)
+    a = ps.add_parser("add", help="add a port: starts ethdriver.NAME on a backend")
+    a.add_argument("name")
+    a.add_argument("--tap", metavar="IFNAME", help="a TAP interface (created if missing)")
+    a.add_argument("--stream", metavar="PATH", help="listen at PATH for QEMU's -netdev stream")
+    a.add_argument("--dgram", metavar="PATH", help="our unix datagram socket for QEMU's -netdev dgram")
+    a.add_argument("--peer", metavar="PATH", help="QEMU's local.path (with --dgram)")
+    a.add_argument("--no-create", action="store_true", help="the TAP must exist already")
+    a.add_argument("--mac", help="our MAC on this port (default: derived from the name)")
+    a.add_argument("--mtu", type=int, default=1500)
+    a.add_argument("--no-forwarding", action="store_true")
+    a.add_argument("--addr", action="append", metavar="CIDR", help="an address for the port (repeatable)")
+    a.add_argument("--dhcp", action="store_true", help="configure the port with our DHCP client")
+    a.add_argument("--json", action="store_true")
+    d = ps.add_parser("del", help="remove a port and its driver")
+    d.add_argument("name")
+    s = ps.add_parser("set", help="qnet port set NAME forwarding on|off")
+    s.add_argument("name")
+    s.add_argument("what")
+    s.add_argument("value")
+    ls = ps.add_parser("list", help="every port")
+    ls.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_port, port_cmd="list", json=False)
+
+    p = sub.add_parser("addr", help="addresses: add, del, list")
+    ps = p.add_subparsers(dest="addr_cmd", metavar="add|del|list", parser_class=_Parser)
+    for verb in ("add", "del"):
+        x = ps.add_parser(verb, help=f"{verb} PORT CIDR")
+        x.add_argument("port")
+        x.add_argument("address")
+    ls = ps.add_parser("list")
+    ls.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_addr, addr_cmd="list", json=False)
+
+    p = sub.add_parser("route", help="routes: add, del, list")
+    ps = p.add_subparsers(dest="route_cmd", metavar="add|del|list", parser_class=_Parser)
+    for verb in ("add", "del"):
+        x = ps.add_parser(verb, help=f"{verb} PREFIX [via GW] [dev PORT] [metric N]")
+        x.add_argument("prefix", help="A.B.C.D/LEN or 'default'")
+        x.add_argument("rest", nargs="*", help="via GW | dev PORT | metric N")
+    ls = ps.add_parser("list")
+    ls.add_argument("--json", action="store_true")
+    p.set_defaults(func=_route_entry, route_cmd="list", json=False)
+
+    p = sub.add_parser("neigh", help="the neighbor (ARP) table")
+    ps = p.add_subparsers(dest="neigh_cmd", metavar="list", parser_class=_Parser)
+    ls = ps.add_parser("list")
+    ls.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_neigh, json=False)
+
+    p = sub.add_parser("ping", help="ICMP echo sent by qnet's stack")
+    p.add_argument("dst")
+    p.add_argument("-c", "--count", type=int, default=3)
+    p.add_argument("-i", "--interval", type=float, default=1.0)
+    p.add_argument("-W", "--timeout", type=float, default=2.0, help="seconds to wait for each reply")
+    p.add_argument("-s", "--size", type=int, default=56)
+    p.add_argument("-t", "--ttl", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ping)
+
+    p = sub.add_parser("capture", help="write what crosses a port to a pcap file")
+    p.add_argument("port")
+    p.add_argument("-w", "--write", required=True, metavar="FILE.pcap")
+    p.add_argument("-c", "--count", type=int, default=0, help="stop writing after N frames")
+    p.add_argument("-d", "--duration", type=float, default=0.0, help="seconds (default: until Ctrl-C)")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("stats", help="per-interface and per-protocol counters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+
+def _route_entry(args) -> int:
+    if args.route_cmd in ("add", "del"):
+        rest = list(args.rest)
+        args.via = args.dev = None
+        args.metric = 0
+        while rest:
+            key = rest.pop(0)
+            if not rest:
+                raise CliError(f"qnet route {args.route_cmd}: '{key}' needs a value", EXIT_USAGE)
+            val = rest.pop(0)
+            if key == "via":
+                args.via = val
+            elif key == "dev":
+                args.dev = val
+            elif key == "metric":
+                try:
+                    args.metric = int(val)
+                except ValueError:
+                    raise CliError(f"metric must be a number, not {val!r}", EXIT_USAGE) from None
+            else:
+                raise CliError(f"qnet route {args.route_cmd}: unknown word {key!r} (via, dev, metric)", EXIT_USAGE)
+    return cmd_route(args)
+
+
+COMMAND_MODULES.append(add_commands)

@@ -1,0 +1,314 @@
+"""Ports: the launcher owns their configuration and re-asserts it to netstack.
+
+A port is a backend handle (held here), an ``ethdriver.PORT`` instance that
+drives it, and a netstack device with addresses and routes. The configuration
+comes from the manifest's ``[ports.NAME]`` tables and from `qnet port/addr/route`
+commands; it is kept in RUN/config.json and reconciled into every new netstack
+incarnation (idempotent calls: reconcile, don't replay logs).
+
+    [ports.up0]
+    backend = "tap"            # tap | stream | dgram
+    tap = "qtap0"              # the TAP interface (backend tap)
+    create = true              # create the TAP if missing
+    mac = "02:00:00:00:00:01"  # our MAC on this port (default: derived from the name)
+    mtu = 1500
+    forwarding = true
+    addresses = ["10.0.0.1/24"]
+
+    [[routes]]
+    prefix = "0.0.0.0/0"
+    via = "10.0.0.254"
+    dev = "up0"                # optional
+    metric = 0
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from ipc import errors
+from ipc.decl import to_plain
+from ipc.protocols.netstack import NETSTACK
+from ipc.rpc import RpcClient
+
+from .manifest import ComponentSpec, HandleSpec, ManifestError
+from .supervisor import Instance, StartFailed
+
+log = logging.getLogger("qnet.launcher")
+
+BACKENDS = ("tap", "stream", "dgram")
+_PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
+_PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
+              "vnet_hdr"}
+
+
+def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A checked, normalised port config; raises ValueError with a clear sentence."""
+    if not _PORT_RE.match(name):
+        raise ValueError(f"port name {name!r}: letters, digits, '-', '_', at most 15, starting with a letter")
+    unknown = set(cfg) - _PORT_KEYS
+    if unknown:
+        raise ValueError(f"port {name}: unknown field(s) {', '.join(sorted(unknown))}")
+    backend = cfg.get("backend", "tap")
+    if backend not in BACKENDS:
+        raise ValueError(f"port {name}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    out: dict[str, Any] = {"backend": backend, "mtu": int(cfg.get("mtu", 1500)),
+                           "forwarding": bool(cfg.get("forwarding", True)), "mac": cfg.get("mac"),
+                           "addresses": [], "dhcp": cfg.get("dhcp")}
+    if not 576 <= out["mtu"] <= 65535:
+        raise ValueError(f"port {name}: mtu must be 576..65535")
+    if out["mac"] is not None and not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", str(out["mac"]).lower()):
+        raise ValueError(f"port {name}: bad mac {out['mac']!r}")
+    if backend == "tap":
+        out["tap"] = str(cfg.get("tap") or name)
+        out["create"] = bool(cfg.get("create", True))
+        out["vnet_hdr"] = bool(cfg.get("vnet_hdr", False))
+    elif backend == "stream":
+        if not cfg.get("path"):
+            raise ValueError(f"port {name}: backend stream needs path (the unix socket QEMU connects to)")
+        out["path"] = str(cfg["path"])
+    else:
+        if not cfg.get("path") or not cfg.get("peer_path"):
+            raise ValueError(f"port {name}: backend dgram needs path (ours) and peer_path (QEMU's local.path)")
+        out["path"], out["peer_path"] = str(cfg["path"]), str(cfg["peer_path"])
+    for a in cfg.get("addresses", []):
+        try:
+            out["addresses"].append(str(ipaddress.IPv4Interface(a)))
+        except ValueError:
+            raise ValueError(f"port {name}: bad address {a!r} (want A.B.C.D/LEN)") from None
+    if out["dhcp"] not in (None, "client", "server"):
+        raise ValueError(f"port {name}: dhcp must be 'client' or 'server'")
+    return out
+
+
+def validate_route(r: dict[str, Any]) -> dict[str, Any]:
+    try:
+        prefix = str(ipaddress.IPv4Network(r["prefix"], strict=True))
+    except KeyError:
+        raise ValueError("route: prefix is missing") from None
+    except ValueError as exc:
+        raise ValueError(f"route: bad prefix {r.get('prefix')!r}: {exc}") from None
+    via = r.get("via")
+    if via is not None:
+        try:
+            via = str(ipaddress.IPv4Address(via))
+        except ValueError:
+            raise ValueError(f"route {prefix}: bad gateway {via!r}") from None
+    dev = r.get("dev")
+    if via is None and dev is None:
+        raise ValueError(f"route {prefix}: needs 'via' or 'dev'")
+    metric = int(r.get("metric", 0))
+    if not 0 <= metric <= 0xFFFFFFFF:
+        raise ValueError(f"route {prefix}: bad metric")
+    return {"prefix": prefix, "via": via, "dev": dev, "metric": metric}
+
+
+def manifest_ports(graph) -> tuple[dict[str, dict], list[dict]]:
+    ports, routes = {}, []
+    for name, cfg in (graph.raw.get("ports") or {}).items():
+        if not isinstance(cfg, dict):
+            raise ManifestError(f"{graph.source}: [ports.{name}] must be a table")
+        try:
+            ports[name] = validate_port(name, cfg)
+        except (ValueError, TypeError) as exc:
+            raise ManifestError(f"{graph.source}: [ports.{name}]: {exc}") from None
+    for r in graph.raw.get("routes") or []:
+        try:
+            routes.append(validate_route(r))
+        except (ValueError, TypeError) as exc:
+            raise ManifestError(f"{graph.source}: [[routes]]: {exc}") from None
+    return ports, routes
+
+
+class PortManager:
+    def __init__(self, launcher):
+        self.l = launcher
+        self.path = os.path.join(launcher.run_dir, "config.json")
+        self.ports: dict[str, dict] = {}
+        self.routes: list[dict] = []
+        self.driver_template = self._find_template()
+
+    def _find_template(self) -> ComponentSpec | None:
+        for c in self.l.graph.templates.values():
+            if any(p == "qnet.device" for p, _ in c.uses):
+                return c
+        return None
+
+    @property
+    def netstack_name(self) -> str | None:
+        return self.l.graph.provider_of("qnet.netstack")
+
+    def netstack(self, timeout: float = 5.0) -> RpcClient:
+        name = self.netstack_name
+        if name is None:
+            raise errors.RemoteError("this graph has no netstack", code="failed")
+        return RpcClient(self.l.supervisor.stable_endpoint(name, "rpc"), NETSTACK, timeout=timeout, retries=3)
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"ports": self.ports, "routes": self.routes}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    # -- drivers ----------------------------------------------------------------------------
+    def driver_spec(self, name: str, cfg: dict) -> ComponentSpec:
+        t = self.driver_template
+        if t is None:
+            raise errors.RemoteError("this graph declares no driver component (one that uses qnet.device)",
+                                     code="failed")
+        args = dict(t.args, instance=name, backend=cfg["backend"], mtu=cfg["mtu"])
+        if cfg["backend"] == "tap":
+            handles = [HandleSpec("tap", "tap", {"name": cfg["tap"], "create": cfg["create"],
+                                                  "vnet_hdr": cfg.get("vnet_hdr", False)})]
+            args["ifname"] = cfg["tap"]
+        elif cfg["backend"] == "stream":
+            handles = [HandleSpec("listen", "unix-listen", {"path": cfg["path"]})]
+        else:
+            handles = [HandleSpec("dgram", "unix-dgram", {"path": cfg["path"]})]
+            args["peer_path"] = cfg["peer_path"]
+        return ComponentSpec(name=f"{t.name}.{name}", template=t.name, module=t.module, provides=[],
+                             uses=list(t.uses), after=[], restart=t.restart, max_restarts=t.max_restarts,
+                             restart_window=t.restart_window, backoff_initial=t.backoff_initial,
+                             backoff_max=t.backoff_max, args=args, handles=handles, instance=name)
+
+    def add(self, name: str, cfg: dict, *, save: bool = True) -> dict:
+        cfg = validate_port(name, cfg)
+        existing = self.ports.get(name)
+        if existing is not None and {k: v for k, v in existing.items() if k != "addresses"} != \
+                {k: v for k, v in cfg.items() if k != "addresses"}:
+            raise errors.RemoteError(f"port {name} exists with other settings; 'qnet port del {name}' first",
+                                     code="exists")
+        spec = self.driver_spec(name, cfg)
+        # netstack first, so the driver's attach finds its port
+        self._netstack_port(name, cfg)
+        sup = self.l.supervisor
+        inst = sup.instances.get(spec.name)
+        if inst is None:
+            inst = Instance(spec)
+            sup.instances[spec.name] = inst
+            self.l.graph.order.append(spec.name)
+        if inst.incarnation is None or inst.state not in ("running", "starting"):
+            try:
+                sup.start(inst)
+            except StartFailed as exc:
+                inst.set_state("failed")
+                inst.last_exit = str(exc)[:128]
+                sup.close_handles(inst)
+                raise errors.RemoteError(str(exc), code="failed") from None
+        if cfg["backend"] == "tap":
+            try:
+                from components.ethdriver.backends.tap import set_link_up
+                set_link_up(cfg["tap"], True)
+            except OSError:
+                pass  # moved to another namespace: its owner brings it up
+        self.ports[name] = cfg if existing is None else {**cfg, "addresses": existing["addresses"]}
+        if save:
+            self.save()
+        return self.ports[name]
+
+    def _netstack_port(self, name: str, cfg: dict) -> None:
+        with self.netstack() as ns:
+            ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
+                    forwarding=cfg["forwarding"])
+            for a in cfg["addresses"]:
+                ns.call("addr_add", port=name, address=a)
+
+    def delete(self, name: str) -> bool:
+        cfg = self.ports.pop(name, None)
+        if cfg is None:
+            raise errors.RemoteError(f"no port {name!r}", code="not_found")
+        self.save()
+        sup = self.l.supervisor
+        spec_name = f"{self.driver_template.name}.{name}" if self.driver_template else None
+        inst = sup.instances.pop(spec_name, None) if spec_name else None
+        if inst is not None:
+            if spec_name in self.l.graph.order:
+                self.l.graph.order.remove(spec_name)
+            if inst.incarnation is not None:
+                sup.retire(inst.incarnation)
+                inst.incarnation = None
+            sup.close_handles(inst)
+        self.routes = [r for r in self.routes if r.get("dev") != name]
+        try:
+            with self.netstack() as ns:
+                ns.call("port_del", name=name)
+        except errors.IpcError as exc:
+            log.warning("port %s: netstack did not remove it: %s", name, exc)
+        return True
+
+    def set(self, name: str, forwarding: bool | None, mtu: int | None) -> dict:
+        cfg = self.ports.get(name)
+        if cfg is None:
+            raise errors.RemoteError(f"no port {name!r}", code="not_found")
+        with self.netstack() as ns:
+            ns.call("port_set", name=name, forwarding=forwarding, mtu=mtu)
+        if forwarding is not None:
+            cfg["forwarding"] = forwarding
+        if mtu is not None:
+            cfg["mtu"] = mtu
+        self.save()
+        return cfg
+
+    def addr(self, port: str, address: str, present: bool) -> bool:
+        cfg = self.ports.get(port)
+        if cfg is None:
+            raise errors.RemoteError(f"no port {port!r}", code="not_found")
+        with self.netstack() as ns:
+            ok = ns.call("addr_add" if present else "addr_del", port=port, address=address)
+        if present and address not in cfg["addresses"]:
+            cfg["addresses"].append(address)
+        if not present and address in cfg["addresses"]:
+            cfg["addresses"].remove(address)
+        self.save()
+        return bool(ok)
+
+    def route(self, r: dict, present: bool) -> bool:
+        r = validate_route(r)
+        with self.netstack() as ns:
+            if present:
+                ns.call("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"], metric=r["metric"])
+            else:
+                ok = ns.call("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"])
+                if not ok:
+                    raise errors.RemoteError(f"no route {r['prefix']}", code="not_found")
+        key = (r["prefix"], r["via"], r["dev"])
+        self.routes = [x for x in self.routes if (x["prefix"], x["via"], x["dev"]) != key]
+        if present:
+            self.routes.append(r)
+        self.save()
+        return True
+
+    # -- reconciliation ----------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Re-assert every port, address and route into netstack (all calls idempotent)."""
+        if self.netstack_name is None:
+            return
+        try:
+            with self.netstack() as ns:
+                for name, cfg in self.ports.items():
+                    ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
+                            forwarding=cfg["forwarding"])
+                    for a in cfg["addresses"]:
+                        ns.call("addr_add", port=name, address=a)
+                for r in self.routes:
+                    ns.call("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"], metric=r["metric"])
+        except errors.IpcError as exc:
+            log.warning("reconciling netstack failed: %s", exc)
+
+    def start_declared(self) -> None:
+        ports, routes = manifest_ports(self.l.graph)
+        for name, cfg in ports.items():
+            self.l.progress(f"port {name} ({cfg['backend']}) ...")
+            self.add(name, cfg, save=False)
+        for r in routes:
+            self.route(r, True)
+        self.save()
+
+
+_ = to_plain
