@@ -55,6 +55,15 @@ def fmt_ratio(x: float) -> str:
     return f"{x:.2f}x"
 
 
+def profile_text(prof: Any, top: int = 14) -> str:
+    """The ``top`` entries of a cProfile.Profile by own time, as text."""
+    import io
+    import pstats
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def time_per_op(op: Callable[[], Any], number: int, repeat: int) -> list[float]:
     """µs per call of ``op``, one figure per repeat (the loop's own cost is included)."""
     runs = []
@@ -155,10 +164,14 @@ class ServerProcess:
         self.process = _MP.Process(target=target, args=(child, *args), daemon=True)
         self.process.start()
         child.close()
-        if not self._parent.poll(ready_timeout):
+        try:
+            if not self._parent.poll(ready_timeout):
+                raise EOFError
+            self.ready = self._parent.recv()
+        except (EOFError, OSError):
             self.close()
-            raise RuntimeError(f"{target.__name__}: not ready within {ready_timeout:g} s")
-        self.ready = self._parent.recv()
+            raise RuntimeError(f"{target.__name__}: not ready within {ready_timeout:g} s "
+                               f"(exit code {self.process.exitcode})") from None
 
     def request(self, msg: Any, timeout: float = 30.0) -> Any:
         self._parent.send(msg)
@@ -199,3 +212,64 @@ class ServerProcess:
 def log(msg: str) -> None:
     """Progress lines go to stderr so the table on stdout stays clean."""
     print(msg, file=sys.stderr, flush=True)
+
+
+# -- flow-controlled one-way streams ---------------------------------------------
+class WindowedSender:
+    """The sending side of a one-way throughput measurement with flow control.
+
+    The receiver acks every ``ack_every`` messages with its cumulative count;
+    the sender stays at most ``window`` messages ahead of the last ack. With a
+    window below ZeroMQ's HWM nothing is dropped, so a throughput figure is
+    never flattered by messages that were sent and lost. Subclasses give
+    ``send(item) -> bool`` and ``read_acks(timeout_ms)`` (which updates ``acked``).
+    """
+
+    name = ""
+
+    def __init__(self, ack_every: int, window: int, stall_timeout: float = 5.0):
+        self.ack_every, self.window, self.stall_timeout = ack_every, window, stall_timeout
+        self.acked = 0
+        self.refused = 0
+
+    def send(self, item: Any) -> bool:
+        raise NotImplementedError
+
+    def read_acks(self, timeout_ms: float) -> None:
+        raise NotImplementedError
+
+    def _wait_acked(self, target: int) -> None:
+        since = time.perf_counter()
+        while self.acked < target:
+            self.read_acks(100)
+            if time.perf_counter() - since > self.stall_timeout:
+                raise RuntimeError(f"{self.name}: no ack for {self.stall_timeout:g} s "
+                                   f"(acked {self.acked}, waiting for {target}; a drop?)")
+
+    def run_round(self, item: Any, duration: float) -> tuple[int, float]:
+        """Send ``item`` repeatedly for about ``duration`` s; (messages sent, seconds to the last ack).
+
+        Messages go in groups of ``ack_every`` so the last one is always acked.
+        A send refused by a full queue is counted in ``refused`` and retried after
+        reading acks, so a drop shows in the report and never stalls the round.
+        """
+        base = self.acked
+        sent = 0
+        clock = time.perf_counter
+        t0 = clock()
+        while True:
+            for _ in range(self.ack_every):
+                if sent - (self.acked - base) >= self.window:
+                    self._wait_acked(base + sent - self.window + 1)
+                refused_at = None
+                while not self.send(item):
+                    self.refused += 1
+                    refused_at = refused_at or clock()
+                    if clock() - refused_at > self.stall_timeout:
+                        raise RuntimeError(f"{self.name}: sends refused for {self.stall_timeout:g} s")
+                    self.read_acks(1)
+                sent += 1
+            if clock() - t0 >= duration:
+                break
+        self._wait_acked(base + sent)
+        return sent, clock() - t0

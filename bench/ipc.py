@@ -513,7 +513,7 @@ def _send_round(sender: _Sender, frames: list[bytes], duration: float) -> tuple[
 
 
 def bench_batches(rundir: str, quick: bool) -> dict:
-    rounds, duration = (3, 0.25) if quick else (5, 0.6)
+    rounds, duration = (3, 0.25) if quick else (9, 0.3)
     eps = {name: common.endpoint(rundir, f"frames-{name}") for name in ("ours", "raw_blob", "raw_multipart")}
     results: dict[str, Any] = {}
     with common.ServerProcess(serve_frames, eps["ours"], eps["raw_blob"], eps["raw_multipart"]) as server:

@@ -14,6 +14,7 @@ BUILTIN_MODULES = (
     "ipc.protocols.device",
     "ipc.protocols.netstack",
     "ipc.protocols.dhcpd",
+    "ipc.protocols.vm",
 )
 _loaded = False
 

@@ -298,7 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import importlib
     from . import cli_net  # noqa: F401  (registers the network commands)
+    try:
+        importlib.import_module("launcher.cli_vm")  # registers the VM commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "launcher.cli_vm":
+            raise
     ap = build_parser()
     try:
         args = ap.parse_args(argv)

@@ -70,10 +70,9 @@ def cmd_port(args) -> int:
             raise CliError("qnet port add: --dgram needs --peer PATH (QEMU's local.path)", EXIT_USAGE)
         res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
                    create=not args.no_create, mac=args.mac, mtu=args.mtu, forwarding=not args.no_forwarding,
-                   path=args.stream or args.dgram, peer_path=args.peer, dhcp="client" if args.dhcp else None)
-        for a in args.addr or []:
-            call(args, "addr_add", port=args.name, address=_iface(a))
-            res["addresses"].append(a)
+                   path=args.stream or args.dgram, peer_path=args.peer,
+                   dhcp="client" if args.dhcp else ("server" if args.dhcp_server else None),
+                   addresses=[_iface(a) for a in args.addr or []])
         if args.json:
             out_json(res)
         else:
@@ -228,7 +227,9 @@ def add_commands(sub) -> None:
     a.add_argument("--mtu", type=int, default=1500)
     a.add_argument("--no-forwarding", action="store_true")
     a.add_argument("--addr", action="append", metavar="CIDR", help="an address for the port (repeatable)")
-    a.add_argument("--dhcp", action="store_true", help="configure the port with our DHCP client")
+    a.add_argument("--dhcp", action="store_true", help="configure the port with our DHCP client (an uplink)")
+    a.add_argument("--dhcp-server", action="store_true",
+                   help="serve DHCP on the port from its first address's subnet (a guest-facing port)")
     a.add_argument("--json", action="store_true")
     d = ps.add_parser("del", help="remove a port and its driver")
     d.add_argument("name")
@@ -313,3 +314,59 @@ def _route_entry(args) -> int:
 
 
 COMMAND_MODULES.append(add_commands)
+
+
+# -- dhcp ----------------------------------------------------------------------------------------
+def dhcpd_call(args, method: str, timeout: float = 10.0, **kw):
+    from ipc.protocols.dhcpd import DHCPD
+    graph = call(args, "graph")
+    name = next((c["name"] for c in graph["components"]
+                 if any(p.startswith("qnet.dhcpd@") for p in c["provides"])), None)
+    if name is None:
+        raise CliError("this graph has no dhcpd component")
+    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+    with RpcClient(ep, DHCPD, timeout=timeout, retries=2) as c:
+        try:
+            return to_plain(c.call(method, **kw))
+        except errors.Timeout:
+            raise CliError(f"dhcpd did not answer within {timeout:g} s") from None
+        except errors.IpcError as exc:
+            raise CliError(str(exc)) from None
+
+
+def cmd_dhcp(args) -> int:
+    if args.dhcp_cmd == "pool":
+        start, sep, end = args.range.partition("-")
+        if not sep:
+            raise CliError("qnet dhcp pool: RANGE is FIRST-LAST, e.g. 10.77.1.10-10.77.1.99", EXIT_USAGE)
+        call(args, "dhcp_pool", port=args.port, start=_addr(start.strip()), end=_addr(end.strip()))
+        print(f"{args.port}: pool {start.strip()} - {end.strip()}")
+        return 0
+    rows = dhcpd_call(args, "leases")
+    st = dhcpd_call(args, "status")
+    if args.json:
+        out_json({"leases": rows, "pools": st.get("pools", {}), "clients": st.get("clients", {})})
+        return 0
+    for r in rows:
+        r["expires"] = "never" if r["expires_in"] is None else f"{r['expires_in']} s"
+    print(table(rows, [("port", "PORT"), ("role", "ROLE"), ("address", "ADDRESS"), ("mac", "MAC"),
+                       ("state", "STATE"), ("expires", "EXPIRES"), ("hostname", "HOSTNAME")]))
+    for port, pool in sorted(st.get("pools", {}).items()):
+        note = "  EXHAUSTED: new clients get no offer" if pool["exhausted"] else ""
+        print(f"pool {port}: {pool['pool_start']} - {pool['pool_end']}{note}")
+    return 0
+
+
+def add_dhcp_commands(sub) -> None:
+    from .cli import _Parser
+    p = sub.add_parser("dhcp", help="DHCP leases (both roles) and server pools")
+    ps = p.add_subparsers(dest="dhcp_cmd", metavar="leases|pool", parser_class=_Parser)
+    ls = ps.add_parser("leases", help="every lease we gave out or hold")
+    ls.add_argument("--json", action="store_true")
+    pl = ps.add_parser("pool", help="qnet dhcp pool PORT FIRST-LAST")
+    pl.add_argument("port")
+    pl.add_argument("range")
+    p.set_defaults(func=cmd_dhcp, dhcp_cmd="leases", json=False)
+
+
+COMMAND_MODULES.append(add_dhcp_commands)

@@ -43,7 +43,7 @@ log = logging.getLogger("qnet.launcher")
 BACKENDS = ("tap", "stream", "dgram")
 _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
-              "vnet_hdr"}
+              "vnet_hdr", "pool"}
 
 
 def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +82,13 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"port {name}: bad address {a!r} (want A.B.C.D/LEN)") from None
     if out["dhcp"] not in (None, "client", "server"):
         raise ValueError(f"port {name}: dhcp must be 'client' or 'server'")
+    pool = cfg.get("pool")
+    if pool is not None:
+        try:
+            out["pool"] = {"start": str(ipaddress.IPv4Address(pool["start"])),
+                           "end": str(ipaddress.IPv4Address(pool["end"]))}
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"port {name}: pool must be {{start = A.B.C.D, end = A.B.C.D}}") from None
     return out
 
 
@@ -180,8 +187,9 @@ class PortManager:
     def add(self, name: str, cfg: dict, *, save: bool = True) -> dict:
         cfg = validate_port(name, cfg)
         existing = self.ports.get(name)
-        if existing is not None and {k: v for k, v in existing.items() if k != "addresses"} != \
-                {k: v for k, v in cfg.items() if k != "addresses"}:
+        volatile = ("addresses", "mac", "pool")
+        if existing is not None and {k: v for k, v in existing.items() if k not in volatile} != \
+                {k: v for k, v in cfg.items() if k not in volatile}:
             raise errors.RemoteError(f"port {name} exists with other settings; 'qnet port del {name}' first",
                                      code="exists")
         spec = self.driver_spec(name, cfg)
@@ -214,16 +222,68 @@ class PortManager:
 
     def _netstack_port(self, name: str, cfg: dict) -> None:
         with self.netstack() as ns:
-            ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
-                    forwarding=cfg["forwarding"])
+            row = ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
+                          forwarding=cfg["forwarding"])
             for a in cfg["addresses"]:
                 ns.call("addr_add", port=name, address=a)
+        if cfg.get("mac") is None and row.mac:
+            cfg["mac"] = row.mac  # keep the derived MAC: the DHCP client identifies itself with it
+        self._dhcp_port(name, cfg)
+
+    # -- DHCP roles (dhcpd owns the protocol; the launcher owns which port has which role) ------------
+    @property
+    def dhcpd_name(self) -> str | None:
+        return self.l.graph.provider_of("qnet.dhcpd")
+
+    def dhcpd(self, timeout: float = 5.0) -> RpcClient:
+        from ipc.protocols.dhcpd import DHCPD
+        return RpcClient(self.l.supervisor.stable_endpoint(self.dhcpd_name, "rpc"), DHCPD, timeout=timeout, retries=3)
+
+    def _dhcp_port(self, name: str, cfg: dict) -> None:
+        role = cfg.get("dhcp")
+        if role is None:
+            return
+        if self.dhcpd_name is None:
+            raise errors.RemoteError(f"port {name}: dhcp {role} needs a dhcpd component in the graph", code="failed")
+        with self.dhcpd() as d:
+            if role == "server":
+                if not cfg["addresses"]:
+                    raise errors.RemoteError(f"port {name}: a DHCP server needs an address on the port "
+                                             f"(--addr A.B.C.1/24)", code="bad_argument")
+                pool = cfg.get("pool") or {}
+                d.call("server_add", port=name, interface=cfg["addresses"][0],
+                       pool_start=pool.get("start"), pool_end=pool.get("end"))
+            else:
+                d.call("client_add", port=name, mac=cfg["mac"], hostname=None)
+
+    def set_pool(self, name: str, start: str, end: str) -> bool:
+        cfg = self.ports.get(name)
+        if cfg is None or cfg.get("dhcp") != "server":
+            raise errors.RemoteError(f"port {name!r} has no DHCP server", code="not_found")
+        with self.dhcpd() as d:
+            d.call("pool", port=name, pool_start=start, pool_end=end)
+        cfg["pool"] = {"start": start, "end": end}
+        self.save()
+        return True
+
+    def reconcile_dhcpd(self) -> None:
+        for name, cfg in self.ports.items():
+            try:
+                self._dhcp_port(name, cfg)
+            except errors.IpcError as exc:
+                log.warning("reconciling dhcpd for %s failed: %s", name, exc)
 
     def delete(self, name: str) -> bool:
         cfg = self.ports.pop(name, None)
         if cfg is None:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
         self.save()
+        if cfg.get("dhcp") and self.dhcpd_name:
+            try:
+                with self.dhcpd() as d:
+                    d.call("server_del" if cfg["dhcp"] == "server" else "client_del", port=name)
+            except errors.IpcError as exc:
+                log.warning("port %s: dhcpd did not drop it: %s", name, exc)
         sup = self.l.supervisor
         spec_name = f"{self.driver_template.name}.{name}" if self.driver_template else None
         inst = sup.instances.pop(spec_name, None) if spec_name else None

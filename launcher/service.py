@@ -89,11 +89,21 @@ class Launcher:
         self.ports = PortManager(self)
         self.collector = Collector([SUPERVISOR], self.sup_endpoint)
         self.control = RpcServer(control_endpoint(runtime_dir), {LAUNCHER: _Control(self)})
+        self.vms = None
+        try:
+            from .vm import VmManager
+            from ipc.protocols.vm import VM
+        except ImportError:
+            pass
+        else:
+            self.vms = VmManager(self)
+            self.control.add(VM, self.vms)
         self.loop.add_reader(self.control.socket, self.control.process)
         self.loop.add_reader(self.collector.socket, self._drain_reports)
         self.loop.call_every(0.05, self._watch)
         self.shutting_down = False
         self.started_at = time.time()
+        self._last_watch = time.monotonic()
 
     @property
     def instances(self) -> dict[str, Instance]:
@@ -131,6 +141,8 @@ class Launcher:
         self.shutting_down = True
 
     def close(self) -> None:
+        if self.vms is not None:
+            self.vms.close()
         self.supervisor.stop_all()
         self.control.close()
         self.collector.close()
@@ -151,6 +163,8 @@ class Launcher:
         """A new incarnation is in service: re-assert the configuration it should hold."""
         if inst.name == self.ports.netstack_name and self.ports.ports:
             self.ports.reconcile()
+        if inst.name == self.ports.dhcpd_name and self.ports.ports:
+            self.ports.reconcile_dhcpd()
 
     # -- reports from components -------------------------------------------------------
     def _drain_reports(self) -> None:
@@ -171,7 +185,15 @@ class Launcher:
     # -- supervision ----------------------------------------------------------------------
     def _watch(self) -> None:
         now = time.monotonic()
+        if now - self._last_watch > 1.0:
+            # The launcher itself was busy (a restart, a slow call): heartbeats
+            # queued meanwhile are not the components' fault.
+            for inst in self.instances.values():
+                inst.last_heartbeat = max(inst.last_heartbeat, now)
+        self._last_watch = now
         self.supervisor.reap_retiring()
+        if self.vms is not None:
+            self.vms.watch()
         for inst in self.instances.values():
             inc = inst.incarnation
             if inc is not None and inst.state in ("running", "starting"):
@@ -327,8 +349,9 @@ class _Control:
         return True
 
     # -- ports, addresses, routes (configuration the launcher owns) ----------------------------
-    def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp):
-        cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp}
+    def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp, addresses):
+        cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp,
+               "addresses": [str(a) for a in addresses]}
         for k, v in (("tap", tap), ("mac", mac), ("path", path), ("peer_path", peer_path)):
             if v is not None:
                 cfg[k] = v
@@ -364,6 +387,9 @@ class _Control:
                                        "dev": dev}, False)
         except ValueError as exc:
             raise errors.RemoteError(str(exc), code="bad_argument") from None
+
+    def dhcp_pool(self, port, start, end):
+        return self.l.ports.set_pool(port, str(start), str(end))
 
     def endpoints(self):
         sup = self.l.supervisor

@@ -14,7 +14,7 @@ counter of what it refused or dropped.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping
@@ -129,10 +129,13 @@ class ServerConfig:
                 raise ValueError(f"{name} {getattr(self, name)} is not in {self.subnet}")
         if self.pool_start > self.pool_end:
             raise ValueError("pool_start is after pool_end")
+        never = {self.server_ip, self.router, self.subnet.network_address,
+                 self.subnet.broadcast_address}
         for who, addr in self.reservations.items():
             _normalise_reservation(who)
-            if addr not in self.subnet:
-                raise ValueError(f"reservation {addr} is not in {self.subnet}")
+            if addr not in self.subnet or addr in never:
+                raise ValueError(f"reservation {addr} is not a host address of {self.subnet} "
+                                 f"other than the server's and the router's")
         if not 0 < self.lease_time < 0xFFFFFFFF:
             raise ValueError("lease_time must be positive and finite")
         if self.max_leases < 1 or self.per_client_rate <= 0 or self.per_client_burst < 1:
@@ -290,8 +293,9 @@ class DhcpServer:
         if current is None or current.state is not LeaseState.BOUND:
             expires = max(now + self.config.offer_hold_time,
                           current.expires if current is not None else 0.0)
-            self._store(Lease(msg.chaddr, msg.client_id, address, expires,
-                              LeaseState.OFFERED, msg.hostname), key)
+            if not self._store(Lease(msg.chaddr, msg.client_id, address, expires,
+                                     LeaseState.OFFERED, msg.hostname), key):
+                return self._drop("lease_table_full")
         self._exhausted = False
         reply = DhcpMessage.reply_for(msg, MessageType.OFFER)
         reply.yiaddr = address

@@ -304,11 +304,6 @@ class DhcpMessage:
     def broadcast(self) -> bool:
         return bool(self.flags & FLAG_BROADCAST)
 
-    @property
-    def mac(self) -> bytes:
-        """chaddr as a hardware address: only meaningful for htype 1 / hlen 6."""
-        return self.chaddr
-
     # -------------------------------------------------------------- parse / build
 
     @classmethod

@@ -422,7 +422,7 @@ class _Control:
             rd = r.to_dict() if hasattr(r, "to_dict") else dict(r.__dict__)
             out.append({"prefix": str(rd["prefix"]), "gateway": None if rd.get("gateway") in (None, "None") else str(rd["gateway"]),
                         "device": rd.get("device"), "metric": int(rd.get("metric", 0)),
-                        "origin": str(rd.get("origin", "static"))})
+                        "origin": str(rd.get("kind", "static")) + ("" if rd.get("active", True) else " (inactive)")})
         return out
 
     def neigh_list(self):

@@ -16,6 +16,10 @@ class Counter(Component):
         self.value = 0
         if rt.args.get("crash_on_start"):
             sys.exit(5)
+        # Crash on start from the Nth incarnation on: the first start succeeds, every respawn fails.
+        crash_from = rt.args.get("crash_from_incarnation")
+        if crash_from is not None and rt.incarnation >= crash_from:
+            sys.exit(5)
 
     def implementations(self):
         return {COUNTER: self}

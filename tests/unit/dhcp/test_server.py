@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address as A, IPv4Network as N
 
+import msgpack
+import pytest
 from hypothesis import given, settings, strategies as st
 from scapy.all import BOOTP, DHCP
 
@@ -121,7 +123,6 @@ def test_discover_from_leased_client_reuses_its_address_without_a_probe():
     server = DhcpServer(config())
     first = dora(server, MAC1)
     dora(server, MAC2)
-    server.config  # unchanged
     probing = DhcpServer(config(probe=True))
     probing.restore(server.snapshot(0.0), 0.0)
     reply = only_reply(probing.handle(request(MessageType.DISCOVER, MAC1, xid=9), 2.0))
@@ -293,7 +294,6 @@ def test_snapshot_restore_keeps_leases_and_never_hands_an_address_out_twice():
     a1, a2 = dora(server, MAC1, now=10.0), dora(server, MAC2, now=10.0)
     only_reply(server.handle(request(MessageType.DISCOVER, MAC3), 10.0))  # offered
     snap = server.snapshot(20.0)
-    import msgpack
     snap = msgpack.unpackb(msgpack.packb(snap))  # plain msgpack data
     fresh = DhcpServer(config(pool_end=A("10.1.0.102")))
     fresh.restore(snap, 5000.0)  # a new monotonic epoch
@@ -397,3 +397,11 @@ def test_relayed_nak_goes_to_the_relay_with_broadcast_bit_set():
                                              requested_ip=A("10.7.0.1")), 0.0, src_port=67))
     assert reply.msg.message_type is MessageType.NAK
     assert (reply.dst_ip, reply.dst_port) == (A("10.1.0.2"), 67) and reply.msg.broadcast
+
+
+def test_config_rejects_inconsistent_pools_and_reservations():
+    for bad in (dict(pool_start=A("10.2.0.1")), dict(pool_start=A("10.1.0.120")),
+                dict(reservations={MAC1: SERVER}), dict(reservations={MAC1: A("10.5.0.1")}),
+                dict(lease_time=0)):
+        with pytest.raises(ValueError):
+            config(**bad)
