@@ -101,6 +101,7 @@ class Table:
 
 
 def machine_info() -> dict:
+    import msgpack
     import msgspec
     import zmq
     try:
@@ -114,6 +115,7 @@ def machine_info() -> dict:
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "msgspec": msgspec.__version__,
+        "msgpack": ".".join(map(str, msgpack.version)),
         "platform": platform.platform(terse=True),
     }
 
@@ -126,8 +128,8 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def arg_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def arg_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--quick", action="store_true", help="fewer rounds and iterations (a smoke run)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     return p
@@ -170,8 +172,9 @@ class ServerProcess:
             self.ready = self._parent.recv()
         except (EOFError, OSError):
             self.close()
-            raise RuntimeError(f"{target.__name__}: not ready within {ready_timeout:g} s "
-                               f"(exit code {self.process.exitcode})") from None
+            code = self.process.exitcode
+            why = f"exited with code {code}" if code is not None and code >= 0 else f"not ready in {ready_timeout:g} s"
+            raise RuntimeError(f"{target.__name__}: {why} before it was ready") from None
 
     def request(self, msg: Any, timeout: float = 30.0) -> Any:
         self._parent.send(msg)
@@ -207,6 +210,48 @@ class ServerProcess:
             self.stop()
         else:
             self.close()
+
+
+def serve_peer(conn: Any, readers: dict, report: Callable[[], Any] | None = None) -> None:
+    """A benchmark peer's loop (the child side of ServerProcess).
+
+    Polls ``readers`` (ZeroMQ socket -> callback that drains it) and the
+    control pipe; sends the ready message, then answers "cpu" (its process
+    time, ZeroMQ's I/O thread included), "profile" / "profile_stop" (a
+    cProfile table of what ran in between) and "stop" (``report()``, then return).
+    """
+    import cProfile
+
+    import zmq
+    poller = zmq.Poller()
+    for sock in readers:
+        poller.register(sock, zmq.POLLIN)
+    poller.register(conn.fileno(), zmq.POLLIN)
+    prof = None
+    conn.send("ready")
+    while True:
+        for key, _ev in poller.poll():
+            if key in readers:
+                readers[key]()
+                continue
+            try:
+                msg = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if msg == "cpu":
+                conn.send(time.process_time())
+            elif msg == "profile":
+                prof = cProfile.Profile()
+                prof.enable()
+                conn.send("ok")
+            elif msg == "profile_stop" and prof is not None:
+                prof.disable()
+                conn.send(profile_text(prof))
+            elif msg == "stop":
+                conn.send(report() if report is not None else None)
+                return
+            else:
+                conn.send(f"unknown request {msg!r}")
 
 
 def log(msg: str) -> None:

@@ -1,24 +1,24 @@
 """The IPC benchmark: qnet's typed layer beside raw pyzmq, measured in the same run.
 
-Three measurements, each printed beside its anchor with the ratio:
-
 1. RPC round trip: ``RpcClient`` -> ``RpcServer`` calling a method with six
-   typed fields, against a raw DEALER -> ROUTER loop carrying the same payload
-   bytes (plain ``msgpack``, no validation) with the same poll-based structure.
+   typed fields, beside a raw DEALER -> ROUTER loop carrying the same payload
+   bytes (the ``msgpack`` package, no validation) with the same poll-based loop.
 2. Frame-batch throughput, one direction: ``UserChannel.send_batch`` ->
-   ``ProviderChannel.receive`` against raw pyzmq sending one packed blob with an
-   offsets array per batch, and one ZeroMQ part per frame. Flow control keeps
-   the sender a bounded window ahead of the receiver's acks, so the figures are
-   drop-free (drops are counted and reported anyway).
-3. Codec, in-process: the ``msgpack`` package with hand-written validation
-   against msgspec's typed decode as ``ipc/`` uses it.
+   ``ProviderChannel.receive`` beside raw pyzmq sending one packed blob with an
+   offsets array per batch, and one ZeroMQ part per frame. The sender stays a
+   bounded window ahead of the receiver's acks, so the figures are drop-free.
+3. Codec, in-process: the ``msgpack`` package plus hand-written validation
+   beside msgspec's typed decode as ``ipc/`` uses it.
 
-The peer runs in a separate process; endpoints are ipc:// in a private temp
-directory. Usage: ``python -m bench.ipc [--quick] [--json FILE]``; scripts call
-``run(quick)``.
+Besides wall-clock figures it reports CPU time per call and per frame on each
+side (process time, ZeroMQ's I/O thread included), which moves much less than
+wall time when other work shares the machine's two cores.
+
+Usage: ``python -m bench.ipc [--quick] [--json FILE] [--profile]``; scripts call ``run(quick)``.
 """
 from __future__ import annotations
 
+import cProfile
 import ipaddress
 import itertools
 import os
@@ -37,19 +37,14 @@ from ipc.rpc import RpcClient, RpcServer, configure_socket, context
 from ipc.types import BOOL, IPV4, NAME, U32, U64, Field, Int, Str
 
 from . import common
-from .common import Table, fmt_ratio, log, ratio
+from .common import Table, WindowedSender, fmt_ratio, log, median, ratio
 
-# -- what is exchanged --------------------------------------------------------------
 ROUTE = Protocol(
     "bench.route", Version(1, 0),
     doc="A route update with six typed fields, the shape of a typical control call.",
     methods=(Method("set_route", args=(
-        Field("port", NAME),
-        Field("addr", IPV4),
-        Field("prefix_len", Int(0, 32)),
-        Field("metric", U32),
-        Field("up", BOOL),
-        Field("note", Str(max_len=64)),
+        Field("port", NAME), Field("addr", IPV4), Field("prefix_len", Int(0, 32)),
+        Field("metric", U32), Field("up", BOOL), Field("note", Str(max_len=64)),
     ), result=BOOL),),
 )
 SET_ROUTE = ROUTE.method_by_name["set_route"]
@@ -58,7 +53,7 @@ ROUTE_ARGS = {"port": "up0", "addr": ipaddress.IPv4Address("192.0.2.17"), "prefi
 
 FRAMES = Protocol(
     "bench.frames", Version(1, 0),
-    events=(Event("ack", fields=(Field("batches", U64), Field("frames", U64), Field("bytes", U64))),),
+    events=(Event("ack", fields=(Field("batches", U64),)),),
     streams=(Stream("rx", "to_provider", max_batch=1024),),
 )
 
@@ -67,9 +62,9 @@ AIM_BATCH_RATIO = 0.70    # typed batches at >= 70% of raw blob throughput
 BATCH_FRAMES = 256
 FRAME_SIZES = (64, 1500)
 HWM = 256                 # the channel's default data HWM, used by every variant
-ACK_EVERY = 8             # the receiver acks every N batches ...
-WINDOW = 32               # ... and the sender stays at most N batches ahead (< HWM: no drops)
-STALL_TIMEOUT = 5.0       # no ack for this long: the measurement is broken, stop it
+ACK_EVERY = 8             # the receiver acks every 8 batches; the sender stays
+WINDOW = 32               # at most 32 ahead (< HWM, so nothing is dropped)
+BATCH_VARIANTS = ("ours", "raw_blob", "raw_multipart")
 
 
 def _msgpack_default(obj: Any) -> Any:
@@ -78,96 +73,44 @@ def _msgpack_default(obj: Any) -> Any:
     raise TypeError(f"cannot pack {type(obj).__name__}")
 
 
-def _raw_set_route(port, addr, prefix_len, metric, up, note):
+def _set_route(port, addr, prefix_len, metric, up, note):
     return True
 
 
 class _RouteTable:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def set_route(self, port, addr, prefix_len, metric, up, note):
-        self.calls += 1
-        return True
+    set_route = staticmethod(_set_route)
 
 
-# -- 1. RPC round trip ----------------------------------------------------------------
-def _raw_rpc_process(sock: zmq.Socket, limit: int = 256) -> int:
-    """The raw server: the same drain-until-empty structure as RpcServer.process()."""
-    handled = 0
-    while handled < limit:
+# -- 1. RPC round trip -----------------------------------------------------------------
+def _raw_rpc_process(sock: zmq.Socket, limit: int = 256) -> None:
+    """The raw server: RpcServer.process()'s drain-until-empty structure, no checks."""
+    for _ in range(limit):
         try:
             peer, header, body = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            break
-        handled += 1
-        h = msgpack.unpackb(header)
-        result = _raw_set_route(**msgpack.unpackb(body))
-        sock.send_multipart([peer, msgpack.packb([2, h[1]]), msgpack.packb(result)], zmq.NOBLOCK)
-    return handled
+            return
+        req_id = msgpack.unpackb(header)[1]
+        result = _set_route(**msgpack.unpackb(body))
+        sock.send_multipart([peer, msgpack.packb([2, req_id]), msgpack.packb(result)], zmq.NOBLOCK)
 
 
 def serve_rpc(conn, typed_ep: str, raw_ep: str) -> None:
-    """Child process: the typed RpcServer and the raw ROUTER, on one poller."""
-    impl = _RouteTable()
-    server = RpcServer(typed_ep, {ROUTE: impl})
+    """Child process: the typed RpcServer and the raw ROUTER on one poller."""
+    server = RpcServer(typed_ep, {ROUTE: _RouteTable()})
     raw = context().socket(zmq.ROUTER)
     configure_socket(raw)
     raw.setsockopt(zmq.ROUTER_MANDATORY, 0)
     raw.bind(raw_ep)
-    poller = zmq.Poller()
-    poller.register(server.socket, zmq.POLLIN)
-    poller.register(raw, zmq.POLLIN)
-    poller.register(conn.fileno(), zmq.POLLIN)
-    raw_calls = 0
-    conn.send("ready")
     try:
-        while True:
-            for key, _ev in poller.poll():
-                if key is server.socket:
-                    server.process()
-                elif key is raw:
-                    raw_calls += _raw_rpc_process(raw)
-                else:
-                    try:
-                        msg = conn.recv()
-                    except EOFError:
-                        return
-                    if msg == "stop":
-                        conn.send({"typed_calls": impl.calls, "raw_calls": raw_calls,
-                                   "typed_counters": dict(server.counters)})
-                        return
-                    if msg == "profile":
-                        conn.send(_profile_server_rpc(server, poller, conn))
+        common.serve_peer(conn, {server.socket: server.process, raw: lambda: _raw_rpc_process(raw)},
+                          report=lambda: dict(server.counters))
     finally:
         server.close()
         raw.close(linger=0)
 
 
-def _profile_server_rpc(server: RpcServer, poller: zmq.Poller, conn) -> str:
-    """Serve typed calls under cProfile until the parent says 'done'; the top entries."""
-    import cProfile
-    import io
-    import pstats
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        while True:
-            ready = dict(poller.poll())
-            if server.socket in ready:
-                server.process()
-            if conn.fileno() in ready:
-                conn.recv()
-                break
-    finally:
-        prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
-    return out.getvalue()
-
-
 class RawRpcClient:
-    """A raw DEALER client with RpcClient's loop: send, poll with a deadline, match req_id."""
+    """A raw DEALER client with RpcClient's loop: send, poll to a deadline, match req_id."""
 
     _ids = itertools.count(1)
 
@@ -189,21 +132,11 @@ class RawRpcClient:
             if remaining <= 0 or not self.poller.poll(remaining * 1000):
                 raise TimeoutError(f"raw {method}: no answer in {self.timeout:g} s")
             parts = self.socket.recv_multipart()
-            h = msgpack.unpackb(parts[0])
-            if h[1] != req_id:
-                continue
-            return msgpack.unpackb(parts[1])
+            if msgpack.unpackb(parts[0])[1] == req_id:
+                return msgpack.unpackb(parts[1])
 
     def close(self) -> None:
         self.socket.close(linger=0)
-
-
-def _check_same_payload() -> None:
-    """The two clients must put the same bytes on the wire, or the comparison is void."""
-    typed = encode(ROUTE_ARGS)
-    raw = msgpack.packb(ROUTE_ARGS, default=_msgpack_default)
-    if typed != raw:
-        raise AssertionError(f"payloads differ: typed {typed!r} raw {raw!r}")
 
 
 def _time_calls(call, n: int) -> list[int]:
@@ -218,100 +151,69 @@ def _time_calls(call, n: int) -> list[int]:
 
 
 def bench_rpc(rundir: str, quick: bool) -> dict:
-    rounds, calls, warmup = (3, 600, 200) if quick else (7, 2500, 500)
-    _check_same_payload()
+    rounds, calls, warmup = (4, 500, 200) if quick else (10, 2000, 500)
+    typed_body, raw_body = encode(ROUTE_ARGS), msgpack.packb(ROUTE_ARGS, default=_msgpack_default)
+    if typed_body != raw_body:  # the comparison is void unless both carry the same bytes
+        raise AssertionError(f"payloads differ: typed {typed_body!r} raw {raw_body!r}")
     typed_ep, raw_ep = common.endpoint(rundir, "rpc-typed"), common.endpoint(rundir, "rpc-raw")
     samples: dict[str, list[int]] = {"typed": [], "raw": []}
-    round_medians: dict[str, list[float]] = {"typed": [], "raw": []}
+    medians: dict[str, list[float]] = {"typed": [], "raw": []}
+    cpu: dict[str, list[float]] = {"typed": [], "raw": []}
     with common.ServerProcess(serve_rpc, typed_ep, raw_ep) as server:
-        typed = RpcClient(typed_ep, ROUTE, timeout=5.0, retries=0)
-        raw = RawRpcClient(raw_ep)
+        typed, raw = RpcClient(typed_ep, ROUTE, timeout=5.0, retries=0), RawRpcClient(raw_ep)
         try:
             clients = {"typed": typed.call, "raw": raw.call}
-            for name, call in clients.items():
+            for call in clients.values():
                 _time_calls(call, warmup)
             for r in range(rounds):
-                # Alternate which goes first so drift in the machine's load hits both alike.
+                # Alternate who goes first so drift in the machine's load hits both alike.
                 for name in (("typed", "raw") if r % 2 == 0 else ("raw", "typed")):
+                    c0, s0 = time.process_time(), server.request("cpu")
                     s = _time_calls(clients[name], calls)
+                    c1, s1 = time.process_time(), server.request("cpu")
                     samples[name] += s
-                    round_medians[name].append(round(common.median(s) / 1000.0, 2))
+                    medians[name].append(median(s) / 1000.0)
+                    cpu[name].append(((c1 - c0) + (s1 - s0)) / calls * 1e6)
+            report = server.stop()
         finally:
             typed.close()
             raw.close()
-            report = server.stop()
-    out: dict[str, Any] = {name: {**common.latency_summary(s), "round_medians_us": round_medians[name]}
-                           for name, s in samples.items()}
-    out["ratio_median"] = round(ratio(out["typed"]["median_us"], out["raw"]["median_us"]), 3)
+    out: dict[str, Any] = {}
+    for name in samples:
+        out[name] = {**common.latency_summary(samples[name]), "cpu_us_per_call": round(median(cpu[name]), 1),
+                     "round_medians_us": [round(x, 1) for x in medians[name]]}
+    round_ratios = [ratio(t, r) for t, r in zip(medians["typed"], medians["raw"])]
+    out["ratio_median"] = round(median(round_ratios), 3)
+    out["ratio_rounds_range"] = [round(min(round_ratios), 3), round(max(round_ratios), 3)]
     out["ratio_p99"] = round(ratio(out["typed"]["p99_us"], out["raw"]["p99_us"]), 3)
-    out["aim"] = AIM_RPC_RATIO
-    out["meets_aim"] = out["ratio_median"] <= AIM_RPC_RATIO
-    out["payload_bytes"] = len(encode(ROUTE_ARGS))
-    out["server"] = report
+    out["ratio_cpu"] = round(ratio(out["typed"]["cpu_us_per_call"], out["raw"]["cpu_us_per_call"]), 3)
+    out.update(aim=AIM_RPC_RATIO, meets_aim=out["ratio_median"] <= AIM_RPC_RATIO,
+               payload_bytes=len(typed_body), server_counters=report)
     return out
 
 
-def profile_rpc(rundir: str, calls: int = 3000) -> dict:
-    """cProfile of the typed client and of the typed server, each in its own process."""
-    import cProfile
-    import io
-    import pstats
-    typed_ep, raw_ep = common.endpoint(rundir, "prof-typed"), common.endpoint(rundir, "prof-raw")
-    with common.ServerProcess(serve_rpc, typed_ep, raw_ep) as server:
-        client = RpcClient(typed_ep, ROUTE, timeout=5.0, retries=0)
-        try:
-            _time_calls(client.call, 200)
-            server._parent.send("profile")
-            prof = cProfile.Profile()
-            prof.enable()
-            _time_calls(client.call, calls)
-            prof.disable()
-            server_text = server.request("done")
-        finally:
-            client.close()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
-    return {"client": out.getvalue(), "server": server_text}
-
-
-# -- 2. frame-batch throughput -----------------------------------------------------------
-class _Tally:
-    __slots__ = ("batches", "frames", "bytes")
-
-    def __init__(self) -> None:
-        self.batches = self.frames = self.bytes = 0
-
-    def as_dict(self) -> dict:
-        return {"batches": self.batches, "frames": self.frames, "bytes": self.bytes}
-
-
-def _raw_router(ep: str) -> zmq.Socket:
-    sock = context().socket(zmq.ROUTER)
-    configure_socket(sock, HWM)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.bind(ep)
-    return sock
-
-
+# -- 2. frame-batch throughput ------------------------------------------------------------
 def serve_frames(conn, ours_ep: str, blob_ep: str, multi_ep: str) -> None:
     """Child process: three receivers that touch every frame and ack every ACK_EVERY batches."""
     provider = ProviderChannel(FRAMES, ours_ep, hwm=HWM)
-    blob, multi = _raw_router(blob_ep), _raw_router(multi_ep)
-    tally = {"ours": _Tally(), "raw_blob": _Tally(), "raw_multipart": _Tally()}
+    raw = {}
+    for ep in (blob_ep, multi_ep):
+        raw[ep] = context().socket(zmq.ROUTER)
+        configure_socket(raw[ep], HWM)
+        raw[ep].bind(ep)
+    blob, multi = raw[blob_ep], raw[multi_ep]
+    tally = {name: [0, 0, 0] for name in BATCH_VARIANTS}  # batches, frames, bytes
     ours_t, blob_t, multi_t = tally["ours"], tally["raw_blob"], tally["raw_multipart"]
 
     def on_batch(peer: bytes, stream: str, frames: list[bytes]) -> None:
         n = 0
         for f in frames:
             n += len(f)
-        ours_t.batches += 1
-        ours_t.frames += len(frames)
-        ours_t.bytes += n
-        if ours_t.batches % ACK_EVERY == 0:
-            provider.send_event(peer, "ack", batches=ours_t.batches, frames=ours_t.frames, bytes=ours_t.bytes)
-
-    def on_event(peer: bytes, name: str, value: Any) -> None:
-        pass
+        ours_t[0] += 1
+        ours_t[1] += len(frames)
+        ours_t[2] += n
+        if ours_t[0] % ACK_EVERY == 0:
+            provider.send_event(peer, "ack", batches=ours_t[0])
 
     def drain_blob(limit: int = 64) -> None:
         for _ in range(limit):
@@ -326,11 +228,11 @@ def serve_frames(conn, ours_ep: str, blob_ep: str, multi_ep: str) -> None:
             for end in offs[1:]:
                 n += len(mv[prev:end])  # a zero-copy view of each frame
                 prev = end
-            blob_t.batches += 1
-            blob_t.frames += len(offs) - 1
-            blob_t.bytes += n
-            if blob_t.batches % ACK_EVERY == 0:
-                blob.send_multipart([peer, msgpack.packb([blob_t.batches, blob_t.frames, blob_t.bytes])])
+            blob_t[0] += 1
+            blob_t[1] += len(offs) - 1
+            blob_t[2] += n
+            if blob_t[0] % ACK_EVERY == 0:
+                blob.send_multipart([peer, msgpack.packb(blob_t[0])])
 
     def drain_multi(limit: int = 64) -> None:
         for _ in range(limit):
@@ -341,67 +243,30 @@ def serve_frames(conn, ours_ep: str, blob_ep: str, multi_ep: str) -> None:
             n = 0
             for f in parts[1:]:
                 n += len(f)
-            multi_t.batches += 1
-            multi_t.frames += len(parts) - 1
-            multi_t.bytes += n
-            if multi_t.batches % ACK_EVERY == 0:
-                multi.send_multipart([parts[0], msgpack.packb([multi_t.batches, multi_t.frames, multi_t.bytes])])
+            multi_t[0] += 1
+            multi_t[1] += len(parts) - 1
+            multi_t[2] += n
+            if multi_t[0] % ACK_EVERY == 0:
+                multi.send_multipart([parts[0], msgpack.packb(multi_t[0])])
 
-    poller = zmq.Poller()
-    for s in (provider.socket, blob, multi):
-        poller.register(s, zmq.POLLIN)
-    poller.register(conn.fileno(), zmq.POLLIN)
-    conn.send("ready")
+    def report() -> dict:
+        return {"received": {k: dict(zip(("batches", "frames", "bytes"), v)) for k, v in tally.items()},
+                "ours_counters": dict(provider.counters)}
+
     try:
-        while True:
-            for key, _ev in poller.poll():
-                if key is provider.socket:
-                    provider.receive(on_batch, on_event, limit=64)
-                elif key is blob:
-                    drain_blob()
-                elif key is multi:
-                    drain_multi()
-                else:
-                    try:
-                        msg = conn.recv()
-                    except EOFError:
-                        return
-                    if msg == "counts":
-                        conn.send({k: t.as_dict() for k, t in tally.items()}
-                                  | {"ours_rx_bad": provider.counters["rx_bad"]})
-                    elif msg == "stop":
-                        conn.send({k: t.as_dict() for k, t in tally.items()} | {"ours_counters": dict(provider.counters)})
-                        return
+        common.serve_peer(conn, {provider.socket: lambda: provider.receive(on_batch, lambda *a: None, limit=64),
+                                 blob: drain_blob, multi: drain_multi}, report=report)
     finally:
         provider.close()
         blob.close(linger=0)
         multi.close(linger=0)
 
 
-class _Sender:
-    """One variant's sending side: send a batch, and read acks (cumulative batch counts)."""
-
-    name = ""
-
-    def __init__(self) -> None:
-        self.acked = 0
-        self.drops = 0
-
-    def send(self, frames: list[bytes]) -> bool:
-        raise NotImplementedError
-
-    def read_acks(self, timeout_ms: float) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class OursSender(_Sender):
+class OursSender(WindowedSender):
     name = "ours"
 
     def __init__(self, ep: str):
-        super().__init__()
+        super().__init__(ACK_EVERY, WINDOW)
         self.channel = UserChannel(FRAMES, ep, b"bench-sender", hwm=HWM)
         self.poller = zmq.Poller()
         self.poller.register(self.channel.socket, zmq.POLLIN)
@@ -412,57 +277,43 @@ class OursSender(_Sender):
     def _on_event(self, name: str, value: Any) -> None:
         self.acked = max(self.acked, value.batches)
 
-    def _on_batch(self, stream: str, frames: list[bytes]) -> None:
-        raise AssertionError("the receiver sends no batches")
-
     def read_acks(self, timeout_ms: float) -> None:
         if self.poller.poll(timeout_ms):
-            self.channel.receive(self._on_batch, self._on_event)
-
-    @property
-    def dropped(self) -> int:
-        return self.channel.counters["tx_dropped_batches"]
+            self.channel.receive(lambda *a: None, self._on_event)
 
     def close(self) -> None:
         self.channel.close()
 
 
-class _RawSender(_Sender):
+class _RawSender(WindowedSender):
     def __init__(self, ep: str):
-        super().__init__()
+        super().__init__(ACK_EVERY, WINDOW)
         self.socket = context().socket(zmq.DEALER)
         configure_socket(self.socket, HWM)
         self.socket.connect(ep)
-        self.poller = zmq.Poller()
-        self.poller.register(self.socket, zmq.POLLIN)
 
     def _send_parts(self, parts: list) -> bool:
         try:
             self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self.drops += 1
             return False
         return True
 
     def read_acks(self, timeout_ms: float) -> None:
-        if self.poller.poll(timeout_ms):
+        if self.socket.poll(timeout_ms):
             while True:
                 try:
                     (ack,) = self.socket.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     return
-                self.acked = max(self.acked, msgpack.unpackb(ack)[0])
-
-    @property
-    def dropped(self) -> int:
-        return self.drops
+                self.acked = max(self.acked, msgpack.unpackb(ack))
 
     def close(self) -> None:
         self.socket.close(linger=0)
 
 
 class RawBlobSender(_RawSender):
-    """One blob plus an offsets array per batch: the shape ipc.batch uses, without the layer."""
+    """One blob plus an offsets array per batch: ipc.batch's shape without the layer."""
 
     name = "raw_blob"
 
@@ -480,143 +331,74 @@ class RawMultipartSender(_RawSender):
         return self._send_parts(frames)
 
 
-def _send_round(sender: _Sender, frames: list[bytes], duration: float) -> tuple[int, float]:
-    """Send batches for about ``duration`` s, never more than WINDOW ahead of the acks.
-
-    Returns (batches sent, seconds from the first send to the ack of the last).
-    Sends go in groups of ACK_EVERY so the last batch is always acked.
-    """
-    base = sender.acked
-    sent = 0
-    clock = time.perf_counter
-    t0 = clock()
-    while True:
-        for _ in range(ACK_EVERY):
-            last_ack = clock()
-            while sent - (sender.acked - base) >= WINDOW:
-                sender.read_acks(100)
-                if sender.acked - base > sent - WINDOW:
-                    break
-                if clock() - last_ack > STALL_TIMEOUT:
-                    raise RuntimeError(f"{sender.name}: no ack for {STALL_TIMEOUT:g} s ({sent} sent)")
-            if sender.send(frames):
-                sent += 1
-        if clock() - t0 >= duration:
-            break
-    last_ack = clock()
-    while sender.acked - base < sent:
-        sender.read_acks(100)
-        if clock() - last_ack > STALL_TIMEOUT:
-            raise RuntimeError(f"{sender.name}: last ack missing after {STALL_TIMEOUT:g} s "
-                               f"(sent {sent}, acked {sender.acked - base}; drops?)")
-    return sent, clock() - t0
-
-
 def bench_batches(rundir: str, quick: bool) -> dict:
-    rounds, duration = (3, 0.25) if quick else (9, 0.3)
-    eps = {name: common.endpoint(rundir, f"frames-{name}") for name in ("ours", "raw_blob", "raw_multipart")}
-    results: dict[str, Any] = {}
-    with common.ServerProcess(serve_frames, eps["ours"], eps["raw_blob"], eps["raw_multipart"]) as server:
-        senders: list[_Sender] = [OursSender(eps["ours"]), RawBlobSender(eps["raw_blob"]),
-                                  RawMultipartSender(eps["raw_multipart"])]
+    rounds, duration = (3, 0.25) if quick else (11, 0.3)
+    eps = [common.endpoint(rundir, f"frames-{name}") for name in BATCH_VARIANTS]
+    sent = {name: [0, 0] for name in BATCH_VARIANTS}  # frames, bytes
+    per_round: dict[tuple[int, str], list[tuple[float, float, float]]] = {}  # (frames/s, tx ns/frame, rx ns/frame)
+    with common.ServerProcess(serve_frames, *eps) as server:
+        senders: list[WindowedSender] = [OursSender(eps[0]), RawBlobSender(eps[1]), RawMultipartSender(eps[2])]
         try:
-            rates: dict[tuple[int, str], list[float]] = {}
-            sent_frames: dict[str, int] = {s.name: 0 for s in senders}
-            sent_bytes: dict[str, int] = {s.name: 0 for s in senders}
             for size in FRAME_SIZES:
                 frames = [os.urandom(size) for _ in range(BATCH_FRAMES)]
-                for s in senders:  # warm up: connections made, buffers allocated
-                    n, _ = _send_round(s, frames, 0.05)
-                    sent_frames[s.name] += n * BATCH_FRAMES
-                    sent_bytes[s.name] += n * BATCH_FRAMES * size
-                for r in range(rounds):
-                    order = senders[r % 3:] + senders[:r % 3]
-                    for s in order:
-                        n, secs = _send_round(s, frames, duration)
-                        sent_frames[s.name] += n * BATCH_FRAMES
-                        sent_bytes[s.name] += n * BATCH_FRAMES * size
-                        rates.setdefault((size, s.name), []).append(n * BATCH_FRAMES / secs)
-            counts = server.request("counts")
-            drops = {s.name: s.dropped for s in senders}
+                for r in range(-1, rounds):  # round -1 warms up: connections made, buffers allocated
+                    for s in senders[r % 3:] + senders[:r % 3]:
+                        c0, s0 = time.process_time(), server.request("cpu")
+                        n, secs = s.run_round(frames, 0.05 if r < 0 else duration)
+                        c1, s1 = time.process_time(), server.request("cpu")
+                        sent[s.name][0] += n * BATCH_FRAMES
+                        sent[s.name][1] += n * BATCH_FRAMES * size
+                        nf = n * BATCH_FRAMES
+                        if r >= 0:
+                            per_round.setdefault((size, s.name), []).append(
+                                (nf / secs, (c1 - c0) / nf * 1e9, (s1 - s0) / nf * 1e9))
+            refused = {s.name: s.refused for s in senders}
+            report = server.stop()
         finally:
             for s in senders:
                 s.close()
-    for s_name in sent_frames:
-        got = counts[s_name]
-        lost = sent_frames[s_name] - got["frames"]
-        if lost or got["bytes"] != sent_bytes[s_name]:
-            log(f"warning: {s_name}: sent {sent_frames[s_name]} frames / {sent_bytes[s_name]} B, "
+    out: dict[str, Any] = {"aim": AIM_BATCH_RATIO, "batch_frames": BATCH_FRAMES,
+                           "flow_control": {"ack_every": ACK_EVERY, "window": WINDOW, "hwm": HWM}}
+    out["drops"] = {}
+    for name in BATCH_VARIANTS:
+        got = report["received"][name]
+        if [got["frames"], got["bytes"]] != sent[name]:
+            log(f"warning: {name}: sent {sent[name][0]} frames / {sent[name][1]} B, "
                 f"received {got['frames']} / {got['bytes']} B")
-        drops[s_name] = {"sender_dropped_batches": drops[s_name], "frames_lost": lost}
+        out["drops"][name] = {"sends_refused": refused[name], "frames_lost": sent[name][0] - got["frames"]}
+    out["drops"]["ours_channel"] = {k: report["ours_counters"][k] for k in ("rx_bad",)}
     for size in FRAME_SIZES:
         row: dict[str, Any] = {}
-        for name in ("ours", "raw_blob", "raw_multipart"):
-            fps = common.median(rates[(size, name)])
+        for name in BATCH_VARIANTS:
+            rs = per_round[(size, name)]
+            fps = median([x[0] for x in rs])
+            tx, rx = median([x[1] for x in rs]), median([x[2] for x in rs])
             row[name] = {"frames_per_s": round(fps), "gbit_per_s": round(fps * size * 8 / 1e9, 3),
-                         "round_frames_per_s": [round(x) for x in rates[(size, name)]]}
-        row["ratio_ours_to_raw_blob"] = round(ratio(row["ours"]["frames_per_s"], row["raw_blob"]["frames_per_s"]), 3)
+                         "cpu_ns_per_frame": {"sender": round(tx, 1), "receiver": round(rx, 1)},
+                         # What one core per side could carry: the busier side sets the pace.
+                         "cpu_bound_frames_per_s": round(1e9 / max(tx, rx)),
+                         "round_frames_per_s": [round(x[0]) for x in rs]}
+        rr = [ratio(o[0], b[0]) for o, b in zip(per_round[(size, "ours")], per_round[(size, "raw_blob")])]
+        row["ratio_ours_to_raw_blob"] = round(median(rr), 3)
+        row["ratio_rounds_range"] = [round(min(rr), 3), round(max(rr), 3)]
+        row["ratio_cpu_bound"] = round(ratio(row["ours"]["cpu_bound_frames_per_s"],
+                                             row["raw_blob"]["cpu_bound_frames_per_s"]), 3)
         row["ratio_raw_blob_to_multipart"] = round(
             ratio(row["raw_blob"]["frames_per_s"], row["raw_multipart"]["frames_per_s"]), 3)
         row["meets_aim"] = row["ratio_ours_to_raw_blob"] >= AIM_BATCH_RATIO
-        results[str(size)] = row
-    results["aim"] = AIM_BATCH_RATIO
-    results["batch_frames"] = BATCH_FRAMES
-    results["flow_control"] = {"ack_every": ACK_EVERY, "window": WINDOW, "hwm": HWM}
-    results["drops"] = drops
-    results["ours_rx_bad"] = counts["ours_rx_bad"]
-    return results
+        row["meets_aim_cpu_bound"] = row["ratio_cpu_bound"] >= AIM_BATCH_RATIO
+        out[str(size)] = row
+    return out
 
 
-def profile_batches(rundir: str, size: int = 64, duration: float = 1.0) -> dict:
-    """cProfile of the typed sender; the receiver's unpack cost is profiled in-process."""
-    import cProfile
-    import io
-    import pstats
-    from ipc import batch as batchmod
-    frames = [os.urandom(size) for _ in range(BATCH_FRAMES)]
-    eps = {name: common.endpoint(rundir, f"prof-{name}") for name in ("ours", "blob", "multi")}
-    with common.ServerProcess(serve_frames, eps["ours"], eps["blob"], eps["multi"]):
-        sender = OursSender(eps["ours"])
-        try:
-            _send_round(sender, frames, 0.1)
-            prof = cProfile.Profile()
-            prof.enable()
-            _send_round(sender, frames, duration)
-            prof.disable()
-        finally:
-            sender.close()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
-    # The receiving side's per-batch work, in-process: unpack into frames vs. memoryview slices.
-    parts = batchmod.encode_batch("rx", 1, frames)
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        batchmod.unpack_frames(parts[1], parts[2], BATCH_FRAMES)
-    unpack_us = (time.perf_counter() - t0) / n * 1e6
-    t0 = time.perf_counter()
-    for _ in range(n):
-        offs = array("I")
-        offs.frombytes(parts[1])
-        mv = memoryview(parts[2])
-        prev = 0
-        for end in offs[1:]:
-            mv[prev:end]
-            prev = end
-    views_us = (time.perf_counter() - t0) / n * 1e6
-    return {"sender": out.getvalue(), "unpack_frames_us_per_batch": round(unpack_us, 1),
-            "memoryview_slices_us_per_batch": round(views_us, 1), "frame_size": size}
-
-
-# -- 3. codec ------------------------------------------------------------------------------
+# -- 3. codec --------------------------------------------------------------------------------
 _NAME_RE = re.compile(NAME.pattern)
-_ROUTE_FIELDS = frozenset(ROUTE_ARGS)
 
 
 class RouteArgs:
     """What the hand-written validator returns: the checked fields, addr as an IPv4Address."""
 
-    __slots__ = ("port", "addr", "prefix_len", "metric", "up", "note")
+    __slots__ = tuple(ROUTE_ARGS)
 
     def __init__(self, port, addr, prefix_len, metric, up, note):
         self.port, self.addr, self.prefix_len = port, addr, prefix_len
@@ -625,25 +407,20 @@ class RouteArgs:
 
 def validate_route(d: Any) -> RouteArgs:
     """The checks the declaration implies, written by hand; raises ValueError."""
-    if type(d) is not dict or d.keys() != _ROUTE_FIELDS:
+    if type(d) is not dict or d.keys() != ROUTE_ARGS.keys():
         raise ValueError("expected a map of exactly the route fields")
-    port = d["port"]
+    port, addr, prefix_len, metric, up, note = (d[k] for k in RouteArgs.__slots__)
     if type(port) is not str or not 1 <= len(port) <= 64 or _NAME_RE.search(port) is None:
         raise ValueError("port: expected a name")
-    addr = d["addr"]
     if type(addr) is not str or len(addr) > 64:
         raise ValueError("addr: expected an IPv4 address string")
     addr = ipaddress.IPv4Address(addr)  # AddressValueError is a ValueError
-    prefix_len = d["prefix_len"]
     if type(prefix_len) is not int or not 0 <= prefix_len <= 32:
         raise ValueError("prefix_len: expected an int in 0..32")
-    metric = d["metric"]
     if type(metric) is not int or not 0 <= metric <= 0xFFFFFFFF:
         raise ValueError("metric: expected an int in 0..2^32-1")
-    up = d["up"]
     if type(up) is not bool:
         raise ValueError("up: expected a bool")
-    note = d["note"]
     if type(note) is not str or len(note) > 64:
         raise ValueError("note: expected a string of at most 64 characters")
     return RouteArgs(port, addr, prefix_len, metric, up, note)
@@ -657,16 +434,15 @@ _BAD_ROUTES = [
 ]
 
 
-def _check_validators_agree() -> None:
+def check_validators_agree() -> None:
     """Both validators accept the good route and refuse every bad one, or the race is unfair."""
     good = encode(ROUTE_ARGS)
     a, b = validate_route(msgpack.unpackb(good)), SET_ROUTE.decode_args(good)
-    for name in ROUTE_ARGS:
-        if getattr(a, name) != getattr(b, name):
-            raise AssertionError(f"validators disagree on {name}")
-    bad_cases = [{**ROUTE_ARGS, **patch} for patch in _BAD_ROUTES]
-    bad_cases.append({k: v for k, v in ROUTE_ARGS.items() if k != "note"})
-    for case in bad_cases:
+    if any(getattr(a, k) != getattr(b, k) for k in ROUTE_ARGS):
+        raise AssertionError("the validators decode the good route differently")
+    cases = [{**ROUTE_ARGS, **patch} for patch in _BAD_ROUTES]
+    cases.append({k: v for k, v in ROUTE_ARGS.items() if k != "note"})
+    for case in cases:
         body = msgpack.packb(case, default=_msgpack_default)
         for name, check in (("hand", lambda: validate_route(msgpack.unpackb(body))),
                             ("msgspec", lambda: SET_ROUTE.decode_args(body))):
@@ -674,12 +450,12 @@ def _check_validators_agree() -> None:
                 check()
             except Exception:
                 continue
-            raise AssertionError(f"{name} validator accepted a bad route: {case}")
+            raise AssertionError(f"the {name} validator accepted a bad route: {case}")
 
 
 def bench_codec(quick: bool) -> dict:
     import msgspec
-    _check_validators_agree()
+    check_validators_agree()
     number, repeat = (5000, 5) if quick else (20000, 9)
     body = encode(ROUTE_ARGS)
     untyped = msgspec.msgpack.Decoder()
@@ -692,17 +468,17 @@ def bench_codec(quick: bool) -> dict:
         "msgspec_decode_typed": lambda: SET_ROUTE.decode_args(body),
     }
     runs: dict[str, list[float]] = {k: [] for k in ops}
-    for _ in range(repeat):  # interleaved, one run of each per pass
+    for _ in range(repeat):  # interleaved: one run of each per pass
         for name, op in ops.items():
             runs[name] += common.time_per_op(op, number, 1)
-    med = {k: round(common.median(v), 3) for k, v in runs.items()}
+    med = {k: round(median(v), 3) for k, v in runs.items()}
     a = med["msgpack_pack"] + med["msgpack_unpack_validate"]
     b = med["msgspec_encode"] + med["msgspec_decode_typed"]
     return {"us_per_op": med, "msgpack_hand_total_us": round(a, 3), "msgspec_typed_total_us": round(b, 3),
             "ratio_msgpack_hand_to_msgspec": round(ratio(a, b), 3), "number": number, "repeat": repeat}
 
 
-# -- the whole run --------------------------------------------------------------------------
+# -- the whole run ---------------------------------------------------------------------------
 def run(quick: bool = False) -> dict:
     """Every figure of this benchmark, measured in one run."""
     t0 = time.monotonic()
@@ -718,61 +494,98 @@ def run(quick: bool = False) -> dict:
     return out
 
 
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
 def render(res: dict) -> str:
-    lines = []
-    m = res["machine"]
-    lines.append(f"ipc benchmark{' (quick)' if res['quick'] else ''}: {m['cpus']} cpus, load {m['loadavg_1m']}, "
-                 f"python {m['python']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), msgspec {m['msgspec']}")
-    rpc = res["rpc"]
-    t = Table("rpc round trip (6 typed fields)", "median us", "p99 us", "calls")
-    for name, label in (("typed", "ours: RpcClient -> RpcServer"), ("raw", "raw: DEALER -> ROUTER, msgpack")):
-        t.add(label, f"{rpc[name]['median_us']:.1f}", f"{rpc[name]['p99_us']:.1f}", rpc[name]["n"])
-    t.add("ratio ours/raw", fmt_ratio(rpc["ratio_median"]), fmt_ratio(rpc["ratio_p99"]),
-          f"aim <= {fmt_ratio(rpc['aim'])}: {'met' if rpc['meets_aim'] else 'MISSED'}")
-    lines += ["", t.render()]
-    b = res["batch"]
-    t = Table(f"frame batches ({b['batch_frames']} frames/batch)", "frames/s", "Gbit/s", "vs raw blob")
+    m, rpc, b, c = res["machine"], res["rpc"], res["batch"], res["codec"]
+    lines = [f"ipc benchmark{' (quick)' if res['quick'] else ''}: {m['cpus']} cpus, load {m['loadavg_1m']}, "
+             f"python {m['python']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), msgspec {m['msgspec']}, msgpack {m.get('msgpack', '?')}", ""]
+    t = Table("rpc round trip, 6 typed fields", "median us", "p99 us", "cpu us/call")
+    t.add("ours: RpcClient -> RpcServer", rpc["typed"]["median_us"], rpc["typed"]["p99_us"],
+          rpc["typed"]["cpu_us_per_call"])
+    t.add("raw: DEALER -> ROUTER, msgpack", rpc["raw"]["median_us"], rpc["raw"]["p99_us"],
+          rpc["raw"]["cpu_us_per_call"])
+    t.add("ratio ours/raw", fmt_ratio(rpc["ratio_median"]), fmt_ratio(rpc["ratio_p99"]), fmt_ratio(rpc["ratio_cpu"]))
+    lo, hi = rpc["ratio_rounds_range"]
+    lines += [t.render(), f"aim: median ratio <= {fmt_ratio(rpc['aim'])}: {_verdict(rpc['meets_aim'])} "
+              f"(rounds {fmt_ratio(lo)}..{fmt_ratio(hi)}, {rpc['typed']['n']} calls each)", ""]
+    t = Table(f"frame batches of {b['batch_frames']}", "frames/s", "Gbit/s", "vs blob", "cpu ns/frame tx/rx",
+              "cpu-bound frames/s")
     for size in FRAME_SIZES:
         row = b[str(size)]
         for name, label in (("ours", "ours: send_batch -> receive"), ("raw_blob", "raw: blob + offsets"),
                             ("raw_multipart", "raw: one part per frame")):
-            fig = row[name]
-            vs = fmt_ratio(ratio(fig["frames_per_s"], row["raw_blob"]["frames_per_s"]))
-            t.add(f"{size:>4} B  {label}", f"{fig['frames_per_s']:,}", f"{fig['gbit_per_s']:.2f}", vs)
-        t.add(f"{size:>4} B  aim ours/raw blob >= {b['aim']:.0%}",
-              "met" if row["meets_aim"] else "MISSED", "", f"blob/multipart {fmt_ratio(row['ratio_raw_blob_to_multipart'])}")
-    lines += ["", t.render()]
-    drops = ", ".join(f"{k}: {v['sender_dropped_batches']} batches dropped, {v['frames_lost']} frames lost"
-                      for k, v in b["drops"].items())
-    lines.append(f"drops ({b['flow_control']['window']}-batch window, ack every {b['flow_control']['ack_every']}): {drops}")
-    c = res["codec"]
-    t = Table("codec, in-process (6-field route)", "us/op")
-    labels = {"msgpack_pack": "msgpack pack", "msgpack_unpack": "msgpack unpack (no checks)",
-              "msgpack_unpack_validate": "msgpack unpack + hand validation",
-              "msgspec_encode": "msgspec encode", "msgspec_decode_untyped": "msgspec decode (no checks)",
-              "msgspec_decode_typed": "msgspec typed decode (Struct, bounds, ipaddress)"}
-    for k, label in labels.items():
+            fig, cpu = row[name], row[name]["cpu_ns_per_frame"]
+            t.add(f"{size:>4} B  {label}", f"{fig['frames_per_s']:,}", f"{fig['gbit_per_s']:.2f}",
+                  fmt_ratio(ratio(fig["frames_per_s"], row["raw_blob"]["frames_per_s"])),
+                  f"{cpu['sender']:.0f} / {cpu['receiver']:.0f}", f"{fig['cpu_bound_frames_per_s']:,}")
+    lines.append(t.render())
+    for size in FRAME_SIZES:
+        row = b[str(size)]
+        lo, hi = row["ratio_rounds_range"]
+        lines.append(f"{size:>4} B: ours/raw blob {fmt_ratio(row['ratio_ours_to_raw_blob'])} "
+                     f"(rounds {fmt_ratio(lo)}..{fmt_ratio(hi)}), cpu-bound {fmt_ratio(row['ratio_cpu_bound'])}; "
+                     f"aim >= {b['aim']:.0%}: {_verdict(row['meets_aim'])} (wall), "
+                     f"{_verdict(row['meets_aim_cpu_bound'])} (cpu); "
+                     f"blob/multipart {fmt_ratio(row['ratio_raw_blob_to_multipart'])}")
+    drops = ", ".join(f"{k} {v['sends_refused']} refused / {v['frames_lost']} lost"
+                      for k, v in b["drops"].items() if k in BATCH_VARIANTS)
+    fc = b["flow_control"]
+    lines += [f"drops (window {fc['window']}, ack every {fc['ack_every']}, hwm {fc['hwm']}): {drops}", ""]
+    t = Table("codec, in-process, 6-field route", "us/op")
+    for k, label in (("msgpack_pack", "msgpack pack"), ("msgpack_unpack", "msgpack unpack (no checks)"),
+                     ("msgpack_unpack_validate", "msgpack unpack + hand validation"),
+                     ("msgspec_encode", "msgspec encode"), ("msgspec_decode_untyped", "msgspec decode (no checks)"),
+                     ("msgspec_decode_typed", "msgspec typed decode (Struct, bounds, ipaddress)")):
         t.add(label, f"{c['us_per_op'][k]:.2f}")
     t.add("(a) msgpack + hand validation, both ways", f"{c['msgpack_hand_total_us']:.2f}")
     t.add("(b) msgspec typed, both ways", f"{c['msgspec_typed_total_us']:.2f}")
     t.add("ratio (a)/(b)", fmt_ratio(c["ratio_msgpack_hand_to_msgspec"]))
-    lines += ["", t.render(), "", f"took {res['seconds']} s"]
+    lines += [t.render(), "", f"took {res['seconds']} s"]
     return "\n".join(lines)
 
 
+def profile(rundir: str) -> str:
+    """cProfile tables of the typed paths: RPC client and server, batch sender and receiver."""
+    out = []
+    with common.ServerProcess(serve_rpc, common.endpoint(rundir, "p-typed"), common.endpoint(rundir, "p-raw")) as srv:
+        client = RpcClient(common.endpoint(rundir, "p-typed"), ROUTE, retries=0)
+        try:
+            _time_calls(client.call, 200)
+            prof = cProfile.Profile()
+            srv.request("profile")
+            prof.runcall(_time_calls, client.call, 3000)
+            out += ["== typed rpc server, 3000 calls", srv.request("profile_stop")]
+            out += ["== typed rpc client, 3000 calls", common.profile_text(prof)]
+        finally:
+            client.close()
+    eps = [common.endpoint(rundir, f"p-{name}") for name in BATCH_VARIANTS]
+    with common.ServerProcess(serve_frames, *eps) as srv:
+        sender = OursSender(eps[0])
+        try:
+            for size in FRAME_SIZES:
+                frames = [os.urandom(size) for _ in range(BATCH_FRAMES)]
+                sender.run_round(frames, 0.1)
+                prof = cProfile.Profile()
+                srv.request("profile")
+                prof.runcall(sender.run_round, frames, 1.0)
+                out += [f"== batch receiver, {size} B frames, 1 s", srv.request("profile_stop")]
+                out += [f"== batch sender, {size} B frames, 1 s", common.profile_text(prof)]
+        finally:
+            sender.close()
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = common.arg_parser("IPC benchmark: typed RPC, frame batches and codec beside raw pyzmq/msgpack.")
-    p.add_argument("--profile", action="store_true",
-                   help="instead of the figures, print cProfile tables of the typed RPC and batch paths")
+    p = common.arg_parser("IPC benchmark: typed RPC, frame batches and codec beside raw pyzmq and msgpack.",
+                          prog="python -m bench.ipc")
+    p.add_argument("--profile", action="store_true", help="print cProfile tables of the typed paths instead")
     args = p.parse_args(argv)
     if args.profile:
         with common.runtime_dir() as rundir:
-            rpc = profile_rpc(rundir)
-            print("== typed rpc client\n" + rpc["client"] + "\n== typed rpc server\n" + rpc["server"])
-            bat = profile_batches(rundir)
-            print("== typed batch sender (64 B)\n" + bat["sender"])
-            print(f"receiver per batch of {BATCH_FRAMES} x {bat['frame_size']} B: unpack_frames "
-                  f"{bat['unpack_frames_us_per_batch']} us, memoryview slices {bat['memoryview_slices_us_per_batch']} us")
+            print(profile(rundir))
         return 0
     res = run(args.quick)
     print(render(res))

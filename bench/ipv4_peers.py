@@ -154,8 +154,9 @@ def udp_rr(dst: str, port: int, outstanding: int, duration: float, size: int, ti
             "rtt_ns": rtts[:20000]}
 
 
-def udp_sink(port: int, duration: float, idle: float) -> dict:
-    """Count datagrams for up to ``duration`` s; stop early ``idle`` s after the last arrival."""
+def udp_sink(port: int, duration: float, idle: float, busy: float) -> dict:
+    """Count datagrams for up to ``duration`` s; once ``busy`` s have passed, stop early ``idle`` s
+    after the last arrival (a stack may pause for a while when the sender hogs the CPU)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind(("0.0.0.0", port))
@@ -163,10 +164,11 @@ def udp_sink(port: int, duration: float, idle: float) -> dict:
     print(json.dumps({"ready": True}), flush=True)
     frames = nbytes = 0
     first = last = 0.0
-    end = time.perf_counter() + duration
+    start = time.perf_counter()
+    end = start + duration
     while True:
         now = time.perf_counter()
-        if now >= end or (frames and now - last > idle):
+        if now >= end or (now - start > busy and now - max(last, start) > idle):
             break
         if not select.select([sock], [], [], min(0.05, end - now))[0]:
             continue
@@ -181,19 +183,20 @@ def udp_sink(port: int, duration: float, idle: float) -> dict:
             frames += 1
             nbytes += len(data)
     sock.close()
-    return {"frames": frames, "bytes": nbytes, "span": last - first}
+    return {"frames": frames, "bytes": nbytes, "first": first, "last": last}
 
 
-def udp_blast(dst: str, port: int, size: int, duration: float) -> dict:
-    """Send ``size``-byte datagrams back to back for ``duration`` s."""
+def udp_blast(dst: str, port: int, size: int, duration: float, rate: float) -> dict:
+    """Send ``size``-byte datagrams for ``duration`` s: back to back, or paced at ``rate`` per s."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect((dst, port))
     payload = bytes(size)
     sent = nobufs = 0
+    burst = 64 if rate <= 0 else max(1, min(64, int(rate / 1000)))  # paced: ~1 ms bursts
     start = time.perf_counter()
     end = start + duration
     while True:
-        for _ in range(64):  # check the clock once per 64 sends
+        for _ in range(burst):  # check the clock once per burst
             try:
                 sock.send(payload)
                 sent += 1
@@ -201,11 +204,16 @@ def udp_blast(dst: str, port: int, size: int, duration: float) -> dict:
                 if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
                     raise
                 nobufs += 1
-        if time.perf_counter() >= end:
+        now = time.perf_counter()
+        if now >= end:
             break
+        if rate > 0:
+            ahead = start + sent / rate - now
+            if ahead > 0:
+                time.sleep(ahead)
     elapsed = time.perf_counter() - start
     sock.close()
-    return {"sent": sent, "elapsed": elapsed, "nobufs": nobufs}
+    return {"sent": sent, "start": start, "elapsed": elapsed, "nobufs": nobufs}
 
 
 # -- PyTCP peers (run by pyenv's 3.13 with the back-ported tree first on sys.path) ---------
@@ -252,11 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--port", type=int, default=9)
     a.add_argument("--duration", type=float, default=10.0)
     a.add_argument("--idle", type=float, default=1.0)
+    a.add_argument("--busy", type=float, default=0.0, help="no idle stop before this many seconds")
     a = sub.add_parser("udp-blast")
     a.add_argument("dst")
     a.add_argument("port", type=int)
     a.add_argument("--size", type=int, default=64)
     a.add_argument("--duration", type=float, default=2.0)
+    a.add_argument("--rate", type=float, default=0.0, help="datagrams/s (0: as fast as possible)")
     a = sub.add_parser("pytcp-daemon")
     a.add_argument("--tree", required=True)
     a = sub.add_parser("pytcp-echo")
@@ -277,9 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "udp-rr":
         out = udp_rr(args.dst, args.port, args.outstanding, args.duration, args.size, args.timeout)
     elif args.cmd == "udp-sink":
-        out = udp_sink(args.port, args.duration, args.idle)
+        out = udp_sink(args.port, args.duration, args.idle, args.busy)
     elif args.cmd == "udp-blast":
-        out = udp_blast(args.dst, args.port, args.size, args.duration)
+        out = udp_blast(args.dst, args.port, args.size, args.duration, args.rate)
     else:
         pytcp_echo(args.tree, args.ipc_socket, args.port)
         return

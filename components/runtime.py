@@ -266,6 +266,8 @@ class Runtime:
         self.state = "starting"
         self.log = logging.getLogger(f"qnet.{spec.name}")
         self._last_checkpoint = 0.0
+        self._pending_checkpoint: dict | None = None
+        self._checkpoint_timer: Timer | None = None
         self.component = factory(self)
         impls: dict[Protocol, Any] = {LIFECYCLE: _LifecycleHandler(self)}
         impls.update(self.component.implementations())
@@ -316,11 +318,27 @@ class Runtime:
         return True
 
     def checkpoint(self, state: dict, min_interval: float = 0.2) -> None:
-        """Report state worth keeping across a crash (rate-limited)."""
+        """Report state worth keeping across a crash.
+
+        Rate-limited: a state that arrives within ``min_interval`` of the last
+        report is kept and sent when the interval ends, so the launcher never
+        holds a stale checkpoint after a burst of changes.
+        """
         now = time.monotonic()
-        if now - self._last_checkpoint < min_interval:
+        self._pending_checkpoint = state
+        wait = self._last_checkpoint + min_interval - now
+        if wait > 0:
+            if self._checkpoint_timer is None:
+                self._checkpoint_timer = self.loop.call_later(wait, self._send_checkpoint)
             return
-        self._last_checkpoint = now
+        self._send_checkpoint()
+
+    def _send_checkpoint(self) -> None:
+        self._checkpoint_timer = None
+        state, self._pending_checkpoint = self._pending_checkpoint, None
+        if state is None:
+            return
+        self._last_checkpoint = time.monotonic()
         self.reporter.emit("checkpoint", name=self.name, incarnation=self.incarnation,
                            snapshot=self.snapshot_of(state))
 

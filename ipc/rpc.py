@@ -350,11 +350,16 @@ class RpcClient:
         req_id = next(self._ids)
         header = encode([KIND_CALL, req_id, self.protocol.name, str(self.protocol.version), method_name])
         assert self.socket is not None, "client is closed"
-        try:
-            self.socket.send_multipart([header, body], zmq.NOBLOCK)
-        except zmq.Again:
-            raise errors.Unavailable(f"{self.endpoint}: send queue full") from None
         deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.socket.send_multipart([header, body], zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                # No pipe yet (a tcp:// connection still in its handshake) or a full queue.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.socket.poll(remaining * 1000, zmq.POLLOUT):
+                    raise errors.Unavailable(f"{self.endpoint}: cannot send (no connection or queue full)") from None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._poller.poll(remaining * 1000):

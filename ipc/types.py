@@ -43,6 +43,12 @@ class Int(IpcType):
     lo: int = -(1 << 63)
     hi: int = (1 << 64) - 1
 
+    def __post_init__(self):
+        # msgspec bounds must fit an int64: an upper bound between 2**63 and 2**64-2 could not be
+        # enforced, so it is refused here rather than silently widened to uint64.
+        if not (-(1 << 63) <= self.lo <= self.hi <= (1 << 64) - 1) or (1 << 63) <= self.hi < (1 << 64) - 1:
+            raise ValueError(f"Int bounds [{self.lo}..{self.hi}] cannot be enforced (int64, or uint64 in full)")
+
     def annotation(self):
         # msgspec bounds must fit in an int64; wider bounds are the type's own (uint64).
         lo = self.lo if self.lo > -(1 << 63) else None

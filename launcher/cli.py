@@ -34,7 +34,9 @@ class CliError(Exception):
 def launcher_client(args, timeout: float = 10.0) -> RpcClient:
     run = args.runtime_dir
     sock = os.path.join(run, "launcher.ctl")
-    if not os.path.exists(sock):
+    # A launcher killed hard leaves its socket behind: check its pid too, or every command would
+    # wait out its whole timeout on a socket nobody serves.
+    if not os.path.exists(sock) or not _alive(_launcher_pid(run)):
         raise CliError(f"not up (no launcher in {run}); start it with 'qnet up'", EXIT_NOT_UP)
     return RpcClient(control_endpoint(run), LAUNCHER, timeout=timeout, retries=1)
 

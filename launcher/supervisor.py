@@ -250,8 +250,11 @@ class Supervisor:
         except (errors.IpcError, StartFailed) as exc:
             self._kill(inc)
             inst.incarnation = None
-            raise StartFailed(str(exc) if isinstance(exc, StartFailed)
-                              else f"{inst.name} did not become ready: {exc}") from None
+            why = str(exc) if isinstance(exc, StartFailed) else f"{inst.name} did not become ready: {exc}"
+            # Never left "starting" with no process: a caller that retries sets backoff itself.
+            inst.set_state("failed")
+            inst.last_exit = why[:128]
+            raise StartFailed(why) from None
         self._point_stable_names(inst.name, inc.number)
         inst.set_state("running")
         inst.last_heartbeat = time.monotonic()

@@ -16,9 +16,10 @@ class Counter(Component):
         self.value = 0
         if rt.args.get("crash_on_start"):
             sys.exit(5)
-        # Crash on start from the Nth incarnation on: the first start succeeds, every respawn fails.
-        crash_from = rt.args.get("crash_from_incarnation")
-        if crash_from is not None and rt.incarnation >= crash_from:
+        # Crash on start while a file exists: a test turns a healthy component into one whose
+        # every respawn fails, and back.
+        poison = rt.args.get("crash_while_exists")
+        if poison and os.path.exists(poison):
             sys.exit(5)
 
     def implementations(self):

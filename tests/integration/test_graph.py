@@ -36,7 +36,8 @@ def test_kill_9_of_counter_respawns_it_with_its_checkpointed_state_and_the_peer_
     g = up_graph
     assert g.call("counter", COUNTER, "add", n=41) == 41
     assert g.call("counter", COUNTER, "add", n=1) == 42
-    before = g.status()["counter"]
+    rows = g.status()
+    before, peer_pid = rows["counter"], rows["peer"]["pid"]
     # the checkpoint and the heartbeats share one ordered PUSH pipe: a heartbeat showing 42
     # proves the launcher already holds the checkpoint of 42
     g.wait_state("counter", lambda r: r["details"].get("value") == 42, 5.0, "a heartbeat with value 42")
@@ -48,7 +49,7 @@ def test_kill_9_of_counter_respawns_it_with_its_checkpointed_state_and_the_peer_
     assert after["incarnation"] > before["incarnation"]
     assert g.call("counter", COUNTER, "get") == 42
     assert g.call("counter", COUNTER, "pid") == after["pid"]
-    assert g.status()["peer"]["pid"] == g.status()["peer"]["pid"]
+    assert g.status()["peer"]["pid"] == peer_pid  # the peer was not restarted with it
     stats = wait_peer_ok_grows(g)  # reconnected through the stable endpoint, nobody told it
     assert stats["last_value"] == 42
 
@@ -90,10 +91,14 @@ def test_a_launcher_held_handle_survives_restart_and_kill(up_graph):
     assert not os.path.exists(g.state_path)
 
 
-def test_a_component_that_crashes_on_every_respawn_ends_failed(graph):
-    res = graph.up(max_restarts=2, counter_args={"crash_from_incarnation": 2})
+def test_a_component_that_crashes_on_every_respawn_ends_failed_and_a_restart_brings_it_back(graph):
+    poison = os.path.join(graph.work, "poison")
+    res = graph.up(max_restarts=2, counter_args={"crash_while_exists": poison})
     assert res.returncode == 0, res.stderr
+    assert graph.call("counter", COUNTER, "add", n=9) == 9
+    graph.wait_state("counter", lambda r: r["details"].get("value") == 9, 5.0, "a heartbeat with value 9")
     pid = graph.status()["counter"]["pid"]
+    open(poison, "w").close()
     os.kill(pid, signal.SIGKILL)
     row = graph.wait_state("counter", lambda r: r["state"] == "failed", 15.0, "failed after repeated crashes")
     assert row["pid"] == 0
@@ -106,6 +111,19 @@ def test_a_component_that_crashes_on_every_respawn_ends_failed(graph):
     assert graph.status()["peer"]["state"] == "running"
     table = graph.qnet("status")
     assert table.returncode == 0 and "failed" in table.stdout
+    # an operator's restart that fails again is one line, and the component stays "failed"
+    res = graph.qnet("restart", "counter")
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "exit 5" in res.stderr
+    assert graph.status()["counter"]["state"] == "failed"
+    # once the cause is gone, a restart brings it back with its last checkpointed value
+    os.unlink(poison)
+    res = graph.qnet("restart", "counter")
+    assert res.returncode == 0, res.stderr
+    row = graph.status()["counter"]
+    assert row["state"] == "running" and row["pid"] > 0
+    assert graph.call("counter", COUNTER, "get") == 9
+    wait_peer_ok_grows(graph)
 
 
 def test_up_of_a_graph_whose_component_always_crashes_fails_with_one_line(graph):
@@ -145,7 +163,42 @@ def test_killing_the_launcher_leaves_no_orphan(up_graph):
     launcher = g.launcher_pid()
     os.kill(launcher, signal.SIGKILL)
     wait_until(lambda: not any(alive(p) for p in pids), 2.0, "every component to die with its launcher")
+    # its socket is left behind, but the CLI does not wait on it: one line, at once
+    t0 = time.monotonic()
+    res = g.qnet("status", timeout=30)
+    assert res.returncode != 0 and "not up" in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 5.0
     # a new graph can come up in the same runtime directory after the crash
     res = g.up()
     assert res.returncode == 0, res.stderr
     assert all(r["state"] == "running" for r in g.status().values())
+
+
+def test_a_hung_component_is_killed_as_unresponsive_and_respawned_with_its_state(up_graph):
+    g = up_graph
+    assert g.call("counter", COUNTER, "add", n=5) == 5
+    g.wait_state("counter", lambda r: r["details"].get("value") == 5, 5.0, "a heartbeat with value 5")
+    pid = g.status()["counter"]["pid"]
+    assert g.call("counter", COUNTER, "hang") is True
+    # HEARTBEAT_DEADLINE (6 s) of silence, then a kill and a respawn
+    row = g.wait_state("counter", lambda r: r["state"] == "running" and r["pid"] not in (0, pid), 15.0,
+                       "respawn of the hung component")
+    assert "unresponsive" in row["last_exit"], row
+    assert not alive(pid)
+    assert g.call("counter", COUNTER, "get") == 5
+
+
+def test_restart_of_a_hung_component_falls_back_to_the_last_checkpoint(up_graph):
+    g = up_graph
+    assert g.call("counter", COUNTER, "add", n=3) == 3
+    g.wait_state("counter", lambda r: r["details"].get("value") == 3, 5.0, "a heartbeat with value 3")
+    pid = g.status()["counter"]["pid"]
+    assert g.call("counter", COUNTER, "hang") is True
+    time.sleep(0.1)
+    res = g.qnet("restart", "counter", "--json")  # freeze times out: the checkpoint is handed over
+    assert res.returncode == 0, res.stderr
+    import json
+    out = json.loads(res.stdout)
+    assert out["old_pid"] == pid and out["new_pid"] != pid and out["handed_over"] is True
+    assert g.call("counter", COUNTER, "get") == 3
+    wait_until(lambda: not alive(pid), 6.0, "the hung predecessor to be killed")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import time
 
 import pytest
 
 from components.netstack.dgram_client import DatagramClient
-from tests.interop.util import NS_PYTHON, parse_ping, stop_process, tshark_fields, wait_for
+from tests.interop.util import NS_PYTHON, capture_in_background, parse_ping, stop_process, tshark_fields, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -55,11 +54,10 @@ def test_linux_and_qnet_ping_each_other_and_resolve_each_others_mac(graph, ns_a)
 def test_8000_byte_pings_are_fragmented_and_reassembled_both_ways(graph, ns_a, tmp_path):
     pcap = str(tmp_path / "frag.pcap")
     graph.qnet_json("port", "list")  # the graph answers before the capture starts
-    cap = graph_capture(graph, "p0", pcap, 4.0)
+    cap = capture_in_background(graph, "p0", pcap, 4.0)
     try:
         r = ns_a.ping(ns_a.qnet_ip, "-c", "2", "-i", "0.3", "-W", "2", "-s", "8000")
         assert r.received == 2, r.text
-        assert all(line for line in r.replies), r.text
         assert "8008 bytes from" in r.text  # 8000 data + 8 ICMP header came back whole
         res = _qnet_ping(graph, ns_a.linux_ip, "-c", "2", "-i", "0.3", "-s", "8000")
         assert res["received"] == 2, res
@@ -68,30 +66,17 @@ def test_8000_byte_pings_are_fragmented_and_reassembled_both_ways(graph, ns_a, t
         out, err = cap.communicate(timeout=15)
     assert cap.returncode == 0, err
     rows = tshark_fields(pcap, "ip.src", "ip.flags.mf", "ip.frag_offset", "ip.id")
-    # 8008 bytes of ICMP in a 1500-byte MTU: 6 fragments at offsets 0, 1480, ..., 7400.
-    want = {0, 1480, 2960, 4440, 5920, 7400}
+    # 8008 bytes of ICMP in a 1500-byte MTU: 6 fragments at offsets 0, 1480, ..., 7400 bytes
+    # (tshark shows the header field, in 8-byte units); all but the last with More Fragments.
+    want = {(0, "1"), (185, "1"), (370, "1"), (555, "1"), (740, "1"), (925, "0")}
     for src in (ns_a.linux_ip, ns_a.qnet_ip):
-        offs: dict[str, set[int]] = {}
+        frags: dict[str, set[tuple[int, str]]] = {}
         for s, mf, off, ident in rows:
             if s == src:
-                offs.setdefault(ident, set()).add(int(off))
-        whole = [i for i, o in offs.items() if o == want]
-        # Each side fragments 2 datagrams of its own (requests or replies) and the other side's 2.
-        assert len(whole) >= 4, f"fragments from {src}: {offs}"
-
-
-def graph_capture(graph, port: str, pcap: str, seconds: float):
-    """`qnet capture PORT -w PCAP -d SECONDS` in the background, once the file exists."""
-    import subprocess
-    from tests.interop.util import QNET
-    p = subprocess.Popen([QNET, "capture", port, "-w", pcap, "-d", str(seconds)], env=graph.env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: os.path.exists(pcap) and os.path.getsize(pcap) >= 24, 5.0, 0.02, "the capture file")
-    except AssertionError:
-        stop_process(p)
-        raise
-    return p
+                frags.setdefault(ident, set()).add((int(off), "1" if mf in ("1", "True") else "0"))
+        whole = [i for i, f in frags.items() if f == want]
+        # Each side sent 4 such datagrams: its 2 echo requests and its 2 replies to the other's.
+        assert len(whole) >= 4, f"fragments from {src}: {frags}"
 
 
 # -- 3: UDP both ways -------------------------------------------------------------------------------
@@ -140,6 +125,11 @@ while True:
             assert reply is not None, "no echo from the Linux server"
             assert reply.payload == b"echo:from-qnet" and str(reply.src) == ns_a.linux_ip
             assert reply.dst_port == 7007
+            # Larger than the MTU: fragmented by qnet, reassembled by Linux, and back.
+            big = bytes(range(256)) * 16
+            assert c.sendto(sid, big, ns_a.linux_ip, 7777)
+            got = c.recv(3.0)
+            assert [d.payload for d in got] == [b"echo:" + big], got
         finally:
             stop_process(server)
         c.close_socket(sid)
@@ -168,8 +158,8 @@ for i in range(2):
     # Linux reports the ICMP error on the socket: each send's error surfaces at the next recv.
     assert out == ["refused", "refused"], out
     after = graph.qnet_json("stats")["stack"]["icmp"]
-    sent = {k: after[k] - before.get(k, 0) for k in after if "unreach" in k and after[k] != before.get(k, 0)}
-    assert sent, f"no ICMP unreachable counter moved: {before} -> {after}"
+    # tx_error_TYPE_CODE: type 3 code 3 is port unreachable (RFC 1122 §4.1.3.1: SHOULD send it).
+    assert after.get("tx_error_3_3", 0) - before.get("tx_error_3_3", 0) == 2, (before, after)
 
 
 # -- 5: forwarding ---------------------------------------------------------------------------------
@@ -211,7 +201,7 @@ def test_ttl_1_through_qnet_gets_time_exceeded_from_the_ingress_address(graph, n
 @pytest.mark.timeout(60)
 def test_capture_during_pings_is_read_by_tshark_with_requests_and_replies(graph, ns_a, tmp_path):
     pcap = str(tmp_path / "p0.pcap")
-    cap = graph_capture(graph, "p0", pcap, 3.0)
+    cap = capture_in_background(graph, "p0", pcap, 3.0)
     try:
         r = ns_a.ping(ns_a.qnet_ip, "-c", "10", "-i", "0.1", "-W", "2")
         assert r.received == 10, r.text
@@ -252,10 +242,13 @@ def test_planned_driver_restart_during_100_pings_per_second_loses_at_most_3_of_3
     finally:
         r = _finish(p)
     print(f"\nethdriver.p0 planned restart: {res['seconds']} s, handed over={res['handed_over']}; "
-          f"ping lost {r.lost}/{r.transmitted}, max rtt {r.max_rtt_ms:.1f} ms")
+          f"ping lost {r.lost}/{r.transmitted} (seq {r.missing()}), max rtt {r.max_rtt_ms:.1f} ms")
     assert res["old_pid"] == old and res["new_pid"] != old
     assert r.transmitted == 300
-    assert r.lost <= 3, r.text[-2000:]
+    # Known cause when this fails (reported to the lead): the successor's UserChannel connects at
+    # construction and ROUTER_HANDOVER gives it the port's routing id at once; netstack's ROUTER then
+    # discards every batch the predecessor still reads from the TAP until it freezes.
+    assert r.lost <= 3, f"lost seq {r.missing()}: frames sent by the predecessor after the successor connected?"
 
 
 @pytest.mark.timeout(60)
@@ -274,13 +267,14 @@ def test_killed_driver_is_respawned_within_a_second_and_ping_resumes_within_2s(g
         r = _finish(p)
     # Requests sent while no driver ran wait in the TAP's kernel queue; the oldest one's round trip
     # is the data-plane outage.
-    print(f"\nethdriver.p0 kill -9: respawned in {respawn:.3f} s; ping lost {r.lost}/{r.transmitted}, "
+    print(f"\nethdriver.p0 kill -9: respawned in {respawn:.3f} s; ping lost {r.lost}/{r.transmitted} "
+          f"(seq {r.missing()}), "
           f"longest gap {r.longest_gap()} pings, max rtt {r.max_rtt_ms:.1f} ms")
     assert respawn < 1.0, f"respawn took {respawn:.3f} s"
     assert r.transmitted == 300
     outage_s = max(r.max_rtt_ms / 1000.0, r.longest_gap() * 0.01)
-    assert outage_s < 2.0, r.text[-2000:]
-    assert r.lost <= 200, r.text[-2000:]
+    assert outage_s < 2.0, r.missing()
+    assert r.lost <= 200, r.missing()
 
 
 # -- netstack restart ------------------------------------------------------------------------------
@@ -294,14 +288,15 @@ def test_netstack_restart_under_ping_loop_hands_over_state_and_ping_continues(gr
     finally:
         r = _finish(p)
     print(f"\nnetstack planned restart: {res['seconds']} s, handed over={res['handed_over']}; "
-          f"forwarded ping lost {r.lost}/{r.transmitted}, max rtt {r.max_rtt_ms:.1f} ms")
+          f"forwarded ping lost {r.lost}/{r.transmitted} (seq {r.missing()}), max rtt {r.max_rtt_ms:.1f} ms")
     assert res["handed_over"], res
     assert r.transmitted == 300
-    assert r.lost <= 30, r.text[-2000:]  # <= 10 %
+    # Known cause when this fails (reported to the lead): the drivers' DEALERs stay connected to the
+    # frozen predecessor until it exits, and it exits only when its poll next wakes (up to 1 s after
+    # SIGTERM); meanwhile the successor's ROUTER drops replies to drivers it has not yet heard from.
+    assert r.lost <= 30, f"lost seq {r.missing()} (> 10 %): drivers still connected to the frozen netstack?"
     assert {ttl for _, _, ttl, _ in r.replies} == {63}
     # Still a working stack afterwards: local delivery and qnet's own pings.
     assert ns_a.ping(ns_a.qnet_ip, "-c", "1", "-W", "2").received == 1
     assert _qnet_ping(graph, ns_b.linux_ip, "-c", "1")["received"] == 1
 
-
-_ = socket

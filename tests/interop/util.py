@@ -80,6 +80,18 @@ class PingResult:
     def max_rtt_ms(self) -> float:
         return max((r[3] for r in self.replies), default=0.0)
 
+    def missing(self) -> str:
+        """The sequence numbers that got no reply, as ranges: '17-21,40'."""
+        got = {r[1] for r in self.replies}
+        miss = [q for q in range(1, self.transmitted + 1) if q not in got]
+        runs: list[list[int]] = []
+        for q in miss:
+            if runs and q == runs[-1][1] + 1:
+                runs[-1][1] = q
+            else:
+                runs.append([q, q])
+        return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
     def longest_gap(self) -> int:
         """The longest run of sequence numbers with no reply (missing, not late)."""
         seqs = sorted({r[1] for r in self.replies})
@@ -275,3 +287,15 @@ def tshark_fields(pcap: str, *fields: str, display_filter: str | None = None) ->
         cmd += ["-Y", display_filter]
     out = run(cmd, timeout=30).stdout
     return [ln.split("\t") for ln in out.splitlines() if ln.strip()]
+
+
+def capture_in_background(graph: QnetGraph, port: str, pcap: str, seconds: float) -> subprocess.Popen:
+    """`qnet capture PORT -w PCAP -d SECONDS` as a child, returned once the pcap header is written."""
+    p = subprocess.Popen([QNET, "capture", port, "-w", pcap, "-d", str(seconds)], env=graph.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(pcap) and os.path.getsize(pcap) >= 24, 5.0, 0.02, "the capture file")
+    except BaseException:
+        stop_process(p)
+        raise
+    return p

@@ -64,15 +64,12 @@ def test_default_bounds_keep_unbounded_declarations_bounded():
     assert not accepts(Bytes(), b"x" * ((1 << 20) + 1))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Int upper bounds in [2**63, 2**64-2] are silently not enforced "
-                                       "(msgspec bounds must fit an int64; ipc/types.py Int.annotation drops them)")
-def test_int_upper_bound_above_int64_is_enforced_or_refused_at_declaration():
-    t = Int(0, 1 << 63)
-    try:
-        ok = accepts(t, (1 << 64) - 1)
-    except ValueError:
-        return  # refusing the declaration is an acceptable answer too
-    assert not ok
+def test_int_bounds_that_cannot_be_enforced_are_refused_at_declaration():
+    for lo, hi in ((0, 1 << 63), (0, (1 << 64) - 2), (5, 4), (-(1 << 63) - 1, 0), (0, 1 << 64)):
+        with pytest.raises(ValueError):
+            Int(lo, hi)
+    assert accepts(Int(0, (1 << 63) - 1), (1 << 63) - 1)
+    assert not accepts(Int(0, (1 << 63) - 1), 1 << 63)
 
 
 # -- addresses ---------------------------------------------------------------------------------

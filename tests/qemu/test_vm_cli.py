@@ -1,0 +1,263 @@
+"""`qnet vm` end to end: real QEMU guests on a real graph, driven only through the CLI.
+
+One graph for the module; the guests boot in parallel (TCG boots take seconds each) and the
+tests share them, in file order. Every wait is bounded; `qnet down` and QEMU kills in finally.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+
+import pytest
+
+from launcher.vm import tap_names
+
+from .guest import REPO, booted_guest, guest_image
+
+pytestmark = pytest.mark.qemu
+
+BACKENDS = {"s1": "stream", "d1": "dgram", "t1": "tap"}
+BOOT_TIMEOUT = 120.0
+# Not `-m launcher.cli`: run as __main__, cli.py's COMMAND_MODULES is a second copy that the
+# command modules (cli_net, cli_vm) never register into.
+QNET = [sys.executable, "-c", "import sys; from launcher.cli import main; sys.exit(main())"]
+
+
+def run_qnet(run: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([*QNET, "--runtime-dir", run, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Graph:
+    def __init__(self, run: str, bare) -> None:
+        self.run = run
+        self.bare = bare           # a QEMU started outside qnet (tests.qemu.guest.Guest)
+        self.boot_output: dict[str, subprocess.CompletedProcess] = {}
+
+    def qnet(self, *args: str, timeout: float = 60.0, ok: bool = True) -> subprocess.CompletedProcess:
+        res = run_qnet(self.run, *args, timeout=timeout)
+        if ok:
+            assert res.returncode == 0, f"qnet {' '.join(args)}: rc {res.returncode}: {res.stderr or res.stdout}"
+        return res
+
+    def vms(self) -> dict[str, dict]:
+        return {v["name"]: v for v in json.loads(self.qnet("vm", "list", "--json").stdout)}
+
+    def ports(self) -> dict[str, dict]:
+        return {p["name"]: p for p in json.loads(self.qnet("port", "list", "--json").stdout)}
+
+    def exec(self, vm: str, cmd: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        return self.qnet("vm", "exec", "--timeout", str(timeout), vm, cmd, timeout=timeout + 30, ok=False)
+
+    def lease(self, vm: str) -> str:
+        lease = self.vms()[vm]["lease"]
+        assert lease, f"{vm} has no lease: {self.vms()[vm]}"
+        return lease.split("/")[0]
+
+    def router(self, vm: str) -> str:
+        return self.vms()[vm]["address"].split("/")[0]
+
+
+def wait_until(what: str, predicate, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    image = guest_image()
+    # Unix socket paths are limited to 108 bytes: a short runtime dir of our own.
+    run = tempfile.mkdtemp(prefix="qvm-", dir="/tmp")
+    with ExitStack() as stack:
+        try:
+            res = run_qnet(run, "up", "--detach", timeout=90)
+            assert res.returncode == 0, f"qnet up: {res.stderr or res.stdout}"
+            bare = stack.enter_context(booted_guest(image, netdevs=[], devices=[], hotplug_slots=2))
+            g = Graph(run, bare)
+            starts = {name: subprocess.Popen(
+                [*QNET, "--runtime-dir", run, "vm", "start", name,
+                 "--backend", backend, "--timeout", str(BOOT_TIMEOUT)],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name, backend in BACKENDS.items()}
+            for name, proc in starts.items():
+                try:
+                    out, err = proc.communicate(timeout=BOOT_TIMEOUT + 30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+                g.boot_output[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            yield g
+        finally:
+            run_qnet(run, "down", timeout=30)
+            for name in BACKENDS:
+                for ifname in tap_names(name):
+                    if os.path.exists(f"/sys/class/net/{ifname}"):
+                        subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def test_vm_start_on_each_backend_boots_and_gets_a_lease(graph):
+    for name, res in graph.boot_output.items():
+        assert res.returncode == 0, f"qnet vm start {name}: {res.stderr or res.stdout}"
+        assert re.search(r"lease eth0 10\.77\.\d+\.\d+/24 router 10\.77\.\d+\.1", res.stdout), res.stdout
+    vms = graph.vms()
+    assert {n: v["backend"] for n, v in vms.items() if n in BACKENDS} == BACKENDS
+    for name in BACKENDS:
+        v = vms[name]
+        assert v["state"] == "running" and v["pid"] > 0 and v["accel"] == "tcg" and v["port"] == name
+        router = ipaddr(v["address"])
+        assert v["lease"] and ipaddr(v["lease"]) != router and same_24(v["lease"], v["address"]), v
+    assert len({v["mac"] for v in vms.values()}) == len(vms), "MACs must be unique"
+    assert len({v["address"] for v in vms.values()}) == len(vms), "each VM has its own subnet"
+    table = graph.qnet("vm", "list").stdout
+    assert "LEASE" in table and "s1" in table and "tcg" in table
+
+
+def ipaddr(cidr: str) -> str:
+    return cidr.split("/")[0]
+
+
+def same_24(a: str, b: str) -> bool:
+    return ipaddr(a).rsplit(".", 1)[0] == ipaddr(b).rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_guest_and_qnet_ping_each_other(graph, name):
+    res = graph.exec(name, f"ping -c 3 -W 2 {graph.router(name)}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 packets received" in res.stdout
+    res = graph.qnet("ping", "-c", "2", graph.lease(name), ok=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_exec_returns_the_guest_command_status(graph):
+    res = graph.exec("s1", "echo hello; exit 7")
+    assert res.returncode == 7 and res.stdout == "hello\n", res
+
+
+def test_two_vms_reach_each_other_through_qnet_forwarding(graph):
+    res = graph.exec("s1", f"ping -c 3 -W 2 {graph.lease('d1')}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = graph.exec("t1", f"ping -c 3 -W 2 {graph.lease('s1')}")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_driver_restart_during_guest_ping_loses_at_most_3(graph):
+    before = graph.lease("s1")
+    ping = subprocess.Popen([*QNET, "--runtime-dir", graph.run, "vm", "exec",
+                             "--timeout", "40", "s1", f"ping -c 50 -i 0.1 {graph.router('s1')}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        res = graph.qnet("restart", "ethdriver.s1", "--json")
+        assert json.loads(res.stdout)["new_pid"] != json.loads(res.stdout)["old_pid"]
+        out, err = ping.communicate(timeout=60)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.communicate()
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+    assert m, out + err
+    assert int(m.group(1)) == 50 and int(m.group(2)) >= 47, out
+    assert graph.lease("s1") == before
+    res = graph.exec("s1", "ip -4 addr show dev eth0")
+    assert f"inet {before}/24" in res.stdout, res.stdout
+
+
+def test_link_down_and_up_reaches_guest_and_tap_port(graph):
+    graph.qnet("vm", "link", "t1", "down")
+    assert graph.exec("t1", "cat /sys/class/net/eth0/carrier").stdout.strip() == "0"
+    wait_until("port t1 down", lambda: not graph.ports()["t1"]["up"], 5)
+    assert graph.exec("t1", f"ping -c 1 -W 1 {graph.router('t1')}").returncode != 0
+    graph.qnet("vm", "link", "t1", "up")
+    assert graph.exec("t1", "cat /sys/class/net/eth0/carrier").stdout.strip() == "1"
+    wait_until("port t1 up", lambda: graph.ports()["t1"]["up"], 5)
+    wait_until("t1 answers again",
+               lambda: graph.exec("t1", f"ping -c 1 -W 1 {graph.router('t1')}").returncode == 0, 15, 0.5)
+
+
+def test_link_down_and_up_on_a_stream_vm_reaches_the_guest(graph):
+    res = graph.qnet("vm", "link", "s1", "down")
+    assert "link down" in res.stdout
+    assert graph.exec("s1", "cat /sys/class/net/eth0/carrier").stdout.strip() == "0"
+    assert graph.exec("s1", f"ping -c 1 -W 1 {graph.router('s1')}").returncode != 0
+    graph.qnet("vm", "link", "s1", "up")
+    wait_until("s1 answers again",
+               lambda: graph.exec("s1", f"ping -c 1 -W 1 {graph.router('s1')}").returncode == 0, 15, 0.5)
+    assert graph.vms()["s1"]["link"] is True
+
+
+@pytest.mark.parametrize("backend", ["stream", "dgram"])
+def test_attach_and_detach_a_nic_on_a_qemu_started_elsewhere(graph, backend):
+    bare = graph.bare
+    con = bare.console
+    con.wait_for("QNET-GUEST: ready", timeout=BOOT_TIMEOUT, since=0)
+    mark = con.mark()
+    name = f"h{backend[0]}"
+    res = graph.qnet("vm", "attach", name, "--qmp", str(bare.qmp_path), "--backend", backend, "--json")
+    info = json.loads(res.stdout)
+    assert info["state"] == "attached" and info["pid"] == bare.process.pid and info["bus"] == "rp1", info
+    # Only the start of the line: console output of other writers may land inside it.
+    m = con.wait_for(re.compile(rb"QNET-GUEST: lease (eth\d+) (10\.77\.\d+\.\d+)/24 "), timeout=30, since=mark)
+    iface, addr = (x.decode() for x in m.groups())
+    router = ipaddr(info["address"])
+    status, out = con.run(f"ip route show default dev {iface}", timeout=10)
+    assert f"via {router}" in out, out
+    status, out = con.run(f"ping -c 2 -W 2 {router}", timeout=20)
+    assert status == 0, out
+    assert graph.qnet("ping", "-c", "1", addr, ok=False).returncode == 0
+    wait_until("dhcpd lease in vm list", lambda: graph.vms()[name]["lease"] == f"{addr}/24", 5)
+    assert name in graph.ports()
+    graph.qnet("vm", "detach", name)
+    con.wait_for(f"QNET-GUEST: link {iface} gone", timeout=15, since=mark)
+    assert name not in graph.ports() and name not in graph.vms()
+
+
+def test_killed_qemu_is_noticed_and_its_port_removed(graph):
+    pid = graph.vms()["d1"]["pid"]
+    os.kill(pid, 9)
+    vm = wait_until("d1 exited", lambda: (v := graph.vms()["d1"])["state"] == "exited" and v, 5)
+    assert "SIGKILL" in vm["exit"] and vm["lease"] is None
+    wait_until("port d1 gone", lambda: "d1" not in graph.ports(), 5)
+    status = json.loads(graph.qnet("status", "--json").stdout)["components"]
+    assert "ethdriver.d1" not in {c["name"] for c in status}
+    assert "exited" in graph.qnet("vm", "list").stdout
+    # The others carry on.
+    assert graph.exec("s1", f"ping -c 1 -W 2 {graph.router('s1')}").returncode == 0
+    graph.qnet("vm", "stop", "d1")  # forgets the record
+    assert "d1" not in graph.vms()
+
+
+def test_stop_quits_qemu_and_removes_port_and_host_interfaces(graph):
+    pid = graph.vms()["t1"]["pid"]
+    res = graph.qnet("vm", "stop", "t1")
+    assert "stopped" in res.stdout
+    assert "t1" not in graph.vms() and "t1" not in graph.ports()
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    for ifname in tap_names("t1"):
+        assert not os.path.exists(f"/sys/class/net/{ifname}"), ifname
+    assert not any(f.startswith("vm-t1.") for f in os.listdir(graph.run))
+
+
+def test_errors_are_one_clear_line(graph):
+    for args, words in ((("vm", "start", "s1", "--no-wait"), "exists"),
+                        (("vm", "stop", "nosuch"), "no VM named"),
+                        (("vm", "attach", "x1", "--qmp", "/nonexistent.qmp"), "QMP socket"),
+                        (("vm", "exec", "nosuch", "true"), "no VM named"),
+                        (("vm", "start", "name-longer-than-15", "--no-wait"), "port name")):
+        res = graph.qnet(*args, ok=False)
+        assert res.returncode != 0 and words in res.stderr, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
