@@ -73,6 +73,27 @@ class Loop:
         self._running = False
         self.idle_hooks: list[Callable[[], Any]] = []  # run after every wake-up
         self.errors = 0
+        # A self-pipe: stop() and signals (set_wakeup_fd) wake a poll at once,
+        # so a retiring incarnation exits in milliseconds, not at the next tick.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.add_reader(self._wake_r, self._drain_wakeups)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            pass
+
+    @property
+    def wakeup_fd(self) -> int:
+        return self._wake_w
 
     @staticmethod
     def _key(obj: Any) -> Any:
@@ -104,6 +125,7 @@ class Loop:
 
     def stop(self) -> None:
         self._running = False
+        self.wake()
 
     def _run_guarded(self, cb: Callable[[], Any]) -> None:
         try:
@@ -380,6 +402,7 @@ def run_component(factory: Callable[[Runtime], Component]) -> None:
     for mod in spec.args.get("_declarations", []):
         registry.load_module(mod)
     rt = Runtime(spec, factory)
+    signal.set_wakeup_fd(rt.loop.wakeup_fd, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: rt.loop.stop())
     signal.signal(signal.SIGINT, lambda *_: rt.loop.stop())
     try:

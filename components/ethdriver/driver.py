@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 
+import zmq
+
 from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend
 from components.runtime import Component, run_component
 from ipc.channel import UserChannel
@@ -34,14 +36,19 @@ class EthDriver(Component):
         if not self.port:
             raise SystemExit("ethdriver: no port name (args.instance)")
         self.kind = rt.args.get("backend", "tap")
-        peer = rt.spec.peers.get("qnet.device")
-        if peer is None:
+        self.peer = rt.spec.peers.get("qnet.device")
+        if self.peer is None:
             raise SystemExit("ethdriver: the graph gives no provider of qnet.device")
-        self.chan = UserChannel(DEVICE, peer["data"], self.port.encode())
+        # The channel is opened in activate(), not here: netstack's ROUTER_HANDOVER
+        # gives the port's name to the newest connection, and a successor that
+        # connected while its predecessor still runs would steal the predecessor's
+        # last batches (ZeroMQ drops what the old connection sends after a hand-over).
+        self.chan = None
         self.backend = None
         self.active = False
         self.link = None
-        self.counters = {"rx_batches": 0, "tx_batches": 0, "tx_short": 0}
+        self.counters = {"rx_batches": 0, "tx_batches": 0, "tx_short": 0, "rx_paused": 0}
+        self._paused = False
 
     def _open_backend(self, state):
         h = self.rt.handles
@@ -59,6 +66,7 @@ class EthDriver(Component):
 
     # -- lifecycle ------------------------------------------------------------------------
     def activate(self, state):
+        self.chan = UserChannel(DEVICE, self.peer["data"], self.port.encode())
         self.backend = self._open_backend(state)
         self._start_io()
         self.rt.loop.call_every(ATTACH_INTERVAL, self._attach)
@@ -74,6 +82,7 @@ class EthDriver(Component):
 
     def freeze(self):
         self.active = False
+        self._paused = False
         self.rt.loop.remove_reader(self.backend.fileno())
         self.rt.loop.remove_reader(self.chan.socket)
         self._on_channel_drain()
@@ -88,13 +97,15 @@ class EthDriver(Component):
     def close(self):
         if self.backend is not None:
             self.backend.close()
-        self.chan.close()
+        if self.chan is not None:
+            self.chan.close()
 
     def status(self):
         c = self.backend.counters() if self.backend is not None else {}
-        drops = sum(v for k, v in c.items() if "drop" in k) + self.chan.counters["tx_dropped_frames"]
+        ch = dict(self.chan.counters) if self.chan is not None else {}
+        drops = sum(v for k, v in c.items() if "drop" in k) + ch.get("tx_dropped_frames", 0)
         return {"port": self.port, "backend": self.kind, "link_up": bool(self.link), "drops": drops,
-                "backend_counters": c, "channel": dict(self.chan.counters), **self.counters}
+                "backend_counters": c, "channel": ch, **self.counters}
 
     # -- data path ------------------------------------------------------------------------
     def _on_backend(self):
@@ -102,6 +113,11 @@ class EthDriver(Component):
             return
         # Read until the backend is empty (bounded per wake-up so the channel side gets a turn).
         for _ in range(8):
+            if not self.chan.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+                # netstack is behind: leave frames in the kernel's queue (where the kernel
+                # drops and counts them) instead of reading them only to drop them here.
+                self._pause_backend()
+                return
             frames = self.backend.read_batch(MAX_BATCH)
             if not frames:
                 break
@@ -109,6 +125,20 @@ class EthDriver(Component):
             self.chan.send_batch("rx", frames)
             if len(frames) < MAX_BATCH:
                 break
+
+    def _pause_backend(self):
+        if self._paused:
+            return
+        self._paused = True
+        self.counters["rx_paused"] += 1
+        self.rt.loop.remove_reader(self.backend.fileno())
+
+        def resume():
+            self._paused = False
+            if self.active:
+                self.rt.loop.add_reader(self.backend.fileno(), self._on_backend)
+                self._on_backend()
+        self.rt.loop.call_later(0.002, resume)
 
     def _on_channel(self):
         if not self.active:

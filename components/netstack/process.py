@@ -33,6 +33,7 @@ from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK
 
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
+TX_BATCH = 256               # frames per tx batch (the device protocol allows 1024)
 _META = struct.Struct("!H")
 
 
@@ -189,8 +190,11 @@ class Netstack(Component):
                 self._capture(port, frames)
             if port == "lo":
                 continue
-            if not self.dev_chan.send_batch(port.encode(), "tx", frames):
-                self.counters["tx_no_driver"] += len(frames)
+            peer = port.encode()
+            for i in range(0, len(frames), TX_BATCH):
+                chunk = frames[i:i + TX_BATCH]
+                if not self.dev_chan.send_batch(peer, "tx", chunk):
+                    self.counters["tx_no_driver"] += len(chunk)
         for ev in self.stack.take_events():
             self._on_core_event(ev)
         readable = self.stack.udp_readable()

@@ -247,8 +247,11 @@ def test_stop_quits_qemu_and_removes_port_and_host_interfaces(graph):
     assert "stopped" in res.stdout
     assert "t1" not in graph.vms() and "t1" not in graph.ports()
     assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
-    for ifname in tap_names("t1"):
+    qemu_tap, port_tap, bridge = tap_names("t1")
+    for ifname in (qemu_tap, bridge):
         assert not os.path.exists(f"/sys/class/net/{ifname}"), ifname
+    # The port's TAP lives until the retiring driver (which holds a copy of its fd) has exited.
+    wait_until(f"{port_tap} gone", lambda: not os.path.exists(f"/sys/class/net/{port_tap}"), 6)
     assert not any(f.startswith("vm-t1.") for f in os.listdir(graph.run))
 
 
@@ -261,3 +264,54 @@ def test_errors_are_one_clear_line(graph):
         res = graph.qnet(*args, ok=False)
         assert res.returncode != 0 and words in res.stderr, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_attach_refuses_one_line_when_no_slot_is_free(graph):
+    qmp = str(graph.bare.qmp_path)
+    try:
+        for name, bus in (("a1", "rp1"), ("a2", "rp2")):
+            info = json.loads(graph.qnet("vm", "attach", name, "--qmp", qmp, "--json").stdout)
+            assert info["bus"] == bus
+        res = graph.qnet("vm", "attach", "a3", "--qmp", qmp, ok=False)
+        assert res.returncode != 0 and "no free hot-plug slot" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "a3" not in graph.ports()
+    finally:
+        for name in ("a1", "a2"):
+            graph.qnet("vm", "detach", name, ok=False)
+    assert not {"a1", "a2"} & set(graph.vms())
+
+
+def test_console_attaches_the_terminal_and_ctrl_bracket_leaves(graph):
+    import pty
+    import select as sel
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*QNET, "--runtime-dir", graph.run, "vm", "console", "s1"], cwd=REPO,
+                            stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        os.write(master, b"echo con''sole-$((6*7))\r")
+        while b"console-42" not in seen and time.monotonic() < deadline:
+            if sel.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 65536)
+        assert b"console-42" in seen, seen[-500:]
+        os.write(master, b"\x1d")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_down_stops_every_qemu_and_removes_host_interfaces(graph):
+    graph.qnet("vm", "start", "t2", "--backend", "tap", "--no-wait")
+    pids = [v["pid"] for v in graph.vms().values() if v["state"] == "running"]
+    assert len(pids) >= 2
+    graph.qnet("down", timeout=60)
+    for pid in pids:
+        wait_until(f"QEMU {pid} gone", lambda: not os.path.exists(f"/proc/{pid}"), 10)
+    for ifname in tap_names("t2"):
+        wait_until(f"{ifname} gone", lambda: not os.path.exists(f"/sys/class/net/{ifname}"), 6)
+    assert not any(f.startswith("vm-") for f in os.listdir(graph.run))
