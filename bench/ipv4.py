@@ -183,9 +183,11 @@ def _qnet_echo(conn: Any, run_dir: str, port: int) -> None:
     echoed = 0
     try:
         while True:
-            for d in client.drain():
-                client.sendto(sid, d.payload, str(d.src), d.src_port)
-                echoed += 1
+            got = client.drain()
+            if got:
+                # One batch back per batch received, on the one-way 'send' stream.
+                client.send_many([(sid, d.payload, str(d.src), d.src_port, None) for d in got])
+                echoed += len(got)
             if conn.fileno() in dict(poller.poll(1000)):
                 try:
                     msg = conn.recv()

@@ -28,6 +28,7 @@ _raw = msgspec.msgpack.Decoder()
 
 KIND_BATCH, KIND_EVENT = b"B", b"E"
 DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
+ZERO_COPY_MIN = 32768
 
 
 class _Channel:
@@ -45,8 +46,10 @@ class _Channel:
         self.last_error: str | None = None
 
     def _send(self, parts: list[bytes], nframes: int, prefix: list[bytes]) -> bool:
+        # Zero-copy pays only for large blobs; for small ones the Frame objects cost more.
+        copy = len(parts[-1]) < ZERO_COPY_MIN
         try:
-            self.socket.send_multipart(prefix + parts, zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart(prefix + parts, zmq.NOBLOCK, copy=copy)
         except (zmq.Again, zmq.ZMQError):
             if nframes:
                 self.counters["tx_dropped_batches"] += 1
@@ -139,11 +142,9 @@ class ProviderChannel(_Channel):
                 on_event: Callable[[bytes, str, Any], None], limit: int = 64) -> int:
         """Drain up to ``limit`` messages; bad ones are counted and dropped."""
         n = 0
-        while n < limit:
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        sock = self.socket
+        while n < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
             n += 1
             peer, body = parts[0], parts[1:]
             try:
@@ -187,11 +188,9 @@ class UserChannel(_Channel):
     def receive(self, on_batch: Callable[[str, list[bytes]], None],
                 on_event: Callable[[str, Any], None], limit: int = 64) -> int:
         n = 0
-        while n < limit:
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        sock = self.socket
+        while n < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
             n += 1
             try:
                 kind, name, value = self._parse(parts)

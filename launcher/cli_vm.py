@@ -210,7 +210,7 @@ def cmd_console(args) -> int:
         import termios
         import tty as ttymod
         saved = termios.tcgetattr(sys.stdin.fileno())
-        ttymod.setraw(sys.stdin.fileno())
+        ttymod.setraw(sys.stdin.fileno(), termios.TCSANOW)  # keep what was typed ahead
     try:
         sock.sendall(b"\n")
         _relay(sock, sys.stdin.fileno(), sys.stdout.fileno())

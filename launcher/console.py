@@ -218,20 +218,22 @@ class SerialConsole:
             raise ValueError(f"command too long for the serial shell ({len(cmd)} bytes)")
         since = self.mark()
         self.write(line.encode())
-        begin = self._search(re.compile(b"__QS_" + nonce.encode() + b"\r?\n"), since, deadline)
-        end = None
-        if begin is not None:
-            # Absolute offsets: reading on may trim the transcript under the match.
-            output_start = self._base + begin.end()
-            end = self._search(re.compile(b"__QE_" + nonce.encode() + rb"_(\d+)\r?\n"),
-                               output_start, deadline)
-        if begin is None or end is None:
+        # Wait for the end marker first: a burst of output can push the start marker out of
+        # the bounded transcript before we look for it.
+        end = self._search(re.compile(b"__QE_" + nonce.encode() + rb"_(\d+)\r?\n"), since, deadline)
+        if end is None:
             self.write(b"\x03")
             self._synced = False
             raise TimeoutError(f"guest command did not finish within {timeout:g} s: {cmd!r};"
                                f" last output: {self._tail()!r}")
+        begin = re.compile(b"__QS_" + nonce.encode() + b"\r?\n").search(self._buf, 0, end.start())
+        # Absolute offsets: the transcript may have been trimmed under the start marker.
+        output_start = self._base + begin.end() if begin is not None else self._base
+        if begin is None and self._base <= since:
+            self._synced = False
+            raise TimeoutError(f"guest command output lost its start marker: {cmd!r}")
         status = int(end.group(1))
-        lost = max(0, self._base - output_start)
+        lost = max(0, self._base - output_start) if begin is not None else max(1, self._base - since)
         raw = self._buf[max(0, output_start - self._base):end.start()]
         text = raw.decode("utf-8", "replace").replace("\r", "")
         output = "".join(ln for ln in text.splitlines(keepends=True)

@@ -83,6 +83,17 @@ class DatagramClient:
     def sendto(self, sid: int, payload: bytes, address: str, port: int, device: str | None = None) -> bool:
         return self.rpc.call("sendto", sid=sid, payload=payload, address=str(address), port=port, device=device)
 
+    def send(self, sid: int, payload: bytes, address: str, port: int, device: str | None = None) -> bool:
+        """Send without waiting for an answer (the 'send' stream); failures are counted by netstack."""
+        return self.send_many([(sid, payload, address, port, device)])
+
+    def send_many(self, datagrams: list[tuple[int, bytes, str, int, str | None]]) -> bool:
+        frames = []
+        for sid, payload, address, port, device in datagrams:
+            meta = msgspec.msgpack.encode([sid, str(address), port, device])
+            frames.append(_META.pack(len(meta)) + meta + bytes(payload))
+        return self.chan.send_batch("send", frames)
+
     def sockets(self) -> Any:
         return to_plain(self.rpc.call("sockets"))
 

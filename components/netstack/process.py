@@ -71,11 +71,12 @@ class Netstack(Component):
         self.pings: dict[int, _Ping] = {}
         self.rng = random.Random()
         self.timer = None
+        self._armed_for = None
         self.active = False
         self.dev_chan = ProviderChannel(DEVICE, rt.spec.endpoints["data"])
         self.dg_chan = ProviderChannel(DATAGRAM, rt.spec.endpoints["dgram"])
         self.pub = Publisher(NETSTACK, rt.spec.endpoints["pub"])
-        self.counters = {"tx_no_driver": 0, "dg_undeliverable": 0}
+        self.counters = {"tx_no_driver": 0, "dg_undeliverable": 0, "dg_send_errors": 0}
 
     def implementations(self):
         return {NETSTACK: _Control(self), DATAGRAM: _Datagrams(self)}
@@ -167,7 +168,21 @@ class Netstack(Component):
                 self.pub.emit("port", port=port, up=up, attached=True)
 
     def _on_dgram_readable(self):
-        self.dg_chan.receive(lambda *a: None, lambda peer, name, ev: None, limit=PROCESS_BUDGET)
+        self.dg_chan.receive(self._on_dgram_batch, lambda peer, name, ev: None, limit=PROCESS_BUDGET)
+
+    def _on_dgram_batch(self, peer: bytes, stream: str, frames: list[bytes]):
+        """The 'send' stream: datagrams whose senders do not wait for an answer."""
+        owner = peer.decode("utf-8", "replace")
+        now = time.monotonic()
+        for f in frames:
+            try:
+                (n,) = _META.unpack_from(f, 0)
+                sid, dst, dport, device = msgspec.msgpack.decode(f[2:2 + n])
+                if self.owners.get(sid) != owner:
+                    raise ValueError(f"socket {sid} is not {owner}'s")
+                self.stack.udp_sendto(sid, f[2 + n:], ipaddress.IPv4Address(dst), int(dport), now, device=device)
+            except (StackError, ValueError, TypeError, struct.error, msgspec.DecodeError):
+                self.counters["dg_send_errors"] += 1
 
     def _after_wakeup(self):
         if not self.active:
@@ -178,11 +193,18 @@ class Netstack(Component):
             self.stack.poll(now)
         self._flush()
         dl = self.stack.next_deadline()
+        if dl == self._armed_for:
+            return  # re-arming on every wake-up would fill the timer heap with cancelled entries
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._armed_for = dl
         if dl is not None:
-            self.timer = self.rt.loop.call_at(max(dl, now + 0.001), lambda: None)
+            self.timer = self.rt.loop.call_at(max(dl, now + 0.001), self._deadline_reached)
+
+    def _deadline_reached(self):
+        self.timer = None
+        self._armed_for = None
 
     def _flush(self):
         for port, frames in self.stack.take_transmit().items():

@@ -110,7 +110,7 @@ NETSTACK = Protocol(
 # big-endian length of a MessagePack meta array, the meta, then the payload.
 #   recv meta: [sid, src, sport, dst, dport, device]
 DATAGRAM = Protocol(
-    "qnet.datagram", Version(1, 0),
+    "qnet.datagram", Version(1, 1),
     doc="UDP sockets for components inside the graph (dhcpd). Data arrives on the 'recv' stream.",
     methods=(
         Method("open", args=(Field("owner", NAME, doc="channel identity that receives the datagrams"),
@@ -128,6 +128,9 @@ DATAGRAM = Protocol(
     streams=(
         Stream("recv", "to_user", max_batch=1024, max_frame=65535 + 512,
                doc="datagrams for the user's sockets: u16 meta length, msgpack [sid, src, sport, dst, dport, device], payload"),
+        Stream("send", "to_provider", max_batch=1024, max_frame=65535 + 512,
+               doc="datagrams to send without waiting for an answer (since 1.1): u16 meta length, "
+                   "msgpack [sid, dst, dport, device or nil], payload; failures are counted, not answered"),
     ),
     events=(
         Event("hello", (Field("owner", NAME),),

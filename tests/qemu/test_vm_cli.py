@@ -137,8 +137,8 @@ def same_24(a: str, b: str) -> bool:
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_guest_and_qnet_ping_each_other(graph, name):
     res = graph.exec(name, f"ping -c 3 -W 2 {graph.router(name)}")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "3 packets received" in res.stdout
+    # busybox ping exits 0 when replies came; under a loaded host's TCG one may come late.
+    assert res.returncode == 0 and re.search(r"[23] packets received", res.stdout), res.stdout + res.stderr
     res = graph.qnet("ping", "-c", "2", graph.lease(name), ok=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -291,6 +291,9 @@ def test_console_attaches_the_terminal_and_ctrl_bracket_leaves(graph):
     seen = b""
     try:
         deadline = time.monotonic() + 20
+        while b"qnet-guest#" not in seen and time.monotonic() < deadline:
+            if sel.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 65536)
         os.write(master, b"echo con''sole-$((6*7))\r")
         while b"console-42" not in seen and time.monotonic() < deadline:
             if sel.select([master], [], [], 0.5)[0]:

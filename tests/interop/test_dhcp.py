@@ -1,0 +1,273 @@
+"""qnet's dhcpd against DHCP implementations no one here wrote, each in a network namespace on the
+far side of a TAP port of one running qnet graph:
+
+- ISC dhclient and busybox udhcpc get leases from our server (10.99.X.1/24, pool .10-.250);
+- malformed datagrams (scapy-built) are counted and dropped while the server keeps serving;
+- a two-address pool runs out: the third client (a macvlan of the same TAP) hears nothing;
+- our client gets, renews and (across `qnet restart dhcpd`) keeps a lease from dnsmasq.
+
+Each test adds its own port on its own random 10.99.X.0/24 and removes it, its namespaces and its
+peer processes in a finalizer. The test that restarts dhcpd is last."""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from tests.interop.dhcp_util import (BUSYBOX, DHCLIENT, DNSMASQ, DhcpLab, dhcp_frame, dnsmasq_events,
+                                     lease_rows, malformed_dhcp_payloads, missing_peer, send_frames,
+                                     well_formed_discover)
+from tests.interop.util import (QnetGraph, capture_in_background, missing_prerequisite, stop_process, tshark_fields,
+                                wait_for)
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(scope="module")
+def dhcp_graph():
+    reason = missing_prerequisite()
+    if reason is not None:
+        pytest.skip(reason)
+    g = QnetGraph.start()
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture(scope="module")
+def subnets() -> list[int]:
+    return random.sample(range(1, 255), 5)
+
+
+@pytest.fixture
+def lab(dhcp_graph, tmp_path):
+    lab = DhcpLab(dhcp_graph, str(tmp_path))
+    try:
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+def _need(*binaries: str) -> None:
+    reason = missing_peer(*binaries)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _dhcpd_row(lab: DhcpLab) -> dict:
+    return lab.g.components()["dhcpd"]
+
+
+def _ns_ping(n, dst: str) -> str:
+    return n.sh(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst], check=False).stdout
+
+
+# -- 1: ISC dhclient --------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_isc_dhclient_gets_a_lease_pings_us_and_its_release_frees_the_lease(lab, subnets):
+    _need(DHCLIENT)
+    x = subnets[0]
+    n = lab.guest_port("g1", x)
+    addr, us = f"10.99.{x}.10", f"10.99.{x}.1"
+
+    r = lab.dhclient(n)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"DHCPACK of {addr} from {us}" in out, out
+    assert n.ipv4() == [f"{addr}/24"]
+
+    rows = lease_rows(lab.leases(), "g1")
+    assert len(rows) == 1, rows
+    assert rows[0]["mac"] == n.mac() and rows[0]["address"] == addr and rows[0]["state"] == "bound", rows
+    assert 3500 <= rows[0]["expires_in"] <= 3600, rows
+
+    assert " 0% packet loss" in _ns_ping(n, us)
+
+    rel = lab.dhclient_release(n)
+    assert f"DHCPRELEASE of {addr} on {n.iface} to {us}" in rel.stdout + rel.stderr, rel.stdout + rel.stderr
+    # RFC 2131 §4.3.4: the server marks the address as not allocated.
+    wait_for(lambda: not lease_rows(lab.leases(), "g1"), 5.0, 0.1, "the released lease to disappear")
+    assert lab.server_counters("g1").get("released") == 1
+    assert n.ipv4() == []
+
+
+# -- 2: busybox udhcpc ------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_busybox_udhcpc_gets_a_lease_with_router_and_mask_and_its_hostname_is_recorded(lab, subnets):
+    _need(BUSYBOX)
+    x = subnets[1]
+    n = lab.guest_port("g2", x)
+    addr, us = f"10.99.{x}.10", f"10.99.{x}.1"
+
+    r = lab.udhcpc(n, "-x", "hostname:bbguest")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"lease of {addr} obtained from {us}, lease time 3600" in r.stdout + r.stderr, r.stdout + r.stderr
+    # What udhcpc handed its script: the options it parsed out of our ACK.
+    assert f"udhcpc-script bound ip={addr} subnet=255.255.255.0 router={us} serverid={us} lease=3600" \
+        in r.stdout, r.stdout
+    assert n.ipv4() == [f"{addr}/24"]
+    assert " 0% packet loss" in _ns_ping(n, us)
+
+    rows = lease_rows(lab.leases(), "g2")
+    assert [(l["mac"], l["address"], l["state"], l["hostname"]) for l in rows] == \
+        [(n.mac(), addr, "bound", "bbguest")], rows
+
+
+# -- 4: malformed datagrams -----------------------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_malformed_datagrams_are_counted_and_dropped_and_the_server_keeps_serving(lab, subnets):
+    _need(DHCLIENT)
+    x = subnets[2]
+    n = lab.guest_port("g4", x)
+    row = _dhcpd_row(lab)
+    pid, restarts = row["pid"], row["restarts"]
+    before = lab.server_counters("g4")
+
+    junk = malformed_dhcp_payloads(seed=x)
+    rng = random.Random(x)
+    frames = [dhcp_frame(p, "02:98:" + ":".join(f"{b:02x}" for b in rng.randbytes(4))) for _, p in junk]
+    assert send_frames(n, frames) == len(junk)
+    want = before.get("malformed", 0) + len(junk)
+    wait_for(lambda: lab.server_counters("g4").get("malformed", 0) >= want, 5.0, 0.1,
+             f"{len(junk)} malformed datagrams to be counted")
+    time.sleep(0.3)  # nothing counted twice, nothing answered
+    after = lab.server_counters("g4")
+    assert after.get("malformed", 0) == want, after
+    assert after.get("received", 0) == before.get("received", 0), after  # none was taken for a request
+    assert after.get("tx_offer", 0) == before.get("tx_offer", 0), after
+
+    # Absurd lengths below DHCP: a UDP length past the datagram, shorter than its header, an IP total
+    # length past the frame. None may reach dhcpd as a request.
+    good = junk[0][1]  # any payload: the lengths are what is wrong
+    discover, _ = well_formed_discover(random.Random(x + 1))
+    absurd = [dhcp_frame(discover, "02:97:00:00:00:01", udp_len=60000),
+              dhcp_frame(discover, "02:97:00:00:00:02", udp_len=3),
+              dhcp_frame(discover, "02:97:00:00:00:03", ip_len=9000),
+              dhcp_frame(discover, "02:97:00:00:00:04", ip_len=10),
+              dhcp_frame(good, "02:97:00:00:00:05", udp_len=65535)]
+    assert send_frames(n, absurd) == len(absurd)
+    time.sleep(0.5)
+    late = lab.server_counters("g4")
+    assert late.get("received", 0) == before.get("received", 0), late
+    assert late.get("tx_offer", 0) == before.get("tx_offer", 0), late
+
+    r = lab.dhclient(n)
+    assert r.returncode == 0 and f"DHCPACK of 10.99.{x}.10" in r.stderr + r.stdout, r.stdout + r.stderr
+    row = _dhcpd_row(lab)
+    assert (row["pid"], row["restarts"], row["state"]) == (pid, restarts, "running"), row
+    os.kill(pid, 0)  # still the same process
+
+
+# -- 5: pool exhaustion ------------------------------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_a_two_address_pool_serves_two_clients_and_the_third_hears_nothing(lab, subnets):
+    _need(BUSYBOX)
+    x = subnets[3]
+    g = lab.guest_port("g5", x)
+    first, second = f"10.99.{x}.10", f"10.99.{x}.11"
+    lab.g.qnet("dhcp", "pool", "g5", f"{first}-{second}")
+    a, b, c = (lab.macvlan_netns(g, s) for s in "abc")
+
+    holder = lab.udhcpc_daemon(a, "-R")  # stays bound; releases when told to stop
+    wait_for(a.ipv4, 10.0, 0.1, "udhcpc in namespace a to bind")
+    r = lab.udhcpc(b)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = {a.mac(): a.ipv4(), b.mac(): b.ipv4()}
+    assert sorted(v for addrs in got.values() for v in addrs) == [f"{first}/24", f"{second}/24"], got
+    rows = lease_rows(lab.leases(), "g5")
+    assert {(l["mac"], l["address"] + "/24") for l in rows if l["state"] == "bound"} == \
+        {(mac, addrs[0]) for mac, addrs in got.items()}, rows
+
+    before = lab.server_counters("g5")
+    r = lab.udhcpc(c, tries=3)
+    # RFC 2131 §4.3.1: no address to offer, no OFFER; the client gives up on its own.
+    assert r.returncode != 0 and "obtained" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert c.ipv4() == []
+    after = lab.server_counters("g5")
+    assert after.get("rx_discover", 0) - before.get("rx_discover", 0) >= 2, (before, after)
+    assert after.get("tx_offer", 0) == before.get("tx_offer", 0), (before, after)
+    assert after.get("pool_exhausted", 0) > before.get("pool_exhausted", 0), after
+    pools = lab.leases()["pools"]
+    assert pools["g5"]["exhausted"] is True, pools
+    assert "EXHAUSTED" in lab.g.qnet("dhcp", "leases").stdout
+
+    # a stops and releases its lease (RFC 2131 §4.4.6): the pool has room again.
+    stop_process(holder)
+    assert "unicasting a release" in holder.stdout.read(), "udhcpc did not release"
+    wait_for(lambda: len(lease_rows(lab.leases(), "g5")) == 1, 5.0, 0.1, "a's lease to be released")
+    r = lab.udhcpc(c)
+    assert r.returncode == 0 and c.ipv4() == got[a.mac()], r.stdout + r.stderr
+    assert lab.leases()["pools"]["g5"]["exhausted"] is False
+
+
+# -- 3: our client against dnsmasq (restarts dhcpd: keep last) ---------------------------------------
+T1 = 6  # dnsmasq's shortest lease is 2 min; option 58 brings renewal into a test's reach
+
+
+@pytest.mark.timeout(90)
+def test_our_client_binds_renews_and_keeps_its_dnsmasq_lease_across_a_dhcpd_restart(lab, subnets, tmp_path):
+    _need(DNSMASQ)
+    x = subnets[4]
+    up = lab.uplink_port("u3", x)
+    peer = f"10.99.{x}.1"
+    log = lab.dnsmasq(up, f"10.99.{x}.50", f"10.99.{x}.60",
+                      f"--dhcp-option=option:T1,{T1}", "--dhcp-option=option:T2,100")
+    mac = lab.g.port_row("u3")["mac"].lower()
+
+    def client_row():
+        rows = lease_rows(lab.leases(), "u3", role="client")
+        return rows[0] if rows and rows[0]["state"] == "BOUND" else None
+
+    # Bound: the first DISCOVER went out before dnsmasq ran; the retransmission (4 s +- 1) finds it.
+    lease = wait_for(client_row, 15.0, 0.2, "our client to bind a lease from dnsmasq")
+    pcap = str(tmp_path / "u3.pcap")
+    cap = capture_in_background(lab.g, "u3", pcap, T1 + 6.0)
+    lab.procs.append(cap)  # stopped by cleanup if the test ends early
+    addr = lease["address"]
+    assert lease["mac"] == mac
+    assert f"10.99.{x}.50" <= addr <= f"10.99.{x}.60" and len(addr) == len(f"10.99.{x}.50"), lease
+    kinds = [e.kind for e in dnsmasq_events(log) if e.mac == mac]
+    assert kinds[:4] == ["DHCPDISCOVER", "DHCPOFFER", "DHCPREQUEST", "DHCPACK"], kinds
+    assert {"port": "u3", "address": f"{addr}/24"} in lab.g.qnet_json("addr", "list")
+    default = {"prefix": "0.0.0.0/0", "gateway": peer, "device": "u3"}
+    routes = lab.g.qnet_json("route", "list")
+    assert any(default.items() <= r.items() for r in routes), routes
+    assert " 0% packet loss" in _ns_ping(up, addr)  # the address works from dnsmasq's side
+
+    # Renewal at T1: a REQUEST with a new xid, ACKed, and the lease runs for 2 min again.
+    acks_before = sum(e.kind == "DHCPACK" for e in dnsmasq_events(log))
+    wait_for(lambda: sum(e.kind == "DHCPACK" for e in dnsmasq_events(log)) > acks_before, T1 + 5.0, 0.05,
+             "a renewal ACK from dnsmasq")
+    renewed = wait_for(lambda: (r := client_row()) and r["expires_in"] >= 115 and r, 2.0, 0.05,
+                       "the renewed lease in qnet dhcp leases")
+    assert renewed["address"] == addr
+    renew_xid = [e for e in dnsmasq_events(log) if e.kind == "DHCPREQUEST"][-1].xid
+
+    # dhcpd restart: INIT-REBOOT (REQUEST for the old address), no DISCOVER; the address stays.
+    seen = len(dnsmasq_events(log))
+    pid = _dhcpd_row(lab)["pid"]
+    lab.g.qnet("restart", "dhcpd", timeout=30)
+    lab.g.remember_pids()
+    assert _dhcpd_row(lab)["pid"] != pid
+    wait_for(lambda: any(e.kind == "DHCPACK" for e in dnsmasq_events(log)[seen:]), 5.0, 0.05,
+             "an ACK after the restart")
+    after = dnsmasq_events(log)[seen:]
+    assert [e.kind for e in after][:2] == ["DHCPREQUEST", "DHCPACK"], after
+    assert all(e.kind != "DHCPDISCOVER" and e.address in ("", addr) for e in after), after
+    reboot_xid = after[0].xid
+    assert client_row()["address"] == addr
+    assert {"port": "u3", "address": f"{addr}/24"} in lab.g.qnet_json("addr", "list")
+    assert any(default.items() <= r.items() for r in lab.g.qnet_json("route", "list"))
+
+    # What went on the wire, read by tshark: renewal unicast with ciaddr (RFC 2131 §4.4.5),
+    # INIT-REBOOT broadcast with 'requested IP' and ciaddr zero (§4.4.2).
+    cap.wait(T1 + 15.0)
+    rows = tshark_fields(pcap, "dhcp.id", "ip.dst", "dhcp.ip.client", "dhcp.option.requested_ip_address",
+                         "dhcp.option.dhcp_server_id", display_filter="dhcp.option.dhcp == 3")
+    by_xid = {int(r[0], 16): r for r in rows}
+    assert renew_xid in by_xid and reboot_xid in by_xid, (renew_xid, reboot_xid, rows)
+    assert by_xid[renew_xid][1:] == [peer, addr, "", ""], by_xid[renew_xid]
+    assert by_xid[reboot_xid][1:] == ["255.255.255.255", "0.0.0.0", addr, ""], by_xid[reboot_xid]
