@@ -330,4 +330,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module: command modules register into launcher.cli, not __main__.
+    from launcher.cli import main as _main
+    sys.exit(_main())

@@ -43,7 +43,7 @@ log = logging.getLogger("qnet.launcher")
 BACKENDS = ("tap", "stream", "dgram")
 _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
-              "vnet_hdr", "pool"}
+              "vnet_hdr", "pool", "link"}
 
 
 def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class PortManager:
     def add(self, name: str, cfg: dict, *, save: bool = True) -> dict:
         cfg = validate_port(name, cfg)
         existing = self.ports.get(name)
-        volatile = ("addresses", "mac", "pool")
+        volatile = ("addresses", "mac", "pool", "link")
         if existing is not None and {k: v for k, v in existing.items() if k not in volatile} != \
                 {k: v for k, v in cfg.items() if k not in volatile}:
             raise errors.RemoteError(f"port {name} exists with other settings; 'qnet port del {name}' first",
@@ -294,6 +294,11 @@ class PortManager:
                 sup.retire(inst.incarnation)
                 inst.incarnation = None
             sup.close_handles(inst)
+            for kind in ("rpc", "data", "pub", "dgram"):
+                try:
+                    os.unlink(os.path.join(self.l.run_dir, f"{spec_name}.{kind}"))
+                except FileNotFoundError:
+                    pass
         self.routes = [r for r in self.routes if r.get("dev") != name]
         try:
             with self.netstack() as ns:
@@ -307,13 +312,30 @@ class PortManager:
         if cfg is None:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
         with self.netstack() as ns:
-            ns.call("port_set", name=name, forwarding=forwarding, mtu=mtu)
+            ns.call("port_set", name=name, forwarding=forwarding, mtu=mtu, link=None)
         if forwarding is not None:
             cfg["forwarding"] = forwarding
         if mtu is not None:
             cfg["mtu"] = mtu
         self.save()
         return cfg
+
+    def link(self, name: str, up: bool) -> bool:
+        """The port's administrative link (a VM's `set_link`): netstack and dhcpd are told."""
+        cfg = self.ports.get(name)
+        if cfg is None:
+            raise errors.RemoteError(f"no port {name!r}", code="not_found")
+        with self.netstack() as ns:
+            ns.call("port_set", name=name, link=up)
+        cfg["link"] = up
+        self.save()
+        if cfg.get("dhcp") and self.dhcpd_name:
+            try:
+                with self.dhcpd() as d:
+                    d.call("link", port=name, up=up)
+            except errors.IpcError as exc:
+                log.warning("port %s: dhcpd was not told of the link change: %s", name, exc)
+        return True
 
     def addr(self, port: str, address: str, present: bool) -> bool:
         cfg = self.ports.get(port)
@@ -354,6 +376,8 @@ class PortManager:
                 for name, cfg in self.ports.items():
                     ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
                             forwarding=cfg["forwarding"])
+                    if cfg.get("link") is False:
+                        ns.call("port_set", name=name, link=False)
                     for a in cfg["addresses"]:
                         ns.call("addr_add", port=name, address=a)
                 for r in self.routes:

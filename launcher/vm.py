@@ -339,7 +339,7 @@ class VmManager:
             raise _fail(f"VM {name} is a NIC attached to a QEMU qnet did not start; 'qnet vm detach {name}'",
                         "bad_argument")
         if vm.live:
-            self._terminate(vm, max(0.5, min(timeout, 30.0)))
+            self._terminate(vm, max(0.5, min(timeout, 10.0)))  # the launcher loop waits meanwhile
         info = self._info(vm)
         del self.vms[name]
         return info

@@ -66,6 +66,18 @@ def _server_config(cfg: dict) -> dserver.ServerConfig:
         probe=True, probe_timeout=0.5)
 
 
+def _saved_applied(saved: dict, port: str) -> dict | None:
+    """A predecessor's record of what it installed on `port`, if it has the shape _apply writes."""
+    table = saved.get("client_applied")
+    v = table.get(port) if isinstance(table, dict) else None
+    if not isinstance(v, dict) or not isinstance(v.get("address"), str) or \
+            not isinstance(v.get("routes"), list):
+        return None
+    if not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in v["routes"]):
+        return None
+    return {"address": v["address"], "routes": [[str(n), str(g)] for n, g in v["routes"]]}
+
+
 class Dhcpd(Component):
     STATE_SCHEMA = 1
 
@@ -118,6 +130,8 @@ class Dhcpd(Component):
               "clients": {p: c.core.lease.to_dict() for p, c in self.clients.items() if c.core.lease},
               "sockets": {p: s.sid for p, s in self.servers.items() if s.sid is not None}}
         st["client_sockets"] = {p: c.sid for p, c in self.clients.items() if c.sid is not None}
+        # What each client installed in netstack: a successor must be able to take it back out.
+        st["client_applied"] = {p: c.applied for p, c in self.clients.items() if c.applied}
         return st
 
     def persist(self) -> None:
@@ -217,6 +231,7 @@ class Dhcpd(Component):
         core = dclient.DhcpClient(mac, hostname=cfg.get("hostname"))
         cl = _Client(port, cfg, core)
         cl.sid = self._open(port, CLIENT_PORT, self.saved.get("client_sockets", {}).get(port))
+        cl.applied = _saved_applied(self.saved, port)
         self.clients[port] = cl
         prev = self.saved.get("clients", {}).get(port)
         lease = None
@@ -251,6 +266,11 @@ class Dhcpd(Component):
             elif isinstance(a, dclient.CheckAddress):
                 ok = not self._probe(a.address)
                 self._client_actions(cl, cl.core.address_checked(ok, time.monotonic()))
+        if cl.applied and cl.core.lease is None:
+            # A lease configured by a predecessor is not "configured" in this incarnation's core,
+            # so a NAK of its INIT-REBOOT (or its expiry while we restarted) brings no Deconfigure:
+            # reconcile instead. Without a lease nothing of it may stay (RFC 2131 §4.4.5).
+            self._unapply(cl)
         self.persist()
 
     def _apply(self, cl: _Client, lease: dclient.Lease) -> None:

@@ -87,6 +87,9 @@ class Netstack(Component):
         if state:
             self.stack = Stack.restore(state["stack"], StackConfig(), now=time.monotonic())
             self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
+            for n in state.get("admin_down", []):
+                if n in self.ports:
+                    self.ports[n]["admin_up"] = False
             self.owners = {int(k): v for k, v in state.get("owners", {}).items()}
             restored = True
         self._start_io()
@@ -113,6 +116,7 @@ class Netstack(Component):
 
     def _state(self) -> dict:
         return {"stack": self.stack.snapshot(), "ports": list(self.ports),
+                "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
                 "owners": {str(k): v for k, v in self.owners.items()}}
 
     def checkpoint(self):
@@ -150,8 +154,9 @@ class Netstack(Component):
         if name in ("attach", "link"):
             if port not in self.ports or port not in self.stack.devs:
                 return  # a driver for a port we do not have (yet): ignored until port_add
-            up = ev.link_up if name == "attach" else ev.up
             info = self.ports[port]
+            info["carrier"] = ev.link_up if name == "attach" else ev.up
+            up = info["carrier"] and info.get("admin_up", True)
             changed = (not info["attached"]) or self.stack.devs[port].up != up
             info["attached"] = True
             if name == "attach":
@@ -379,7 +384,7 @@ class _Control:
         self.ns.checkpoint()
         return True
 
-    def port_set(self, name, forwarding, mtu):
+    def port_set(self, name, forwarding, mtu, link):
         if name not in self.stack.devs:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
         try:
@@ -387,6 +392,13 @@ class _Control:
                 self.stack.set_forwarding(name, forwarding)
             if mtu is not None:
                 self.stack.set_mtu(name, mtu)
+            if link is not None:
+                info = self.ns.ports.setdefault(name, {"attached": False, "incarnation": 0})
+                info["admin_up"] = link
+                up = link and info.get("carrier", False)
+                if self.stack.devs[name].up != up:
+                    self.stack.set_link(name, up, time.monotonic())
+                    self.ns.pub.emit("port", port=name, up=up, attached=bool(info.get("attached")))
         except StackError as exc:
             raise _err(exc) from None
         self.ns.checkpoint()

@@ -6,6 +6,7 @@ network namespaces on the far side of a qnet TAP port, and scapy-built junk for 
     lab.dhclient(g0)                          # ISC dhclient in g0's namespace gets a lease from us
     up = lab.uplink_port("up0", x=18)         # qnet's DHCP client; the namespace is 10.99.18.1
     log = lab.dnsmasq(up, "10.99.18.50", "10.99.18.60")
+    lab.link_up(up, "up0")                    # the client's DISCOVER goes out now
     lab.cleanup()                             # peers killed by pid, ports deleted, namespaces gone
 
 Peers only ever configure their own namespace: the dhclient and udhcpc scripts below apply the
@@ -39,7 +40,7 @@ def missing_peer(*binaries: str) -> str | None:
     for b in binaries:
         if not os.access(b, os.X_OK):
             return f"needs {b} (apt-get install isc-dhcp-client busybox-static dnsmasq-base)"
-    if BUSYBOX in binaries and b"udhcpc" not in run([BUSYBOX, "--list"], check=False).stdout.encode():
+    if BUSYBOX in binaries and "udhcpc" not in run([BUSYBOX, "--list"], check=False).stdout.split():
         return f"{BUSYBOX} has no udhcpc applet"
     return None
 
@@ -107,6 +108,7 @@ class DhcpLab:
         self.ports: list[tuple[str, str]] = []      # (qnet port, tap)
         self.procs: list[subprocess.Popen] = []
         self.pidfiles: list[str] = []
+        self.dnsmasqs: dict[tuple[str, str], subprocess.Popen] = {}
         self.dhclient_script = self._write("dhclient-script", DHCLIENT_SCRIPT, 0o755)
         self.dhclient_conf = self._write("dhclient.conf", DHCLIENT_CONF, 0o644)
         self.udhcpc_script = self._write("udhcpc-script", UDHCPC_SCRIPT, 0o755)
@@ -128,13 +130,18 @@ class DhcpLab:
              "net.ipv6.conf.default.disable_ipv6=1"])
         run(["ip", "-n", name, "link", "set", "lo", "up"])
 
-    def _tap_into_netns(self, port: str, tap: str, ns: str) -> Netns:
+    def _tap_into_netns(self, port: str, tap: str, ns: str, up: bool = True) -> Netns:
         self._netns(ns)
         run(["ip", "link", "set", tap, "netns", ns])  # the launcher's fd keeps working
-        run(["ip", "-n", ns, "link", "set", tap, "up"])
+        n = Netns(ns, tap)
+        if up:
+            self.link_up(n, port)
+        return n
+
+    def link_up(self, n: Netns, port: str) -> None:
+        run(["ip", "-n", n.name, "link", "set", n.iface, "up"])
         wait_for(lambda: (r := self.g.port_row(port))["up"] and r["attached"], 5.0, 0.1,
                  f"port {port} attached with its link up")
-        return Netns(ns, tap)
 
     # -- ports ---------------------------------------------------------------------------------
     def guest_port(self, port: str, x: int) -> Netns:
@@ -146,12 +153,14 @@ class DhcpLab:
         return self._tap_into_netns(port, tap, ns)
 
     def uplink_port(self, port: str, x: int) -> Netns:
-        """An uplink port run by our DHCP client; the namespace side is 10.99.X.1/24 (the peer server)."""
+        """An uplink port run by our DHCP client; the namespace side is 10.99.X.1/24 (the peer server)
+        and stays down until link_up(): start the server first, and the client's first DISCOVER
+        (sent when the link comes up) finds it instead of waiting out a retransmission."""
         tap, ns = self._names(port)
         self.g.qnet("port", "add", port, "--tap", tap, "--dhcp", timeout=30)
         self.ports.append((port, tap))
         self.g.remember_pids()
-        n = self._tap_into_netns(port, tap, ns)
+        n = self._tap_into_netns(port, tap, ns, up=False)
         run(["ip", "-n", ns, "addr", "add", f"10.99.{x}.1/24", "dev", tap])
         return n
 
@@ -194,18 +203,26 @@ class DhcpLab:
         self.procs.append(p)
         return p
 
-    def dnsmasq(self, n: Netns, first: str, last: str, *options: str) -> str:
-        """dnsmasq serving DHCP (no DNS) on n's interface; returns the path of its log."""
-        log = os.path.join(self.dir, f"{n.name}.dnsmasq.log")
+    def dnsmasq(self, n: Netns, first: str, last: str, *options: str, tag: str = "") -> str:
+        """dnsmasq serving DHCP (no DNS) on n's interface, with a lease file and log of its own per
+        `tag`; returns the path of its log."""
+        base = os.path.join(self.dir, f"{n.name}{tag}.dnsmasq")
+        log = base + ".log"
         p = n.popen([DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0", f"--interface={n.iface}",
                      "--bind-interfaces", f"--dhcp-range={first},{last},2m", "--log-dhcp",
-                     f"--log-facility={log}", f"--dhcp-leasefile={os.path.join(self.dir, n.name + '.dnsmasq.leases')}",
-                     f"--pid-file={os.path.join(self.dir, n.name + '.dnsmasq.pid')}", *options])
+                     # No ICMP check before an offer: it costs 3 s and tests dnsmasq, not us.
+                     "--no-ping",
+                     f"--log-facility={log}", f"--dhcp-leasefile={base}.leases", f"--pid-file={base}.pid",
+                     *options])
         self.procs.append(p)
+        self.dnsmasqs[(n.name, tag)] = p
         wait_for(lambda: p.poll() is not None or "started" in _read(log), 5.0, 0.05, "dnsmasq to start")
         if p.poll() is not None:
             raise AssertionError(f"dnsmasq exited {p.returncode}: {p.stdout.read() if p.stdout else ''}")
         return log
+
+    def stop_dnsmasq(self, n: Netns, tag: str = "") -> None:
+        stop_process(self.dnsmasqs.pop((n.name, tag)))
 
     # -- qnet ----------------------------------------------------------------------------------
     def leases(self) -> dict:
