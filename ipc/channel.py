@@ -20,7 +20,7 @@ import msgspec
 import zmq
 
 from . import batch as batchmod
-from . import errors
+from . import errors, transport
 from .decl import Protocol, encode
 from .rpc import configure_socket, context
 
@@ -123,7 +123,7 @@ class ProviderChannel(_Channel):
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown peer raises: counted as a drop
         for ep in [endpoints] if isinstance(endpoints, str) else endpoints:
-            sock.bind(ep)
+            transport.bind(sock, ep)
         super().__init__(protocol, sock)
 
     def send_batch(self, peer: bytes, stream: str, frames: list[bytes]) -> bool:
@@ -169,7 +169,7 @@ class UserChannel(_Channel):
         sock = context().socket(zmq.DEALER)
         configure_socket(sock, hwm)
         sock.setsockopt(zmq.IDENTITY, identity)
-        sock.connect(endpoint)
+        transport.connect(sock, endpoint)
         self.identity = identity
         super().__init__(protocol, sock)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import zmq
 
-from . import errors
+from . import errors, transport
 from .decl import Protocol, encode
 from .rpc import configure_socket, context
 
@@ -85,7 +85,7 @@ class Publisher(_Sender):
     def __init__(self, protocol: Protocol, endpoint: str):
         sock = context().socket(zmq.PUB)
         configure_socket(sock)
-        sock.bind(endpoint)
+        transport.bind(sock, endpoint)
         super().__init__(protocol, sock)
 
 
@@ -96,7 +96,7 @@ class Subscriber(_Receiver):
         for p in protocols:
             sock.setsockopt(zmq.SUBSCRIBE, f"{p.name}/".encode())
         for ep in endpoints:
-            sock.connect(ep)
+            transport.connect(sock, ep)
         super().__init__(protocols, sock)
 
 
@@ -106,7 +106,7 @@ class Reporter(_Sender):
     def __init__(self, protocol: Protocol, endpoint: str):
         sock = context().socket(zmq.PUSH)
         configure_socket(sock, hwm=100)
-        sock.connect(endpoint)
+        transport.connect(sock, endpoint)
         super().__init__(protocol, sock)
 
 
@@ -114,5 +114,5 @@ class Collector(_Receiver):
     def __init__(self, protocols: list[Protocol], endpoint: str):
         sock = context().socket(zmq.PULL)
         configure_socket(sock)
-        sock.bind(endpoint)
+        transport.bind(sock, endpoint)
         super().__init__(protocols, sock)

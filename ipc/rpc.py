@@ -24,7 +24,7 @@ from typing import Any, Callable
 import msgspec
 import zmq
 
-from . import errors
+from . import errors, transport
 from .decl import Method, Protocol, Version, encode
 
 log = logging.getLogger("qnet.ipc")
@@ -111,7 +111,10 @@ class RpcServer:
             self.add(proto, impl)
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         for ep in self.endpoints:
-            self.socket.bind(ep)
+            if curve is not None:
+                self.socket.bind(ep)
+            else:
+                transport.bind(self.socket, ep)
         self._current: CallToken | None = None
         self._deferred = False
         self.unavailable_reason: str | None = None
@@ -297,7 +300,10 @@ class RpcClient:
             sock.setsockopt(zmq.IDENTITY, self._identity)
         if self._curve is not None:
             self._curve.apply_client(sock)
-        sock.connect(self.endpoint)
+        if self._curve is not None:
+            sock.connect(self.endpoint)
+        else:
+            transport.connect(sock, self.endpoint)
         self.socket = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)

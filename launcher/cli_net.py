@@ -20,13 +20,26 @@ from ipc.rpc import RpcClient
 from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, call, out_json, table
 
 
-def netstack_call(args, method: str, timeout: float = 10.0, **kw):
+def provider_endpoint(args, protocol: str, what: str) -> str:
+    """The rpc endpoint of the component that provides a protocol (asked of the launcher)."""
     graph = call(args, "graph")
     name = next((c["name"] for c in graph["components"]
-                 if any(p.startswith("qnet.netstack@") for p in c["provides"])), None)
+                 if any(p.startswith(protocol + "@") for p in c["provides"])), None)
     if name is None:
-        raise CliError("this graph has no netstack component")
-    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+        raise CliError(f"this graph has no {what} component")
+    ep = call(args, "endpoints").get(name, {}).get("rpc")
+    if ep is None:
+        raise CliError(f"the launcher knows no endpoint of {name}")
+    if ep.startswith("tcp://"):
+        # A tcp graph: talk with the graph's CURVE key, readable by root only.
+        secret = os.path.join(args.runtime_dir, "keys", "graph.key_secret")
+        if os.path.exists(secret):
+            os.environ["QNET_CURVE_SECRET_FILE"] = secret
+    return ep
+
+
+def netstack_call(args, method: str, timeout: float = 10.0, **kw):
+    ep = provider_endpoint(args, "qnet.netstack", "netstack")
     with RpcClient(ep, NETSTACK, timeout=timeout, retries=2) as c:
         try:
             return to_plain(c.call(method, **kw))
@@ -168,12 +181,7 @@ def cmd_ping(args) -> int:
 
 
 def _ping(args, dst: str, budget: float):
-    graph = call(args, "graph")
-    name = next((c["name"] for c in graph["components"]
-                 if any(p.startswith("qnet.netstack@") for p in c["provides"])), None)
-    if name is None:
-        raise CliError("this graph has no netstack component")
-    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+    ep = provider_endpoint(args, "qnet.netstack", "netstack")
     with RpcClient(ep, NETSTACK, timeout=budget, retries=0) as c:
         try:
             return to_plain(c.call("ping", dst=dst, count=args.count, interval=args.interval,
@@ -319,12 +327,7 @@ COMMAND_MODULES.append(add_commands)
 # -- dhcp ----------------------------------------------------------------------------------------
 def dhcpd_call(args, method: str, timeout: float = 10.0, **kw):
     from ipc.protocols.dhcpd import DHCPD
-    graph = call(args, "graph")
-    name = next((c["name"] for c in graph["components"]
-                 if any(p.startswith("qnet.dhcpd@") for p in c["provides"])), None)
-    if name is None:
-        raise CliError("this graph has no dhcpd component")
-    ep = f"ipc://{os.path.join(args.runtime_dir, name + '.rpc')}"
+    ep = provider_endpoint(args, "qnet.dhcpd", "dhcpd")
     with RpcClient(ep, DHCPD, timeout=timeout, retries=2) as c:
         try:
             return to_plain(c.call(method, **kw))

@@ -85,6 +85,7 @@ class Graph:
     raw: dict[str, Any]
     pythonpath: list[str] = field(default_factory=list)
     templates: dict[str, ComponentSpec] = field(default_factory=dict)
+    transport: dict[str, Any] = field(default_factory=lambda: {"kind": "ipc"})
 
     def provider_of(self, protocol: str) -> str | None:
         for c in list(self.components.values()):
@@ -187,8 +188,28 @@ def parse(text: str, source: str) -> Graph:
                 components[spec.name] = spec
     _check_interfaces(loc, {**components, **templates})
     order = _start_order(loc, components)
-    return Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations,
+    transport = _transport(loc, graph_tbl)
+    return Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations, transport=transport,
                  components=components, order=order, raw=raw, pythonpath=pythonpath, templates=templates)
+
+
+def _transport(loc: _Locator, g: dict) -> dict[str, Any]:
+    """[graph] transport = "ipc" (default) | "tcp", with tcp_host, tcp_base_port, curve."""
+    kind = g.get("transport", "ipc")
+    if kind not in ("ipc", "tcp"):
+        raise loc.error(f"transport must be 'ipc' or 'tcp', got {kind!r}", key="transport")
+    if kind == "ipc":
+        return {"kind": "ipc"}
+    host = g.get("tcp_host", "127.0.0.1")
+    base = g.get("tcp_base_port", 47100)
+    curve = g.get("curve", True)
+    if not isinstance(host, str) or not host:
+        raise loc.error("tcp_host must be an address to bind, e.g. 127.0.0.1", key="tcp_host")
+    if not isinstance(base, int) or isinstance(base, bool) or not 1024 <= base <= 60000:
+        raise loc.error("tcp_base_port must be 1024..60000", key="tcp_base_port")
+    if not isinstance(curve, bool):
+        raise loc.error("curve must be true or false", key="curve")
+    return {"kind": "tcp", "host": host, "base_port": base, "curve": curve}
 
 
 def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:

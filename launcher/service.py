@@ -83,7 +83,15 @@ class Launcher:
         clear_stale_files(runtime_dir)
         self.loop = Loop()
         self.sup_endpoint = f"ipc://{os.path.join(runtime_dir, 'launcher.sup')}"
+        if graph.transport.get("kind") == "tcp":
+            # Components may sit on other hosts: their reports come over tcp too.
+            self.sup_endpoint = f"tcp://{graph.transport['host']}:{graph.transport['base_port'] - 1}"
         self.supervisor = Supervisor(graph, runtime_dir, self.sup_endpoint)
+        curve_env = self.supervisor.curve_env()
+        if curve_env:
+            from ipc import transport
+            os.environ.update(curve_env)
+            transport.configure(transport._from_env())
         self.supervisor.on_activated = self._on_activated
         from .ports import PortManager
         self.ports = PortManager(self)

@@ -105,16 +105,43 @@ class Supervisor:
         os.makedirs(self.logdir, mode=0o700, exist_ok=True)
         self.retiring: list[Incarnation] = []
         self.on_activated = lambda inst: None
+        self._tcp_ports: dict[tuple[str, str], int] = {}
 
     # -- endpoints -----------------------------------------------------------------
+    @property
+    def tcp(self) -> bool:
+        return self.graph.transport.get("kind") == "tcp"
+
     def stable_endpoint(self, name: str, kind: str) -> str:
+        if self.tcp:
+            key = (name, kind)
+            if key not in self._tcp_ports:
+                self._tcp_ports[key] = self.graph.transport["base_port"] + len(self._tcp_ports)
+            return f"tcp://{self.graph.transport['host']}:{self._tcp_ports[key]}"
         return f"ipc://{os.path.join(self.run, f'{name}.{kind}')}"
 
     def _incarnation_endpoints(self, name: str, number: int) -> dict[str, str]:
+        if self.tcp:
+            # A tcp port cannot be bound twice: incarnations share the stable endpoints
+            # and a restart is break-before-make (state is still handed over).
+            return {k: self.stable_endpoint(name, k) for k in ENDPOINT_KINDS}
         return {k: f"ipc://{os.path.join(self.run, f'{name}.{number}.{k}')}" for k in ENDPOINT_KINDS}
+
+    def curve_env(self) -> dict[str, str]:
+        """The graph's CURVE key for tcp transport (generated once per runtime dir, 0600)."""
+        if not (self.tcp and self.graph.transport.get("curve")):
+            return {}
+        keydir = os.path.join(self.run, "keys")
+        secret = os.path.join(keydir, "graph.key_secret")
+        if not os.path.exists(secret):
+            from ipc.curve import CurveKeys
+            CurveKeys.generate().save(keydir, "graph")
+        return {"QNET_CURVE_SECRET_FILE": secret}
 
     def _point_stable_names(self, name: str, number: int) -> None:
         """Atomically re-point NAME.KIND at NAME.N.KIND (rename over the old symlink)."""
+        if self.tcp:
+            return
         for kind in ENDPOINT_KINDS:
             link = os.path.join(self.run, f"{name}.{kind}")
             tmp = link + ".new"
@@ -126,6 +153,8 @@ class Supervisor:
             os.replace(tmp, link)
 
     def _remove_incarnation_files(self, name: str, number: int) -> None:
+        if self.tcp:
+            return
         for kind in ENDPOINT_KINDS:
             try:
                 os.unlink(os.path.join(self.run, f"{name}.{number}.{kind}"))
@@ -189,6 +218,7 @@ class Supervisor:
             "QNET_HANDLES": json.dumps(inst.fds),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.curve_env())
         if self.graph.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(self.graph.pythonpath + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         logf = open(os.path.join(self.logdir, f"{inst.name}.log"), "ab", buffering=0)
@@ -270,6 +300,8 @@ class Supervisor:
             return {"old_pid": 0, "new_pid": inst.incarnation.pid, "handed_over": inst.snapshot is not None,
                     "seconds": round(time.monotonic() - t0, 3)}
         t0 = time.monotonic()
+        if self.tcp:
+            return self._restart_break_before_make(inst, old, t0)
         new = self.spawn(inst)
         try:
             self.await_up(inst, new)  # the successor is up and idle
@@ -308,6 +340,31 @@ class Supervisor:
         return {"old_pid": old.pid, "new_pid": new.pid, "handed_over": used,
                 "seconds": round(time.monotonic() - t0, 3)}
 
+    def _restart_break_before_make(self, inst: Instance, old: Incarnation, t0: float) -> dict:
+        """tcp transport: freeze and stop the predecessor, then start the successor with its state."""
+        inst.set_state("handover")
+        try:
+            with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
+                inst.snapshot = _plain(lc.call("freeze"))
+            handed = True
+        except errors.IpcError as exc:
+            log.warning("%s: freeze failed (%s); using the last checkpoint", inst.name, exc)
+            handed = False
+        try:
+            old.proc.send_signal(signal.SIGTERM)
+            old.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            old.proc.kill()
+            old.proc.wait()
+        except ProcessLookupError:
+            pass
+        inst.incarnation = None
+        self.start(inst)
+        inst.restarts += 1
+        inst.last_exit = "replaced (restart)"
+        return {"old_pid": old.pid, "new_pid": inst.incarnation.pid, "handed_over": handed,
+                "seconds": round(time.monotonic() - t0, 3)}
+
     def retire(self, inc: Incarnation) -> None:
         """Ask an incarnation to stop; the reaper kills it if it lingers."""
         inc.retiring = True
@@ -340,6 +397,8 @@ class Supervisor:
 
     def _cleanup_files(self, inc: Incarnation) -> None:
         for ep in inc.endpoints.values():
+            if not ep.startswith("ipc://"):
+                continue
             try:
                 os.unlink(ep[len("ipc://"):])
             except (FileNotFoundError, ValueError):

@@ -121,6 +121,10 @@ class EthDriver(Component):
             frames = self.backend.read_batch(MAX_BATCH)
             if not frames:
                 break
+            if not self.link:
+                # A dgram backend comes up with its first datagram: say so before the
+                # frames, on the same ordered channel, so netstack does not drop them.
+                self._poll_link()
             self.counters["rx_batches"] += 1
             self.chan.send_batch("rx", frames)
             if len(frames) < MAX_BATCH:

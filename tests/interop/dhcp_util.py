@@ -180,8 +180,13 @@ class DhcpLab:
         """`dhclient -1`: one attempt; it daemonizes once bound (killed in release() or cleanup())."""
         pf, lf = self._dhclient_files(n)
         self.pidfiles.append(pf)
-        return n.sh([DHCLIENT, "-1", "-v", "-cf", self.dhclient_conf, "-sf", self.dhclient_script,
-                     "-pf", pf, "-lf", lf, n.iface], timeout=timeout, check=False)
+        r = n.sh([DHCLIENT, "-1", "-v", "-cf", self.dhclient_conf, "-sf", self.dhclient_script,
+                  "-pf", pf, "-lf", lf, n.iface], timeout=timeout, check=False)
+        if r.returncode == 0:
+            # The daemon writes its pid file after the parent has exited: know it before going on,
+            # or a quick cleanup would miss it.
+            wait_for(lambda: _our_pid(pf) is not None, 3.0, 0.02, "dhclient's pid file")
+        return r
 
     def dhclient_release(self, n: Netns) -> subprocess.CompletedProcess:
         pf, lf = self._dhclient_files(n)
@@ -263,24 +268,34 @@ def _read(path: str) -> str:
         return ""
 
 
-def _kill_from_pidfile(pidfile: str) -> None:
-    """SIGTERM the daemon a pid file of ours names, if its command line names that pid file too."""
+def _our_pid(pidfile: str) -> int | None:
+    """The pid a pid file of ours names, if that process runs with the pid file on its command line."""
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if pidfile.encode() not in f.read():
-                return
-        os.kill(pid, signal.SIGTERM)
+            return pid if pidfile.encode() in f.read() else None
     except (OSError, ValueError):
+        return None
+
+
+def _kill_from_pidfile(pidfile: str) -> None:
+    """SIGTERM the daemon a pid file of ours names (then SIGKILL if it lingers)."""
+    pid = _our_pid(pidfile)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
         return
     deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+    while time.monotonic() < deadline and _our_pid(pidfile) == pid:
         time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    if _our_pid(pidfile) == pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 # -- dnsmasq's log ----------------------------------------------------------------------------------
