@@ -1,0 +1,107 @@
+"""Malformed IPC messages thrown at the real netstack and dhcpd: typed errors, counted drops, no crash."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ipc.protocols.netstack import NETSTACK
+from ipc.rpc import RpcClient
+
+from .conftest import REPO
+
+
+def _qnet(run, *args, timeout=60):
+    env = dict(os.environ)
+    env.pop("QNET_RUNTIME_DIR", None)
+    return subprocess.run([sys.executable, "-m", "launcher.cli", "--runtime-dir", run, *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_graph():
+    work = tempfile.mkdtemp(prefix="qf", dir="/tmp")
+    run = os.path.join(work, "r")
+    try:
+        res = _qnet(run, "up", "--detach", "--timeout", "40")
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield run
+    finally:
+        _qnet(run, "down", timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pids(run):
+    res = _qnet(run, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    return {r["name"]: r["pid"] for r in json.loads(res.stdout)["components"]}
+
+
+_parts = st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda v: msgpack.packb(v), st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.text(max_size=20),
+                  st.binary(max_size=20)),
+        lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5), max_leaves=10)),
+    st.sampled_from([b"B", b"E", msgpack.packb(["rx", 1, 2]), msgpack.packb(["attach"]),
+                     msgpack.packb([1, 1, "qnet.netstack", "1.0", "port_add"]),
+                     msgpack.packb([1, 2, "qnet.datagram", "1.1", "open"])]),
+), min_size=0, max_size=5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(messages=st.lists(st.tuples(st.sampled_from(["netstack.rpc", "netstack.data", "netstack.dgram",
+                                                    "dhcpd.rpc"]), _parts), min_size=1, max_size=4))
+def test_garbage_on_every_endpoint_never_crashes_a_component(default_graph, messages):
+    ctx = zmq.Context.instance()
+    socks = {}
+    try:
+        for endpoint, parts in messages:
+            s = socks.get(endpoint)
+            if s is None:
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.IDENTITY, f"fuzz{random.randrange(1 << 30)}".encode())
+                s.connect(f"ipc://{default_graph}/{endpoint}")
+                socks[endpoint] = s
+            if parts:
+                s.send_multipart(parts, zmq.NOBLOCK)
+    finally:
+        for s in socks.values():
+            s.close(0)
+
+
+def test_components_survived_the_fuzzing_and_still_answer(default_graph):
+    before = _pids(default_graph)
+    # more garbage, then check the same processes answer good requests
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"ipc://{default_graph}/netstack.rpc")
+    for parts in ([b"\xc1"], [b"x", b"y", b"z"], [msgpack.packb([1, 7, "qnet.netstack", "1.0", "port_add"]),
+                                                  msgpack.packb({"name": 5})]):
+        s.send_multipart(parts)
+    replies = 0
+    deadline = time.monotonic() + 5
+    while replies < 3 and time.monotonic() < deadline:
+        if s.poll(200):
+            hdr, body = s.recv_multipart()
+            assert msgpack.unpackb(hdr)[0] == 3  # an error reply
+            assert msgpack.unpackb(body)["code"] in ("bad_message", "invalid_argument")
+            replies += 1
+    s.close(0)
+    assert replies == 3
+    with RpcClient(f"ipc://{default_graph}/netstack.rpc", NETSTACK, timeout=5) as c:
+        assert c.call("port_list") == []
+        stats = c.call("stats")
+    assert stats["binding"]["device_channel"]["rx_bad"] >= 0
+    assert _pids(default_graph) == before
