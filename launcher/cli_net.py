@@ -38,15 +38,20 @@ def provider_endpoint(args, protocol: str, what: str) -> str:
     return ep
 
 
-def netstack_call(args, method: str, timeout: float = 10.0, **kw):
-    ep = provider_endpoint(args, "qnet.netstack", "netstack")
-    with RpcClient(ep, NETSTACK, timeout=timeout, retries=2) as c:
+def provider_call(args, protocol, what: str, method: str, call_timeout: float = 10.0, retries: int = 2, **kw):
+    """Call a method of the component that provides ``protocol``; errors become one CLI line."""
+    ep = provider_endpoint(args, protocol.name, what)
+    with RpcClient(ep, protocol, timeout=call_timeout, retries=retries) as c:
         try:
             return to_plain(c.call(method, **kw))
         except errors.Timeout:
-            raise CliError(f"netstack did not answer within {timeout:g} s") from None
+            raise CliError(f"{what} did not answer within {call_timeout:g} s") from None
         except errors.IpcError as exc:
             raise CliError(str(exc)) from None
+
+
+def netstack_call(args, method: str, timeout: float = 10.0, **kw):
+    return provider_call(args, NETSTACK, "netstack", method, timeout, **kw)
 
 
 def _iface(text: str) -> str:
@@ -181,13 +186,8 @@ def cmd_ping(args) -> int:
 
 
 def _ping(args, dst: str, budget: float):
-    ep = provider_endpoint(args, "qnet.netstack", "netstack")
-    with RpcClient(ep, NETSTACK, timeout=budget, retries=0) as c:
-        try:
-            return to_plain(c.call("ping", dst=dst, count=args.count, interval=args.interval,
-                                   timeout=args.timeout, size=args.size, ttl=args.ttl))
-        except errors.IpcError as exc:
-            raise CliError(str(exc)) from None
+    return provider_call(args, NETSTACK, "netstack", "ping", budget, retries=0, dst=dst, count=args.count,
+                         interval=args.interval, timeout=args.timeout, size=args.size, ttl=args.ttl)
 
 
 def cmd_capture(args) -> int:
@@ -327,14 +327,7 @@ COMMAND_MODULES.append(add_commands)
 # -- dhcp ----------------------------------------------------------------------------------------
 def dhcpd_call(args, method: str, timeout: float = 10.0, **kw):
     from ipc.protocols.dhcpd import DHCPD
-    ep = provider_endpoint(args, "qnet.dhcpd", "dhcpd")
-    with RpcClient(ep, DHCPD, timeout=timeout, retries=2) as c:
-        try:
-            return to_plain(c.call(method, **kw))
-        except errors.Timeout:
-            raise CliError(f"dhcpd did not answer within {timeout:g} s") from None
-        except errors.IpcError as exc:
-            raise CliError(str(exc)) from None
+    return provider_call(args, DHCPD, "dhcpd", method, timeout, **kw)
 
 
 def cmd_dhcp(args) -> int:

@@ -413,18 +413,7 @@ class Supervisor:
                 procs.append(inst.incarnation.proc)
                 inst.set_state("stopping")
         procs += [i.proc for i in self.retiring if i.proc.poll() is None]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate_all(procs, timeout)
         for inst in self.instances.values():
             if inst.incarnation is not None:
                 inst.last_exit = describe_exit(inst.incarnation.proc.returncode or 0)
@@ -436,6 +425,22 @@ class Supervisor:
 
 class StartFailed(Exception):
     pass
+
+
+def terminate_all(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM every process, then SIGKILL those still alive after ``grace`` seconds."""
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _plain(value: Any) -> Any:

@@ -50,7 +50,7 @@ from ipc.protocols.vm import VM_ERRORS
 
 from .console import qemu_command
 from .ports import validate_port
-from .supervisor import Instance, _preexec, describe_exit
+from .supervisor import Instance, _preexec, describe_exit, terminate_all
 from .vmhost import (fail as _fail, free_root_port, iface_exists, ip, is_i440fx, no_ipv6, pid_alive, qemu_pid,
                      qmp_session, tap_names)
 
@@ -575,17 +575,7 @@ class VmManager:
 
     def close(self) -> None:
         """Launcher shutdown: our QEMUs get SIGTERM (then SIGKILL); host interfaces go."""
-        procs = [vm.proc for vm in self.vms.values() if vm.state == "running" and vm.proc is not None]
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 3.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate_all([vm.proc for vm in self.vms.values() if vm.state == "running" and vm.proc is not None], 3.0)
         for vm in self.vms.values():
             if vm.state == "attached":
                 # Leave the foreign QEMU without a dangling NIC when it still answers quickly.
