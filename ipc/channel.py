@@ -27,6 +27,8 @@ from .rpc import configure_socket, context
 _raw = msgspec.msgpack.Decoder()
 
 KIND_BATCH, KIND_EVENT = b"B", b"E"
+# Plain ints: pyzmq wraps its constants in enums, and enum arithmetic on the data path adds up.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
 ZERO_COPY_MIN = 32768
 
@@ -49,7 +51,7 @@ class _Channel:
         # Zero-copy pays only for large blobs; for small ones the Frame objects cost more.
         copy = len(parts[-1]) < ZERO_COPY_MIN
         try:
-            self.socket.send_multipart(prefix + parts, zmq.NOBLOCK, copy=copy)
+            self.socket.send_multipart(prefix + parts, _NOBLOCK, copy=copy)
         except (zmq.Again, zmq.ZMQError):
             if nframes:
                 self.counters["tx_dropped_batches"] += 1
@@ -143,8 +145,8 @@ class ProviderChannel(_Channel):
         """Drain up to ``limit`` messages; bad ones are counted and dropped."""
         n = 0
         sock = self.socket
-        while n < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
+        while n < limit and sock.get(_EVENTS) & _POLLIN:
+            parts = sock.recv_multipart(_NOBLOCK)
             n += 1
             peer, body = parts[0], parts[1:]
             try:
@@ -189,8 +191,8 @@ class UserChannel(_Channel):
                 on_event: Callable[[str, Any], None], limit: int = 64) -> int:
         n = 0
         sock = self.socket
-        while n < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
+        while n < limit and sock.get(_EVENTS) & _POLLIN:
+            parts = sock.recv_multipart(_NOBLOCK)
             n += 1
             try:
                 kind, name, value = self._parse(parts)

@@ -192,12 +192,13 @@ class Netstack(Component):
     def _after_wakeup(self):
         if not self.active:
             return
-        now = time.monotonic()
-        dl = self.stack.next_deadline()
-        if dl is not None and dl <= now:
-            self.stack.poll(now)
         self._flush()
         dl = self.stack.next_deadline()
+        now = time.monotonic()
+        if dl is not None and dl <= now:
+            self.stack.poll(now)
+            self._flush()
+            dl = self.stack.next_deadline()
         if dl == self._armed_for:
             return  # re-arming on every wake-up would fill the timer heap with cancelled entries
         if self.timer is not None:
