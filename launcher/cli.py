@@ -181,10 +181,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _vm_summary(args) -> list[dict] | None:
+    """The VMs the launcher manages, if this build has the VM manager."""
+    try:
+        from ipc.protocols.vm import VM
+    except ImportError:
+        return None
+    with RpcClient(control_endpoint(args.runtime_dir), VM, timeout=5.0, retries=1) as c:
+        try:
+            return to_plain(c.call("list"))
+        except errors.IpcError:
+            return None
+
+
 def cmd_status(args) -> int:
     rows = call(args, "status")
+    vms = _vm_summary(args)
     if args.json:
-        out_json({"components": rows, "runtime_dir": args.runtime_dir})
+        out = {"components": rows, "runtime_dir": args.runtime_dir}
+        if vms is not None:
+            out["vms"] = vms
+        out_json(out)
         return 0
     for r in rows:
         d = r.get("details") or {}
@@ -192,6 +209,11 @@ def cmd_status(args) -> int:
         r["note"] = "; ".join(d.get("problems", [])[-1:]) if isinstance(d, dict) else ""
     print(table(rows, [("name", "NAME"), ("state", "STATE"), ("pid", "PID"), ("restarts", "RESTARTS"),
                        ("last_exit", "LAST EXIT"), ("since", "SINCE"), ("drops", "DROPS"), ("note", "NOTE")]))
+    if vms:
+        states: dict[str, int] = {}
+        for v in vms:
+            states[v["state"]] = states.get(v["state"], 0) + 1
+        print("vms: " + ", ".join(f"{n} {st}" for st, n in sorted(states.items())) + "  (qnet vm list)")
     return 0
 
 

@@ -25,8 +25,7 @@ pytestmark = pytest.mark.qemu
 
 BACKENDS = {"s1": "stream", "d1": "dgram", "t1": "tap"}
 BOOT_TIMEOUT = 120.0
-# Not `-m launcher.cli`: run as __main__, cli.py's COMMAND_MODULES is a second copy that the
-# command modules (cli_net, cli_vm) never register into.
+# Through launcher.cli.main, the same entry point as the installed `qnet` script.
 QNET = [sys.executable, "-c", "import sys; from launcher.cli import main; sys.exit(main())"]
 
 
@@ -141,6 +140,15 @@ def test_guest_and_qnet_ping_each_other(graph, name):
     assert res.returncode == 0 and re.search(r"[23] packets received", res.stdout), res.stdout + res.stderr
     res = graph.qnet("ping", "-c", "2", graph.lease(name), ok=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_status_counts_the_vms_beside_the_components(graph):
+    import json
+    res = graph.qnet("status", "--json")
+    vms = {v["name"]: v for v in json.loads(res.stdout)["vms"]}
+    assert set(BACKENDS) <= set(vms) and all(vms[n]["state"] == "running" for n in BACKENDS)
+    text = graph.qnet("status").stdout
+    assert "vms:" in text and "running" in text.split("vms:")[1]
 
 
 def test_exec_returns_the_guest_command_status(graph):
