@@ -34,8 +34,10 @@ MAX_PAYLOAD = 0xFFFF - IPV4_HEADER_LEN
 
 
 def is_martian(a: IPv4Address) -> bool:
-    """Addresses that never name a single remote host (RFC 1812 §5.3.7, §4.2.2.11)."""
-    return a in _THIS_NET or a.is_loopback or a.is_multicast or a in _CLASS_E
+    """Addresses that never name a single remote host (RFC 1812 §5.3.7, §4.2.2.11):
+    0/8 (this network), 127/8 (loopback), 224/4 (multicast) and 240/4 (class E)."""
+    first = int(a) >> 24
+    return first == 0 or first == 127 or first >= 224
 
 
 @dataclass(frozen=True)
@@ -113,21 +115,22 @@ class Ipv4Layer:
         c["rx_packets"] += 1
         src, dst = pkt.src, pkt.dst
         on_lo = dev.kind == LOOPBACK
-        # RFC 1122 §3.2.1.3: 127/8 and broadcast/multicast never appear as a source on a wire.
-        if src.is_multicast or src == LIMITED_BROADCAST or src in self.broadcasts or \
-                src in _CLASS_E or (not on_lo and (src.is_loopback or dst.is_loopback)):
+        s1, d1 = int(src) >> 24, int(dst) >> 24   # first octets: the checks below are on every packet
+        # RFC 1122 §3.2.1.3: 127/8 and broadcast/multicast never appear as a source on a wire
+        # (224/4 multicast, 240/4 class E and 255.255.255.255 all have a first octet >= 224).
+        if s1 >= 224 or src in self.broadcasts or (not on_lo and (s1 == 127 or d1 == 127)):
             c["rx_drop_martian"] += 1
             return
         if not on_lo and src in self.local:
             c["rx_drop_own_source"] += 1        # our own address from outside: spoofed or a loop
             return
-        if dst in self.local or (on_lo and dst.is_loopback):
+        if dst in self.local or (on_lo and d1 == 127):
             self._local_in(dev, pkt, link_broadcast, now)
         elif dst == LIMITED_BROADCAST or dst in self.broadcasts or dst == ALL_HOSTS:
             self._local_in(dev, pkt, True, now)
-        elif dst.is_multicast:
+        elif 224 <= d1 <= 239:
             c["rx_drop_multicast_not_joined"] += 1
-        elif dst in _THIS_NET or dst in _CLASS_E:
+        elif d1 == 0 or d1 >= 240:
             c["rx_drop_martian"] += 1
         else:
             self._forward(dev, pkt, link_broadcast, now)
