@@ -31,7 +31,6 @@ import re
 from typing import Any
 
 from ipc import errors
-from ipc.decl import to_plain
 from ipc.protocols.netstack import NETSTACK
 from ipc.rpc import RpcClient
 
@@ -394,5 +393,3 @@ class PortManager:
             self.route(r, True)
         self.save()
 
-
-_ = to_plain

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipc import errors
+from ipc.decl import to_plain
 from ipc.protocols.lifecycle import LIFECYCLE
 from ipc.rpc import RpcClient
 
@@ -35,8 +36,8 @@ STOP_GRACE = 3.0
 HEARTBEAT_DEADLINE = 6.0     # silent this long while running: unresponsive, restarted
 
 
-def _preexec() -> None:
-    # Runs in the child between fork and exec: die with the launcher.
+def die_with_parent() -> None:
+    """preexec_fn of every child (components, QEMU): PR_SET_PDEATHSIG, so no child outlives the launcher."""
     import ctypes
     try:
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)
@@ -225,7 +226,7 @@ class Supervisor:
         try:
             proc = subprocess.Popen([sys.executable, "-m", inst.spec.module], env=env, stdin=subprocess.DEVNULL,
                                     stdout=logf, stderr=subprocess.STDOUT, pass_fds=tuple(inst.fds.values()),
-                                    preexec_fn=_preexec, close_fds=True)
+                                    preexec_fn=die_with_parent, close_fds=True)
         finally:
             logf.close()
         log.info("started %s incarnation %d (pid %d)", inst.name, number, proc.pid)
@@ -444,7 +445,6 @@ def terminate_all(procs: list[subprocess.Popen], grace: float) -> None:
 
 
 def _plain(value: Any) -> Any:
-    from ipc.decl import to_plain
     return to_plain(value)
 
 

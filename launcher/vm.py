@@ -50,7 +50,7 @@ from ipc.protocols.vm import VM_ERRORS
 
 from .console import qemu_command
 from .ports import validate_port
-from .supervisor import Instance, _preexec, describe_exit, terminate_all
+from .supervisor import Instance, die_with_parent, describe_exit, terminate_all
 from .vmhost import (fail as _fail, free_root_port, iface_exists, ip, is_i440fx, no_ipv6, pid_alive, qemu_pid,
                      qmp_session, tap_names)
 
@@ -303,7 +303,7 @@ class VmManager:
             with open(vm.log, "wb") as logf:
                 # A file, not a pipe: a pipe nobody drains can keep a dead run alive.
                 vm.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                           pass_fds=pass_fds, preexec_fn=_preexec, close_fds=True)
+                                           pass_fds=pass_fds, preexec_fn=die_with_parent, close_fds=True)
         except BaseException as exc:
             self._remove_port(vm)
             self._cleanup_host(vm)

@@ -14,10 +14,9 @@ incarnation keeps receiving on them.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 from components.dhcpd import client as dclient
@@ -446,4 +445,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-_ = (ipaddress, IPv4Network)

@@ -13,8 +13,6 @@ frame bytes.
 """
 from __future__ import annotations
 
-import time
-
 import zmq
 
 from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend
@@ -190,4 +188,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-_ = time

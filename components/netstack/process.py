@@ -13,7 +13,6 @@ new incarnation announces itself (``started`` event): reconcile, not replay.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import struct
 import time
@@ -556,4 +555,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-_ = (ipaddress, os)

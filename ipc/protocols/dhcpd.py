@@ -1,6 +1,6 @@
 """dhcpd's control interface: DHCPv4 servers for guest-facing ports, clients for uplinks."""
 from ..decl import Method, Protocol, Version
-from ..types import ANY, BOOL, IPV4, IPV4_IFACE, NAME, Field, Int, List, Optional, Str, U32, struct
+from ..types import ANY, BOOL, IPV4, IPV4_IFACE, NAME, Field, Int, List, Optional, Str, struct
 
 DHCP_ERRORS = ("not_found", "bad_argument", "failed")
 
@@ -44,4 +44,3 @@ DHCPD = Protocol(
                doc="A port's link changed (clients restart with INIT-REBOOT on link up)."),
     ),
 )
-_ = U32

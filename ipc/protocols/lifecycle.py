@@ -1,6 +1,6 @@
 """Protocols between the launcher and every component."""
 from ..decl import Event, Method, Protocol, Version
-from ..types import ANY, BOOL, FLOAT, NAME, Bytes, Field, Int, Optional, Str, U16, U32, struct
+from ..types import ANY, BOOL, NAME, Bytes, Field, Optional, Str, U16, U32, struct
 
 # A component's state, handed from one incarnation to the next through the
 # launcher. ``schema`` is the component's own state version: a successor that
@@ -42,6 +42,4 @@ SUPERVISOR = Protocol(
     ),
 )
 
-COMPONENT_STATUS = ANY
 __all__ = ["LIFECYCLE", "SUPERVISOR", "SNAPSHOT"]
-_ = (FLOAT, Int)

@@ -139,4 +139,3 @@ DATAGRAM = Protocol(
               doc="user -> netstack on connect, so that datagrams can be routed to this identity."),
     ),
 )
-_ = (ANY, Bytes)
