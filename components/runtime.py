@@ -35,7 +35,8 @@ from ipc import errors, registry
 from ipc.decl import Protocol, encode
 from ipc.events import Reporter
 from ipc.protocols.lifecycle import LIFECYCLE, SUPERVISOR
-from ipc.rpc import RpcServer
+from ipc.channel import DEFAULT_DATA_HWM
+from ipc.rpc import HARD_MAX_MESSAGE, RpcServer
 
 HEARTBEAT_INTERVAL = 1.0
 PR_SET_PDEATHSIG = 1
@@ -373,8 +374,12 @@ class Runtime:
             own = self.component.status()
         except Exception as exc:
             own = {"status_error": str(exc)}
+        lim = self.rpc.limits
         return {"state": self.state, "incarnation": self.incarnation, "pid": os.getpid(),
-                "ipc": dict(self.rpc.counters), "loop_errors": self.loop.errors, **own}
+                "ipc": dict(self.rpc.counters),
+                "ipc_limits": {"max_message": lim.max_message, "hard_max_message": HARD_MAX_MESSAGE,
+                               "queue_depth": lim.hwm, "data_queue_depth": DEFAULT_DATA_HWM},
+                "loop_errors": self.loop.errors, **own}
 
     def heartbeat(self) -> None:
         self.reporter.emit("heartbeat", name=self.name, incarnation=self.incarnation, pid=os.getpid(),
