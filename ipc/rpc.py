@@ -393,6 +393,63 @@ class RpcClient:
             return method.decode_result(parts[1])
 
 
+class AsyncRpcClient(RpcClient):
+    """Calls that do not block the caller's loop: ``start`` sends, ``replies`` collects.
+
+    Register ``socket`` in the loop; when it is readable, ``replies()`` returns
+    ``(req_id, result_or_IpcError)`` pairs for the calls that were answered. A
+    call nobody answers is the caller's to time out (keep its own deadline).
+    """
+
+    def __init__(self, endpoint: str, protocol: Protocol, **kw: Any):
+        super().__init__(endpoint, protocol, **kw)
+        self._pending: dict[int, Method] = {}
+        self.max_pending = 256
+
+    def start(self, method_name: str, /, **kwargs: Any) -> int:
+        method = self.protocol.method_by_name.get(method_name)
+        if method is None:
+            raise errors.UnknownMethod(f"{self.protocol.name} has no method {method_name!r}")
+        body = encode(kwargs)
+        method.decode_args(body)
+        if len(self._pending) >= self.max_pending:
+            raise errors.Unavailable(f"{self.endpoint}: {self.max_pending} calls already outstanding")
+        req_id = next(self._ids)
+        header = encode([KIND_CALL, req_id, self.protocol.name, str(self.protocol.version), method_name])
+        try:
+            self.socket.send_multipart([header, body], zmq.NOBLOCK)
+        except zmq.Again:
+            raise errors.Unavailable(f"{self.endpoint}: cannot send (no connection or queue full)") from None
+        self._pending[req_id] = method
+        return req_id
+
+    def forget(self, req_id: int) -> None:
+        """The caller gave up on a call; a late reply is then counted as stale."""
+        self._pending.pop(req_id, None)
+
+    def replies(self) -> list[tuple[int, Any]]:
+        out: list[tuple[int, Any]] = []
+        sock = self.socket
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
+            try:
+                h = _raw_decoder.decode(parts[0]) if len(parts) == 2 else None
+            except msgspec.DecodeError:
+                h = None
+            method = self._pending.pop(h[1], None) if isinstance(h, list) and len(h) == 2 else None
+            if method is None:
+                self.counters["stale_replies"] += 1
+                continue
+            if h[0] == KIND_ERR:
+                out.append((h[1], _decode_error(parts[1])))
+                continue
+            try:
+                out.append((h[1], method.decode_result(parts[1])))
+            except errors.IpcError as exc:
+                out.append((h[1], exc))
+        return out
+
+
 def _decode_error(body: bytes) -> errors.IpcError:
     try:
         return errors.from_wire(_raw_decoder.decode(body))

@@ -29,9 +29,10 @@ from ipc import errors
 from ipc.events import Subscriber
 from ipc.protocols.dhcpd import DHCPD
 from ipc.protocols.netstack import NETSTACK
-from ipc.rpc import RpcClient
+from ipc.rpc import AsyncRpcClient, RpcClient
 
 OWNER = "dhcpd"
+PROBE_WAIT = 0.3   # seconds an offered address's echo probe waits for an answer
 
 
 class _Server:
@@ -62,7 +63,7 @@ def _server_config(cfg: dict) -> dserver.ServerConfig:
         dns=tuple(IPv4Address(d) for d in cfg.get("dns", [])), domain=cfg.get("domain"),
         mtu=cfg.get("mtu"), lease_time=int(cfg.get("lease_time", 3600)),
         reservations={k: IPv4Address(v) for k, v in (cfg.get("reservations") or {}).items()},
-        probe=True, probe_timeout=0.5)
+        probe=True, probe_timeout=PROBE_WAIT + 0.5)
 
 
 def _saved_applied(saved: dict, port: str) -> dict | None:
@@ -88,6 +89,8 @@ class Dhcpd(Component):
             raise SystemExit("dhcpd: the graph must give it qnet.datagram and qnet.netstack")
         self.dg = DatagramClient(dg_peer, OWNER)
         self.ns = RpcClient(ns_peer["rpc"], NETSTACK, timeout=3.0, retries=2)
+        self.prober = AsyncRpcClient(ns_peer["rpc"], NETSTACK)
+        self.probes: dict[int, tuple[str, int]] = {}   # outstanding echo probes: req -> (port, token)
         self.ns_events = Subscriber([NETSTACK], [ns_peer["pub"]])
         self.servers: dict[str, _Server] = {}
         self.clients: dict[str, _Client] = {}
@@ -111,6 +114,7 @@ class Dhcpd(Component):
             self.saved.update(state)
         self.rt.loop.add_reader(self.dg.socket, self._on_datagrams)
         self.rt.loop.add_reader(self.ns_events.socket, self._on_ns_events)
+        self.rt.loop.add_reader(self.prober.socket, self._on_probe_replies)
         self.rt.loop.idle_hooks.append(self._rearm)
         self.dg.hello()
 
@@ -151,6 +155,7 @@ class Dhcpd(Component):
     def close(self):
         self.dg.close()
         self.ns.close()
+        self.prober.close()
         self.ns_events.close()
 
     # -- sockets -----------------------------------------------------------------------------
@@ -209,9 +214,25 @@ class Dhcpd(Component):
                     dst = BROADCAST
                 self._send(srv.sid, a.msg, dst, a.dst_port, srv.port)
             elif isinstance(a, dserver.ProbeAddress):
-                in_use = self._probe(a.address)
-                self._server_actions(srv, srv.core.probe_result(a.token, in_use, time.monotonic()))
+                # Asked without blocking: other clients are served while the echo is out.
+                # No answer at all is the core's to time out (probe_timeout: "nobody uses it").
+                try:
+                    req = self.prober.start("ping", dst=str(a.address), count=1, interval=0.1,
+                                            timeout=PROBE_WAIT, size=0)
+                    self.probes[req] = (srv.port, a.token)
+                except errors.IpcError:
+                    self._server_actions(srv, srv.core.probe_result(a.token, False, time.monotonic()))
         self.persist()
+
+    def _on_probe_replies(self):
+        now = time.monotonic()
+        for req, result in self.prober.replies():
+            port, token = self.probes.pop(req, (None, None))
+            srv = self.servers.get(port)
+            if srv is None:
+                continue
+            in_use = not isinstance(result, errors.IpcError) and bool(result.received)
+            self._server_actions(srv, srv.core.probe_result(token, in_use, now))
 
     def _probe(self, address: IPv4Address) -> bool:
         """Conflict check before offering: an ICMP echo sent by netstack."""
