@@ -278,6 +278,12 @@ COMMAND_MODULES: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="qnet", description="qnet: a microkernel-style user-space network stack for QEMU VMs.")
+    try:
+        from importlib.metadata import version as _version
+        ver = _version("qnet")
+    except Exception:
+        ver = "unknown"
+    ap.add_argument("--version", action="version", version=f"qnet {ver}")
     ap.add_argument("--runtime-dir", default=default_runtime_dir(),
                     help="where the graph's sockets, logs and state live (default: $QNET_RUNTIME_DIR or %(default)s)")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
