@@ -163,14 +163,16 @@ def test_two_vms_reach_each_other_through_qnet_forwarding(graph):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_driver_restart_during_guest_ping_loses_at_most_3(graph):
+@pytest.mark.parametrize("component", ["ethdriver.s1", "dhcpd"])
+def test_restart_during_guest_ping_loses_at_most_3_and_the_guest_keeps_its_lease(graph, component):
     before = graph.lease("s1")
+    leases_before = json.loads(graph.qnet("dhcp", "leases", "--json").stdout)["leases"]
     ping = subprocess.Popen([*QNET, "--runtime-dir", graph.run, "vm", "exec",
                              "--timeout", "40", "s1", f"ping -c 50 -i 0.1 {graph.router('s1')}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
-        res = graph.qnet("restart", "ethdriver.s1", "--json")
+        res = graph.qnet("restart", component, "--json")
         assert json.loads(res.stdout)["new_pid"] != json.loads(res.stdout)["old_pid"]
         out, err = ping.communicate(timeout=60)
     finally:
@@ -183,6 +185,10 @@ def test_driver_restart_during_guest_ping_loses_at_most_3(graph):
     assert graph.lease("s1") == before
     res = graph.exec("s1", "ip -4 addr show dev eth0")
     assert f"inet {before}/24" in res.stdout, res.stdout
+    # the server still holds every lease it gave out (a restarted dhcpd never forgets one)
+    after = json.loads(graph.qnet("dhcp", "leases", "--json").stdout)["leases"]
+    assert {(r["port"], r["address"], r["mac"]) for r in leases_before if r["role"] == "server"} <= \
+        {(r["port"], r["address"], r["mac"]) for r in after if r["role"] == "server"}
 
 
 def test_link_down_and_up_reaches_guest_and_tap_port(graph):
