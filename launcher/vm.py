@@ -127,6 +127,27 @@ class VmManager:
         self.logdir = os.path.join(self.run, "logs")
         self.vms: dict[str, Vm] = {}
         self.counters = {"started": 0, "attached": 0, "exited": 0, "records_dropped": 0}
+        self._ifaces_file = os.path.join(self.run, "vm-interfaces")
+        self._remove_stale_interfaces()
+
+    def _remove_stale_interfaces(self) -> None:
+        """Host interfaces a previous launcher made for TAP VMs and could not remove (it was killed)."""
+        try:
+            with open(self._ifaces_file) as f:
+                names = [ln.strip() for ln in f if ln.strip()]
+        except FileNotFoundError:
+            names = []
+        for ifname in names:
+            if iface_exists(ifname):
+                log.warning("removing host interface %s left by a previous launcher", ifname)
+                with contextlib.suppress(Exception):
+                    ip("link", "del", ifname)
+        with open(self._ifaces_file, "w"):
+            pass
+
+    def _record_interface(self, ifname: str) -> None:
+        with open(self._ifaces_file, "a") as f:
+            f.write(ifname + "\n")
 
     # -- allocation -----------------------------------------------------------------------------
     def _free_subnet(self) -> int:
@@ -323,8 +344,10 @@ class VmManager:
         for ifname in (qv, qb):
             if iface_exists(ifname):
                 raise _fail(f"host interface {ifname} exists already (left by another VM?)", "exists")
+        self._record_interface(qb)
         ip("link", "add", qb, "type", "bridge")
         vm.ifaces.append(qb)
+        self._record_interface(qv)
         ip("tuntap", "add", "dev", qv, "mode", "tap")
         vm.ifaces.insert(0, qv)
         ip("link", "set", qv, "master", qb, "up")
