@@ -330,7 +330,9 @@ class RpcClient:
         """Ask the server whether it speaks a compatible version of our protocol."""
         return self._roundtrip("", encode({}), None, timeout or self.timeout)
 
-    def call(self, method_name: str, /, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(self, method_name: str, timeout: float | None = None, /, **kwargs: Any) -> Any:
+        """Call a method with keyword arguments; ``timeout`` (seconds) is positional only,
+        so that a method may have an argument named ``timeout`` of its own (netstack.ping)."""
         method = self.protocol.method_by_name.get(method_name)
         if method is None:
             raise errors.UnknownMethod(f"{self.protocol.name} has no method {method_name!r}")
@@ -457,7 +459,7 @@ def _decode_error(body: bytes) -> errors.IpcError:
         return errors.BadMessage("error reply is not MessagePack")
 
 
-def call_once(endpoint: str, protocol: Protocol, method: str, timeout: float = 5.0, **kwargs: Any) -> Any:
+def call_once(endpoint: str, protocol: Protocol, method: str, timeout: float = 5.0, /, **kwargs: Any) -> Any:
     """A one-shot client for command-line use."""
     with RpcClient(endpoint, protocol, timeout=timeout, retries=0) as client:
         return client.call(method, **kwargs)

@@ -249,7 +249,7 @@ class Supervisor:
                     raise StartFailed(f"{inst.name} exited ({describe_exit(code)}) before it was ready; "
                                       f"see 'qnet logs {inst.name}'")
                 try:
-                    lc.call("status", timeout=0.25)
+                    lc.call("status", 0.25)
                     return
                 except errors.Timeout:
                     if time.monotonic() > deadline:

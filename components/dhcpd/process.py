@@ -237,7 +237,8 @@ class Dhcpd(Component):
     def _probe(self, address: IPv4Address) -> bool:
         """Conflict check before offering: an ICMP echo sent by netstack."""
         try:
-            res = self.ns.call("ping", dst=str(address), count=1, interval=0.1, timeout=0.3, size=0)
+            res = self.ns.call("ping", PROBE_WAIT + 2.0, dst=str(address), count=1, interval=0.1,
+                               timeout=PROBE_WAIT, size=0)
         except errors.IpcError:
             return False
         return bool(res.received)

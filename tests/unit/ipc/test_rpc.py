@@ -79,7 +79,7 @@ def test_call_once_is_a_one_shot_client(safe_server):
 
 def test_a_large_but_allowed_body_is_served(client):
     data = b"\xab" * (1 << 20)
-    assert client.call("echo", data=data, timeout=10) == data
+    assert client.call("echo", 10, data=data) == data
 
 
 # -- typed errors -------------------------------------------------------------------------------
