@@ -45,11 +45,17 @@ def run(manifest: str | None, runtime_dir: str, *, console: bool, on_up=None) ->
     logging.getLogger("qnet.launcher").info("graph %s from %s, runtime dir %s", graph.name, graph.source, runtime_dir)
     try:
         launcher.start_all()
-    except StartFailed as exc:
+    except (StartFailed, ManifestError) as exc:
         logging.getLogger("qnet.launcher").error("%s", exc)
         print(f"qnet: {exc}", file=sys.stderr, flush=True)
         launcher.close()
         return 1
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        logging.getLogger("qnet.launcher").exception("starting the graph failed")
+        print(f"qnet: internal error while starting the graph: {type(exc).__name__}: {exc} "
+              f"(see {runtime_dir}/logs/launcher.log)", file=sys.stderr, flush=True)
+        launcher.close()
+        return 70
     if on_up is not None:
         on_up(launcher)
     launcher.serve()

@@ -189,8 +189,11 @@ def parse(text: str, source: str) -> Graph:
     _check_interfaces(loc, {**components, **templates})
     order = _start_order(loc, components)
     transport = _transport(loc, graph_tbl)
-    return Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations, transport=transport,
+    graph = Graph(name=str(graph_tbl.get("name", "unnamed")), source=source, declarations=declarations, transport=transport,
                  components=components, order=order, raw=raw, pythonpath=pythonpath, templates=templates)
+    from .ports import manifest_ports  # ports and routes are checked before anything starts, too
+    manifest_ports(graph)
+    return graph
 
 
 def _transport(loc: _Locator, g: dict) -> dict[str, Any]:

@@ -113,20 +113,35 @@ def validate_route(r: dict[str, Any]) -> dict[str, Any]:
     return {"prefix": prefix, "via": via, "dev": dev, "metric": metric}
 
 
+def _line_of(graph, header: str) -> str:
+    """FILE:LINE of a table header in the manifest, or FILE when it cannot be found."""
+    try:
+        with open(graph.source, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip().replace(" ", "").startswith(header.replace(" ", "")):
+                    return f"{graph.source}:{i}"
+    except OSError:
+        pass
+    return graph.source
+
+
 def manifest_ports(graph) -> tuple[dict[str, dict], list[dict]]:
     ports, routes = {}, []
     for name, cfg in (graph.raw.get("ports") or {}).items():
+        where = _line_of(graph, f"[ports.{name}]")
         if not isinstance(cfg, dict):
-            raise ManifestError(f"{graph.source}: [ports.{name}] must be a table")
+            raise ManifestError(f"{where}: [ports.{name}] must be a table")
         try:
             ports[name] = validate_port(name, cfg)
         except (ValueError, TypeError) as exc:
-            raise ManifestError(f"{graph.source}: [ports.{name}]: {exc}") from None
+            raise ManifestError(f"{where}: [ports.{name}]: {exc}") from None
+    if not isinstance(graph.raw.get("routes") or [], list):
+        raise ManifestError(f"{graph.source}: routes must be [[routes]] tables")
     for r in graph.raw.get("routes") or []:
         try:
             routes.append(validate_route(r))
-        except (ValueError, TypeError) as exc:
-            raise ManifestError(f"{graph.source}: [[routes]]: {exc}") from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ManifestError(f"{_line_of(graph, '[[routes]]')}: [[routes]]: {exc}") from None
     return ports, routes
 
 

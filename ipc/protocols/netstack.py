@@ -24,7 +24,7 @@ ROUTE = struct(
     Field("gateway", Optional(IPV4)),
     Field("device", Optional(NAME)),
     Field("metric", U32),
-    Field("origin", Str(max_len=16), doc="connected | static"),
+    Field("origin", Str(max_len=32), doc="connected | static, with ' (inactive)' while its port is down"),
 )
 
 NEIGHBOR = struct(
