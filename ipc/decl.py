@@ -7,6 +7,7 @@ validate every message against it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,8 @@ class Method:
         try:
             return self._args_decoder.decode(body)
         except msgspec.ValidationError as exc:
-            raise errors.InvalidArgument(f"{self.name}: {exc}") from None
+            raise errors.InvalidArgument(f"{self.name}: {readable_validation_error(str(exc))}",
+                                         details={"raw": str(exc)}) from None
         except msgspec.DecodeError as exc:
             raise errors.BadMessage(f"{self.name}: arguments are not MessagePack ({exc})") from None
 
@@ -212,6 +214,27 @@ def _collect_structs(proto: Protocol) -> list[Struct]:
         for f in e.fields:
             walk(f.type)
     return list(seen.values())
+
+
+# msgspec shows a pattern with its backslashes doubled.
+NAME_PATTERN_AS_SHOWN = "^[A-Za-z0-9][A-Za-z0-9_." + "\\" * 2 + "-]*$"
+_PATTERN_WORDS = {
+    "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$": "a MAC address like 52:54:00:12:34:56",
+    NAME_PATTERN_AS_SHOWN: "a name of letters, digits, '.', '_' and '-'",
+}
+
+
+def readable_validation_error(text: str) -> str:
+    """msgspec's "Expected `int` >= 64 - at `$.mem_mb`" as "mem_mb: expected an integer >= 64"."""
+    reason, sep, where = text.partition(" - at `$")
+    field_path = where.rstrip("`").lstrip(".") if sep else ""
+    m = re.match(r"Expected `str` matching regex '(.*)'$", reason)
+    if m:
+        reason = "expected " + _PATTERN_WORDS.get(m.group(1), f"text matching {m.group(1)}")
+    else:
+        reason = reason.replace("Expected `int`", "expected an integer").replace("Expected `str`", "expected text")
+        reason = reason.replace("Expected `", "expected `")
+    return f"{field_path}: {reason}" if field_path else reason
 
 
 def to_plain(value: Any) -> Any:

@@ -87,7 +87,7 @@ def cmd_port(args) -> int:
         if backend == "dgram" and not args.peer:
             raise CliError("qnet port add: --dgram needs --peer PATH (QEMU's local.path)", EXIT_USAGE)
         res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
-                   create=not args.no_create, mac=args.mac, mtu=args.mtu, forwarding=not args.no_forwarding,
+                   create=not args.no_create, mac=args.mac.lower() if args.mac else None, mtu=args.mtu, forwarding=not args.no_forwarding,
                    path=args.stream or args.dgram, peer_path=args.peer,
                    dhcp="client" if args.dhcp else ("server" if args.dhcp_server else None),
                    addresses=[_iface(a) for a in args.addr or []])

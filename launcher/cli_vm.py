@@ -56,7 +56,7 @@ def _find(args, name: str) -> dict | None:
 def cmd_start(args) -> int:
     t0 = time.monotonic()
     info = vm_call(args, "start", wait=60.0, name=args.name, mem_mb=args.mem, backend=args.backend,
-                   image=os.path.abspath(args.image) if args.image else None, mac=args.mac, smp=args.smp)
+                   image=os.path.abspath(args.image) if args.image else None, mac=args.mac.lower() if args.mac else None, smp=args.smp)
     if not args.json:
         print(f"vm {info['name']}: QEMU pid {info['pid']}, {info['backend']} port {info['port']} "
               f"({info['address']}), MAC {info['mac']}", flush=True)
@@ -153,7 +153,7 @@ def cmd_stop(args) -> int:
 
 def cmd_attach(args) -> int:
     info = vm_call(args, "attach", wait=30.0, name=args.name, qmp=os.path.abspath(args.qmp),
-                   backend=args.backend, bus=args.bus, mac=args.mac)
+                   backend=args.backend, bus=args.bus, mac=args.mac.lower() if args.mac else None)
     if args.json:
         out_json(info)
         return 0
