@@ -127,7 +127,7 @@ class VmManager:
         self.logdir = os.path.join(self.run, "logs")
         self.vms: dict[str, Vm] = {}
         self.counters = {"started": 0, "attached": 0, "exited": 0, "records_dropped": 0}
-        self._ifaces_file = os.path.join(self.run, "vm-interfaces")
+        self._ifaces_file = os.path.join(self.run, "host-interfaces")
         self._remove_stale_interfaces()
 
     def _remove_stale_interfaces(self) -> None:
@@ -605,3 +605,6 @@ class VmManager:
                 with contextlib.suppress(errors.RemoteError):
                     qmp_session(vm.qmp, lambda c, d=vm.device: c.execute("device_del", {"id": d}), timeout=1.0)
             self._cleanup_host(vm)
+        # Everything we made is gone: nothing for the next launcher to clean up.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._ifaces_file)
