@@ -105,7 +105,7 @@ def run(args) -> int:
         demo.qnet("vm", "exec", "vm2", f"ping -c 3 -W 2 {vm1}")
         demo.qnet("ping", "-c", "3", "-i", "0.2", vm2)
 
-        demo.step("restart vm1's driver and the DHCP component while vm1 pings vm2 (100 pings, 0.1 s apart)")
+        demo.step("restart vm1's driver, the DHCP component and netstack while vm1 pings vm2 (100 pings, 0.1 s apart)")
         pinger = demo.start_bg("vm", "exec", "--timeout", "60", "vm1", f"ping -c 100 -i 0.1 -W 1 {vm2}")
         time.sleep(2.0)
         demo.qnet("restart", "ethdriver.vm1")
