@@ -3,8 +3,8 @@
 It brings up the default graph in a private runtime directory, boots two
 guests on two ports (they get their addresses from qnet's DHCP server), has
 each ping the stack and the other guest through qnet's forwarding, restarts
-the first guest's driver and the DHCP component while a ping runs, shows that
-nothing was lost, and prints `qnet status`. It leaves nothing running unless
+the first guest's driver, the DHCP component and netstack while a ping runs,
+shows that nothing was lost, and prints `qnet status`. It leaves nothing running unless
 asked (--keep).
 """
 from __future__ import annotations
