@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.common import Table, arg_parser, fmt_ratio, log, machine_info, ratio, write_json
-from launcher.console import ConsoleClosed, SerialConsole, qemu_command
+from launcher.console import ConsoleClosed, ConsoleLogTail, SerialConsole, qemu_command, tail_text
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "images" / "out"
@@ -49,7 +49,6 @@ POLL = 0.01                  # console log polling interval: the resolution of b
 PING_INTERVAL = 0.05
 KERNEL_HOST, KERNEL_GUEST = "10.99.0.1", "10.99.0.2"   # inside the private namespace only
 SLIRP_GATEWAY = "10.0.2.2"
-_EVENT = re.compile(r"QNET-GUEST: (\S+) ?(.*)")
 _REPLY = re.compile(r"seq=(\d+) ttl=\d+ time=([\d.]+) ms")
 _COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 _SUMMARY = re.compile(r"min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms")
@@ -100,23 +99,12 @@ class Boot:
 def follow_console(boot: Boot, want: str, timeout: float) -> None:
     """Poll the console log, stamping each guest event when first seen, until `want` appears."""
     deadline = time.monotonic() + timeout
-    offset, pending = 0, b""
+    log = ConsoleLogTail(boot.console_log)
     while True:
-        try:
-            with open(boot.console_log, "rb") as f:
-                f.seek(offset)
-                data = f.read(1 << 20)
-        except FileNotFoundError:
-            data = b""
+        events = log.events()
         now = boottime()
-        offset += len(data)
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()
-        for raw in lines:
-            m = _EVENT.search(raw.decode("utf-8", "replace").replace("\r", ""))
-            if m is None:
-                continue
-            event, rest = m.group(1), m.group(2).split()
+        for event, text in events:
+            rest = text.split()
             key = f"{event} {rest[0]}" if event != "ready" and rest else event
             boot.events.setdefault(key, now)
             if event == "lease" and boot.lease is None and len(rest) >= 4:
@@ -127,19 +115,8 @@ def follow_console(boot: Boot, want: str, timeout: float) -> None:
             raise TimeoutError(f"{boot.kind}: no {want!r} on the guest console within {timeout:g} s"
                                f" (events: {sorted(boot.events)})")
         if not boot.alive():
-            raise RuntimeError(f"{boot.kind}: QEMU exited before {want!r}: {_tail(boot.qemu_log)}")
+            raise RuntimeError(f"{boot.kind}: QEMU exited before {want!r}: {tail_text(boot.qemu_log)}")
         time.sleep(POLL)
-
-
-def _tail(path: str | None, size: int = 300) -> str:
-    if not path:
-        return "(no log)"
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-            return " ".join(f.read().decode("utf-8", "replace").split()) or "(empty log)"
-    except OSError:
-        return "(no log)"
 
 
 # -- qnet ------------------------------------------------------------------------------------

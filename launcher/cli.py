@@ -41,14 +41,20 @@ def launcher_client(args, timeout: float = 10.0) -> RpcClient:
     return RpcClient(control_endpoint(run), LAUNCHER, timeout=timeout, retries=1)
 
 
+def answer(client: RpcClient, who: str, wait: float, method: str, /, **kw) -> Any:
+    """One call as plain values; its errors become the CLI's one-line errors. Positional-only
+    parameters: a method's own arguments (netstack.ping's ``timeout``) pass through ``kw``."""
+    try:
+        return to_plain(client.call(method, **kw))
+    except errors.Timeout:
+        raise CliError(f"{who} did not answer within {wait:g} s") from None
+    except errors.IpcError as exc:
+        raise CliError(str(exc)) from None
+
+
 def call(args, method: str, timeout: float = 10.0, **kw) -> Any:
     with launcher_client(args, timeout) as c:
-        try:
-            return to_plain(c.call(method, **kw))
-        except errors.Timeout:
-            raise CliError(f"the launcher in {args.runtime_dir} did not answer within {timeout:g} s") from None
-        except errors.IpcError as exc:
-            raise CliError(str(exc)) from None
+        return answer(c, f"the launcher in {args.runtime_dir}", timeout, method, **kw)
 
 
 def table(rows: list[dict], cols: list[tuple[str, str]]) -> str:

@@ -12,12 +12,10 @@ import signal
 import sys
 import time
 
-from ipc import errors
-from ipc.decl import to_plain
 from ipc.protocols.netstack import NETSTACK
 from ipc.rpc import RpcClient
 
-from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, call, out_json, table
+from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, answer, call, out_json, table
 
 
 def provider_endpoint(args, protocol: str, what: str) -> str:
@@ -42,12 +40,7 @@ def provider_call(args, protocol, what: str, method: str, call_timeout: float = 
     """Call a method of the component that provides ``protocol``; errors become one CLI line."""
     ep = provider_endpoint(args, protocol.name, what)
     with RpcClient(ep, protocol, timeout=call_timeout, retries=retries) as c:
-        try:
-            return to_plain(c.call(method, **kw))
-        except errors.Timeout:
-            raise CliError(f"{what} did not answer within {call_timeout:g} s") from None
-        except errors.IpcError as exc:
-            raise CliError(str(exc)) from None
+        return answer(c, what, call_timeout, method, **kw)
 
 
 def netstack_call(args, method: str, timeout: float = 10.0, **kw):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import select
 import socket
 import sys
@@ -20,10 +19,9 @@ from ipc.protocols.vm import VM
 from ipc.rpc import RpcClient
 
 from .cli import COMMAND_MODULES, CliError, EXIT_NOT_UP, EXIT_USAGE, call, out_json, table
-from .console import ConsoleClosed, SerialConsole
+from .console import ConsoleClosed, ConsoleLogTail, SerialConsole, tail_text
 from .service import control_endpoint
 
-_EVENT = re.compile(r"QNET-GUEST: (\S+)(.*)")
 ESCAPE = b"\x1d"  # Ctrl-]
 
 
@@ -82,22 +80,9 @@ def _follow_boot(args, info: dict, want: str, t0: float) -> str | None:
     """Print the guest's QNET-GUEST events from its console log until ``want`` (lease | ready)."""
     path = info["console_log"]
     deadline = time.monotonic() + args.timeout
-    offset, pending, next_check = 0, b"", 0.0
+    log, next_check = ConsoleLogTail(path), 0.0
     while time.monotonic() < deadline:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(1 << 20)
-        except OSError:
-            data = b""
-        offset += len(data)
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()
-        for raw in lines:
-            m = _EVENT.search(raw.decode("utf-8", "replace").replace("\r", ""))
-            if m is None:
-                continue
-            event, rest = m.group(1), m.group(2).strip()
+        for event, rest in log.events():
             if not args.json:
                 print(f"  {time.monotonic() - t0:5.1f} s  {event} {rest}".rstrip(), flush=True)
             if event == want == "ready":
@@ -109,19 +94,10 @@ def _follow_boot(args, info: dict, want: str, t0: float) -> str | None:
             vm = _find(args, info["name"])
             if vm is None or vm["state"] != "running":
                 how = vm["exit"] if vm else "it was removed"
-                raise CliError(f"vm {info['name']}: QEMU exited ({how}); see {info['log']}: {_tail(info['log'])}")
+                raise CliError(f"vm {info['name']}: QEMU exited ({how}); see {info['log']}: {tail_text(info['log'])}")
         time.sleep(0.1)
     raise CliError(f"vm {info['name']}: no {want} from the guest within {args.timeout:g} s "
                    f"(it keeps running; see {path}, or --no-wait)")
-
-
-def _tail(path: str, size: int = 300) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-            return " ".join(f.read().decode("utf-8", "replace").split()) or "(empty)"
-    except OSError:
-        return "(no log)"
 
 
 # -- list, stop, attach, detach, link ------------------------------------------------------------------

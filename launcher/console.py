@@ -253,6 +253,55 @@ def _compile(pattern: bytes | str | re.Pattern[bytes]) -> re.Pattern[bytes]:
     return re.compile(re.escape(pattern))
 
 
+# --- the console log file --------------------------------------------------------------------
+
+GUEST_EVENT = re.compile(r"QNET-GUEST: (\S+) ?(.*)")
+
+
+class ConsoleLogTail:
+    """Follows a guest's console log file (QEMU's chardev ``logfile=``) as it grows.
+
+    ``events()`` returns the QNET-GUEST events of the lines completed since the last call, as
+    ``(event, rest)`` pairs: ("lease", "eth0 10.77.1.10/24 router 10.77.1.1 dns none").
+    A file that does not exist yet reads as empty.
+    """
+
+    def __init__(self, path: str, chunk: int = 1 << 20):
+        self.path = path
+        self.chunk = chunk
+        self._offset = 0
+        self._pending = b""
+
+    def events(self) -> list[tuple[str, str]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read(self.chunk)
+        except OSError:
+            data = b""
+        self._offset += len(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        out = []
+        for raw in lines:
+            m = GUEST_EVENT.search(raw.decode("utf-8", "replace").replace("\r", ""))
+            if m is not None:
+                out.append((m.group(1), m.group(2).strip()))
+        return out
+
+
+def tail_text(path: str | None, size: int = 300) -> str:
+    """The last ``size`` bytes of a log file on one line, for an error message."""
+    if not path:
+        return "(no log)"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return " ".join(f.read().decode("utf-8", "replace").split()) or "(empty)"
+    except OSError:
+        return "(no log)"
+
+
 # --- QEMU command line ----------------------------------------------------------------------
 
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"

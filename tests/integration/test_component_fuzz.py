@@ -3,8 +3,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -16,14 +14,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ipc.protocols.netstack import NETSTACK
 from ipc.rpc import RpcClient
 
-from .conftest import REPO
+from .conftest import run_qnet
 
 
-def _qnet(run, *args, timeout=60):
-    env = dict(os.environ)
-    env.pop("QNET_RUNTIME_DIR", None)
-    return subprocess.run([sys.executable, "-m", "launcher.cli", "--runtime-dir", run, *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +24,16 @@ def default_graph():
     work = tempfile.mkdtemp(prefix="qf", dir="/tmp")
     run = os.path.join(work, "r")
     try:
-        res = _qnet(run, "up", "--detach", "--timeout", "40")
+        res = run_qnet(run, "up", "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
         yield run
     finally:
-        _qnet(run, "down", timeout=30)
+        run_qnet(run, "down", timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _pids(run):
-    res = _qnet(run, "status", "--json")
+    res = run_qnet(run, "status", "--json")
     assert res.returncode == 0, res.stderr
     return {r["name"]: r["pid"] for r in json.loads(res.stdout)["components"]}
 

@@ -5,29 +5,21 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-from .conftest import REPO
+from .conftest import run_qnet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                 reason="needs root and /dev/net/tun (TAP ports)")
 
 
-def _qnet(run, *args, timeout=60):
-    env = dict(os.environ)
-    env.pop("QNET_RUNTIME_DIR", None)
-    return subprocess.run([sys.executable, "-c", "import sys; from launcher.cli import main; sys.exit(main())",
-                           "--runtime-dir", run, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _json(run, *args):
-    res = _qnet(run, *args, "--json")
+    res = run_qnet(run, *args, "--json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -77,7 +69,7 @@ def test_declared_ports_come_up_survive_a_netstack_crash_and_go_with_the_graph()
     with open(path, "w") as f:
         f.write(MANIFEST.format(tap0=tap0, tap1=tap1, a=a, b=b))
     try:
-        res = _qnet(run, "up", "-f", path, "--detach")
+        res = run_qnet(run, "up", "-f", path, "--detach")
         assert res.returncode == 0, res.stdout + res.stderr
         ports = {p["name"]: p for p in _json(run, "port", "list")}
         assert ports["up0"]["addresses"] == [f"10.99.{a}.1/24"] and ports["g0"]["attached"]
@@ -101,7 +93,7 @@ def test_declared_ports_come_up_survive_a_netstack_crash_and_go_with_the_graph()
         assert ("0.0.0.0/0", f"10.99.{a}.254") in routes
         assert {p["name"] for p in _json(run, "port", "list")} == {"up0", "g0"}
     finally:
-        _qnet(run, "down", timeout=30)
+        run_qnet(run, "down", timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (os.path.exists(f"/sys/class/net/{tap0}")
@@ -117,10 +109,10 @@ def test_a_bad_port_in_the_manifest_is_refused_before_anything_starts():
     with open(path, "w") as f:
         f.write(MANIFEST.format(tap0="qtmx0", tap1="qtmx1", a=60, b=61).replace('dhcp = "server"', 'dhcp = "maybe"'))
     try:
-        res = _qnet(run, "up", "-f", path, "--detach")
+        res = run_qnet(run, "up", "-f", path, "--detach")
         assert res.returncode == 2, res.stdout + res.stderr
         assert "g0" in res.stderr and "dhcp" in res.stderr and "Traceback" not in res.stderr
         assert not os.path.exists(os.path.join(run, "launcher.ctl"))
     finally:
-        _qnet(run, "down", timeout=30)
+        run_qnet(run, "down", timeout=30)
         shutil.rmtree(work, ignore_errors=True)

@@ -2,22 +2,14 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-from .conftest import REPO
+from .conftest import run_qnet
 
 
-def _qnet(run, *args, timeout=60):
-    env = dict(os.environ)
-    env.pop("QNET_RUNTIME_DIR", None)
-    return subprocess.run([sys.executable, "-c", "import sys; from launcher.cli import main; sys.exit(main())",
-                           "--runtime-dir", run, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +17,18 @@ def run():
     work = tempfile.mkdtemp(prefix="qp", dir="/tmp")
     run = os.path.join(work, "r")
     try:
-        res = _qnet(run, "up", "--detach", "--timeout", "40")
+        res = run_qnet(run, "up", "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
         yield run
     finally:
-        _qnet(run, "down", timeout=30)
+        run_qnet(run, "down", timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def test_ping_of_loopback_over_several_seconds_gets_every_reply(run):
     # three pings one second apart take longer than the per-reply wait: the call must wait for all
     t0 = time.monotonic()
-    res = _qnet(run, "ping", "-c", "3", "-W", "0.5", "--json", "127.0.0.1")
+    res = run_qnet(run, "ping", "-c", "3", "-W", "0.5", "--json", "127.0.0.1")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert (out["sent"], out["received"]) == (3, 3)
@@ -45,7 +37,7 @@ def test_ping_of_loopback_over_several_seconds_gets_every_reply(run):
 
 
 def test_ping_without_a_route_says_so_per_packet_and_fails(run):
-    res = _qnet(run, "ping", "-c", "2", "-i", "0.2", "-W", "0.3", "10.99.123.1")
+    res = run_qnet(run, "ping", "-c", "2", "-i", "0.2", "-W", "0.3", "10.99.123.1")
     assert res.returncode == 1
     assert res.stdout.count("no route") == 2, res.stdout + res.stderr
     assert "2 sent, 0 received" in res.stdout

@@ -18,6 +18,8 @@ from scapy.layers.l2 import ARP, Ether
 
 from components.ethdriver.backends.tap import TapBackend, TapError, open_tap, set_link_up
 
+from .util import missing_prerequisite
+
 pytestmark = pytest.mark.interop
 
 OUR_MAC = "02:99:00:00:00:02"
@@ -28,12 +30,8 @@ PING = (["ping"] if shutil.which("ping")
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (TAP devices and network namespaces)"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (`ip`)"
+    if missing_prerequisite() is not None:
+        return missing_prerequisite()
     if PING is None:
         return "needs ping (iputils-ping or busybox)"
     return None

@@ -5,7 +5,7 @@ Every parser raises only ParseError. Nothing here keeps state or does I/O.
 
 from .addr import BROADCAST_MAC, ZERO_MAC, MacAddr
 from .arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, ArpPacket
-from .checksum import (bench_checksum, checksum_adjust, internet_checksum, ones_complement_sum,
+from .checksum import (checksum_adjust, internet_checksum, ones_complement_sum,
                        pseudo_header_sum)
 from .errors import ParseError
 from .ethernet import (ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
@@ -33,7 +33,7 @@ __all__ = [
     "PROTO_TCP", "PROTO_UDP", "PSH", "ParseError", "PcapWriter", "RST", "SYN", "TCP_HEADER_LEN",
     "TIME_EXCEEDED_REASSEMBLY", "TIME_EXCEEDED_TTL", "TcpSegment", "UDP_HEADER_LEN",
     "UNREACH_ADMIN_PROHIBITED", "UNREACH_FRAG_NEEDED", "UNREACH_HOST", "UNREACH_NET",
-    "UNREACH_PORT", "UNREACH_PROTOCOL", "URG", "UdpDatagram", "ZERO_MAC", "bench_checksum",
+    "UNREACH_PORT", "UNREACH_PROTOCOL", "URG", "UdpDatagram", "ZERO_MAC",
     "build_echo", "build_ethernet", "build_ethernet_vlan", "build_frag_needed", "build_icmpv4",
     "build_ipv4", "build_ipv6", "build_tcp", "build_tcp_options", "build_udp",
     "checksum_adjust", "internet_checksum", "ones_complement_sum", "options_for_fragment",

@@ -9,8 +9,6 @@ all-zero input has sum 0 and checksum 0xFFFF.
 
 from __future__ import annotations
 
-import time
-
 _from_bytes = int.from_bytes
 
 
@@ -76,22 +74,3 @@ def naive_checksum(data: bytes | memoryview, initial: int = 0) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
-
-
-def bench_checksum(size: int = 1500, rounds: int = 2000) -> dict[str, float]:
-    """Print and return µs per `size`-byte buffer for the fast and the naive checksum."""
-    data = bytes((i * 7 + 3) & 0xFF for i in range(size))
-    results: dict[str, float] = {}
-    for name, fn, n in (("fast", internet_checksum, rounds), ("naive", naive_checksum, max(rounds // 20, 10))):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn(data)
-        results[name] = (time.perf_counter() - t0) / n * 1e6
-    assert internet_checksum(data) == naive_checksum(data)
-    print(f"checksum {size} B: fast {results['fast']:.2f} us, naive {results['naive']:.2f} us "
-          f"({results['naive'] / results['fast']:.0f}x)")
-    return results
-
-
-if __name__ == "__main__":
-    bench_checksum()
