@@ -17,10 +17,26 @@ from . import errors
 from .types import Field, IpcType, Struct, dec_hook, enc_hook
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=enc_hook)
+_raw_decoder = msgspec.msgpack.Decoder()
 
 
 def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
+
+
+def decode_raw(data: bytes) -> Any:
+    """Untyped MessagePack from a peer; anything unreadable is a BadMessage.
+
+    msgspec decodes nested containers recursively: a peer's 100,000-deep array
+    raises RecursionError, which must become the same typed answer as any other
+    malformed message (never a traceback and a caller left to time out).
+    """
+    try:
+        return _raw_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise errors.BadMessage(f"not MessagePack ({exc})") from None
+    except RecursionError:
+        raise errors.BadMessage("MessagePack nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class Method:
                                          details={"raw": str(exc)}) from None
         except msgspec.DecodeError as exc:
             raise errors.BadMessage(f"{self.name}: arguments are not MessagePack ({exc})") from None
+        except RecursionError:
+            raise errors.BadMessage(f"{self.name}: arguments nested too deeply") from None
 
     def decode_result(self, body: bytes) -> Any:
         try:
@@ -82,6 +100,8 @@ class Method:
             raise errors.InvalidResult(f"{self.name}: {exc}") from None
         except msgspec.DecodeError as exc:
             raise errors.BadMessage(f"{self.name}: result is not MessagePack ({exc})") from None
+        except RecursionError:
+            raise errors.BadMessage(f"{self.name}: result nested too deeply") from None
 
     def describe(self) -> str:
         args = ", ".join(f.describe().split("    #")[0] for f in self.args)
@@ -117,6 +137,8 @@ class Event:
             raise errors.InvalidArgument(f"event {self.name}: {exc}") from None
         except msgspec.DecodeError as exc:
             raise errors.BadMessage(f"event {self.name}: not MessagePack ({exc})") from None
+        except RecursionError:
+            raise errors.BadMessage(f"event {self.name}: nested too deeply") from None
 
     def describe(self) -> str:
         fields = ", ".join(f.describe().split("    #")[0] for f in self.fields)

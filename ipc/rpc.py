@@ -21,11 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import msgspec
 import zmq
 
 from . import errors, transport
-from .decl import Method, Protocol, Version, encode
+from .decl import Method, Protocol, Version, decode_raw, encode
 
 log = logging.getLogger("qnet.ipc")
 
@@ -38,8 +37,6 @@ DEFAULT_MAX_MESSAGE = 4 << 20
 HARD_MAX_MESSAGE = 64 << 20
 # Outstanding messages per peer before ZeroMQ pushes back (or drops on a ROUTER).
 DEFAULT_HWM = 1000
-
-_raw_decoder = msgspec.msgpack.Decoder()
 
 
 @dataclass
@@ -153,9 +150,9 @@ class RpcServer:
             return
         header, body = parts[1], parts[2]
         try:
-            h = _raw_decoder.decode(header)
-        except msgspec.DecodeError:
-            self._bad(peer, 0, errors.BadMessage("header is not MessagePack"))
+            h = decode_raw(header)
+        except errors.BadMessage as exc:
+            self._bad(peer, 0, errors.BadMessage(f"header: {exc}"))
             return
         if (not isinstance(h, list) or len(h) != 5 or h[0] != KIND_CALL
                 or not isinstance(h[1], int) or not all(isinstance(x, str) for x in h[2:])):
@@ -379,8 +376,8 @@ class RpcClient:
                 self.counters["stale_replies"] += 1
                 continue
             try:
-                h = _raw_decoder.decode(parts[0])
-            except msgspec.DecodeError:
+                h = decode_raw(parts[0])
+            except errors.BadMessage:
                 self.counters["stale_replies"] += 1
                 continue
             if not isinstance(h, list) or len(h) != 2 or h[1] != req_id:
@@ -391,7 +388,7 @@ class RpcClient:
             if h[0] == KIND_ERR:
                 raise _decode_error(parts[1])
             if method is None:
-                return _raw_decoder.decode(parts[1])
+                return decode_raw(parts[1])
             return method.decode_result(parts[1])
 
 
@@ -435,8 +432,8 @@ class AsyncRpcClient(RpcClient):
         while sock.get(zmq.EVENTS) & zmq.POLLIN:
             parts = sock.recv_multipart(zmq.NOBLOCK)
             try:
-                h = _raw_decoder.decode(parts[0]) if len(parts) == 2 else None
-            except msgspec.DecodeError:
+                h = decode_raw(parts[0]) if len(parts) == 2 else None
+            except errors.BadMessage:
                 h = None
             method = self._pending.pop(h[1], None) if isinstance(h, list) and len(h) == 2 else None
             if method is None:
@@ -454,8 +451,8 @@ class AsyncRpcClient(RpcClient):
 
 def _decode_error(body: bytes) -> errors.IpcError:
     try:
-        return errors.from_wire(_raw_decoder.decode(body))
-    except msgspec.DecodeError:
+        return errors.from_wire(decode_raw(body))
+    except errors.BadMessage:
         return errors.BadMessage("error reply is not MessagePack")
 
 
