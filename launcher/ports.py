@@ -28,19 +28,23 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
 from ipc import errors
 from ipc.protocols.netstack import NETSTACK
-from ipc.rpc import RpcClient
 
 from .manifest import ComponentSpec, HandleSpec, ManifestError
-from .supervisor import Instance, StartFailed
+from .supervisor import Call, Instance, Sleep, StartFailed, Steps, run_blocking
 
 log = logging.getLogger("qnet.launcher")
 
 BACKENDS = ("tap", "stream", "dgram")
 _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
+# A configuration change waits for netstack (or dhcpd) across one crash or hang and the
+# respawn that follows (heartbeat_timeout + a start), never longer than the CLI's call.
+CALL_TIMEOUT = 2.0
+CONFIG_DEADLINE = 8.0
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
               "vnet_hdr", "pool", "link"}
 
@@ -146,6 +150,10 @@ def manifest_ports(graph) -> tuple[dict[str, dict], list[dict]]:
 
 
 class PortManager:
+    """Every operation that talks to netstack or dhcpd is a generator of steps (supervisor.Tasks):
+    the launcher runs it on its loop and answers the CLI when it ends, so a hung or failed
+    netstack never stops the launcher (the VM manager runs them blocking: run_blocking)."""
+
     def __init__(self, launcher):
         self.l = launcher
         self.path = os.path.join(launcher.run_dir, "config.json")
@@ -163,11 +171,39 @@ class PortManager:
     def netstack_name(self) -> str | None:
         return self.l.graph.provider_of("qnet.netstack")
 
-    def netstack(self, timeout: float = 5.0) -> RpcClient:
-        name = self.netstack_name
-        if name is None:
-            raise errors.RemoteError("this graph has no netstack", code="failed")
-        return RpcClient(self.l.supervisor.stable_endpoint(name, "rpc"), NETSTACK, timeout=timeout, retries=3)
+    def _available(self, name: str) -> None:
+        """Refuse at once, with the way back, when the component cannot answer for a while."""
+        inst = self.l.supervisor.instances.get(name)
+        if inst is not None and inst.state in ("failed", "stopped"):
+            why = inst.failure or inst.last_exit or inst.state
+            raise errors.RemoteError(f"{name} is {inst.state} ({why}); 'qnet restart {name}' brings it back",
+                                     code="failed")
+
+    def _call(self, component: str | None, protocol, method: str, **kw) -> Steps:
+        """One idempotent call, retried while its component restarts (a crash, a hang the
+        supervisor ends); refused at once while the component is failed or stopped."""
+        if component is None:
+            raise errors.RemoteError(f"this graph has no provider of {protocol.name}", code="failed")
+        endpoint = self.l.supervisor.stable_endpoint(component, "rpc")
+        deadline = time.monotonic() + CONFIG_DEADLINE
+        while True:
+            self._available(component)
+            try:
+                return (yield Call(endpoint, protocol, method, CALL_TIMEOUT, kw))
+            except (errors.Timeout, errors.Unavailable) as exc:
+                if time.monotonic() + CALL_TIMEOUT > deadline:
+                    inst = self.l.supervisor.instances.get(component)
+                    state = f" (it is {inst.state})" if inst is not None else ""
+                    raise errors.RemoteError(f"{component} did not answer within {CONFIG_DEADLINE:g} s{state}: "
+                                             f"{exc}", code="failed") from None
+                yield Sleep(0.1)
+
+    def _ns(self, method: str, **kw) -> Steps:
+        return self._call(self.netstack_name, NETSTACK, method, **kw)
+
+    def _dhcpd(self, method: str, **kw) -> Steps:
+        from ipc.protocols.dhcpd import DHCPD
+        return self._call(self.dhcpd_name, DHCPD, method, **kw)
 
     def save(self) -> None:
         tmp = self.path + ".tmp"
@@ -196,9 +232,10 @@ class PortManager:
         return ComponentSpec(name=f"{t.name}.{name}", template=t.name, module=t.module, provides=[],
                              uses=list(t.uses), after=[], restart=t.restart, max_restarts=t.max_restarts,
                              restart_window=t.restart_window, backoff_initial=t.backoff_initial,
-                             backoff_max=t.backoff_max, args=args, handles=handles, instance=name)
+                             backoff_max=t.backoff_max, args=args, handles=handles, instance=name,
+                             heartbeat_timeout=t.heartbeat_timeout)
 
-    def add(self, name: str, cfg: dict, *, save: bool = True) -> dict:
+    def add(self, name: str, cfg: dict, *, save: bool = True) -> Steps:
         cfg = validate_port(name, cfg)
         existing = self.ports.get(name)
         volatile = ("addresses", "mac", "pool", "link")
@@ -207,22 +244,31 @@ class PortManager:
             raise errors.RemoteError(f"port {name} exists with other settings; 'qnet port del {name}' first",
                                      code="exists")
         spec = self.driver_spec(name, cfg)
-        # netstack first, so the driver's attach finds its port
-        self._netstack_port(name, cfg)
+        self._available(self.netstack_name)
         sup = self.l.supervisor
-        inst = sup.instances.get(spec.name)
-        if inst is None:
-            inst = Instance(spec)
-            sup.instances[spec.name] = inst
-            self.l.graph.order.append(spec.name)
-        if inst.incarnation is None or inst.state not in ("running", "starting"):
-            try:
-                sup.start(inst)
-            except StartFailed as exc:
-                inst.set_state("failed")
-                inst.last_exit = str(exc)[:128]
-                sup.close_handles(inst)
-                raise errors.RemoteError(str(exc), code="failed") from None
+        new_driver = spec.name not in sup.instances
+        try:
+            # netstack first, so the driver's attach finds its port
+            yield from self._netstack_port(name, cfg)
+            inst = sup.instances.get(spec.name)
+            if inst is None:
+                inst = Instance(spec)
+                sup.instances[spec.name] = inst
+                self.l.graph.order.append(spec.name)
+            if inst.incarnation is None or inst.state not in ("running", "starting", "unresponsive"):
+                try:
+                    yield from sup.start(inst)
+                except StartFailed as exc:
+                    inst.set_state("failed")
+                    inst.last_exit = str(exc)[:128]
+                    sup.close_handles(inst)
+                    raise errors.RemoteError(str(exc), code="failed") from None
+        except Exception:
+            # A failed add changes nothing: no half-made port in netstack or dhcpd that
+            # `port list` would show and `port del` (which knows only self.ports) could not remove.
+            if existing is None:
+                yield from self._undo_add(name, cfg, spec.name if new_driver else None)
+            raise
         if cfg["backend"] == "tap":
             try:
                 from components.ethdriver.backends.tap import set_link_up
@@ -234,99 +280,108 @@ class PortManager:
             self.save()
         return self.ports[name]
 
-    def _netstack_port(self, name: str, cfg: dict) -> None:
-        with self.netstack() as ns:
-            row = ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
-                          forwarding=cfg["forwarding"])
-            for a in cfg["addresses"]:
-                ns.call("addr_add", port=name, address=a)
+    def _undo_add(self, name: str, cfg: dict, driver: str | None) -> Steps:
+        if cfg.get("dhcp") and self.dhcpd_name:
+            try:
+                yield from self._dhcpd("server_del" if cfg["dhcp"] == "server" else "client_del", port=name)
+            except errors.IpcError as exc:
+                log.warning("port %s: undoing a failed add: dhcpd did not drop it: %s", name, exc)
+        if driver is not None:
+            self._remove_driver(driver)
+        try:
+            yield from self._ns("port_del", name=name)
+        except errors.IpcError as exc:
+            log.warning("port %s: undoing a failed add: netstack did not remove it: %s", name, exc)
+
+    def _remove_driver(self, spec_name: str) -> None:
+        sup = self.l.supervisor
+        inst = sup.instances.pop(spec_name, None)
+        if inst is None:
+            return
+        if spec_name in self.l.graph.order:
+            self.l.graph.order.remove(spec_name)
+        if inst.incarnation is not None:
+            sup.retire(inst.incarnation)
+            inst.incarnation = None
+        sup.close_handles(inst)
+        for kind in ("rpc", "data", "pub", "dgram"):
+            try:
+                os.unlink(os.path.join(self.l.run_dir, f"{spec_name}.{kind}"))
+            except FileNotFoundError:
+                pass
+
+    def _netstack_port(self, name: str, cfg: dict) -> Steps:
+        row = yield from self._ns("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
+                                  forwarding=cfg["forwarding"])
+        for a in cfg["addresses"]:
+            yield from self._ns("addr_add", port=name, address=a)
         if cfg.get("mac") is None and row.mac:
             cfg["mac"] = row.mac  # keep the derived MAC: the DHCP client identifies itself with it
-        self._dhcp_port(name, cfg)
+        yield from self._dhcp_port(name, cfg)
 
     # -- DHCP roles (dhcpd owns the protocol; the launcher owns which port has which role) ------------
     @property
     def dhcpd_name(self) -> str | None:
         return self.l.graph.provider_of("qnet.dhcpd")
 
-    def dhcpd(self, timeout: float = 5.0) -> RpcClient:
-        from ipc.protocols.dhcpd import DHCPD
-        return RpcClient(self.l.supervisor.stable_endpoint(self.dhcpd_name, "rpc"), DHCPD, timeout=timeout, retries=3)
-
-    def _dhcp_port(self, name: str, cfg: dict) -> None:
+    def _dhcp_port(self, name: str, cfg: dict) -> Steps:
         role = cfg.get("dhcp")
         if role is None:
             return
         if self.dhcpd_name is None:
             raise errors.RemoteError(f"port {name}: dhcp {role} needs a dhcpd component in the graph", code="failed")
-        with self.dhcpd() as d:
-            if role == "server":
-                if not cfg["addresses"]:
-                    raise errors.RemoteError(f"port {name}: a DHCP server needs an address on the port "
-                                             f"(--addr A.B.C.1/24)", code="bad_argument")
-                pool = cfg.get("pool") or {}
-                d.call("server_add", port=name, interface=cfg["addresses"][0],
-                       pool_start=pool.get("start"), pool_end=pool.get("end"))
-            else:
-                d.call("client_add", port=name, mac=cfg["mac"], hostname=None)
+        if role == "server":
+            if not cfg["addresses"]:
+                raise errors.RemoteError(f"port {name}: a DHCP server needs an address on the port "
+                                         f"(--addr A.B.C.1/24)", code="bad_argument")
+            pool = cfg.get("pool") or {}
+            yield from self._dhcpd("server_add", port=name, interface=cfg["addresses"][0],
+                                   pool_start=pool.get("start"), pool_end=pool.get("end"))
+        else:
+            yield from self._dhcpd("client_add", port=name, mac=cfg["mac"], hostname=None)
 
-    def set_pool(self, name: str, start: str, end: str) -> bool:
+    def set_pool(self, name: str, start: str, end: str) -> Steps:
         cfg = self.ports.get(name)
         if cfg is None or cfg.get("dhcp") != "server":
             raise errors.RemoteError(f"port {name!r} has no DHCP server", code="not_found")
-        with self.dhcpd() as d:
-            d.call("pool", port=name, pool_start=start, pool_end=end)
+        yield from self._dhcpd("pool", port=name, pool_start=start, pool_end=end)
         cfg["pool"] = {"start": start, "end": end}
         self.save()
         return True
 
-    def reconcile_dhcpd(self) -> None:
-        for name, cfg in self.ports.items():
+    def reconcile_dhcpd(self) -> Steps:
+        for name, cfg in list(self.ports.items()):
             try:
-                self._dhcp_port(name, cfg)
+                yield from self._dhcp_port(name, cfg)
             except errors.IpcError as exc:
                 log.warning("reconciling dhcpd for %s failed: %s", name, exc)
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str) -> Steps:
         cfg = self.ports.pop(name, None)
         if cfg is None:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
         self.save()
         if cfg.get("dhcp") and self.dhcpd_name:
             try:
-                with self.dhcpd() as d:
-                    d.call("server_del" if cfg["dhcp"] == "server" else "client_del", port=name)
+                yield from self._dhcpd("server_del" if cfg["dhcp"] == "server" else "client_del", port=name)
             except errors.IpcError as exc:
                 log.warning("port %s: dhcpd did not drop it: %s", name, exc)
-        sup = self.l.supervisor
-        spec_name = f"{self.driver_template.name}.{name}" if self.driver_template else None
-        inst = sup.instances.pop(spec_name, None) if spec_name else None
-        if inst is not None:
-            if spec_name in self.l.graph.order:
-                self.l.graph.order.remove(spec_name)
-            if inst.incarnation is not None:
-                sup.retire(inst.incarnation)
-                inst.incarnation = None
-            sup.close_handles(inst)
-            for kind in ("rpc", "data", "pub", "dgram"):
-                try:
-                    os.unlink(os.path.join(self.l.run_dir, f"{spec_name}.{kind}"))
-                except FileNotFoundError:
-                    pass
+        if self.driver_template is not None:
+            self._remove_driver(f"{self.driver_template.name}.{name}")
         self.routes = [r for r in self.routes if r.get("dev") != name]
+        self.save()
         try:
-            with self.netstack() as ns:
-                ns.call("port_del", name=name)
+            yield from self._ns("port_del", name=name)
         except errors.IpcError as exc:
+            # Gone from the configuration: a netstack that comes back is not given it again.
             log.warning("port %s: netstack did not remove it: %s", name, exc)
         return True
 
-    def set(self, name: str, forwarding: bool | None, mtu: int | None) -> dict:
+    def set(self, name: str, forwarding: bool | None, mtu: int | None) -> Steps:
         cfg = self.ports.get(name)
         if cfg is None:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
-        with self.netstack() as ns:
-            ns.call("port_set", name=name, forwarding=forwarding, mtu=mtu, link=None)
+        yield from self._ns("port_set", name=name, forwarding=forwarding, mtu=mtu, link=None)
         if forwarding is not None:
             cfg["forwarding"] = forwarding
         if mtu is not None:
@@ -335,28 +390,29 @@ class PortManager:
         return cfg
 
     def link(self, name: str, up: bool) -> bool:
-        """The port's administrative link (a VM's `set_link`): netstack and dhcpd are told."""
+        """The port's administrative link (a VM's `set_link`): netstack and dhcpd are told.
+        Called by the VM manager, which runs blocking."""
+        return run_blocking(self._link(name, up))
+
+    def _link(self, name: str, up: bool) -> Steps:
         cfg = self.ports.get(name)
         if cfg is None:
             raise errors.RemoteError(f"no port {name!r}", code="not_found")
-        with self.netstack() as ns:
-            ns.call("port_set", name=name, link=up)
+        yield from self._ns("port_set", name=name, link=up)
         cfg["link"] = up
         self.save()
         if cfg.get("dhcp") and self.dhcpd_name:
             try:
-                with self.dhcpd() as d:
-                    d.call("link", port=name, up=up)
+                yield from self._dhcpd("link", port=name, up=up)
             except errors.IpcError as exc:
                 log.warning("port %s: dhcpd was not told of the link change: %s", name, exc)
         return True
 
-    def addr(self, port: str, address: str, present: bool) -> bool:
+    def addr(self, port: str, address: str, present: bool) -> Steps:
         cfg = self.ports.get(port)
         if cfg is None:
             raise errors.RemoteError(f"no port {port!r}", code="not_found")
-        with self.netstack() as ns:
-            ok = ns.call("addr_add" if present else "addr_del", port=port, address=address)
+        ok = yield from self._ns("addr_add" if present else "addr_del", port=port, address=address)
         if present and address not in cfg["addresses"]:
             cfg["addresses"].append(address)
         if not present and address in cfg["addresses"]:
@@ -364,15 +420,15 @@ class PortManager:
         self.save()
         return bool(ok)
 
-    def route(self, r: dict, present: bool) -> bool:
+    def route(self, r: dict, present: bool) -> Steps:
         r = validate_route(r)
-        with self.netstack() as ns:
-            if present:
-                ns.call("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"], metric=r["metric"])
-            else:
-                ok = ns.call("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"])
-                if not ok:
-                    raise errors.RemoteError(f"no route {r['prefix']}", code="not_found")
+        if present:
+            yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
+                                metric=r["metric"])
+        else:
+            ok = yield from self._ns("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"])
+            if not ok:
+                raise errors.RemoteError(f"no route {r['prefix']}", code="not_found")
         key = (r["prefix"], r["via"], r["dev"])
         self.routes = [x for x in self.routes if (x["prefix"], x["via"], x["dev"]) != key]
         if present:
@@ -381,21 +437,21 @@ class PortManager:
         return True
 
     # -- reconciliation ----------------------------------------------------------------------
-    def reconcile(self) -> None:
+    def reconcile(self) -> Steps:
         """Re-assert every port, address and route into netstack (all calls idempotent)."""
         if self.netstack_name is None:
             return
         try:
-            with self.netstack() as ns:
-                for name, cfg in self.ports.items():
-                    ns.call("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
-                            forwarding=cfg["forwarding"])
-                    if cfg.get("link") is False:
-                        ns.call("port_set", name=name, link=False)
-                    for a in cfg["addresses"]:
-                        ns.call("addr_add", port=name, address=a)
-                for r in self.routes:
-                    ns.call("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"], metric=r["metric"])
+            for name, cfg in list(self.ports.items()):
+                yield from self._ns("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
+                                    forwarding=cfg["forwarding"])
+                if cfg.get("link") is False:
+                    yield from self._ns("port_set", name=name, link=False)
+                for a in list(cfg["addresses"]):
+                    yield from self._ns("addr_add", port=name, address=a)
+            for r in list(self.routes):
+                yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
+                                    metric=r["metric"])
         except errors.IpcError as exc:
             log.warning("reconciling netstack failed: %s", exc)
 
@@ -403,8 +459,7 @@ class PortManager:
         ports, routes = manifest_ports(self.l.graph)
         for name, cfg in ports.items():
             self.l.progress(f"port {name} ({cfg['backend']}) ...")
-            self.add(name, cfg, save=False)
+            run_blocking(self.add(name, cfg, save=False))
         for r in routes:
-            self.route(r, True)
+            run_blocking(self.route(r, True))
         self.save()
-

@@ -26,7 +26,6 @@ from components.netstack.wire.addr import MacAddr
 from components.netstack.wire.pcap import PcapWriter
 from components.runtime import Component, run_component
 from ipc import errors
-from ipc.channel import ProviderChannel
 from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK
@@ -72,10 +71,14 @@ class Netstack(Component):
         self.timer = None
         self._armed_for = None
         self.active = False
-        self.dev_chan = ProviderChannel(DEVICE, rt.spec.endpoints["data"])
-        self.dg_chan = ProviderChannel(DATAGRAM, rt.spec.endpoints["dgram"])
+        # Ports' drivers and dhcpd reach us over launcher-held socketpairs (ipc.seqpacket);
+        # on that transport nothing may speak for a port over ZeroMQ (zmq_users=False).
+        # The datagram endpoint stays open to clients outside the graph (tests, tools).
+        self.dev_chan = rt.data_provider(DEVICE, "data", zmq_users=False)
+        self.dg_chan = rt.data_provider(DATAGRAM, "dgram")
         self.pub = Publisher(NETSTACK, rt.spec.endpoints["pub"])
         self.counters = {"tx_no_driver": 0, "dg_undeliverable": 0, "dg_send_errors": 0}
+        self._port_names: dict[bytes, str] = {}
 
     def implementations(self):
         return {NETSTACK: _Control(self), DATAGRAM: _Datagrams(self)}
@@ -99,14 +102,16 @@ class Netstack(Component):
 
     def _start_io(self):
         self.active = True
-        self.rt.loop.add_reader(self.dev_chan.socket, self._on_device_readable)
-        self.rt.loop.add_reader(self.dg_chan.socket, self._on_dgram_readable)
-        self.rt.loop.idle_hooks.append(self._after_wakeup)
+        self.dev_chan.start(self.rt.loop, self._on_frames, self._on_device_event, PROCESS_BUDGET)
+        self.dg_chan.start(self.rt.loop, self._on_dgram_batch, lambda peer, name, ev: None, PROCESS_BUDGET)
+        if self._after_wakeup not in self.rt.loop.idle_hooks:
+            self.rt.loop.idle_hooks.append(self._after_wakeup)
 
     def freeze(self):
+        # Stop reading: on socketpairs, what is still queued waits there for the successor.
         self.active = False
-        self.rt.loop.remove_reader(self.dev_chan.socket)
-        self.rt.loop.remove_reader(self.dg_chan.socket)
+        self.dev_chan.stop()
+        self.dg_chan.stop()
         self._flush()
         return self._state()
 
@@ -136,20 +141,23 @@ class Netstack(Component):
         self.pub.close()
 
     # -- data path ------------------------------------------------------------------------
-    def _on_device_readable(self):
-        now = time.monotonic()
-        self.dev_chan.receive(lambda peer, stream, frames: self._on_frames(peer, frames, now),
-                              self._on_device_event, limit=PROCESS_BUDGET)
-
-    def _on_frames(self, peer: bytes, frames: list[bytes], now: float):
-        port = peer.decode("utf-8", "replace")
-        cap = self.captures.get(port)
-        if cap is not None:
+    def _on_frames(self, peer: bytes, stream: str, frames: list[bytes]):
+        port = self._port_names.get(peer)
+        if port is None:
+            port = self._port_names[peer] = peer.decode("utf-8", "replace")
+        info = self.ports.get(port)
+        if info is not None:
+            info["heard"] = time.monotonic()
+        if port in self.captures:
             self._capture(port, frames)
-        self.stack.receive_batch(port, frames, now)
+        self.stack.receive_batch(port, frames, time.monotonic())
+        # Transmit after every received batch: what it caused leaves before the next is read.
+        self._flush_transmit()
 
     def _on_device_event(self, peer: bytes, name: str, ev):
         port = peer.decode("utf-8", "replace")
+        if port in self.ports:
+            self.ports[port]["heard"] = time.monotonic()
         if name in ("attach", "link"):
             if port not in self.ports or port not in self.stack.devs:
                 return  # a driver for a port we do not have (yet): ignored until port_add
@@ -170,9 +178,6 @@ class Netstack(Component):
                     pass
             if changed:
                 self.pub.emit("port", port=port, up=up, attached=True)
-
-    def _on_dgram_readable(self):
-        self.dg_chan.receive(self._on_dgram_batch, lambda peer, name, ev: None, limit=PROCESS_BUDGET)
 
     def _on_dgram_batch(self, peer: bytes, stream: str, frames: list[bytes]):
         """The 'send' stream: datagrams whose senders do not wait for an answer."""
@@ -212,6 +217,14 @@ class Netstack(Component):
         self._armed_for = None
 
     def _flush(self):
+        self._flush_transmit()
+        for ev in self.stack.take_events():
+            self._on_core_event(ev)
+        readable = self.stack.udp_readable()
+        if readable:
+            self._deliver_datagrams(readable)
+
+    def _flush_transmit(self):
         for port, frames in self.stack.take_transmit().items():
             if port in self.captures:
                 self._capture(port, frames)
@@ -222,11 +235,6 @@ class Netstack(Component):
                 chunk = frames[i:i + TX_BATCH]
                 if not self.dev_chan.send_batch(peer, "tx", chunk):
                     self.counters["tx_no_driver"] += len(chunk)
-        for ev in self.stack.take_events():
-            self._on_core_event(ev)
-        readable = self.stack.udp_readable()
-        if readable:
-            self._deliver_datagrams(readable)
 
     def _deliver_datagrams(self, sids):
         by_owner: dict[str, list[bytes]] = {}
@@ -365,8 +373,12 @@ class _Control:
         try:
             # Link stays down until the driver attaches and reports carrier.
             self.stack.add_device(name, kind=kind, mac=mac_b, mtu=mtu, now=time.monotonic(), up=False)
+        except StackError as exc:
+            raise _err(exc) from None
+        try:
             self.stack.set_forwarding(name, forwarding)
         except StackError as exc:
+            self.stack.remove_device(name, time.monotonic())  # a failed add leaves no half-made port
             raise _err(exc) from None
         self.ns.ports[name] = {"attached": False, "incarnation": 0}
         self.ns.dev_chan.send_event(name.encode(), "resync")
