@@ -69,8 +69,17 @@ def _cell(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v) or "-"
-    return str(v)
+        return ",".join(printable(str(x)) for x in v) or "-"
+    return printable(str(v))
+
+
+def printable(text: str) -> str:
+    """Text as it may reach a terminal: control characters, escapes and line breaks from a
+    peer (a guest's DHCP hostname) shown as \\xNN, never interpreted by the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 def out_json(obj: Any) -> None:

@@ -6,7 +6,9 @@ capture talk to netstack's declared control interface directly.
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import math
 import os
 import signal
 import sys
@@ -158,10 +160,22 @@ def cmd_neigh(args) -> int:
     return 0
 
 
+def _number_in(lo: float, hi: float, *, integer: bool = False):
+    """An argparse type: a finite number within [lo, hi]. NaN and infinities never pass
+    (a NaN compares false with every bound, and -W inf once became an internal error)."""
+    def parse(text: str):
+        try:
+            v = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is not within {lo:g}..{hi:g}")
+        return v
+    return parse
+
+
 def cmd_ping(args) -> int:
     dst = _addr(args.dst)
-    if args.count < 1 or args.interval <= 0:
-        raise CliError("qnet ping: count must be >= 1 and interval > 0", EXIT_USAGE)
     budget = args.count * args.interval + args.timeout + 5
     res = _ping(args, dst, budget)
     if args.json:
@@ -270,19 +284,23 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("ping", help="ICMP echo sent by qnet's stack")
     p.add_argument("dst")
-    p.add_argument("-c", "--count", type=int, default=3)
-    p.add_argument("-i", "--interval", type=float, default=1.0)
-    p.add_argument("-W", "--timeout", type=float, default=2.0, help="seconds to wait for each reply")
-    p.add_argument("-s", "--size", type=int, default=56)
-    p.add_argument("-t", "--ttl", type=int, default=64)
+    # the bounds netstack's ping accepts (components/netstack/process.py, ipc/protocols/netstack.py)
+    p.add_argument("-c", "--count", type=_number_in(1, 10000, integer=True), default=3)
+    p.add_argument("-i", "--interval", type=_number_in(0.001, 60), default=1.0, help="seconds, 0.001..60")
+    p.add_argument("-W", "--timeout", type=_number_in(0.01, 60), default=2.0,
+                   help="seconds to wait for each reply, 0.01..60")
+    p.add_argument("-s", "--size", type=_number_in(0, 65000, integer=True), default=56)
+    p.add_argument("-t", "--ttl", type=_number_in(1, 255, integer=True), default=64)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("capture", help="write what crosses a port to a pcap file")
     p.add_argument("port")
     p.add_argument("-w", "--write", required=True, metavar="FILE.pcap")
-    p.add_argument("-c", "--count", type=int, default=0, help="stop writing after N frames")
-    p.add_argument("-d", "--duration", type=float, default=0.0, help="seconds (default: until Ctrl-C)")
+    p.add_argument("-c", "--count", type=_number_in(0, 2**31 - 1, integer=True), default=0,
+                   help="stop writing after N frames")
+    p.add_argument("-d", "--duration", type=_number_in(0, 10**9), default=0.0,
+                   help="seconds (default: until Ctrl-C)")
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("stats", help="per-interface and per-protocol counters")
