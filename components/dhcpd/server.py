@@ -20,7 +20,8 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping
 
 from .wire import (BROADCAST, HTYPE_ETHERNET, SERVER_PORT, CLIENT_PORT, BOOTREQUEST,
-                   FLAG_BROADCAST, ZERO, DhcpMessage, DhcpParseError, MessageType, Option)
+                   FLAG_BROADCAST, ZERO, DhcpMessage, DhcpParseError, MessageType, Option,
+                   stored_peer_text)
 
 BROADCAST_MAC = b"\xff" * 6
 # RFC 2131 §2: a client MUST accept 576-byte IP datagrams; less the IP and UDP headers.
@@ -620,7 +621,7 @@ class DhcpServer:
                               None if item["client_id"] is None
                               else bytes.fromhex(item["client_id"]),
                               IPv4Address(item["address"]), now + float(item["remaining"]),
-                              LeaseState(item["state"]), item.get("hostname"))
+                              LeaseState(item["state"]), stored_peer_text(item.get("hostname")))
             except (KeyError, TypeError, ValueError):
                 self._counters["restore_dropped"] += 1
                 continue

@@ -115,7 +115,38 @@ def _dec_u8(code: int, v: bytes) -> int:
 # lengths: dropping a whole DISCOVER for an empty hostname would help nobody.
 def _dec_text(code: int, v: bytes) -> str:
     # Peers NUL-terminate text options although RFC 2132 §2 says they should not.
-    return v.rstrip(b"\0").decode("ascii", errors="replace")
+    return peer_text(v.rstrip(b"\0"))
+
+
+# A peer's text goes into lease files, logs and `qnet dhcp leases`: a hostname carrying a
+# newline, ESC or BEL would forge table lines and terminal escapes there. What a peer sends is
+# kept readable and exact: printable ASCII as is, every other byte as \xNN (and "\" as "\\").
+PEER_TEXT_MAX = 255
+
+
+def peer_text(raw: bytes | str) -> str:
+    """Text from a peer, checked: printable ASCII only, at most PEER_TEXT_MAX characters."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    out = []
+    for b in raw:
+        if b == 0x5C:
+            out.append("\\\\")
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out)[:PEER_TEXT_MAX]
+
+
+def stored_peer_text(value: object) -> str | None:
+    """Peer text read back from a lease file or snapshot: kept if it is already checked
+    (a file written before the check existed may hold raw text), escaped otherwise."""
+    if not isinstance(value, str):
+        return None
+    if value.isascii() and value.isprintable() and len(value) <= PEER_TEXT_MAX:
+        return value
+    return peer_text(value)
 
 
 def _dec_bytes(code: int, v: bytes) -> bytes:
