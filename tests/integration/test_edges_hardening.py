@@ -4,6 +4,7 @@ One default graph (netstack, dhcpd, launcher) serves the whole module; tests tha
 use port names of their own and remove what they add.
 """
 import json
+import subprocess
 import os
 import shutil
 import tempfile
@@ -65,3 +66,63 @@ def test_deeply_nested_header_and_body_get_a_bad_message_reply(run, endpoint, pr
     hdr, _ = _raw_call(run, endpoint, [good_header, msgpack.packb({})])
     assert hdr == [2, 77]
     assert _status(run)[endpoint.split(".")[0]]["pid"] == pid
+
+
+def _ports(run) -> list[str]:
+    res = run_qnet(run, "port", "list", "--json")
+    assert res.returncode == 0, res.stderr
+    return [p["name"] for p in json.loads(res.stdout)]
+
+
+def _config_ports(run) -> set[str]:
+    with open(os.path.join(run, "config.json")) as f:
+        return set(json.load(f)["ports"])
+
+
+def _dgram_port(run, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return run_qnet(run, "port", "add", name, "--dgram", os.path.join(run, f"{name}.ours"),
+                    "--peer", os.path.join(run, f"{name}.peer"), *extra)
+
+
+# -- 7: a failed `qnet port add` changes nothing ---------------------------------------------
+def test_port_add_with_an_address_another_port_holds_leaves_nothing_behind(run):
+    res = _dgram_port(run, "hq1", "--addr", "10.61.7.1/24")
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        res = _dgram_port(run, "hq9", "--addr", "10.61.7.1/24")
+        assert res.returncode != 0, res.stdout
+        assert "hq9" not in _ports(run)
+        assert "hq9" not in _config_ports(run)
+        assert not any("hq9" in name for name in _status(run)), "a driver was left for the failed port"
+        assert not any("hq9" in f and not f.endswith((".ours", ".peer")) for f in os.listdir(run))
+        # nothing for `port del` to find, and nothing comes back with a netstack restart
+        assert run_qnet(run, "port", "del", "hq9").returncode != 0
+        res = run_qnet(run, "restart", "netstack")
+        assert res.returncode == 0, res.stderr
+        assert "hq9" not in _ports(run) and "hq1" in _ports(run)
+        # the name is free: the same add with a free address now works
+        res = _dgram_port(run, "hq9", "--addr", "10.61.9.1/24")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "hq9" in _ports(run)
+    finally:
+        run_qnet(run, "port", "del", "hq9")
+        run_qnet(run, "port", "del", "hq1")
+
+
+def test_port_add_of_a_dhcp_server_without_an_address_leaves_nothing_behind(run):
+    res = _dgram_port(run, "hq8", "--dhcp-server")
+    assert res.returncode != 0, res.stdout
+    assert "hq8" not in _ports(run) and "hq8" not in _config_ports(run)
+    assert not any("hq8" in name for name in _status(run))
+
+
+# -- 8: CLI and manifest edges -------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["ping", "-i", "nan", "127.0.0.1"], ["ping", "-W", "inf", "127.0.0.1"],
+                                  ["ping", "-W", "1e308", "127.0.0.1"], ["ping", "-i", "-1", "127.0.0.1"],
+                                  ["ping", "-c", "0", "127.0.0.1"], ["capture", "lo", "-w", "/tmp/x.pcap", "-d", "-3"],
+                                  ["capture", "lo", "-w", "/tmp/x.pcap", "-d", "nan"]])
+def test_out_of_range_numbers_are_refused_with_one_line_and_exit_2(run, argv):
+    res = run_qnet(run, *argv)
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("qnet"), res.stderr
