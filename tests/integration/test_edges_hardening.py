@@ -126,3 +126,39 @@ def test_out_of_range_numbers_are_refused_with_one_line_and_exit_2(run, argv):
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("qnet"), res.stderr
+
+
+# -- 5: peer-supplied strings never reach the terminal raw ------------------------------------
+def test_a_guest_hostname_with_control_bytes_is_stored_checked_and_printed_escaped(run):
+    import socket
+    from scapy.all import BOOTP, DHCP, IP, UDP, Ether
+    name = "hq5"
+    ours, peer = os.path.join(run, f"{name}.ours"), os.path.join(run, f"{name}.peer")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(peer)
+    res = _dgram_port(run, name, "--addr", "10.62.5.1/24", "--dhcp-server")
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        mac = "52:54:00:aa:bb:05"
+        evil = b"vm\nFORGED  10.0.0.9  line\x1b[2J\x1b]0;title\x07\x00end"
+        frame = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                      / UDP(sport=68, dport=67)
+                      / BOOTP(chaddr=bytes.fromhex(mac.replace(":", "")), xid=0x5E5E)
+                      / DHCP(options=[("message-type", "discover"), ("hostname", evil), "end"]))
+
+        def leased():
+            s.sendto(frame, ours)
+            out = run_qnet(run, "dhcp", "leases", "--json")
+            return out.returncode == 0 and any(l.get("mac") == mac for l in json.loads(out.stdout)["leases"])
+        wait_until(leased, 15, "a lease offered to the guest", interval=0.5)
+        rows = [l for l in json.loads(run_qnet(run, "dhcp", "leases", "--json").stdout)["leases"]
+                if l.get("mac") == mac]
+        stored = rows[0]["hostname"]
+        assert stored.isprintable() and stored.isascii(), repr(stored)
+        assert stored.startswith("vm\\x0aFORGED") and "\\x1b[2J" in stored, repr(stored)
+        text = run_qnet(run, "dhcp", "leases").stdout
+        assert not any(c in text for c in "\x1b\x07\x00"), repr(text)
+        assert "FORGED" in text and not any(line.startswith("FORGED") for line in text.splitlines())
+    finally:
+        s.close()
+        run_qnet(run, "port", "del", name)
