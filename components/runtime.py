@@ -21,7 +21,9 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -39,6 +41,8 @@ from ipc.channel import DEFAULT_DATA_HWM
 from ipc.rpc import HARD_MAX_MESSAGE, RpcServer
 
 HEARTBEAT_INTERVAL = 1.0
+_POLLIN_OR_ERR = int(zmq.POLLIN) | int(zmq.POLLERR)
+_POLLOUT_OR_ERR = int(zmq.POLLOUT) | int(zmq.POLLERR)
 PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +73,7 @@ class Loop:
     def __init__(self) -> None:
         self.poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], Any]] = {}
+        self._writers: dict[Any, Callable[[], Any]] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._running = False
@@ -103,11 +108,29 @@ class Loop:
     def add_reader(self, obj: Any, callback: Callable[[], Any]) -> None:
         key = self._key(obj)
         self._readers[key] = callback
-        self.poller.register(key, zmq.POLLIN)
+        self._reregister(key)
 
     def remove_reader(self, obj: Any) -> None:
         key = self._key(obj)
         if self._readers.pop(key, None) is not None:
+            self._reregister(key)
+
+    def add_writer(self, obj: Any, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` when ``obj`` can take data (a paused sender waiting for room)."""
+        key = self._key(obj)
+        self._writers[key] = callback
+        self._reregister(key)
+
+    def remove_writer(self, obj: Any) -> None:
+        key = self._key(obj)
+        if self._writers.pop(key, None) is not None:
+            self._reregister(key)
+
+    def _reregister(self, key: Any) -> None:
+        flags = (zmq.POLLIN if key in self._readers else 0) | (zmq.POLLOUT if key in self._writers else 0)
+        if flags:
+            self.poller.register(key, flags)
+        else:
             self.poller.unregister(key)
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
@@ -144,10 +167,15 @@ class Loop:
         if self._timers:
             wait = max(0.0, min(wait, self._timers[0].when - now))
         ready = self.poller.poll(wait * 1000.0)
-        for key, _ev in ready:
-            cb = self._readers.get(key)
-            if cb is not None:
-                self._run_guarded(cb)
+        for key, ev in ready:
+            if ev & _POLLIN_OR_ERR:
+                cb = self._readers.get(key)
+                if cb is not None:
+                    self._run_guarded(cb)
+            if ev & _POLLOUT_OR_ERR:
+                cb = self._writers.get(key)
+                if cb is not None:
+                    self._run_guarded(cb)
         now = time.monotonic()
         while self._timers and self._timers[0].when <= now:
             t = heapq.heappop(self._timers)
@@ -163,9 +191,75 @@ class Loop:
 
 
 # -- logging ----------------------------------------------------------------------
-class _JsonLines(logging.Handler):
-    def __init__(self, path: str, component: str):
+# Log lines caused by the network (an address conflict per hostile ARP frame, a malformed
+# message per datagram) must not fill the disk: each kind of line passes LOG_BURST times per
+# LOG_WINDOW seconds, the rest are counted and the next line of that kind says how many were
+# suppressed; and every log file is rotated at LOG_FILE_MAX bytes (one old file, NAME.1, kept).
+LOG_BURST = 10
+LOG_WINDOW = 10.0
+LOG_KINDS_MAX = 512
+LOG_FILE_MAX = 4 << 20
+_VARYING = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2})+|\d+")
+
+
+class LogRateLimit(logging.Filter):
+    """One instance shared by every handler of the process: a record is judged once.
+
+    A "kind" is the logger, the level and the message with its numbers and MAC addresses
+    blanked, so a flood of conflicts from random MACs is one kind.
+    """
+
+    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW, clock=time.monotonic):
         super().__init__()
+        self.burst, self.window, self.clock = burst, window, clock
+        self._kinds: dict[tuple, list] = {}   # kind -> [window start, passed, suppressed]
+        self.suppressed_total = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        verdict = getattr(record, "_qnet_pass", None)
+        if verdict is not None:
+            return verdict
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        passed, suppressed = self.admit((record.name, record.levelno, text))
+        if passed and suppressed:
+            record.msg, record.args = f"{text} ({suppressed} similar suppressed)", None
+        record._qnet_pass = passed
+        return passed
+
+    def admit(self, kind: tuple) -> tuple[bool, int]:
+        """Whether a line of this kind may pass now, and how many were suppressed before it."""
+        kind = kind[:-1] + (_VARYING.sub("#", str(kind[-1])[:200]),)
+        now = self.clock()
+        st = self._kinds.get(kind)
+        if st is None:
+            if len(self._kinds) >= LOG_KINDS_MAX:
+                self._kinds.pop(next(iter(self._kinds)))
+            st = self._kinds[kind] = [now, 0, 0]
+        if now - st[0] >= self.window:
+            st[0], st[1] = now, 0
+        if st[1] >= self.burst:
+            st[2] += 1
+            self.suppressed_total += 1
+            return False, 0
+        st[1] += 1
+        suppressed, st[2] = st[2], 0
+        return True, suppressed
+
+
+def _rotate(path: str) -> None:
+    try:
+        os.replace(path, path + ".1")
+    except FileNotFoundError:
+        pass
+
+
+class _JsonLines(logging.Handler):
+    def __init__(self, path: str, component: str, max_bytes: int = LOG_FILE_MAX):
+        super().__init__()
+        self.path, self.max_bytes = path, max_bytes
         self._f = open(path, "a", buffering=1, encoding="utf-8")
         self.component = component
 
@@ -174,21 +268,57 @@ class _JsonLines(logging.Handler):
             entry = {"ts": record.created, "level": record.levelname.lower(), "component": self.component,
                      "logger": record.name, "msg": record.getMessage()}
             self._f.write(json.dumps(entry) + "\n")
+            if self._f.tell() > self.max_bytes:
+                self._f.close()
+                _rotate(self.path)
+                self._f = open(self.path, "a", buffering=1, encoding="utf-8")
         except Exception:
             pass
 
 
-def setup_logging(name: str, runtime_dir: str | None, level: int = logging.INFO) -> None:
+class _RotatingStderr(logging.StreamHandler):
+    """The component's stderr, which the launcher points at RUN/logs/NAME.log: when that file
+    passes the bound it becomes NAME.log.1 and a fresh NAME.log takes over fds 1 and 2."""
+
+    def __init__(self, max_bytes: int = LOG_FILE_MAX):
+        super().__init__(sys.stderr)
+        self.max_bytes = max_bytes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        try:
+            st = os.fstat(2)
+            if st.st_size <= self.max_bytes or not stat.S_ISREG(st.st_mode):
+                return
+            path = os.readlink("/proc/self/fd/2")
+            if not path.startswith("/"):
+                return
+            _rotate(path)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(fd, 2)
+            if os.path.sameopenfile(1, 2) or stat.S_ISREG(os.fstat(1).st_mode):
+                os.dup2(fd, 1)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def setup_logging(name: str, runtime_dir: str | None, level: int = logging.INFO) -> LogRateLimit:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level)
-    console = logging.StreamHandler(sys.stderr)
+    limit = LogRateLimit()
+    console = _RotatingStderr()
     console.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s", "%H:%M:%S"))
+    console.addFilter(limit)
     root.addHandler(console)
     if runtime_dir:
         logdir = os.path.join(runtime_dir, "logs")
         os.makedirs(logdir, mode=0o700, exist_ok=True)
-        root.addHandler(_JsonLines(os.path.join(logdir, f"{name}.jsonl"), name))
+        jl = _JsonLines(os.path.join(logdir, f"{name}.jsonl"), name)
+        jl.addFilter(limit)
+        root.addHandler(jl)
+    return limit
 
 
 # -- the component contract ------------------------------------------------------------
@@ -238,6 +368,9 @@ class Spec:
     peers: dict[str, dict]         # provider component -> its stable endpoints
     args: dict[str, Any]
     handles: dict[str, int]        # handle name -> inherited fd
+    # Data channels the launcher holds (ipc.seqpacket): {"provide": {protocol: {user: fd}},
+    # "use": {protocol: fd}, "ctl": fd of the socket that brings channels added later}.
+    channels: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Spec":
@@ -251,6 +384,7 @@ class Spec:
                 peers=json.loads(env.get("QNET_PEERS", "{}")),
                 args=json.loads(env.get("QNET_ARGS", "{}")),
                 handles={k: int(v) for k, v in json.loads(env.get("QNET_HANDLES", "{}")).items()},
+                channels=json.loads(env.get("QNET_CHANNELS", "{}")),
             )
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"qnet component: started without a valid launcher environment ({exc}); "
@@ -288,9 +422,11 @@ class Runtime:
         self.loop = Loop()
         self.state = "starting"
         self.log = logging.getLogger(f"qnet.{spec.name}")
+        self._problems = LogRateLimit()
         self._last_checkpoint = 0.0
         self._pending_checkpoint: dict | None = None
         self._checkpoint_timer: Timer | None = None
+        self._providers: dict[str, Any] = {}    # protocol name -> ipc.channel.DataProvider
         self.component = factory(self)
         impls: dict[Protocol, Any] = {LIFECYCLE: _LifecycleHandler(self)}
         impls.update(self.component.implementations())
@@ -300,6 +436,59 @@ class Runtime:
         self.loop.add_reader(self.rpc.socket, self.rpc.process)
         self.reporter = Reporter(SUPERVISOR, spec.supervisor)
         self.loop.call_every(HEARTBEAT_INTERVAL, self.heartbeat)
+        self._channel_ctl = None
+        if spec.channels.get("ctl") is not None:
+            import socket as _socket
+            self._channel_ctl = _socket.socket(fileno=int(spec.channels["ctl"]))
+            self._channel_ctl.setblocking(False)
+            self.loop.add_reader(self._channel_ctl.fileno(), self._on_channel_ctl)
+        self.channel_counters = {"ctl_added": 0, "ctl_removed": 0, "ctl_bad": 0}
+
+    # -- data channels (ipc.seqpacket, launcher-held socketpairs) -------------------
+    def data_provider(self, protocol: Protocol, endpoint_kind: str, *, zmq_users: bool = True):
+        """The provider's channels for ``protocol``: its users' socketpairs and its ZeroMQ endpoint."""
+        from ipc.channel import DataProvider
+        provided = self.spec.channels.get("provide", {})
+        fds = provided.get(protocol.name)
+        chan = DataProvider(protocol, self.spec.endpoints[endpoint_kind],
+                            {k: int(v) for k, v in fds.items()} if fds is not None else None,
+                            zmq_users=zmq_users if protocol.name in provided else True)
+        self._providers[protocol.name] = chan
+        return chan
+
+    def data_user(self, protocol: Protocol, endpoint: str, identity: bytes):
+        """This component's channel to its provider of ``protocol``: the launcher's socketpair, else ZeroMQ."""
+        from ipc.channel import open_user
+        fd = self.spec.channels.get("use", {}).get(protocol.name)
+        return open_user(protocol, endpoint, identity, int(fd) if fd is not None else None)
+
+    def _on_channel_ctl(self) -> None:
+        from ipc.seqpacket import recv_channel
+        for _ in range(64):
+            try:
+                got = recv_channel(self._channel_ctl)
+            except errors.IpcError as exc:
+                self.channel_counters["ctl_bad"] += 1
+                self.log.warning("bad channel message from the launcher: %s", exc)
+                continue
+            except (EOFError, OSError):
+                self.loop.remove_reader(self._channel_ctl.fileno())
+                return
+            if got is None:
+                return
+            m, fd = got
+            chan = self._providers.get(m["protocol"])
+            if chan is None:
+                self.channel_counters["ctl_bad"] += 1
+                if fd is not None:
+                    os.close(fd)
+                continue
+            if m["op"] == "add":
+                chan.add_peer(m["peer"].encode(), fd)
+                self.channel_counters["ctl_added"] += 1
+            else:
+                chan.remove_peer(m["peer"].encode())
+                self.channel_counters["ctl_removed"] += 1
 
     # -- lifecycle ------------------------------------------------------------
     def do_activate(self, snapshot) -> bool:
@@ -366,6 +555,13 @@ class Runtime:
                            snapshot=self.snapshot_of(state))
 
     def problem(self, message: str) -> None:
+        # A problem is often caused by the network (one per conflicting ARP frame): the log
+        # and the launcher hear of each kind LOG_BURST times per LOG_WINDOW, with a count.
+        passed, suppressed = self._problems.admit(("problem", message))
+        if not passed:
+            return
+        if suppressed:
+            message = f"{message} ({suppressed} similar suppressed)"
         self.log.warning("%s", message)
         self.reporter.emit("problem", name=self.name, incarnation=self.incarnation, message=message[:1024])
 

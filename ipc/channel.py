@@ -21,14 +21,14 @@ import zmq
 
 from . import batch as batchmod
 from . import errors, transport
-from .decl import Protocol, encode
+from .decl import Protocol, decode_raw, encode
 from .rpc import configure_socket, context
 
 _raw = msgspec.msgpack.Decoder()
 
 KIND_BATCH, KIND_EVENT = b"B", b"E"
 # Plain ints: pyzmq wraps its constants in enums, and enum arithmetic on the data path adds up.
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
 DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
 ZERO_COPY_MIN = 32768
 
@@ -97,21 +97,39 @@ class _Channel:
         if kind == KIND_EVENT:
             if len(parts) != 3:
                 raise errors.BadMessage(f"event needs 3 parts, got {len(parts)}")
-            try:
-                h = _raw.decode(parts[1])
-            except msgspec.DecodeError:
-                raise errors.BadMessage("event header is not MessagePack") from None
+            h = decode_raw(parts[1])
             if not isinstance(h, list) or len(h) != 1 or not isinstance(h[0], str):
                 raise errors.BadMessage("event header must be [name]")
             ev = self.protocol.event_by_name.get(h[0])
             if ev is None:
                 raise errors.BadMessage(f"{self.protocol.name} has no event {h[0]!r}")
             self.counters["rx_events"] += 1
-            return "event", h[0], ev.decode(parts[2])
+            try:
+                return "event", h[0], ev.decode(parts[2])
+            except RecursionError:
+                raise errors.BadMessage("event body nested too deeply") from None
         raise errors.BadMessage(f"unknown data message kind {kind[:8]!r}")
 
     def close(self) -> None:
+        self.stop()
         self.socket.close(linger=0)
+
+    # -- in a component's loop (the same calls as ipc.seqpacket's channels) --------------
+    _loop = None
+
+    def start(self, loop, on_batch: Callable, on_event: Callable, limit: int = 64) -> None:
+        self._loop = loop
+        loop.add_reader(self.socket, lambda: self.receive(on_batch, on_event, limit))
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.socket)
+            self._loop = None
+
+    @property
+    def poll_key(self):
+        """What a component's loop polls for this channel (add_reader / add_writer)."""
+        return self.socket
 
 
 class ProviderChannel(_Channel):
@@ -175,6 +193,9 @@ class UserChannel(_Channel):
         self.identity = identity
         super().__init__(protocol, sock)
 
+    def writable(self) -> bool:
+        return bool(self.socket.get(_EVENTS) & _POLLOUT)
+
     def send_batch(self, stream: str, frames: list[bytes]) -> bool:
         ok = self._send(self._batch_parts(stream, frames), len(frames), [])
         if ok:
@@ -205,3 +226,108 @@ class UserChannel(_Channel):
             else:
                 on_event(name, value)
         return n
+
+
+class DataProvider:
+    """All of a provider's data channels for one protocol.
+
+    In-graph users (a port's driver, dhcpd) reach the provider over the
+    socketpairs the launcher made for them (``ipc.seqpacket``); the ZeroMQ
+    endpoint stays bound for users outside the graph (tests, benchmarks, the
+    ``data_transport = "zmq"`` and tcp graphs). A name that has a socketpair
+    can never be spoken for over ZeroMQ: such messages, and every message on a
+    protocol whose ZeroMQ users are refused (``zmq_users=False``), are counted
+    in ``rx_refused`` and dropped.
+    """
+
+    def __init__(self, protocol: Protocol, endpoints: list[str] | str, fds: dict[str, int] | None = None,
+                 *, zmq_users: bool = True, hwm: int = DEFAULT_DATA_HWM):
+        from .seqpacket import SeqpacketProvider
+        self.protocol = protocol
+        self.zmq = ProviderChannel(protocol, endpoints, hwm=hwm)
+        self.zmq.counters["rx_refused"] = 0
+        self.local = SeqpacketProvider(protocol, fds) if fds is not None else None
+        self.zmq_users = zmq_users
+
+    @property
+    def socket(self):
+        return self.zmq.socket
+
+    @property
+    def counters(self) -> dict[str, int]:
+        if self.local is None:
+            return dict(self.zmq.counters)
+        out = dict(self.local.counters)
+        for k, v in self.zmq.counters.items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+    @property
+    def last_error(self) -> str | None:
+        return (self.local.last_error if self.local is not None else None) or self.zmq.last_error
+
+    def add_peer(self, identity: bytes, fd: int) -> None:
+        if self.local is None:
+            from .seqpacket import SeqpacketProvider
+            self.local = SeqpacketProvider(self.protocol)
+            if self._handlers is not None:
+                self.local.start(*self._handlers)
+        self.local.add_peer(identity, fd)
+
+    def remove_peer(self, identity: bytes) -> bool:
+        return self.local is not None and self.local.remove_peer(identity)
+
+    def local_peer(self, identity: bytes) -> bool:
+        return self.local is not None and self.local.has_peer(identity)
+
+    _handlers = None
+
+    def start(self, loop, on_batch: Callable, on_event: Callable, limit: int = 64) -> None:
+        def zmq_batch(peer, stream, frames):
+            if self._refused(peer):
+                self.zmq.counters["rx_refused"] += 1
+                return
+            on_batch(peer, stream, frames)
+
+        def zmq_event(peer, name, ev):
+            if self._refused(peer):
+                self.zmq.counters["rx_refused"] += 1
+                return
+            on_event(peer, name, ev)
+        self._handlers = (loop, on_batch, on_event, limit)
+        self.zmq.start(loop, zmq_batch, zmq_event, limit)
+        if self.local is not None:
+            self.local.start(loop, on_batch, on_event, limit)
+
+    def _refused(self, peer: bytes) -> bool:
+        return not self.zmq_users or self.local_peer(peer)
+
+    def stop(self) -> None:
+        self._handlers = None
+        self.zmq.stop()
+        if self.local is not None:
+            self.local.stop()
+
+    def send_batch(self, peer: bytes, stream: str, frames: list) -> bool:
+        if self.local is not None and peer in self.local.peers:
+            return self.local.send_batch(peer, stream, frames)
+        return self.zmq.send_batch(peer, stream, frames)
+
+    def send_event(self, peer: bytes, name: str, /, **fields: Any) -> bool:
+        if self.local is not None and peer in self.local.peers:
+            return self.local.send_event(peer, name, **fields)
+        return self.zmq.send_event(peer, name, **fields)
+
+    def close(self) -> None:
+        self.zmq.close()
+        if self.local is not None:
+            self.local.close()
+
+
+def open_user(protocol: Protocol, endpoint: str, identity: bytes, fd: int | None = None,
+              *, hwm: int = DEFAULT_DATA_HWM):
+    """The user's data channel: the launcher's socketpair when it gave one, else ZeroMQ."""
+    if fd is not None:
+        from .seqpacket import SeqpacketUser
+        return SeqpacketUser(protocol, fd, identity)
+    return UserChannel(protocol, endpoint, identity, hwm=hwm)

@@ -201,8 +201,15 @@ def _transport(loc: _Locator, g: dict) -> dict[str, Any]:
     kind = g.get("transport", "ipc")
     if kind not in ("ipc", "tcp"):
         raise loc.error(f"transport must be 'ipc' or 'tcp', got {kind!r}", key="transport")
+    # Frame batches between components on this host: launcher-held socketpairs
+    # (docs/decisions.md, "Same-host data plane"), or ZeroMQ like the control plane.
+    data = g.get("data_transport", "socketpair" if kind == "ipc" else "zmq")
+    if data not in ("socketpair", "zmq"):
+        raise loc.error(f"data_transport must be 'socketpair' or 'zmq', got {data!r}", key="data_transport")
+    if kind == "tcp" and data != "zmq":
+        raise loc.error("data_transport = 'socketpair' needs transport = 'ipc' (one host)", key="data_transport")
     if kind == "ipc":
-        return {"kind": "ipc"}
+        return {"kind": "ipc", "data": data}
     host = g.get("tcp_host", "127.0.0.1")
     base = g.get("tcp_base_port", 47100)
     curve = g.get("curve", True)
@@ -212,7 +219,7 @@ def _transport(loc: _Locator, g: dict) -> dict[str, Any]:
         raise loc.error("tcp_base_port must be 1024..60000", key="tcp_base_port")
     if not isinstance(curve, bool):
         raise loc.error("curve must be true or false", key="curve")
-    return {"kind": "tcp", "host": host, "base_port": base, "curve": curve}
+    return {"kind": "tcp", "host": host, "base_port": base, "curve": curve, "data": "zmq"}
 
 
 def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:

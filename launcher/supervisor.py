@@ -25,6 +25,7 @@ from ipc.decl import to_plain
 from ipc.protocols.lifecycle import LIFECYCLE
 from ipc.rpc import RpcClient
 
+from .channels import DataChannels
 from .manifest import ComponentSpec, Graph, HandleSpec
 
 log = logging.getLogger("qnet.launcher")
@@ -107,6 +108,7 @@ class Supervisor:
         self.retiring: list[Incarnation] = []
         self.on_activated = lambda inst: None
         self._tcp_ports: dict[tuple[str, str], int] = {}
+        self.channels = DataChannels(graph)     # launcher-held socketpairs of the data plane
 
     # -- endpoints -----------------------------------------------------------------
     @property
@@ -183,6 +185,7 @@ class Supervisor:
                     inst.handle_objs.append(obj)
 
     def close_handles(self, inst: Instance) -> None:
+        self.channels.release_user(inst)
         for obj in inst.handle_objs:
             try:
                 obj.close()
@@ -220,15 +223,19 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.curve_env())
+        chan_env, chan_fds, chan_ctl = self.channels.for_spawn(inst)
+        env.update(chan_env)
         if self.graph.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(self.graph.pythonpath + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         logf = open(os.path.join(self.logdir, f"{inst.name}.log"), "ab", buffering=0)
         try:
             proc = subprocess.Popen([sys.executable, "-m", inst.spec.module], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT, pass_fds=tuple(inst.fds.values()),
+                                    stdout=logf, stderr=subprocess.STDOUT,
+                                    pass_fds=tuple(inst.fds.values()) + tuple(chan_fds),
                                     preexec_fn=die_with_parent, close_fds=True)
         finally:
             logf.close()
+            self.channels.spawned(inst, number, chan_ctl)
         log.info("started %s incarnation %d (pid %d)", inst.name, number, proc.pid)
         return Incarnation(number, proc, eps)
 
@@ -422,6 +429,7 @@ class Supervisor:
             inst.incarnation = None
             inst.set_state("stopped")
             self.close_handles(inst)
+        self.channels.close_all()
 
 
 class StartFailed(Exception):

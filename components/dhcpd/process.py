@@ -28,7 +28,7 @@ from components.runtime import Component, run_component
 from ipc import errors
 from ipc.events import Subscriber
 from ipc.protocols.dhcpd import DHCPD
-from ipc.protocols.netstack import NETSTACK
+from ipc.protocols.netstack import DATAGRAM, NETSTACK
 from ipc.rpc import AsyncRpcClient, RpcClient
 
 OWNER = "dhcpd"
@@ -87,7 +87,7 @@ class Dhcpd(Component):
         ns_peer = rt.spec.peers.get("qnet.netstack")
         if dg_peer is None or ns_peer is None:
             raise SystemExit("dhcpd: the graph must give it qnet.datagram and qnet.netstack")
-        self.dg = DatagramClient(dg_peer, OWNER)
+        self.dg = DatagramClient(dg_peer, OWNER, chan=rt.data_user(DATAGRAM, dg_peer["dgram"], OWNER.encode()))
         self.ns = RpcClient(ns_peer["rpc"], NETSTACK, timeout=3.0, retries=2)
         self.prober = AsyncRpcClient(ns_peer["rpc"], NETSTACK)
         self.probes: dict[int, tuple[str, int]] = {}   # outstanding echo probes: req -> (port, token)

@@ -13,8 +13,6 @@ frame bytes.
 """
 from __future__ import annotations
 
-import zmq
-
 from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend
 from components.runtime import Component, run_component
 from ipc.channel import UserChannel
@@ -37,9 +35,10 @@ class EthDriver(Component):
         self.peer = rt.spec.peers.get("qnet.device")
         if self.peer is None:
             raise SystemExit("ethdriver: the graph gives no provider of qnet.device")
-        # The channel is opened in activate(), not here: netstack's ROUTER_HANDOVER
-        # gives the port's name to the newest connection, and a successor that
-        # connected while its predecessor still runs would steal the predecessor's
+        # The channel is opened in activate(), not here. On the socketpair transport it is
+        # the launcher's channel, shared with the predecessor; on ZeroMQ, netstack's
+        # ROUTER_HANDOVER gives the port's name to the newest connection, and a successor
+        # that connected while its predecessor still runs would steal the predecessor's
         # last batches (ZeroMQ drops what the old connection sends after a hand-over).
         self.chan = None
         self.backend = None
@@ -64,7 +63,7 @@ class EthDriver(Component):
 
     # -- lifecycle ------------------------------------------------------------------------
     def activate(self, state):
-        self.chan = UserChannel(DEVICE, self.peer["data"], self.port.encode())
+        self.chan = self.rt.data_user(DEVICE, self.peer["data"], self.port.encode())
         self.backend = self._open_backend(state)
         self._start_io()
         self.rt.loop.call_every(ATTACH_INTERVAL, self._attach)
@@ -74,7 +73,7 @@ class EthDriver(Component):
     def _start_io(self):
         self.active = True
         self.rt.loop.add_reader(self.backend.fileno(), self._on_backend)
-        self.rt.loop.add_reader(self.chan.socket, self._on_channel)
+        self.chan.start(self.rt.loop, self._on_tx, self._on_event, 64)
         # Frames may already wait in the kernel queue (a successor after a hand-over).
         self._on_backend()
 
@@ -82,8 +81,12 @@ class EthDriver(Component):
         self.active = False
         self._paused = False
         self.rt.loop.remove_reader(self.backend.fileno())
-        self.rt.loop.remove_reader(self.chan.socket)
-        self._on_channel_drain()
+        self.rt.loop.remove_writer(self.chan.poll_key)
+        self.chan.stop()
+        if isinstance(self.chan, UserChannel):
+            # ZeroMQ: what netstack already sent to this connection is ours to write now.
+            # (A socketpair keeps unread batches queued for the successor instead.)
+            self._on_channel_drain()
         state = {}
         if isinstance(self.backend, StreamBackend):
             state["rx_residue"] = self.backend.rx_residue()
@@ -111,7 +114,7 @@ class EthDriver(Component):
             return
         # Read until the backend is empty (bounded per wake-up so the channel side gets a turn).
         for _ in range(8):
-            if not self.chan.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            if not self.chan.writable():
                 # netstack is behind: leave frames in the kernel's queue (where the kernel
                 # drops and counts them) instead of reading them only to drop them here.
                 self._pause_backend()
@@ -129,23 +132,20 @@ class EthDriver(Component):
                 break
 
     def _pause_backend(self):
+        """Stop reading the backend until the channel has room again."""
         if self._paused:
             return
         self._paused = True
         self.counters["rx_paused"] += 1
         self.rt.loop.remove_reader(self.backend.fileno())
+        self.rt.loop.add_writer(self.chan.poll_key, self._resume_backend)
 
-        def resume():
-            self._paused = False
-            if self.active:
-                self.rt.loop.add_reader(self.backend.fileno(), self._on_backend)
-                self._on_backend()
-        self.rt.loop.call_later(0.002, resume)
-
-    def _on_channel(self):
-        if not self.active:
-            return
-        self.chan.receive(self._on_tx, self._on_event, limit=64)
+    def _resume_backend(self):
+        self.rt.loop.remove_writer(self.chan.poll_key)
+        self._paused = False
+        if self.active:
+            self.rt.loop.add_reader(self.backend.fileno(), self._on_backend)
+            self._on_backend()
 
     def _on_channel_drain(self):
         self.chan.receive(self._on_tx, self._on_event, limit=1024)

@@ -54,19 +54,21 @@ def decode_received(frame: bytes) -> Received:
 
 
 class DatagramClient:
-    def __init__(self, peer: dict[str, str], owner: str, *, timeout: float = 5.0):
+    def __init__(self, peer: dict[str, str], owner: str, *, timeout: float = 5.0, chan=None):
+        """``chan``: the data channel the launcher gave a component (``Runtime.data_user``);
+        without one (tests, tools outside the graph) the client connects over ZeroMQ."""
         self.owner = owner
         self.rpc = RpcClient(peer["rpc"], DATAGRAM, timeout=timeout, retries=3)
-        self.chan = UserChannel(DATAGRAM, peer["dgram"], owner.encode())
+        self.chan = chan if chan is not None else UserChannel(DATAGRAM, peer["dgram"], owner.encode())
         self.chan.send_event("hello", owner=owner)
         self._poller = zmq.Poller()
-        self._poller.register(self.chan.socket, zmq.POLLIN)
+        self._poller.register(self.chan.poll_key, zmq.POLLIN)
         self.bad = 0
 
     @property
-    def socket(self) -> zmq.Socket:
+    def socket(self):
         """Readable when datagrams wait: register it in the component's loop."""
-        return self.chan.socket
+        return self.chan.poll_key
 
     def hello(self) -> None:
         """Say hello again (after netstack restarted) so that it can route to us."""
