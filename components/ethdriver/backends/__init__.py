@@ -10,10 +10,10 @@ from .capture import PcapCapture
 from .fault import FaultInjector
 from .qemu_dgram import DgramBackend, open_dgram
 from .qemu_stream import StreamBackend, listen_stream
-from .tap import TapBackend, TapError, open_tap, set_link_up
+from .tap import OFFLOAD_FLAGS, TapBackend, TapError, negotiate_offloads, open_tap, set_link_up
 
 __all__ = [
     "MAX_FRAME_LEN", "Backend", "BackendWrapper", "PcapCapture", "FaultInjector",
     "DgramBackend", "open_dgram", "StreamBackend", "listen_stream",
-    "TapBackend", "TapError", "open_tap", "set_link_up",
+    "OFFLOAD_FLAGS", "TapBackend", "TapError", "negotiate_offloads", "open_tap", "set_link_up",
 ]

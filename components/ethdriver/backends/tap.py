@@ -2,6 +2,13 @@
 
 ``open_tap`` returns a plain fd the launcher keeps and passes to every driver incarnation; the fd,
 not a persistent flag, keeps a device we created alive. ``TapBackend`` only reads and writes it.
+
+Offloads: IFF_VNET_HDR can only be chosen when the fd is attached (TUNSETIFF), so the launcher
+opens the TAP with ``vnet_hdr = true``; the header size (TUNSETVNETHDRSZ) and the offloads
+(TUNSETOFFLOAD) belong to the device and are (re)set by each driver incarnation with
+``TapBackend(fd, offloads=True)``. In that mode every frame in a batch, read or written, starts
+with the 12-byte virtio-net header (components/netstack/wire/virtio_net.py), kept as a prefix
+so a batch travels to netstack and back without a copy to add or strip it.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-# TUNSETOFFLOAD flags, for when the netstack learns TSO/checksum offload.
+# TUNSETOFFLOAD flags: what we let the kernel leave undone in frames it hands us.
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20  # Linux 6.2; accepted only together with TUN_F_USO6
+TUN_F_USO6 = 0x40
 
 # linux/sockios.h, linux/if.h
 SIOCGIFFLAGS = 0x8913
@@ -44,6 +53,20 @@ IFNAMSIZ = 16
 
 # virtio 1.0 header with num_buffers is 12 bytes; the legacy header is 10 (the kernel default).
 VNET_HDR_LEN_DEFAULT = 10
+# What offload mode sets: the virtio 1.x layout (see wire/virtio_net.py for why 12).
+VNET_HDR_LEN_OFFLOAD = 12
+
+# Offload names as the device interface carries them (core/offload.py OFFLOAD_NAMES) and the
+# TUNSETOFFLOAD bits behind each; what the kernel accepts here it also takes from us on write.
+OFFLOAD_FLAGS = {
+    "csum": TUN_F_CSUM,
+    "tso4": TUN_F_TSO4,
+    "tso6": TUN_F_TSO6,
+    "tso_ecn": TUN_F_TSO_ECN,
+    "uso": TUN_F_USO4 | TUN_F_USO6,
+}
+# The kernel ignores TSO without CSUM (tun_set_offload), so every set includes csum.
+_NEEDS_CSUM = ("tso4", "tso6", "tso_ecn", "uso")
 
 _IFREQ_FLAGS = struct.Struct("16sH22x")
 _IFREQ_INT = struct.Struct("16si20x")
@@ -120,6 +143,30 @@ def set_offload(fd: int, flags: int) -> None:
     fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
 
 
+def negotiate_offloads(fd: int, wanted: tuple[str, ...] = tuple(OFFLOAD_FLAGS)) -> tuple[str, ...]:
+    """Enable as many of ``wanted`` as this kernel knows; returns the names it accepted.
+
+    tun_set_offload answers EINVAL to any bit it does not know, which is how new flags are
+    probed: drop the newest (USO, then TSO_ECN, ...) until the kernel takes the rest.
+    There is no TUNGETOFFLOAD, so what was accepted is known only from here.
+    """
+    names = [n for n in OFFLOAD_FLAGS if n in wanted]
+    if any(n in names for n in _NEEDS_CSUM) and "csum" not in names:
+        names.insert(0, "csum")
+    while True:
+        flags = 0
+        for n in names:
+            flags |= OFFLOAD_FLAGS[n]
+        try:
+            set_offload(fd, flags)
+        except OSError as e:
+            if e.errno != errno.EINVAL or not names:
+                raise TapError(e.errno, f"TUNSETOFFLOAD 0x{flags:x}: {e.strerror}") from None
+            names.pop()
+            continue
+        return tuple(names)
+
+
 def _get_flags(ctl: socket.socket, raw: bytes) -> int:
     res = fcntl.ioctl(ctl, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(raw, 0))
     return _IFREQ_FLAGS.unpack(res)[1]
@@ -137,27 +184,74 @@ def set_link_up(name: str, up: bool = True) -> None:
 class TapBackend(Backend):
     """Drives an open TAP fd. ``vnet_hdr=None`` reads the fd's own IFF_VNET_HDR flag.
 
+    Two modes. Plain (the default): frames in batches are bare Ethernet frames; on a vnet_hdr
+    fd the header is stripped on read and a zero one added on write, and the device's offloads
+    are switched off so the kernel never hands over work that would then be lost.
+    Offloads (``offloads=True`` or a tuple of names): the fd must have IFF_VNET_HDR; the header
+    size is set to 12 and the offloads are negotiated (``offloads()`` says which the kernel
+    took); every frame read or written carries its 12-byte virtio-net header as a prefix
+    (``frame_prefix_len``), and the kernel may hand over GSO super-frames up to 64 KiB and
+    frames with partial checksums.
+
     Interface state (link, MTU, MAC) is looked up by name in the driver's network namespace;
     when the interface lives elsewhere (moved with `ip link set NAME netns NS`) only the fd is
     reachable, and link_up() reports True because an attached TAP has carrier.
     """
 
-    def __init__(self, fd: int, name: str | None = None, vnet_hdr: bool | None = None) -> None:
+    def __init__(self, fd: int, name: str | None = None, vnet_hdr: bool | None = None,
+                 offloads: bool | tuple[str, ...] = False) -> None:
         self._fd = fd
         self.name = name if name is not None else tap_name(fd)
+        has_vnet = bool(tap_flags(fd) & IFF_VNET_HDR)
         if vnet_hdr is None:
-            vnet_hdr = bool(tap_flags(fd) & IFF_VNET_HDR)
+            vnet_hdr = has_vnet
+        self._offloads: tuple[str, ...] = ()
+        self._prefix = 0
+        if offloads:
+            if not has_vnet:
+                raise TapError(errno.EINVAL, f"TAP {self.name!r}: offloads need a TAP opened with "
+                                             "IFF_VNET_HDR (handle option vnet_hdr = true)")
+            try:
+                set_vnet_hdr_size(fd, VNET_HDR_LEN_OFFLOAD)
+            except OSError as e:
+                raise TapError(e.errno, f"TUNSETVNETHDRSZ {self.name!r}: {e.strerror}") from None
+            wanted = tuple(OFFLOAD_FLAGS) if offloads is True else tuple(offloads)
+            self._offloads = negotiate_offloads(fd, wanted)
+            self._prefix = VNET_HDR_LEN_OFFLOAD
+            vnet_hdr = True
+        elif has_vnet:
+            # A predecessor may have enabled offloads on the device; a plain reader strips the
+            # header and could not finish what the kernel left undone.
+            try:
+                set_offload(fd, 0)
+            except OSError:
+                pass
         self._hdr_len = get_vnet_hdr_size(fd) if vnet_hdr else 0
-        self._zero_hdr = bytes(self._hdr_len)
+        # In offload mode the header stays on the frame: nothing to strip or to add.
+        self._strip = 0 if self._prefix else self._hdr_len
+        self._zero_hdr = bytes(self._strip)
         self._read_size = self._hdr_len + MAX_FRAME_LEN
         os.set_blocking(fd, False)
         self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._counters = new_counters("rx_short")
+        self._counters = new_counters("rx_short", "rx_gso_frames", "rx_csum_partial",
+                                      "tx_gso_frames")
         self._closed = False
 
     @property
     def vnet_hdr_len(self) -> int:
         return self._hdr_len
+
+    @property
+    def frame_prefix_len(self) -> int:
+        """Bytes of virtio-net header before each frame in a batch: 12 with offloads, else 0."""
+        return self._prefix
+
+    def offloads(self) -> tuple[str, ...]:
+        """The offloads the kernel accepted (core/offload.py OFFLOAD_NAMES); () in plain mode.
+
+        They hold both ways: the kernel may hand us such frames, and takes them from us.
+        """
+        return self._offloads
 
     def fileno(self) -> int:
         return self._fd
@@ -169,7 +263,7 @@ class TapBackend(Backend):
                    max_bytes: int = DEFAULT_MAX_BYTES) -> list[bytes]:
         frames: list[bytes] = []
         total = 0
-        hdr = self._hdr_len
+        hdr, keep = self._strip, self._prefix
         read, fd, size = os.read, self._fd, self._read_size
         c = self._counters
         while len(frames) < max_frames and total < max_bytes:
@@ -184,8 +278,17 @@ class TapBackend(Backend):
                 if len(buf) <= hdr:
                     c["rx_short"] += 1
                     continue
-                # No offloads are negotiated yet, so the header carries nothing we need.
+                # Plain mode: no offloads are enabled, so the header carries nothing we need.
                 buf = buf[hdr:]
+            elif keep:
+                if len(buf) <= keep:
+                    c["rx_short"] += 1
+                    continue
+                # virtio_net_hdr: flags is byte 0, gso_type byte 1.
+                if buf[1]:
+                    c["rx_gso_frames"] += 1
+                elif buf[0] & 1:
+                    c["rx_csum_partial"] += 1
             frames.append(buf)
             total += len(buf)
         c["rx_frames"] += len(frames)
@@ -194,14 +297,16 @@ class TapBackend(Backend):
 
     def write_batch(self, frames: Iterable[bytes]) -> int:
         c = self._counters
-        fd, hdr = self._fd, self._zero_hdr
-        sent = nbytes = 0
+        fd, hdr, keep = self._fd, self._zero_hdr, self._prefix
+        sent = nbytes = gso = 0
         for frame in frames:
             try:
                 if hdr:
                     os.writev(fd, (hdr, frame))
                 else:
                     os.write(fd, frame)
+                    if keep and frame[1]:
+                        gso += 1
             except BlockingIOError:
                 c["tx_dropped"] += 1
                 continue
@@ -214,6 +319,7 @@ class TapBackend(Backend):
             nbytes += len(frame)
         c["tx_frames"] += sent
         c["tx_bytes"] += nbytes
+        c["tx_gso_frames"] += gso
         return sent
 
     def _ifreq(self, request: int, fmt: struct.Struct, *fields: object) -> tuple | None:
