@@ -162,3 +162,56 @@ def test_a_guest_hostname_with_control_bytes_is_stored_checked_and_printed_escap
     finally:
         s.close()
         run_qnet(run, "port", "del", name)
+
+
+# -- 4: log lines caused by the network are bounded ----------------------------------------
+def _conflict_lines(run) -> tuple[list[str], list[str]]:
+    def lines(fname):
+        try:
+            with open(os.path.join(run, "logs", fname), encoding="utf-8", errors="replace") as f:
+                return [l for l in f if "address conflict" in l]
+        except FileNotFoundError:
+            return []
+    return lines("netstack.log"), lines("netstack.jsonl")
+
+
+def test_a_flood_of_conflicting_arp_frames_writes_a_bounded_count_of_log_lines(run):
+    import random
+    import socket
+    from scapy.all import ARP, Ether
+    name, addr = "hq4", "10.63.4.1"
+    ours, peer = os.path.join(run, f"{name}.ours"), os.path.join(run, f"{name}.peer")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(peer)
+    res = _dgram_port(run, name, "--addr", f"{addr}/24")
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        before_text, before_json = _conflict_lines(run)
+
+        def conflicts():
+            res = run_qnet(run, "stats", "--json")
+            return json.loads(res.stdout)["stack"].get("arp", {}).get("conflicts", 0) \
+                if res.returncode == 0 else 0
+
+        def flood(n):
+            for _ in range(n):
+                mac = "52:54:01:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
+                frame = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff")
+                              / ARP(op=2, hwsrc=mac, psrc=addr, hwdst="ff:ff:ff:ff:ff:ff", pdst=addr))
+                s.sendto(frame, ours)
+        before = conflicts()
+        flood(3000)
+        counted = wait_until(lambda: (lambda c: c if c >= 2000 else 0)(conflicts() - before), 20,
+                             "netstack counted the conflicting frames")
+        text, js = _conflict_lines(run)
+        # a burst (runtime.LOG_BURST = 10 per 10 s window) and nothing like one line per frame
+        assert len(text) - len(before_text) <= 12, f"{len(text)} lines for {counted} conflicts"
+        assert len(js) - len(before_json) <= 12, f"{len(js)} lines for {counted} conflicts"
+        # after the window, the next line says how many were suppressed
+        time.sleep(10.5)
+        flood(1)
+        wait_until(lambda: any("similar suppressed" in l for l in _conflict_lines(run)[1][len(js):]), 10,
+                   "a line counting the suppressed ones")
+    finally:
+        s.close()
+        run_qnet(run, "port", "del", name)
