@@ -11,6 +11,7 @@ must be MTU-sized with checksums scapy accepts, and B's kernel must receive ever
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import select
 import subprocess
@@ -313,5 +314,29 @@ def test_super_frames_pass_whole_to_a_port_that_takes_them(v6):
         assert lk.treatments[Treatment.PASS_THROUGH] > 0
         assert lk.b.counters()["tx_gso_frames"] > 0
         assert max(len(f) for f in lk.to_b) > MTU + 14 + VNET_HDR_LEN
+    finally:
+        lk.cleanup()
+
+
+def test_plain_successor_switches_off_the_offloads_its_predecessor_enabled():
+    """A driver incarnation without offloads, on the fd an offload incarnation left: the kernel
+    must go back to finished, MTU-sized frames, or the plain reader would lose its work."""
+    lk = Link(v6=False)
+    try:
+        lk.setup()
+        assert lk.a.offloads()
+        successor = TapBackend(os.dup(lk.a.fileno()), lk.if_a)  # plain mode on the same device
+        lk.a.close()
+        lk.a = successor
+        assert successor.offloads() == () and successor.frame_prefix_len == 0
+        receiver = lk.run(lk.ns_b, RECEIVER.format(fam="AF_INET", addr=lk.addr_b, port=PORT))
+        assert receiver.stdout.readline().strip() == "listening"
+        sender = lk.run(lk.ns_a, SENDER.format(total=300_000, addr=lk.addr_b, port=PORT))
+        lk.forward(lambda: sender.poll() is not None and receiver.poll() is not None, timeout=60)
+        n, digest = receiver.stdout.readline().split()
+        assert int(n) == 300_000 and digest == _payload_digest(300_000)
+        assert max(len(f) for _, f in lk.from_a) <= MTU + 14
+        tcp = [f for _, f in lk.from_a if TCP in Ether(f[:80])]
+        assert tcp and all(_valid(f, TCP) for f in tcp[:SCAPY_SAMPLE])
     finally:
         lk.cleanup()
