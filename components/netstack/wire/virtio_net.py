@@ -92,7 +92,7 @@ class VirtioNetHdr:
         if base != GSO_NONE and gso_size == 0:
             raise ParseError("virtio_net: GSO frame with gso_size 0")
         if flags & F_NEEDS_CSUM and csum_offset & 1:
-            # Linux refuses an odd csum_offset too (the field is a 16-bit word).
+            # Every Internet checksum field (TCP 16, UDP 6, ICMP 2) is a word at an even offset.
             raise ParseError(f"virtio_net: odd csum_offset {csum_offset}")
         return _make_hdr(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers)
 
