@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
+import stat
 import sys
 import time
 from typing import Any, Callable
@@ -168,12 +170,39 @@ def cmd_down(args) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not pid or not _alive(pid):
+            _remove_endpoints(run)
             print("qnet: down")
             return 0
         time.sleep(0.05)
     if pid:
         os.kill(pid, 9)
+        while _alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    _remove_endpoints(run)
     raise CliError(f"the launcher (pid {pid}) did not stop within {args.timeout:g} s; killed it")
+
+
+_ENDPOINT_NAME = re.compile(r"^(launcher\.(ctl|sup)|[A-Za-z0-9_.-]+?(\.\d+)?\.(rpc|data|pub|dgram))$")
+
+
+def _remove_endpoints(run: str) -> None:
+    """Socket files and stable-name symlinks of a graph whose launcher is gone: a launcher
+    stopped by force (or one that died) must not leave them behind. Other files stay."""
+    try:
+        names = os.listdir(run)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(run, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if _ENDPOINT_NAME.match(name) and (stat.S_ISSOCK(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _launcher_pid(run: str) -> int:

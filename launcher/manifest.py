@@ -98,14 +98,25 @@ def default_manifest_text() -> str:
     return resources.files("launcher").joinpath("default_graph.toml").read_text()
 
 
+# A graph is a handful of processes; a manifest with thousands of components is a mistake or
+# an attack (every one is a process, four sockets and a log file). Ports are not components
+# here: per-port drivers come from a per_port template and are bounded by netstack's devices.
+MAX_COMPONENTS = 64
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def load(path: str | None = None) -> Graph:
     if path is None:
         return parse(default_manifest_text(), "<embedded default graph>")
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}): a manifest is TOML, which is UTF-8") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; a graph manifest is small")
     return parse(text, path)
 
 
@@ -178,6 +189,9 @@ def parse(text: str, source: str) -> Graph:
     comps_tbl = raw.get("components")
     if not isinstance(comps_tbl, dict) or not comps_tbl:
         raise loc.error("the graph declares no [components.NAME] table")
+    if len(comps_tbl) > MAX_COMPONENTS:
+        raise loc.error(f"the graph declares {len(comps_tbl)} components; at most {MAX_COMPONENTS} are allowed "
+                        f"(each is a process with its own sockets; docs/manifest.md)")
     components: dict[str, ComponentSpec] = {}
     templates: dict[str, ComponentSpec] = {}
     for cname, ctbl in comps_tbl.items():

@@ -215,3 +215,45 @@ def test_a_flood_of_conflicting_arp_frames_writes_a_bounded_count_of_log_lines(r
     finally:
         s.close()
         run_qnet(run, "port", "del", name)
+
+
+def test_a_manifest_that_is_not_utf8_is_a_file_error(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_bytes(b'[graph]\nname = "caf\xe9"\n[components.x]\nmodule = "m"\n')
+    res = run_qnet(str(tmp_path / "r"), "up", "-f", str(path), "--detach")
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "UTF-8" in res.stderr and "internal error" not in res.stderr, res.stderr
+
+
+def test_a_manifest_with_thousands_of_components_is_refused_with_its_bound(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text("".join(f'[components.c{i}]\nmodule = "tests.components.counter"\n' for i in range(3000)))
+    try:
+        res = run_qnet(str(tmp_path / "r"), "up", "-f", str(path), "--detach", "--timeout", "20")
+    finally:
+        run_qnet(str(tmp_path / "r"), "down", "--timeout", "5")
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "at most 64" in res.stderr, res.stderr
+    assert not any(f.endswith((".rpc", ".data", ".pub", ".dgram", ".ctl"))
+                   for f in os.listdir(tmp_path / "r")) if (tmp_path / "r").exists() else True
+
+
+def test_down_of_a_launcher_that_will_not_stop_leaves_no_socket_files(tmp_path):
+    import signal
+    import stat
+    run = str(tmp_path / "r")
+    res = run_qnet(run, "up", "--detach", "--timeout", "40")
+    assert res.returncode == 0, res.stderr
+    with open(os.path.join(run, "launcher.pid")) as f:
+        pid = int(f.read())
+    os.kill(pid, signal.SIGSTOP)   # a launcher that cannot answer `down`
+    try:
+        res = run_qnet(run, "down", "--timeout", "2")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    left = [f for f in os.listdir(run)
+            if stat.S_ISSOCK(os.lstat(os.path.join(run, f)).st_mode) or os.path.islink(os.path.join(run, f))]
+    assert left == [], left
