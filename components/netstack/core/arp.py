@@ -1,7 +1,9 @@
 """ARP (RFC 826) and IPv4 address conflict detection (RFC 5227).
 
 This module turns ARP packets into neighbor-table inputs and table requests into ARP packets;
-the neighbor state machine itself lives in neighbor.py.
+the neighbor state machine itself lives in neighbor.py. The table keys IPv4 neighbors by the
+address as an int: the forwarding path looks one up per packet, and an int hashes in C where
+an IPv4Address hashes in Python.
 """
 
 from __future__ import annotations
@@ -57,13 +59,14 @@ class Arp:
         if arp.spa != UNSPECIFIED and not (arp.spa.is_multicast or arp.spa.is_loopback
                                            or arp.spa == LIMITED_BROADCAST):
             # RFC 826 "merge": update an existing entry; create one only when we are the target.
+            spa = int(arp.spa)
             if arp.op == ARP_REPLY and for_us:
-                if neighbors.state_of(dev.name, arp.spa) is State.NONE:
-                    neighbors.learn(dev.name, arp.spa, arp.sha, now, create=True)
+                if neighbors.state_of(dev.name, spa) is State.NONE:
+                    neighbors.learn(dev.name, spa, arp.sha, now, create=True)
                 else:
-                    neighbors.confirm(dev.name, arp.spa, arp.sha, now)
+                    neighbors.confirm(dev.name, spa, arp.sha, now)
             else:
-                neighbors.learn(dev.name, arp.spa, arp.sha, now,
+                neighbors.learn(dev.name, spa, arp.sha, now,
                                 create=for_us and arp.op == ARP_REQUEST)
         if arp.op == ARP_REQUEST and for_us:
             # RFC 826: answer with our hardware address, to the asker directly.
@@ -86,11 +89,11 @@ class Arp:
             self.c["defended"] += 1
 
     # -- NeighborSink ------------------------------------------------------------------------
-    def solicit(self, device: str, address: IPv4Address, lladdr: bytes | None,
-                now: float) -> None:
+    def solicit(self, device: str, address: int, lladdr: bytes | None, now: float) -> None:
         dev = self.stack.devs.get(device)
         if dev is None or not dev.up or dev.kind != ETHERNET:
             return
+        address = IPv4Address(address)
         spa = dev.source_for(address) or UNSPECIFIED
         req = ArpPacket(ARP_REQUEST, dev.mac, spa, ZERO_MAC, address)
         self.stack.enqueue_tx(dev, build_ethernet(lladdr or BROADCAST_MAC, dev.mac,
@@ -103,9 +106,8 @@ class Arp:
             return
         self.stack.enqueue_tx(dev, build_ethernet(lladdr, dev.mac, ETHERTYPE_IPV4, packet))
 
-    def unreachable(self, device: str, address: IPv4Address, packets: list[bytes],
-                    now: float) -> None:
-        self.stack.emit(NeighborUnreachable(device, address, len(packets)))
+    def unreachable(self, device: str, address: int, packets: list[bytes], now: float) -> None:
+        self.stack.emit(NeighborUnreachable(device, IPv4Address(address), len(packets)))
         self.stack.ip4.neighbor_failed(device, packets, now)
 
     # -- announcements -----------------------------------------------------------------------

@@ -78,6 +78,9 @@ class Ipv4Layer:
         self.reassembly = Reassembler(self.cfg, stack.ctr.group("reassembly"))
         self.local: dict[IPv4Address, str] = {}        # our addresses -> their device
         self.broadcasts: dict[IPv4Address, str] = {}   # directed broadcasts -> device
+        # The same two tables keyed by int, for the per-frame path (fastpath.py).
+        self.local_ints: dict[int, str] = {}
+        self.broadcast_ints: dict[int, str] = {}
         self.next_ident = stack.rng.randrange(0x10000)
         self.protocols: dict[int, Callable[[Ipv4Datagram, float], None]] = {}
 
@@ -90,6 +93,8 @@ class Ipv4Layer:
                 self.local.setdefault(iface.ip, dev.name)
                 if iface.network.prefixlen < 31:   # RFC 3021: /31 has no broadcast
                     self.broadcasts.setdefault(iface.network.broadcast_address, dev.name)
+        self.local_ints = {int(a): d for a, d in self.local.items()}
+        self.broadcast_ints = {int(a): d for a, d in self.broadcasts.items()}
 
     def is_local(self, a) -> bool:
         return a in self.local
@@ -302,7 +307,7 @@ class Ipv4Layer:
             if lladdr is not None:
                 stack.enqueue_tx(out, build_ethernet(lladdr, out.mac, ETHERTYPE_IPV4, packet))
             else:
-                stack.arp_neighbors.send(out.name, next_hop, packet, now)
+                stack.arp_neighbors.send(out.name, int(next_hop), packet, now)
 
     def neighbor_failed(self, device: str, packets: list[bytes], now: float) -> None:
         """Address resolution failed: host unreachable to each waiting packet's sender."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
-from typing import Hashable, Protocol
+from typing import Callable, Hashable, Protocol
 
 from .config import StackConfig
 from .timers import Deadlines
@@ -95,6 +95,11 @@ TRANSITIONS: dict[tuple[State, Ev], tuple[State, tuple[Act, ...]]] = {
 }
 # Anything not in the table is ignored (e.g. CONFIRM-less sightings of entries we never made).
 
+# The states in which SEND stays put and only transmits: there a sender may take the link
+# address (send_lladdr) instead of stepping the machine, and the outcome is the same.
+SEND_ONLY_TRANSMITS = tuple(s for (s, ev), (nxt, acts) in TRANSITIONS.items()
+                            if ev is E.SEND and nxt is s and acts == (A.TRANSMIT,))
+
 
 def state_timer(state: State, cfg: StackConfig) -> float | None:
     """How long an entry may stay in `state` before TIMEOUT."""
@@ -151,10 +156,14 @@ def mac_str(mac: bytes | None) -> str | None:
 class NeighborTable:
     """Entries keyed by (device, address). Bounded; least recently used entries go first."""
 
-    def __init__(self, cfg: StackConfig, sink: NeighborSink, counters) -> None:
+    def __init__(self, cfg: StackConfig, sink: NeighborSink, counters,
+                 format_address: Callable[[Hashable], str] = str) -> None:
         self.cfg = cfg
         self.sink = sink
         self.counters = counters            # a Counter for this table's group
+        # Addresses are whatever the protocol keys them by (ARP: ints, cheap to hash on
+        # every packet); this turns one into text for info().
+        self.format_address = format_address
         self._entries: OrderedDict[tuple[str, Hashable], Entry] = OrderedDict()
         self._timers = Deadlines()
         self.queued_bytes_total = 0
@@ -176,6 +185,16 @@ class NeighborTable:
         else:
             self._entries.move_to_end(key)
         self._step(key, e, Ev.SEND, None, packet, now)
+
+    def send_lladdr(self, device: str, address: Hashable) -> bytes | None:
+        """The link address to transmit to when a SEND would do nothing else (an entry in
+        SEND_ONLY_TRANSMITS), the entry then counting as used; None: call send() instead."""
+        key = (device, address)
+        e = self._entries.get(key)
+        if e is None or e.state not in SEND_ONLY_TRANSMITS:
+            return None
+        self._entries.move_to_end(key)
+        return e.lladdr
 
     def confirm(self, device: str, address: Hashable, lladdr: bytes, now: float) -> None:
         """A solicited reply: the neighbor answered us."""
@@ -320,7 +339,8 @@ class NeighborTable:
 
     # -- views and restart -----------------------------------------------------------------
     def info(self) -> list[NeighborInfo]:
-        return [NeighborInfo(d, str(a), mac_str(e.lladdr), e.state.value, len(e.queue))
+        fmt = self.format_address
+        return [NeighborInfo(d, fmt(a), mac_str(e.lladdr), e.state.value, len(e.queue))
                 for (d, a), e in self._entries.items()]
 
     def stats(self) -> dict[str, int]:

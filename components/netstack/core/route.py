@@ -3,6 +3,12 @@
 Lookup is longest-prefix match, then lowest metric, among routes whose device is usable
 (present and link up). A route via a gateway without a device resolves its device by looking
 the gateway up among the directly connected (gateway-less) routes.
+
+The index is one dict per prefix length present (network int -> its routes in preference
+order), probed longest first: a lookup costs one dict probe per distinct length, not one
+test per route. cached_lookup() remembers answers per destination int for the per-frame
+path; any change to the table, and invalidate() (the owner's call when a device comes, goes
+or changes link state), forgets them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 CONNECTED = "connected"
 STATIC = "static"
+
+# Destinations remembered by cached_lookup; cleared when full (destinations come from the
+# wire, so hostile input must not grow it without bound).
+CACHE_LIMIT = 4096
+_MISS = object()
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class NextHop:
     route: Route
     device: str
     address: IPAddress          # the neighbor to resolve: the gateway, or dst itself
+    neighbor: int               # the same address as an int (neighbor tables are keyed so)
 
 
 class RoutingTable:
@@ -60,13 +72,26 @@ class RoutingTable:
         self.version = version
         self.max_routes = max_routes
         self._routes: list[Route] = []   # kept sorted: longest prefix first, then metric
-        # The same routes as (network, mask, route) integers: lookup is on every forwarded
-        # packet, and `addr in network` costs several Python calls where `&` costs one.
-        self._match: list[tuple[int, int, Route]] = []
+        # The same routes by prefix length, longest first: (mask, {network: routes}), ints,
+        # as `addr in network` costs several Python calls where `&` and a dict probe cost one.
+        self._levels: list[tuple[int, dict[int, list[Route]]]] = []
+        self._cache: dict[int, NextHop | None] = {}
+        self._addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
         self.dropped = 0                 # add_route refused because the table was full
 
     def _reindex(self) -> None:
-        self._match = [(int(r.prefix.network_address), int(r.prefix.netmask), r) for r in self._routes]
+        bits = 32 if self.version == 4 else 128
+        levels: dict[int, dict[int, list[Route]]] = {}
+        for r in self._routes:           # in preference order, which each list keeps
+            levels.setdefault(r.prefix.prefixlen, {}).setdefault(
+                int(r.prefix.network_address), []).append(r)
+        self._levels = [(((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1), nets)
+                        for plen, nets in sorted(levels.items(), reverse=True)]
+        self._cache.clear()
+
+    def invalidate(self) -> None:
+        """Forget cached lookups: `usable` may now answer differently."""
+        self._cache.clear()
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -116,23 +141,32 @@ class RoutingTable:
                device: str | None = None) -> NextHop | None:
         """Best usable route to dst; with `device`, only routes leaving through it."""
         d = int(dst)
-        for net, mask, r in self._match:
-            if d & mask != net or r.prefix.version != dst.version:
-                continue
-            hop = self._resolve(r, dst, usable)
-            if hop is not None and (device is None or hop.device == device):
-                return hop
+        for mask, nets in self._levels:
+            for r in nets.get(d & mask, ()):
+                hop = self._resolve(r, dst, usable)
+                if hop is not None and (device is None or hop.device == device):
+                    return hop
         return None
+
+    def cached_lookup(self, d: int, usable: Callable[[str], bool]) -> NextHop | None:
+        """lookup() of the destination int d, remembered until the table changes or
+        invalidate() is called; the caller passes the same `usable` every time."""
+        hop = self._cache.get(d, _MISS)
+        if hop is _MISS:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            hop = self._cache[d] = self.lookup(self._addr(d), usable)
+        return hop  # type: ignore[return-value]
 
     def _resolve(self, r: Route, dst: IPAddress, usable: Callable[[str], bool]) -> NextHop | None:
         if r.gateway is None:
-            return NextHop(r, r.device, dst) if usable(r.device) else None  # type: ignore[arg-type]
+            return NextHop(r, r.device, dst, int(dst)) if usable(r.device) else None  # type: ignore[arg-type]
         if r.device is not None:
-            return NextHop(r, r.device, r.gateway) if usable(r.device) else None
+            return NextHop(r, r.device, r.gateway, int(r.gateway)) if usable(r.device) else None
         # Gateway without device: one level of recursion, through on-link routes only.
         for c in self._routes:
             if c.gateway is None and r.gateway in c.prefix and usable(c.device):  # type: ignore[arg-type]
-                return NextHop(r, c.device, r.gateway)  # type: ignore[arg-type]
+                return NextHop(r, c.device, r.gateway, int(r.gateway))  # type: ignore[arg-type]
         return None
 
     def info(self, usable: Callable[[str], bool]) -> list[RouteInfo]:

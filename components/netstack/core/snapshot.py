@@ -37,7 +37,7 @@ def take(stack: "Stack") -> dict:
                       for d in stack.devs.values() for a in d.addresses
                       if not (d.kind == LOOPBACK and str(a) == "127.0.0.1/8")],
         "routes": [r.to_dict() for r in stack.ip4.routes if r.kind == STATIC],
-        "neighbors": [{"device": dev, "address": str(a), "mac": bytes(mac)}
+        "neighbors": [{"device": dev, "address": str(ipaddress.IPv4Address(a)), "mac": bytes(mac)}
                       for dev, a, mac in stack.arp_neighbors.snapshot()],
         "udp": stack.udp4.snapshot(),
         "counters": stack.ctr.to_dict(),
@@ -66,7 +66,8 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
                                        r["device"], int(r["metric"]), STATIC))
         for n in snap["neighbors"]:
             if n["device"] in stack.devs:
-                stack.arp_neighbors.restore_entry(n["device"], ipaddress.IPv4Address(n["address"]),
+                stack.arp_neighbors.restore_entry(n["device"],
+                                                  int(ipaddress.IPv4Address(n["address"])),
                                                   MacAddr(bytes(n["mac"])), now)
         stack.udp4.restore(snap.get("udp", {}))
         stack.ip4.next_ident = int(snap.get("ip4_ident", 0)) & 0xFFFF

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.netstack.core import StackError
 from components.netstack.core.route import CONNECTED, Route, RoutingTable
@@ -92,3 +94,65 @@ def test_stack_routes_follow_addresses_and_devices():
     with pytest.raises(StackError) as e:
         s.add_route(N("1.0.0.0/8"), None, "nope")
     assert e.value.code == "no_device"
+
+
+def _reference_lookup(routes, dst, up):
+    """The rule, spelled out: longest prefix, then metric, then connected before static, then
+    the order added; among routes whose device (or gateway's on-link device) is usable."""
+    ranked = [r for _, r in sorted(enumerate(routes), key=lambda ir: (
+        -ir[1].prefix.prefixlen, ir[1].metric, ir[1].kind != CONNECTED, ir[0]))]
+
+    def device_of(r):   # a gateway without a device: the first usable on-link route to it
+        if r.gateway is None or r.device is not None:
+            return r.device if up(r.device) else None
+        return next((c.device for c in ranked if c.gateway is None and r.gateway in c.prefix
+                     and up(c.device)), None)
+    for r in ranked:
+        if dst in r.prefix and device_of(r) is not None:
+            return r, device_of(r)
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 32), st.sampled_from([0x0A000000, 0x0A010000, 0x0A010200,
+                                                               0x0A0102FF, 0xC0A80000, 0]),
+                          st.integers(0, 2), st.sampled_from(["a", "b", "c"]), st.booleans(),
+                          st.booleans()), max_size=25),
+       st.lists(st.sampled_from([0x0A010203, 0x0A0102FF, 0x0A000001, 0xC0A80101, 0x08080808,
+                                 0x0A010200]), min_size=1, max_size=6),
+       st.sets(st.sampled_from(["a", "b", "c"])))
+def test_lookup_over_overlapping_prefixes_matches_the_spelled_out_rule(specs, dsts, down):
+    t = RoutingTable(4, 100)
+    added = []
+    for plen, net, metric, dev, via_gw, connected in specs:
+        prefix = N((net, plen), strict=False)
+        r = Route(prefix, ADDR(net | 1) if via_gw else None, dev if not (via_gw and connected) else None,
+                  metric, CONNECTED if connected and not via_gw else "static")
+        try:
+            t.add(r)
+        except StackError:
+            continue
+        added.append(r)
+    up = lambda d: d not in down
+    for d in dsts:
+        want = _reference_lookup(added, ADDR(d), up)
+        for hop in (t.lookup(ADDR(d), up), t.cached_lookup(d, up), t.cached_lookup(d, up)):
+            assert (None if hop is None else (hop.route, hop.device)) == want
+            assert hop is None or hop.neighbor == int(hop.address)
+
+
+def test_cached_lookup_forgets_on_route_changes_and_invalidate():
+    down = set()
+    up = lambda d: d not in down
+    t = RoutingTable(4, 100)
+    t.add(Route(N("0.0.0.0/0"), ADDR("10.0.0.254"), "a"))
+    d = int(ADDR("10.1.2.3"))
+    assert t.cached_lookup(d, up).device == "a"
+    t.add(Route(N("10.1.0.0/16"), None, "b"))
+    assert t.cached_lookup(d, up).device == "b"
+    down.add("b")
+    assert t.cached_lookup(d, up).device == "b"      # remembered until told
+    t.invalidate()
+    assert t.cached_lookup(d, up).device == "a"
+    t.remove(N("0.0.0.0/0"))
+    assert t.cached_lookup(d, up) is None

@@ -1,0 +1,152 @@
+"""The per-frame fast path: the two commonest received frames, handled in one pass.
+
+A frame qualifies when it is plain (wire/flat.py: untagged Ethernet II to our MAC, IPv4
+without options or fragmentation, good checksum), arrives on an Ethernet port that is up,
+its addresses are ordinary unicast ones, and it is either
+
+- an ICMP echo request to one of our addresses (weak host: any device's), or
+- a datagram to forward with TTL > 1,
+
+and its outgoing frame fits the egress MTU and goes to a neighbor whose SEND would only
+transmit (neighbor.SEND_ONLY_TRANSMITS). Everything else returns False before any side
+effect, and the general path (stack._receive_one and the layers) handles the frame exactly
+as it always did: every rule that can drop, answer with an ICMP error, fragment or resolve
+lives only there. For the frames it takes, the fast path has exactly the general path's
+effects — the same counters, neighbor use, IP ident, and byte-identical frames
+(tests/unit/core/test_fastpath.py drives both side by side) — at a fraction of the cost:
+addresses stay ints, tables are probed by int, and the outgoing frame is a copy of the
+received one patched in place (RFC 1624 checksums) rather than parsed and rebuilt.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..wire.flat import (echo_reply_in_place, forward_in_place, icmp_checksum_ok, icmp_head,
+                         parse_plain_ipv4)
+from .device import ETHERNET, Device
+
+if TYPE_CHECKING:
+    from .stack import Stack
+
+_ECHO_REQUEST = 8
+
+
+class FastPath:
+    def __init__(self, stack: "Stack") -> None:
+        self.stack = stack
+        # Device -> its counter group, so a counter name is not formatted per frame. Checked
+        # by identity: a device removed and added again is a new Device with a new group.
+        self._ctr: dict[str, tuple[Device, object]] = {}
+
+    def _dev_counters(self, dev: Device):
+        hit = self._ctr.get(dev.name)
+        if hit is not None and hit[0] is dev:
+            return hit[1]
+        g = self.stack.dev_counter(dev.name)
+        self._ctr[dev.name] = (dev, g)
+        return g
+
+    def invalidate(self) -> None:
+        """Devices or counter groups changed: forget the cached groups."""
+        self._ctr.clear()
+
+    def receive(self, dev: Device, frame, now: float) -> bool:
+        """Handle frame if it is one of the common cases; False (and nothing done) if not."""
+        if not dev.up or dev.kind != ETHERNET:
+            return False
+        h = parse_plain_ipv4(frame)
+        if h is None:
+            return False
+        dmac, smac, _tos, total, _ident, _flags, ttl, proto, csum, src, dst = h
+        mac = dev.mac
+        if dmac != mac or smac[0] & 1 or smac == mac:
+            return False
+        # The martian rules (RFC 1122 §3.2.1.3, RFC 1812 §5.3.7: 0/8, 127/8, 224/4, 240/4)
+        # and our own or broadcast sources are the general path's to count.
+        s1, d1 = src >> 24, dst >> 24
+        if s1 == 0 or s1 == 127 or s1 >= 224 or d1 == 0 or d1 == 127 or d1 >= 224:
+            return False
+        ip4 = self.stack.ip4
+        local = ip4.local_ints
+        broadcasts = ip4.broadcast_ints
+        if src in local or src in broadcasts:
+            return False
+        if dst in local:
+            if proto != 1 or total < 28:
+                return False
+            icmp_type, icmp_code, icmp_csum = icmp_head(frame)
+            if icmp_type != _ECHO_REQUEST or not icmp_checksum_ok(frame, total):
+                return False
+            hop = self._egress(src, total)
+            if hop is None:
+                return False
+            out, lladdr = hop
+            # From here on the frame is ours: the general path's effects, in one pass.
+            self._count_rx(dev, frame)
+            c = ip4.c
+            c["rx_packets"] += 1
+            c["rx_delivered"] += 1
+            ic = self.stack.icmp.c
+            ic["rx_type_8"] += 1
+            ident = ip4.next_ident
+            ip4.next_ident = (ident + 1) & 0xFFFF
+            end = 14 + total
+            buf = bytearray(frame) if len(frame) == end else bytearray(frame[:end])
+            # RFC 1122 §3.2.2.6: the reply's source is the request's destination.
+            echo_reply_in_place(buf, lladdr, out.mac, total, ident, self.stack.cfg.default_ttl,
+                                dst, src, icmp_code, icmp_csum)
+            c["tx_packets"] += 1
+            self._transmit(out, buf)
+            ic["tx_echo_reply"] += 1
+            return True
+        if dst in broadcasts or not dev.forwarding or ttl <= 1:
+            return False
+        hop = self._egress(dst, total)
+        if hop is None:
+            return False
+        out, lladdr = hop
+        self._count_rx(dev, frame)
+        c = ip4.c
+        c["rx_packets"] += 1
+        end = 14 + total
+        buf = bytearray(frame) if len(frame) == end else bytearray(frame[:end])
+        forward_in_place(buf, lladdr, out.mac, ttl, proto, csum)
+        c["forwarded"] += 1
+        self._transmit(out, buf)
+        return True
+
+    def _egress(self, dst: int, total: int) -> tuple[Device, bytes] | None:
+        """(device, neighbor's MAC) for a datagram of `total` bytes to dst, if the general
+        path would send it there whole to a resolved neighbor; None otherwise."""
+        stack = self.stack
+        ip4 = stack.ip4
+        hop = ip4.routes.cached_lookup(dst, ip4.usable)
+        if hop is None:
+            return None
+        out = stack.devs.get(hop.device)
+        if out is None or out.kind != ETHERNET or not out.up or total > out.mtu:
+            return None
+        nh = hop.neighbor
+        # Broadcast and multicast next hops take fixed link addresses (ipv4.link_output).
+        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
+            return None
+        lladdr = stack.arp_neighbors.send_lladdr(out.name, nh)
+        if lladdr is None:
+            return None
+        return out, lladdr
+
+    def _count_rx(self, dev: Device, frame) -> None:
+        c = self._dev_counters(dev)
+        c["rx_frames"] += 1
+        c["rx_bytes"] += len(frame)
+
+    def _transmit(self, out: Device, frame: bytearray) -> None:
+        # As stack.enqueue_tx, whose link-down case _egress has ruled out.
+        c = self._dev_counters(out)
+        if len(out.tx) >= self.stack.cfg.tx_queue_frames:
+            c["tx_drop_queue_full"] += 1
+            return
+        out.tx.append(frame)
+        c["tx_frames"] += 1
+        c["tx_bytes"] += len(frame)

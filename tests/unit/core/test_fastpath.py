@@ -1,0 +1,178 @@
+"""The per-frame fast path takes the common frames and has exactly the general path's effects.
+
+Every test runs the same frames through two routers, one with the fast path switched off,
+and compares everything observable: transmitted bytes, counters, events, neighbors, ident.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from .test_fuzz import frames as fuzz_frames
+from .util import (A, B, HOST_A, HOST_B, IP0, IP1, MAC0, MAC1, ip_frame, learn, make_stack,
+                   ping_frame, udp_frame)
+
+
+def router(fast: bool, **cfg):
+    s = make_stack(**cfg)
+    learn(s, "eth0", HOST_A, A, IP0)
+    learn(s, "eth1", HOST_B, B, IP1)
+    if not fast:
+        s.fast.receive = lambda dev, frame, now: False
+    return s
+
+
+def observe(s) -> dict:
+    return {"tx": {d: [bytes(f) for f in fs] for d, fs in s.take_transmit().items()},
+            "counters": s.counters(), "events": s.take_events(), "neighbors": s.neighbors(),
+            "ident": s.ip4.next_ident}
+
+
+def run_both(frames, now: float = 0.0, setup=None, **cfg):
+    """Feed (device, frame) pairs to a fast and a general router; both observations."""
+    out = []
+    for fast in (True, False):
+        s = router(fast, **cfg)
+        if setup:
+            setup(s)
+        for dev, f in frames:
+            s.receive_batch(dev, [f], now)
+        out.append(observe(s))
+    return out
+
+
+def taken(frames, **cfg) -> int:
+    """How many of the frames the fast path takes (after the neighbors are in use)."""
+    s = router(True, **cfg)
+    s.receive_batch("eth0", [udp_frame(HOST_A, MAC0, A, B, 1, 2)], 0.0)   # B: STALE -> DELAY
+    s.receive_batch("eth0", [ping_frame(HOST_A, MAC0, A, IP0)], 0.0)      # A: STALE -> DELAY
+    calls = []
+    real = s.fast.receive
+    s.fast.receive = lambda dev, f, now: calls.append(real(dev, f, now)) or calls[-1]
+    for dev, f in frames:
+        s.receive_batch(dev, [f], 0.0)
+    return sum(calls)
+
+
+COMMON = [
+    ("eth0", ping_frame(HOST_A, MAC0, A, IP0, seq=1)),
+    ("eth0", ping_frame(HOST_A, MAC0, A, IP1, seq=2, payload=b"x" * 100)),   # weak host
+    ("eth0", udp_frame(HOST_A, MAC0, A, B, 1000, 2000, b"payload", ttl=10)),
+    ("eth0", udp_frame(HOST_A, MAC0, A, B, 1000, 2000, b"y" * 1400, ttl=2)),
+    ("eth1", udp_frame(HOST_B, MAC1, B, A, 7, 9, b"back")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=B, tos=0xB8, flags="DF") / UDP() / b"q")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, flags="DF", tos=4) /
+                      ICMP(type=8, code=3, id=0, seq=0))),            # odd code, DF, TOS
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / ICMP(id=0, seq=0))),  # all-zero reply
+    ("eth0", ping_frame(HOST_A, MAC0, A, IP0) + b"\0" * 10),          # Ethernet padding
+]
+
+UNCOMMON = [
+    ("eth0", ping_frame(HOST_A, MAC0, A, B, ttl=1)),                              # TTL
+    ("eth0", ping_frame(HOST_A, MAC0, A, "8.8.8.8")),                             # no route
+    ("eth0", ping_frame(HOST_A, "ff:ff:ff:ff:ff:ff", A, IP0)),                    # link bcast
+    ("eth0", ping_frame(HOST_A, MAC0, A, "10.0.0.255")),                          # directed
+    ("eth0", ping_frame(HOST_A, MAC0, A, "192.168.1.255")),
+    ("eth0", ping_frame(HOST_A, MAC0, A, "255.255.255.255")),
+    ("eth0", ping_frame(HOST_A, MAC0, A, "224.0.0.1")),
+    ("eth0", ping_frame(HOST_A, MAC0, "0.0.0.0", B)),                             # martians
+    ("eth0", ping_frame(HOST_A, MAC0, "127.0.0.1", IP0)),
+    ("eth0", ping_frame(HOST_A, MAC0, A, "240.0.0.1")),
+    ("eth0", ping_frame(HOST_A, MAC0, IP1, B)),                                   # own source
+    ("eth0", ping_frame(HOST_A, MAC0, "10.0.0.255", IP0)),                        # bcast source
+    ("eth0", ping_frame(HOST_A, MAC0, "10.0.0.9", IP0)),                          # unresolved
+    ("eth0", ping_frame(HOST_A, MAC0, A, "192.168.1.9")),
+    ("eth0", ping_frame(HOST_A, "02:00:00:00:00:99", A, IP0)),                    # not our MAC
+    ("eth0", ping_frame(MAC0, MAC0, A, IP0)),                                     # own MAC
+    ("eth0", ping_frame("01:00:5e:00:00:01", MAC0, A, IP0)),                      # group source
+    ("eth0", bytes(Ether(src=HOST_A, dst=MAC0) / Dot1Q(vlan=5) / IP(src=A, dst=IP0) / ICMP())),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, options=b"\x94\x04\x00\x00") / ICMP())),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=B, flags="MF") / UDP() / (b"z" * 16))),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, chksum=0x1234) / ICMP())),   # bad IP sum
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / ICMP(chksum=0x1234))),     # bad ICMP
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / ICMP(type=0))),            # echo reply
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / UDP(dport=9) / b"u")),     # local UDP
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, len=60) / ICMP())),          # truncated
+    ("eth0", ping_frame(HOST_A, MAC0, A, IP0)[:30]),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=B, flags="DF") / UDP() / (b"b" * 1600))),
+]
+
+
+def test_common_frames_take_the_fast_path_with_the_general_paths_effects():
+    assert taken(COMMON) == len(COMMON)
+    fast, general = run_both(COMMON)
+    assert fast == general
+    assert len(fast["tx"]["eth0"]) == 6 and len(fast["tx"]["eth1"]) == 3   # 5 replies + 1 back
+
+
+def test_uncommon_frames_fall_back_and_behave_as_before():
+    assert taken(UNCOMMON) == 0
+    fast, general = run_both(COMMON + UNCOMMON + COMMON)
+    assert fast == general
+
+
+def test_fast_path_follows_configuration_changes():
+    def churn(s):
+        s.receive_batch("eth0", [c[1] for c in COMMON if c[0] == "eth0"], 0.0)
+        s.set_mtu("eth1", 600)                     # bigger datagrams now fragment or fail
+        s.add_route(IPv4Network("8.8.8.0/24"), IPv4Address(B), None)
+        s.set_forwarding("eth0", False)
+        s.receive_batch("eth0", [c[1] for c in COMMON if c[0] == "eth0"], 0.0)
+        s.set_forwarding("eth0", True)
+        s.set_link("eth1", False, 0.0)             # routes via eth1 no longer usable
+        s.receive_batch("eth0", [c[1] for c in COMMON if c[0] == "eth0"], 0.0)
+        s.set_link("eth1", True, 0.0)
+        s.remove_device("eth1", 0.0)
+        s.receive_batch("eth0", [c[1] for c in COMMON if c[0] == "eth0"], 0.0)
+    fast, general = run_both([("eth0", ping_frame(HOST_A, MAC0, A, "8.8.8.8"))], setup=churn)
+    assert fast == general
+
+
+def test_full_transmit_queue_is_counted_alike():
+    frames = [("eth0", udp_frame(HOST_A, MAC0, A, B, 1, i + 1)) for i in range(12)]
+    fast, general = run_both(frames, tx_queue_frames=5)
+    assert fast == general
+    assert fast["counters"]["dev:eth1"]["tx_drop_queue_full"] > 0
+
+
+def test_memoryviews_of_one_buffer_are_taken_like_bytes():
+    blob = b"".join(f for _, f in COMMON if _ == "eth0")
+    views, off = [], 0
+    mv = memoryview(blob)
+    for _, f in COMMON:
+        if _ == "eth0":
+            views.append(mv[off:off + len(f)])
+            off += len(f)
+    results = []
+    for batch in (views, [bytes(v) for v in views]):
+        s = router(True)
+        s.receive_batch("eth0", batch, 0.0)
+        results.append(observe(s))
+    assert results[0] == results[1]
+    assert sum(len(v) for v in results[0]["tx"].values()) == len(views)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(st.tuples(st.sampled_from(["eth0", "eth1"]), st.one_of(
+    fuzz_frames, st.sampled_from([f for _, f in COMMON + UNCOMMON]))), max_size=20))
+def test_random_frames_have_the_same_effects_with_and_without_the_fast_path(batch):
+    fast, general = run_both(batch)
+    assert fast == general
+
+
+def test_many_destinations_through_a_default_route_match():
+    frames = [("eth0", udp_frame(HOST_A, MAC0, A, f"172.16.{i // 250}.{i % 250 + 1}", 1, 2))
+              for i in range(600)]
+
+    def default(s):
+        s.add_route(IPv4Network("0.0.0.0/0"), IPv4Address(B), None)
+        s.add_route(IPv4Network("172.16.1.0/24"), IPv4Address("10.0.0.2"), "eth0")
+    fast, general = run_both(frames, setup=default)
+    assert fast == general
+    assert len(fast["tx"]["eth1"]) == 350 and len(fast["tx"]["eth0"]) == 250
