@@ -27,6 +27,7 @@ def provider_endpoint(args, protocol: str, what: str) -> str:
                  if any(p.startswith(protocol + "@") for p in c["provides"])), None)
     if name is None:
         raise CliError(f"this graph has no {what} component")
+    _require_answering(args, name)
     ep = call(args, "endpoints").get(name, {}).get("rpc")
     if ep is None:
         raise CliError(f"the launcher knows no endpoint of {name}")
@@ -36,6 +37,21 @@ def provider_endpoint(args, protocol: str, what: str) -> str:
         if os.path.exists(secret):
             os.environ["QNET_CURVE_SECRET_FILE"] = secret
     return ep
+
+
+def _require_answering(args, name: str) -> None:
+    """Say at once, with the way back, that a component cannot answer, instead of waiting out a timeout."""
+    row = next((r for r in call(args, "status") if r["name"] == name), None)
+    if row is None:
+        return
+    state, d = row["state"], row.get("details") or {}
+    if state in ("failed", "stopped"):
+        why = "; ".join((d.get("problems") or [])[-1:]) or row.get("last_exit") or state
+        raise CliError(f"{name} is {state}: {why}" + ("" if "qnet restart" in why else
+                                                       f"; 'qnet restart {name}' brings it back"))
+    if state == "unresponsive":
+        raise CliError(f"{name} is unresponsive (no heartbeat for {d.get('silent_s', '?')} s); the launcher "
+                       f"replaces it if it stays silent, or 'qnet restart {name}' now")
 
 
 def provider_call(args, protocol, what: str, method: str, call_timeout: float = 10.0, retries: int = 2, **kw):
@@ -102,7 +118,7 @@ def cmd_port(args) -> int:
         res = call(args, "port_set", name=args.name, forwarding=args.value == "on")
         print(f"port {args.name}: forwarding {'on' if res['forwarding'] else 'off'}")
         return 0
-    rows = netstack_call(args, "port_list")
+    rows = _port_rows(args)
     if args.json:
         out_json(rows)
         return 0
@@ -112,6 +128,22 @@ def cmd_port(args) -> int:
     print(table(rows, [("name", "PORT"), ("kind", "KIND"), ("mac", "MAC"), ("mtu", "MTU"), ("link", "LINK"),
                        ("driver", "DRIVER"), ("forwarding", "FORWARDING"), ("addresses", "ADDRESSES")]))
     return 0
+
+
+def _port_rows(args) -> list[dict]:
+    """netstack's ports; a port whose driver runs but is not attached yet (a netstack that just
+    restarted asks its drivers to announce themselves again) is asked about again for a moment,
+    so the list shows the ports as they are rather than as a new incarnation first sees them."""
+    rows = netstack_call(args, "port_list")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        running = {r["name"] for r in call(args, "status") if r["state"] == "running"}
+        waiting = [r for r in rows if not r["attached"] and any(n.endswith("." + r["name"]) for n in running)]
+        if not waiting:
+            break
+        time.sleep(0.1)
+        rows = netstack_call(args, "port_list")
+    return rows
 
 
 def cmd_addr(args) -> int:

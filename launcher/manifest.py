@@ -18,6 +18,7 @@ file, the line where it can be found, the component and the field.
     restart_window = 30.0
     backoff_initial = 0.2           # seconds; doubles per consecutive crash
     backoff_max = 5.0
+    heartbeat_timeout = 3.0         # silent this long: killed and respawned (default: [graph])
     instances = []                  # per-instance copies named NAME.INSTANCE
     per_port = false                # a template: one instance NAME.PORT per port (ethdriver)
     args = { ... }                  # free-form, handed to the component
@@ -43,7 +44,13 @@ HANDLE_KINDS = ("file", "tap", "unix-listen", "unix-dgram")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _COMPONENT_KEYS = {"module", "provides", "uses", "after", "restart", "max_restarts", "restart_window",
                    "backoff_initial", "backoff_max", "instances", "args", "handles", "enabled", "description",
-                   "per_port"}
+                   "per_port", "heartbeat_timeout"}
+# Seconds a running component may stay silent (it heartbeats every second) before the launcher
+# kills and respawns it; one missed heartbeat already shows it "unresponsive". Measured: the
+# longest gap between heartbeats of a busy netstack on the 2-core test machine is in
+# docs/status.md ("Respawn timing"); 3 s is above it with margin.
+DEFAULT_HEARTBEAT_TIMEOUT = 5.0
+HEARTBEAT_TIMEOUT_RANGE = (1.5, 3600.0)
 
 
 class ManifestError(Exception):
@@ -73,6 +80,7 @@ class ComponentSpec:
     args: dict[str, Any] = field(default_factory=dict)
     handles: list[HandleSpec] = field(default_factory=list)
     instance: str | None = None
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
 
 
 @dataclass
@@ -194,8 +202,9 @@ def parse(text: str, source: str) -> Graph:
                         f"(each is a process with its own sockets; docs/manifest.md)")
     components: dict[str, ComponentSpec] = {}
     templates: dict[str, ComponentSpec] = {}
+    hb_default = _heartbeat_timeout(loc, graph_tbl.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT), None)
     for cname, ctbl in comps_tbl.items():
-        for spec in _component(loc, cname, ctbl):
+        for spec in _component(loc, cname, ctbl, hb_default):
             if isinstance(ctbl, dict) and ctbl.get("per_port"):
                 templates[spec.name] = spec
             else:
@@ -236,7 +245,15 @@ def _transport(loc: _Locator, g: dict) -> dict[str, Any]:
     return {"kind": "tcp", "host": host, "base_port": base, "curve": curve, "data": "zmq"}
 
 
-def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:
+def _heartbeat_timeout(loc: _Locator, v: Any, cname: str | None) -> float:
+    lo, hi = HEARTBEAT_TIMEOUT_RANGE
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise loc.error(f"must be seconds, {lo:g}..{hi:g} (a heartbeat comes every second), got {v!r}",
+                        cname, "heartbeat_timeout")
+    return float(v)
+
+
+def _component(loc: _Locator, cname: str, t: Any, hb_default: float = DEFAULT_HEARTBEAT_TIMEOUT) -> list[ComponentSpec]:
     if not _NAME_RE.match(cname):
         raise loc.error("a component name uses letters, digits, '-' and '_'", cname)
     if not isinstance(t, dict):
@@ -292,9 +309,10 @@ def _component(loc: _Locator, cname: str, t: Any) -> list[ComponentSpec]:
             raise loc.error(f"handle {hname!r} needs kind = one of {', '.join(HANDLE_KINDS)}", cname, "handles")
         handles.append(HandleSpec(hname, h["kind"], {k: v for k, v in h.items() if k != "kind"}))
     instances = get("instances", list, [])
+    hb = _heartbeat_timeout(loc, t["heartbeat_timeout"], cname) if "heartbeat_timeout" in t else hb_default
     common = dict(template=cname, module=module, provides=provides, uses=uses, after=list(after),
                   restart=restart, max_restarts=max_restarts, restart_window=window,
-                  backoff_initial=b0, backoff_max=bmax)
+                  backoff_initial=b0, backoff_max=bmax, heartbeat_timeout=hb)
     if not instances:
         return [ComponentSpec(name=cname, args=dict(args), handles=handles, **common)]
     out = []

@@ -160,6 +160,28 @@ class PortManager:
         self.ports: dict[str, dict] = {}
         self.routes: list[dict] = []
         self.driver_template = self._find_template()
+        # A config.json at start-up was left by a launcher that died (a clean shutdown moves it
+        # to config.last.json): its configuration is brought back (restore_left).
+        self.left = self._read(self.path)
+
+    @staticmethod
+    def _read(path: str) -> dict | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s); its configuration is not restored", path, exc)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def retire_config(self) -> None:
+        """A clean shutdown: the next `qnet up` starts from the manifest alone."""
+        try:
+            os.replace(self.path, os.path.join(os.path.dirname(self.path), "config.last.json"))
+        except FileNotFoundError:
+            pass
 
     def _find_template(self) -> ComponentSpec | None:
         for c in self.l.graph.templates.values():
@@ -176,8 +198,8 @@ class PortManager:
         inst = self.l.supervisor.instances.get(name)
         if inst is not None and inst.state in ("failed", "stopped"):
             why = inst.failure or inst.last_exit or inst.state
-            raise errors.RemoteError(f"{name} is {inst.state} ({why}); 'qnet restart {name}' brings it back",
-                                     code="failed")
+            hint = "" if "qnet restart" in why else f"; 'qnet restart {name}' brings it back"
+            raise errors.RemoteError(f"{name} is {inst.state} ({why}){hint}", code="failed")
 
     def _call(self, component: str | None, protocol, method: str, **kw) -> Steps:
         """One idempotent call, retried while its component restarts (a crash, a hang the
@@ -208,7 +230,8 @@ class PortManager:
     def save(self) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"ports": self.ports, "routes": self.routes}, f, indent=1)
+            vms = self.l.vms.definitions() if getattr(self.l, "vms", None) is not None else []
+            json.dump({"ports": self.ports, "routes": self.routes, "vms": vms}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -462,4 +485,51 @@ class PortManager:
             run_blocking(self.add(name, cfg, save=False))
         for r in routes:
             run_blocking(self.route(r, True))
+        self.restore_left(ports, routes)
         self.save()
+
+    def restore_left(self, declared: dict[str, dict], declared_routes: list[dict]) -> None:
+        """Bring back what a launcher that died held: its ports (drivers re-attached), addresses,
+        routes and DHCP roles. Its VMs died with it (PR_SET_PDEATHSIG): they are reported, and
+        their ports are not re-created without them."""
+        left, self.left = self.left, None
+        if not left:
+            return
+        vms = [v for v in left.get("vms") or [] if isinstance(v, dict) and v.get("name")]
+        vm_ports = {v["name"] for v in vms}
+        saved_ports = left.get("ports") or {}
+        n_ports = n_routes = 0
+        for name, cfg in saved_ports.items() if isinstance(saved_ports, dict) else ():
+            if name in vm_ports:
+                continue
+            if name in declared:
+                # The manifest's port stays; addresses added at run time come back.
+                for a in (cfg.get("addresses") or []) if isinstance(cfg, dict) else []:
+                    if a not in self.ports[name]["addresses"]:
+                        try:
+                            run_blocking(self.addr(name, a, True))
+                        except errors.IpcError as exc:
+                            log.warning("restoring %s on port %s: %s", a, name, exc)
+                continue
+            self.l.progress(f"port {name} (restored) ...")
+            try:
+                run_blocking(self.add(name, cfg, save=False))
+                n_ports += 1
+            except (errors.IpcError, ValueError, TypeError, StartFailed) as exc:
+                log.error("port %s left by the previous launcher could not be restored: %s", name, exc)
+        for r in left.get("routes") or []:
+            if not isinstance(r, dict) or r.get("dev") in vm_ports:
+                continue
+            key = (r.get("prefix"), r.get("via"), r.get("dev"))
+            if any((x["prefix"], x["via"], x["dev"]) == key for x in self.routes):
+                continue
+            try:
+                run_blocking(self.route(r, True))
+                n_routes += 1
+            except (errors.IpcError, ValueError, TypeError, KeyError) as exc:
+                log.error("route %s left by the previous launcher could not be restored: %s", r.get("prefix"), exc)
+        log.warning("restored the configuration a launcher that died left in %s: %d port(s), %d route(s)%s",
+                    self.path, n_ports, n_routes,
+                    f"; VMs that died with it: {', '.join(sorted(vm_ports))}" if vm_ports else "")
+        if vms and getattr(self.l, "vms", None) is not None:
+            self.l.vms.died_with_launcher(vms)

@@ -21,12 +21,18 @@ from ipc.decl import to_plain
 from ipc.events import Collector
 from ipc.protocols.launcher import LAUNCHER
 from ipc.protocols.lifecycle import SUPERVISOR
-from ipc.rpc import RpcServer
+from ipc.rpc import DEFERRED, RpcServer
 
 from .manifest import Graph
-from .supervisor import HEARTBEAT_DEADLINE, Instance, StartFailed, Supervisor, describe_exit
+from .supervisor import (UNRESPONSIVE_AFTER, Instance, StartFailed, Steps, Supervisor, Tasks, describe_exit,
+                         run_blocking)
 
 log = logging.getLogger("qnet.launcher")
+
+# An incarnation that ran this long before it crashed is respawned at once: a crash after a
+# quiet spell is not part of a burst, and waiting would only lengthen the outage. Crashes of
+# incarnations that ran less back off (backoff_initial, doubling up to backoff_max).
+STABLE_AFTER = 5.0
 
 
 class AlreadyRunning(Exception):
@@ -82,6 +88,7 @@ class Launcher:
         self._lock_fd = lock_runtime_dir(runtime_dir)
         clear_stale_files(runtime_dir)
         self.loop = Loop()
+        self.tasks = Tasks(self.loop)
         self.sup_endpoint = f"ipc://{os.path.join(runtime_dir, 'launcher.sup')}"
         if graph.transport.get("kind") == "tcp":
             # Components may sit on other hosts: their reports come over tcp too.
@@ -124,7 +131,7 @@ class Launcher:
             self.progress(f"starting {name} ...")
             t0 = time.monotonic()
             try:
-                self.supervisor.start(inst)
+                run_blocking(self.supervisor.start(inst))
             except StartFailed as exc:
                 inst.set_state("failed")
                 inst.last_exit = str(exc)[:128]
@@ -142,6 +149,7 @@ class Launcher:
         try:
             while not self.shutting_down:
                 self.loop.run_once(0.2)
+            self.ports.retire_config()  # asked to stop: the next `qnet up` starts from the manifest
         finally:
             self.close()
 
@@ -169,10 +177,18 @@ class Launcher:
 
     def _on_activated(self, inst: Instance) -> None:
         """A new incarnation is in service: re-assert the configuration it should hold."""
+        inst.failure = ""  # "crashed N times" is history once it runs again
         if inst.name == self.ports.netstack_name and self.ports.ports:
-            self.ports.reconcile()
+            self.run_task(self.ports.reconcile(), "reconciling netstack")
         if inst.name == self.ports.dhcpd_name and self.ports.ports:
-            self.ports.reconcile_dhcpd()
+            self.run_task(self.ports.reconcile_dhcpd(), "reconciling dhcpd")
+
+    def run_task(self, steps: Steps, what: str) -> None:
+        """An operation nobody waits for: its failure is logged."""
+        def done(_value, exc):
+            if exc is not None:
+                log.warning("%s failed: %s", what, exc)
+        self.tasks.run(steps, done)
 
     # -- reports from components -------------------------------------------------------
     def _drain_reports(self) -> None:
@@ -183,7 +199,13 @@ class Launcher:
         if inst is None or inst.incarnation is None or value.incarnation != inst.incarnation.number:
             return  # a retiring incarnation, or a stranger
         if event == "heartbeat":
-            inst.last_heartbeat = time.monotonic()
+            now = time.monotonic()
+            if inst.state in ("running", "unresponsive"):
+                inst.heartbeat_gap_max = max(inst.heartbeat_gap_max, now - inst.last_heartbeat)
+            inst.last_heartbeat = now
+            if inst.state == "unresponsive":
+                log.warning("%s answers again (heartbeat)", inst.name)
+                inst.set_state("running")
             inst.details = to_plain(value.status) if isinstance(value.status, dict) else {}
         elif event == "checkpoint":
             inst.snapshot = to_plain(value.snapshot)
@@ -202,23 +224,29 @@ class Launcher:
         self.supervisor.reap_retiring()
         if self.vms is not None:
             self.vms.watch()
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             inc = inst.incarnation
-            if inc is not None and inst.state in ("running", "starting"):
+            # "starting" and "handover" belong to the operation that set them (it watches the process).
+            if inc is not None and inst.state in ("running", "unresponsive"):
                 code = inc.proc.poll()
+                silent = now - inst.last_heartbeat
                 if code is not None:
                     self._on_exit(inst, describe_exit(code), crashed=(code != 0))
-                elif inst.state == "running" and now - inst.last_heartbeat > HEARTBEAT_DEADLINE:
-                    log.warning("%s sent no heartbeat for %.0f s: killing it", inst.name, now - inst.last_heartbeat)
+                elif silent > inst.spec.heartbeat_timeout:
+                    log.warning("%s sent no heartbeat for %.1f s: killing it", inst.name, silent)
                     inc.proc.kill()
                     inc.proc.wait()
-                    self._on_exit(inst, "unresponsive (killed)", crashed=True)
+                    self._on_exit(inst, f"unresponsive {silent:.1f} s (killed)", crashed=True)
+                elif silent > min(UNRESPONSIVE_AFTER, inst.spec.heartbeat_timeout) and inst.state == "running":
+                    log.warning("%s missed a heartbeat (silent %.1f s)", inst.name, silent)
+                    inst.set_state("unresponsive")
             if inst.state == "backoff" and inst.next_start is not None and now >= inst.next_start:
                 self._respawn(inst)
 
     def _on_exit(self, inst: Instance, how: str, crashed: bool) -> None:
         log.warning("%s (pid %d) exited: %s", inst.name, inst.incarnation.pid, how)
         self.supervisor._cleanup_files(inst.incarnation)
+        ran = time.monotonic() - inst.incarnation.started
         inst.incarnation = None
         inst.last_exit = how
         policy = inst.spec.restart
@@ -231,28 +259,38 @@ class Launcher:
         if len(recent) > inst.spec.max_restarts:
             inst.set_state("failed")
             msg = (f"{inst.name} crashed {len(recent)} times in {inst.spec.restart_window:g} s; "
-                   f"not restarting it (last: {how})")
-            inst.problems.append(msg)
+                   f"not restarting it (last: {how}); 'qnet restart {inst.name}' brings it back")
+            inst.failure = msg
             log.error("%s", msg)
             return
-        # Exponential backoff, reset when the last crash is older than the window.
-        if len(recent) <= 1:
-            inst.backoff = inst.spec.backoff_initial
+        if ran >= STABLE_AFTER:
+            inst.backoff = 0.0  # after a quiet spell: at once
+        elif inst.backoff == 0.0:
+            inst.backoff = inst.spec.backoff_initial  # a burst: back off, doubling
         else:
-            inst.backoff = min(inst.spec.backoff_max, max(inst.backoff, inst.spec.backoff_initial) * 2)
+            inst.backoff = min(inst.spec.backoff_max, inst.backoff * 2)
         inst.next_start = now + inst.backoff
         inst.set_state("backoff")
+        if inst.backoff == 0.0:
+            self._respawn(inst)
 
     def _respawn(self, inst: Instance) -> None:
         inst.next_start = None
-        try:
-            self.supervisor.start(inst)
-            inst.restarts += 1
-            log.info("%s respawned (pid %d)%s", inst.name, inst.incarnation.pid,
-                     " with its last state" if inst.snapshot else "")
-        except StartFailed as exc:
-            log.error("%s", exc)
-            self._on_exit_failed_start(inst, str(exc))
+        t_exit = inst.crash_times[-1] if inst.crash_times else time.monotonic()
+
+        def done(_value, exc):
+            if exc is None:
+                inst.restarts += 1
+                inst.last_respawn_delay = time.monotonic() - t_exit
+                log.info("%s respawned (pid %d) %.2f s after it exited%s", inst.name, inst.incarnation.pid,
+                         inst.last_respawn_delay, " with its last state" if inst.snapshot else "")
+            elif isinstance(exc, StartFailed):
+                log.error("%s", exc)
+                self._on_exit_failed_start(inst, str(exc))
+            else:
+                log.error("respawning %s failed: %r", inst.name, exc)
+                self._on_exit_failed_start(inst, str(exc))
+        self.tasks.run(self.supervisor.start(inst), done)
 
     def _on_exit_failed_start(self, inst: Instance, why: str) -> None:
         inst.incarnation = None
@@ -262,7 +300,8 @@ class Launcher:
         recent = [t for t in inst.crash_times if now - t <= inst.spec.restart_window]
         if len(recent) > inst.spec.max_restarts:
             inst.set_state("failed")
-            inst.problems.append(f"{inst.name} failed to start repeatedly: {why}")
+            inst.failure = (f"{inst.name} failed to start repeatedly: {why}; "
+                            f"'qnet restart {inst.name}' tries again")
             return
         inst.backoff = min(inst.spec.backoff_max, max(inst.backoff, inst.spec.backoff_initial) * 2)
         inst.next_start = now + inst.backoff
@@ -276,8 +315,14 @@ class Launcher:
             if inst is None:
                 continue
             details = dict(inst.details)
-            if inst.problems:
-                details["problems"] = list(inst.problems)
+            problems = list(inst.problems) + ([inst.failure] if inst.failure else [])
+            if problems:
+                details["problems"] = problems
+            if inst.state == "unresponsive":
+                details["silent_s"] = round(time.monotonic() - inst.last_heartbeat, 1)
+            details["heartbeat_gap_max_s"] = round(inst.heartbeat_gap_max, 3)
+            if inst.last_respawn_delay is not None:
+                details["last_respawn_delay_s"] = round(inst.last_respawn_delay, 3)
             rows.append({
                 "name": name,
                 "pid": inst.incarnation.pid if inst.incarnation else 0,
@@ -317,26 +362,54 @@ class _Control:
             raise errors.RemoteError(f"no component named {name!r} (see 'qnet status')", code="not_found")
         return inst
 
+    def _answer_later(self, steps: Steps, shape: Callable[[Any], Any] = lambda v: v):
+        """Run an operation on the loop and answer the caller when it ends (a deferred reply)."""
+        server = self.l.control
+        token = server.defer()
+
+        def done(value, exc):
+            if exc is None:
+                try:
+                    server.reply(token, shape(value))
+                except Exception as e:  # a bug in shaping the answer still answers
+                    log.exception("answering %s failed", token.method)
+                    server.reply_error(token, errors.Internal(f"{token.method}: {type(e).__name__}: {e}"))
+                return
+            if isinstance(exc, errors.IpcError):
+                err = exc
+            elif isinstance(exc, StartFailed):
+                err = errors.RemoteError(str(exc), code="failed")
+            elif isinstance(exc, ValueError):
+                err = errors.RemoteError(str(exc), code="bad_argument")
+            else:
+                log.error("%s failed: %r", token.method, exc, exc_info=exc)
+                err = errors.Internal(f"{token.method}: {type(exc).__name__}: {exc}")
+            server.reply_error(token, err)
+        self.l.tasks.run(steps, done)
+        return DEFERRED
+
     def restart(self, name: str, mode: str):
         inst = self._instance(name)
+        if inst.state in ("starting", "handover"):
+            raise errors.RemoteError(f"{name} is {inst.state} already; see 'qnet status'", code="failed")
         if inst.state in ("backoff", "failed", "stopped"):
             inst.crash_times.clear()
-        try:
-            if mode == "cold" and inst.incarnation is not None:
-                old_pid = inst.incarnation.pid
-                inc = inst.incarnation
-                inst.incarnation = None
-                self.l.supervisor.retire(inc)
-                t0 = time.monotonic()
-                self.l.supervisor.start(inst)
-                inst.restarts += 1
-                res = {"old_pid": old_pid, "new_pid": inst.incarnation.pid, "handed_over": False,
-                       "seconds": round(time.monotonic() - t0, 3)}
-            else:
-                res = self.l.supervisor.restart_handover(inst)
-        except StartFailed as exc:
-            raise errors.RemoteError(str(exc), code="failed") from None
-        return {"name": name, **res}
+            inst.next_start = None
+        return self._answer_later(self._restart(inst, mode), lambda res: {"name": name, **res})
+
+    def _restart(self, inst: Instance, mode: str) -> Steps:
+        sup = self.l.supervisor
+        if mode == "cold" and inst.incarnation is not None:
+            old_pid = inst.incarnation.pid
+            inc = inst.incarnation
+            inst.incarnation = None
+            sup.retire(inc)
+            t0 = time.monotonic()
+            yield from sup.start(inst)
+            inst.restarts += 1
+            return {"old_pid": old_pid, "new_pid": inst.incarnation.pid, "handed_over": False,
+                    "seconds": round(time.monotonic() - t0, 3)}
+        return (yield from sup.restart_handover(inst))
 
     def logs(self, name: str, offset: int, max_bytes: int):
         self._instance(name)
@@ -365,39 +438,30 @@ class _Control:
                 cfg[k] = v
         if backend == "tap":
             cfg["create"] = create
-        try:
-            return _port_out(name, self.l.ports.add(name, cfg))
-        except ValueError as exc:
-            raise errors.RemoteError(str(exc), code="bad_argument") from None
+        return self._answer_later(self.l.ports.add(name, cfg), lambda c: _port_out(name, c))
 
     def port_del(self, name):
-        return self.l.ports.delete(name)
+        return self._answer_later(self.l.ports.delete(name))
 
     def port_set(self, name, forwarding, mtu):
-        return _port_out(name, self.l.ports.set(name, forwarding, mtu))
+        return self._answer_later(self.l.ports.set(name, forwarding, mtu), lambda c: _port_out(name, c))
 
     def addr_add(self, port, address):
-        return self.l.ports.addr(port, str(address), True)
+        return self._answer_later(self.l.ports.addr(port, str(address), True))
 
     def addr_del(self, port, address):
-        return self.l.ports.addr(port, str(address), False)
+        return self._answer_later(self.l.ports.addr(port, str(address), False))
 
     def route_add(self, prefix, via, dev, metric):
-        try:
-            return self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
-                                       "dev": dev, "metric": metric}, True)
-        except ValueError as exc:
-            raise errors.RemoteError(str(exc), code="bad_argument") from None
+        return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                                      "dev": dev, "metric": metric}, True))
 
     def route_del(self, prefix, via, dev):
-        try:
-            return self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
-                                       "dev": dev}, False)
-        except ValueError as exc:
-            raise errors.RemoteError(str(exc), code="bad_argument") from None
+        return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                                      "dev": dev}, False))
 
     def dhcp_pool(self, port, start, end):
-        return self.l.ports.set_pool(port, str(start), str(end))
+        return self._answer_later(self.l.ports.set_pool(port, str(start), str(end)))
 
     def endpoints(self):
         sup = self.l.supervisor

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Generator
 
 from ipc import errors
-from ipc.decl import to_plain
+from ipc.decl import Protocol, to_plain
 from ipc.protocols.lifecycle import LIFECYCLE
-from ipc.rpc import RpcClient
+from ipc.rpc import AsyncRpcClient, RpcClient
 
 from .channels import DataChannels
 from .manifest import ComponentSpec, Graph, HandleSpec
@@ -34,7 +34,11 @@ ENDPOINT_KINDS = ("rpc", "data", "pub", "dgram")
 ACTIVATE_TIMEOUT = 20.0      # a cold Python start plus the component's own set-up
 FREEZE_TIMEOUT = 5.0
 STOP_GRACE = 3.0
-HEARTBEAT_DEADLINE = 6.0     # silent this long while running: unresponsive, restarted
+# A component heartbeats every second (components.runtime.HEARTBEAT_INTERVAL). Silent for
+# UNRESPONSIVE_AFTER: one heartbeat missed, shown as "unresponsive" at once. Silent for the
+# component's heartbeat_timeout (manifest; DEFAULT_HEARTBEAT_TIMEOUT, measured in docs/status.md): killed
+# and respawned.
+UNRESPONSIVE_AFTER = 1.5
 
 
 def die_with_parent() -> None:
@@ -84,6 +88,9 @@ class Instance:
     last_heartbeat: float = 0.0
     details: dict = field(default_factory=dict)
     problems: collections.deque = field(default_factory=lambda: collections.deque(maxlen=8))
+    failure: str = ""                     # why it is "failed"; cleared when it runs again
+    heartbeat_gap_max: float = 0.0        # the longest silence seen while running (status, tuning)
+    last_respawn_delay: float | None = None
     fds: dict[str, int] = field(default_factory=dict)
     handle_objs: list[Any] = field(default_factory=list)
 
@@ -239,52 +246,78 @@ class Supervisor:
         log.info("started %s incarnation %d (pid %d)", inst.name, number, proc.pid)
         return Incarnation(number, proc, eps)
 
-    def lifecycle(self, inc: Incarnation, timeout: float) -> RpcClient:
-        return RpcClient(inc.endpoints["rpc"], LIFECYCLE, timeout=timeout, retries=0)
+    def lifecycle_call(self, inc: Incarnation, method: str, timeout: float, **kw) -> "Call":
+        return Call(inc.endpoints["rpc"], LIFECYCLE, method, timeout, kw)
 
-    def await_up(self, inst: Instance, inc: Incarnation, timeout: float = ACTIVATE_TIMEOUT) -> None:
+    # Every operation that talks to a component is a generator of Call/Sleep steps (see Tasks):
+    # on the launcher's loop it never stops the loop; at start-up and from the VM manager it
+    # runs blocking (run_blocking).
+    def await_up(self, inst: Instance, inc: Incarnation, timeout: float = ACTIVATE_TIMEOUT) -> Steps:
         """Wait until a new incarnation answers on its endpoint (it is then idle, not yet active).
 
         Asks in short slices so that a child that dies early (an import error,
         a bad argument) is reported at once instead of after the whole timeout.
         """
         deadline = time.monotonic() + timeout
-        with self.lifecycle(inc, 0.25) as lc:
-            while True:
-                code = inc.proc.poll()
-                if code is not None:
-                    raise StartFailed(f"{inst.name} exited ({describe_exit(code)}) before it was ready; "
-                                      f"see 'qnet logs {inst.name}'")
-                try:
-                    lc.call("status", 0.25)
-                    return
-                except errors.Timeout:
-                    if time.monotonic() > deadline:
-                        raise StartFailed(f"{inst.name} did not answer within {timeout:g} s") from None
-
-    def activate(self, inst: Instance, inc: Incarnation, snapshot: dict | None) -> bool:
-        """Hand the state over and wait for the readiness report. Returns whether state was used."""
-        with self.lifecycle(inc, ACTIVATE_TIMEOUT) as lc:
+        while True:
+            code = inc.proc.poll()
+            if code is not None:
+                raise StartFailed(f"{inst.name} exited ({describe_exit(code)}) before it was ready; "
+                                  f"see 'qnet logs {inst.name}'")
             try:
-                lc.call("activate", snapshot=snapshot)
-                return snapshot is not None
-            except errors.RemoteError as exc:
-                if exc.code != "bad_snapshot" or snapshot is None:
-                    raise
-                log.warning("%s refused the handed-over state (%s); starting clean", inst.name, exc)
-                inst.problems.append(f"state not handed over: {exc}")
-                lc.call("activate", snapshot=None)
-                return False
+                yield self.lifecycle_call(inc, "status", 0.25)
+                return
+            except (errors.Timeout, errors.Unavailable):
+                if time.monotonic() > deadline:
+                    raise StartFailed(f"{inst.name} did not answer within {timeout:g} s") from None
+                yield Sleep(0.02)
 
-    def start(self, inst: Instance) -> None:
+    def activate(self, inst: Instance, inc: Incarnation, snapshot: dict | None) -> Steps:
+        """Hand the state over and wait for the readiness report. Returns whether state was used.
+
+        A state the incarnation cannot restore is reported and discarded (never handed to
+        another incarnation): the runtime's own refusal (``bad_snapshot``) leaves the
+        incarnation clean, so it is activated without state; an error raised while the
+        component restored it may have left it half-made, so RestoreFailed tells the caller
+        to replace the incarnation.
+        """
+        try:
+            yield self.lifecycle_call(inc, "activate", ACTIVATE_TIMEOUT, snapshot=snapshot)
+            return snapshot is not None
+        except (errors.Timeout, errors.Unavailable):
+            raise
+        except errors.IpcError as exc:
+            if snapshot is None:
+                raise
+            self.discard_snapshot(inst, snapshot, exc)
+            if exc.code != "bad_snapshot":
+                raise RestoreFailed(str(exc)) from None
+        yield self.lifecycle_call(inc, "activate", ACTIVATE_TIMEOUT, snapshot=None)
+        return False
+
+    def discard_snapshot(self, inst: Instance, snapshot: dict, why: Exception) -> None:
+        if inst.snapshot is snapshot:
+            inst.snapshot = None
+        msg = f"{inst.name}'s saved state did not restore ({str(why)[:200]}); discarded it, started clean"
+        log.warning("%s", msg)
+        inst.problems.append(msg)
+
+    def start(self, inst: Instance) -> Steps:
         """Start an instance (first start or crash respawn) with its last known state."""
         inst.set_state("starting")
         inc = self.spawn(inst)
         inst.incarnation = inc
         inst.last_heartbeat = time.monotonic()
         try:
-            self.await_up(inst, inc)
-            self.activate(inst, inc, inst.snapshot)
+            yield from self.await_up(inst, inc)
+            try:
+                yield from self.activate(inst, inc, inst.snapshot)
+            except RestoreFailed:
+                self._kill(inc)
+                inc = self.spawn(inst)
+                inst.incarnation = inc
+                yield from self.await_up(inst, inc)
+                yield from self.activate(inst, inc, None)
         except (errors.IpcError, StartFailed) as exc:
             self._kill(inc)
             inst.incarnation = None
@@ -298,44 +331,42 @@ class Supervisor:
         inst.last_heartbeat = time.monotonic()
         self.on_activated(inst)
 
-    def restart_handover(self, inst: Instance) -> dict:
+    def restart_handover(self, inst: Instance) -> Steps:
         """Make-before-break: successor up, state handed over, then the predecessor stops."""
         old = inst.incarnation
         if old is None or old.proc.poll() is not None:
             t0 = time.monotonic()
-            self.start(inst)
+            yield from self.start(inst)
             inst.restarts += 1
             return {"old_pid": 0, "new_pid": inst.incarnation.pid, "handed_over": inst.snapshot is not None,
                     "seconds": round(time.monotonic() - t0, 3)}
         t0 = time.monotonic()
         if self.tcp:
-            return self._restart_break_before_make(inst, old, t0)
+            return (yield from self._restart_break_before_make(inst, old, t0))
         new = self.spawn(inst)
         try:
-            self.await_up(inst, new)  # the successor is up and idle
+            yield from self.await_up(inst, new)  # the successor is up and idle
         except StartFailed as exc:
             self._kill(new)
             raise StartFailed(f"successor of {inst.name} did not start: {exc}") from None
         inst.set_state("handover")
         snapshot = None
         try:
-            with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
-                snapshot = _plain(lc.call("freeze"))
+            snapshot = _plain((yield self.lifecycle_call(old, "freeze", FREEZE_TIMEOUT)))
         except errors.IpcError as exc:
             log.warning("%s: freeze failed (%s); using the last checkpoint", inst.name, exc)
             snapshot = inst.snapshot
         try:
-            used = self.activate(inst, new, snapshot)
-        except errors.IpcError as exc:
+            used = yield from self.activate(inst, new, snapshot)
+        except (errors.IpcError, RestoreFailed) as exc:
             self._kill(new)
             try:
-                with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
-                    lc.call("thaw")
+                yield self.lifecycle_call(old, "thaw", FREEZE_TIMEOUT)
             except errors.IpcError:
                 pass
             inst.set_state("running")
             raise StartFailed(f"successor of {inst.name} failed to take over: {exc}") from None
-        if snapshot is not None:
+        if used:
             inst.snapshot = snapshot
         self._point_stable_names(inst.name, new.number)
         inst.incarnation = new
@@ -348,26 +379,27 @@ class Supervisor:
         return {"old_pid": old.pid, "new_pid": new.pid, "handed_over": used,
                 "seconds": round(time.monotonic() - t0, 3)}
 
-    def _restart_break_before_make(self, inst: Instance, old: Incarnation, t0: float) -> dict:
+    def _restart_break_before_make(self, inst: Instance, old: Incarnation, t0: float) -> Steps:
         """tcp transport: freeze and stop the predecessor, then start the successor with its state."""
         inst.set_state("handover")
         try:
-            with self.lifecycle(old, FREEZE_TIMEOUT) as lc:
-                inst.snapshot = _plain(lc.call("freeze"))
+            inst.snapshot = _plain((yield self.lifecycle_call(old, "freeze", FREEZE_TIMEOUT)))
             handed = True
         except errors.IpcError as exc:
             log.warning("%s: freeze failed (%s); using the last checkpoint", inst.name, exc)
             handed = False
         try:
             old.proc.send_signal(signal.SIGTERM)
-            old.proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            old.proc.kill()
-            old.proc.wait()
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + STOP_GRACE
+        while old.proc.poll() is None and time.monotonic() < deadline:
+            yield Sleep(0.02)
+        if old.proc.poll() is None:
+            old.proc.kill()
+            old.proc.wait()
         inst.incarnation = None
-        self.start(inst)
+        yield from self.start(inst)
         inst.restarts += 1
         inst.last_exit = "replaced (restart)"
         return {"old_pid": old.pid, "new_pid": inst.incarnation.pid, "handed_over": handed,
@@ -434,6 +466,123 @@ class Supervisor:
 
 class StartFailed(Exception):
     pass
+
+
+class RestoreFailed(Exception):
+    """An incarnation failed while restoring a state: it may be half-made, so it is replaced."""
+
+
+# -- operations that talk to components without stopping the launcher's loop ---------------------
+@dataclass
+class Call:
+    """A step of an operation: one call to a component; the operation resumes with its answer."""
+
+    endpoint: str
+    protocol: Protocol
+    method: str
+    timeout: float
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Sleep:
+    seconds: float
+
+
+Steps = Generator[Any, Any, Any]   # yields Call | Sleep, is sent results, returns the operation's result
+
+
+def run_blocking(steps: Steps) -> Any:
+    """Run an operation to its end in the caller's thread (start-up, the VM manager)."""
+    value: Any = None
+    exc: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(exc) if exc is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, exc = None, None
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            continue
+        try:
+            with RpcClient(step.endpoint, step.protocol, timeout=step.timeout, retries=0) as c:
+                value = c.call(step.method, step.timeout, **step.kwargs)
+        except errors.IpcError as e:
+            exc = e
+
+
+class Tasks:
+    """Operations on the launcher's loop: each Call is sent at once and its answer (or its
+    timeout) resumes the operation later, so neither a hung component nor a slow one ever
+    stops the loop; supervision and the CLI keep answering meanwhile."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.running = 0
+        self.counters = {"started": 0, "failed": 0, "timeouts": 0}
+
+    def run(self, steps: Steps, done: Callable[[Any, BaseException | None], None]) -> None:
+        self.running += 1
+        self.counters["started"] += 1
+        self._step(steps, done, None, None)
+
+    def _finish(self, done, value: Any, exc: BaseException | None) -> None:
+        self.running -= 1
+        if exc is not None:
+            self.counters["failed"] += 1
+        done(value, exc)
+
+    def _step(self, steps: Steps, done, value: Any, exc: BaseException | None) -> None:
+        try:
+            step = steps.throw(exc) if exc is not None else steps.send(value)
+        except StopIteration as stop:
+            self._finish(done, stop.value, None)
+            return
+        except Exception as e:  # the operation's error is its caller's answer
+            self._finish(done, None, e)
+            return
+        if isinstance(step, Sleep):
+            self.loop.call_later(step.seconds, lambda: self._step(steps, done, None, None))
+            return
+        try:
+            client = AsyncRpcClient(step.endpoint, step.protocol, retries=0)
+        except Exception as e:
+            self.loop.call_later(0, lambda e=e: self._step(steps, done, None, e))
+            return
+        state: dict[str, Any] = {}
+
+        def finish(val: Any, err: BaseException | None) -> None:
+            if state.get("over"):
+                return
+            state["over"] = True
+            timer.cancel()
+            self.loop.remove_reader(client.socket)
+            client.close()
+            self._step(steps, done, val, err)
+
+        def on_readable() -> None:
+            for _req, res in client.replies():
+                if isinstance(res, errors.IpcError):
+                    finish(None, res)
+                else:
+                    finish(res, None)
+                return
+
+        def on_timeout() -> None:
+            self.counters["timeouts"] += 1
+            finish(None, errors.Timeout(f"{step.protocol.name}.{step.method}: no answer from "
+                                        f"{step.endpoint} in {step.timeout:g} s"))
+
+        timer = self.loop.call_later(step.timeout, on_timeout)
+        try:
+            client.start(step.method, **step.kwargs)
+        except errors.IpcError as e:
+            timer.cancel()
+            client.close()
+            self.loop.call_later(0, lambda e=e: self._step(steps, done, None, e))
+            return
+        self.loop.add_reader(client.socket, on_readable)
 
 
 def terminate_all(procs: list[subprocess.Popen], grace: float) -> None:

@@ -50,7 +50,7 @@ from ipc.protocols.vm import VM_ERRORS
 
 from .console import qemu_command
 from .ports import validate_port
-from .supervisor import Instance, die_with_parent, describe_exit, terminate_all
+from .supervisor import Instance, die_with_parent, describe_exit, run_blocking, terminate_all
 from .vmhost import (fail as _fail, free_root_port, iface_exists, ip, is_i440fx, no_ipv6, pid_alive, qemu_pid,
                      qmp_session, tap_names)
 
@@ -94,6 +94,7 @@ class Vm:
     ifaces: list[str] = field(default_factory=list)     # host interfaces we created
     port_tap: str | None = None
     next_check: float = 0.0
+    definition: dict = field(default_factory=dict)     # how it was started: kept in RUN/config.json
 
     @property
     def address(self) -> str:
@@ -212,7 +213,7 @@ class VmManager:
             sup.instances[inst.name] = inst
             self.l.graph.order.append(inst.name)
         try:
-            ports.add(name, cfg)
+            run_blocking(ports.add(name, cfg))
         except BaseException as exc:
             if inst is not None and name not in ports.ports:
                 sup.close_handles(inst)
@@ -234,7 +235,7 @@ class VmManager:
     def _remove_port(self, vm: Vm) -> None:
         if vm.name in self.l.ports.ports:
             try:
-                self.l.ports.delete(vm.name)
+                run_blocking(self.l.ports.delete(vm.name))
             except errors.IpcError as exc:
                 log.warning("vm %s: removing port: %s", vm.name, exc)
 
@@ -335,7 +336,10 @@ class VmManager:
             if qemu_end is not None:
                 qemu_end.close()  # QEMU has its copy; ours would keep the stream open after QEMU dies
         vm.pid = vm.proc.pid
+        vm.definition = {"name": name, "kind": "started", "backend": backend, "mac": vm.mac, "subnet": k,
+                         "mem_mb": mem_mb, "smp": smp, "image": image, "pid": vm.pid}
         self.vms[name] = vm
+        self.l.ports.save()
         self.counters["started"] += 1
         log.info("vm %s: QEMU pid %d on port %s (%s, %s)", name, vm.pid, name, backend, vm.mac)
         return self._info(vm, with_lease=False)
@@ -435,7 +439,10 @@ class VmManager:
             self._remove_port(vm)
             self._cleanup_host(vm)
             raise
+        vm.definition = {"name": name, "kind": "attached", "backend": backend, "mac": vm.mac, "subnet": k,
+                         "qmp": qmp, "bus": bus, "pid": vm.pid}
         self.vms[name] = vm
+        self.l.ports.save()
         self.counters["attached"] += 1
         log.info("vm %s: NIC %s (%s) hot-plugged into QEMU pid %d on bus %s", name, vm.device, vm.mac, vm.pid,
                  bus or "(root)")
@@ -580,6 +587,37 @@ class VmManager:
                 return parse_console_lease(f.read())
         except OSError:
             return None
+
+    # -- across a launcher crash -----------------------------------------------------------------------------
+    def definitions(self) -> list[dict]:
+        """The live VMs, as RUN/config.json keeps them."""
+        out = []
+        for vm in self.vms.values():
+            if vm.live:
+                out.append(vm.definition or {"name": vm.name, "kind": vm.kind, "backend": vm.backend,
+                                             "mac": vm.mac, "subnet": vm.subnet, "qmp": vm.qmp, "pid": vm.pid})
+        return out
+
+    def died_with_launcher(self, definitions: list[dict]) -> None:
+        """VMs a launcher that died held: their QEMUs died with it (PR_SET_PDEATHSIG) or, attached
+        ones, lost their NIC's backend. They are listed as exited with the reason; `qnet vm start`
+        starts one again."""
+        for d in definitions:
+            name = str(d["name"])
+            if name in self.vms:
+                continue
+            try:
+                subnet = int(d.get("subnet", 0))
+            except (TypeError, ValueError):
+                subnet = 0
+            vm = Vm(name=name, kind=str(d.get("kind", "started")), backend=str(d.get("backend", "?")),
+                    mac=str(d.get("mac", "")), subnet=subnet, qmp=str(d.get("qmp", "")), netdev="", device="",
+                    state="exited" if d.get("kind", "started") == "started" else "gone",
+                    exit=f"died with the launcher (QEMU pid {d.get('pid', '?')}); 'qnet vm start {name}' "
+                         f"starts it again"[:128],
+                    ended=time.monotonic(), pid=0, definition=dict(d))
+            self.vms[name] = vm
+            log.warning("vm %s: %s", name, vm.exit)
 
     # -- supervision -------------------------------------------------------------------------------------
     def watch(self) -> None:
