@@ -35,6 +35,13 @@ _ECHO_REQUEST = 8
 class FastPath:
     def __init__(self, stack: "Stack") -> None:
         self.stack = stack
+        # The stack never rebinds these (restore builds a new Stack); counter groups it does
+        # rebind, so those are read through their layer on every frame.
+        self._devs = stack.devs
+        self._ip4 = stack.ip4
+        self._routes = stack.ip4.routes
+        self._neighbors = stack.arp_neighbors
+        self._cfg = stack.cfg
         # Device -> its counter group, so a counter name is not formatted per frame. Checked
         # by identity: a device removed and added again is a new Device with a new group.
         self._ctr: dict[str, tuple[Device, object]] = {}
@@ -67,7 +74,7 @@ class FastPath:
         s1, d1 = src >> 24, dst >> 24
         if s1 == 0 or s1 == 127 or s1 >= 224 or d1 == 0 or d1 == 127 or d1 >= 224:
             return False
-        ip4 = self.stack.ip4
+        ip4 = self._ip4
         local = ip4.local_ints
         broadcasts = ip4.broadcast_ints
         if src in local or src in broadcasts:
@@ -83,7 +90,9 @@ class FastPath:
                 return False
             out, lladdr = hop
             # From here on the frame is ours: the general path's effects, in one pass.
-            self._count_rx(dev, frame)
+            dc = self._dev_counters(dev)
+            dc["rx_frames"] += 1
+            dc["rx_bytes"] += len(frame)
             c = ip4.c
             c["rx_packets"] += 1
             c["rx_delivered"] += 1
@@ -94,7 +103,7 @@ class FastPath:
             end = 14 + total
             buf = bytearray(frame) if len(frame) == end else bytearray(frame[:end])
             # RFC 1122 §3.2.2.6: the reply's source is the request's destination.
-            echo_reply_in_place(buf, lladdr, out.mac, total, ident, self.stack.cfg.default_ttl,
+            echo_reply_in_place(buf, lladdr, out.mac, total, ident, self._cfg.default_ttl,
                                 dst, src, icmp_code, icmp_csum)
             c["tx_packets"] += 1
             self._transmit(out, buf)
@@ -106,7 +115,9 @@ class FastPath:
         if hop is None:
             return False
         out, lladdr = hop
-        self._count_rx(dev, frame)
+        dc = self._dev_counters(dev)
+        dc["rx_frames"] += 1
+        dc["rx_bytes"] += len(frame)
         c = ip4.c
         c["rx_packets"] += 1
         end = 14 + total
@@ -119,32 +130,25 @@ class FastPath:
     def _egress(self, dst: int, total: int) -> tuple[Device, bytes] | None:
         """(device, neighbor's MAC) for a datagram of `total` bytes to dst, if the general
         path would send it there whole to a resolved neighbor; None otherwise."""
-        stack = self.stack
-        ip4 = stack.ip4
-        hop = ip4.routes.cached_lookup(dst, ip4.usable)
+        hop = self._routes.cached_lookup(dst, self._ip4.usable)
         if hop is None:
             return None
-        out = stack.devs.get(hop.device)
+        out = self._devs.get(hop.device)
         if out is None or out.kind != ETHERNET or not out.up or total > out.mtu:
             return None
         nh = hop.neighbor
         # Broadcast and multicast next hops take fixed link addresses (ipv4.link_output).
-        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
+        if nh >> 24 >= 224 or nh in self._ip4.broadcast_ints:
             return None
-        lladdr = stack.arp_neighbors.send_lladdr(out.name, nh)
+        lladdr = self._neighbors.send_lladdr(out.name, nh)
         if lladdr is None:
             return None
         return out, lladdr
 
-    def _count_rx(self, dev: Device, frame) -> None:
-        c = self._dev_counters(dev)
-        c["rx_frames"] += 1
-        c["rx_bytes"] += len(frame)
-
     def _transmit(self, out: Device, frame: bytearray) -> None:
         # As stack.enqueue_tx, whose link-down case _egress has ruled out.
         c = self._dev_counters(out)
-        if len(out.tx) >= self.stack.cfg.tx_queue_frames:
+        if len(out.tx) >= self._cfg.tx_queue_frames:
             c["tx_drop_queue_full"] += 1
             return
         out.tx.append(frame)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 ERROR_TYPES = (ICMP_DEST_UNREACH, ICMP_REDIRECT, ICMP_TIME_EXCEEDED, ICMP_PARAM_PROBLEM)
 # RFC 1812 §4.3.2.3: quote as much of the original as fits a 576-byte error datagram.
 MAX_ERROR_DATAGRAM = 576
+_RX_TYPE = tuple(f"rx_type_{t}" for t in range(256))    # counter names, formatted once
 
 
 class TokenBucket:
@@ -96,7 +97,7 @@ class Icmpv4:
         except ParseError:
             c["rx_bad"] += 1
             return
-        c[f"rx_type_{msg.type}"] += 1
+        c[_RX_TYPE[msg.type]] += 1
         if msg.type == ICMP_ECHO_REQUEST:
             self._echo_request(rx, msg, now)
         elif msg.type == ICMP_ECHO_REPLY:
