@@ -116,7 +116,7 @@ class RpcServer:
         self._deferred = False
         self.unavailable_reason: str | None = None
         self.always_available: set[str] = set()
-        self.counters = {"calls": 0, "errors": 0, "bad_messages": 0, "too_large": 0}
+        self.counters = {"calls": 0, "errors": 0, "bad_messages": 0, "too_large": 0, "internal_errors": 0}
 
     def add(self, proto: Protocol, impl: Any) -> None:
         self._protocols[proto.name] = (proto, impl)
@@ -221,6 +221,7 @@ class RpcServer:
             return
         except Exception as exc:  # a handler bug must not take the component down
             log.exception("%s.%s failed", proto.name, method_name)
+            self.counters["internal_errors"] += 1
             self._error(peer, req_id, errors.Internal(f"{proto.name}.{method_name}: {type(exc).__name__}: {exc}"))
             return
         finally:
@@ -248,6 +249,7 @@ class RpcServer:
         try:
             body = encode(result)
         except (TypeError, NotImplementedError, OverflowError) as exc:
+            self.counters["internal_errors"] += 1
             self._error(token.peer, token.req_id, errors.Internal(f"{token.method}: unencodable result: {exc}"))
             return
         self._reply(token.peer, token.req_id, KIND_OK, body)

@@ -247,10 +247,19 @@ def cmd_status(args) -> int:
             out["vms"] = vms
         out_json(out)
         return 0
+    if getattr(args, "tables", False):
+        return _print_tables(rows)
     for r in rows:
         d = r.get("details") or {}
-        r["drops"] = d.get("drops", "-") if isinstance(d, dict) else "-"
-        r["note"] = "; ".join(d.get("problems", [])[-1:]) if isinstance(d, dict) else ""
+        if not isinstance(d, dict):
+            d = {}
+        # "drops" and "internal_errors" follow one convention in every component (ipc/accounting.py)
+        r["drops"] = d.get("drops", "-")
+        notes = d.get("problems", [])[-1:]
+        internal = d.get("internal_errors", 0)
+        if isinstance(internal, int) and internal > 0:
+            notes = [f"{internal} internal errors (qnet logs {r['name']})"] + notes
+        r["note"] = "; ".join(notes)
     print(table(rows, [("name", "NAME"), ("state", "STATE"), ("pid", "PID"), ("restarts", "RESTARTS"),
                        ("last_exit", "LAST EXIT"), ("since", "SINCE"), ("drops", "DROPS"), ("note", "NOTE")]))
     if vms:
@@ -258,6 +267,21 @@ def cmd_status(args) -> int:
         for v in vms:
             states[v["state"]] = states.get(v["state"], 0) + 1
         print("vms: " + ", ".join(f"{n} {st}" for st, n in sorted(states.items())) + "  (qnet vm list)")
+    return 0
+
+
+def _print_tables(rows: list[dict]) -> int:
+    """Every bounded table of every component: occupancy, limit, drops (`qnet status --tables`)."""
+    out = []
+    for r in rows:
+        d = r.get("details") or {}
+        tables = d.get("tables") if isinstance(d, dict) else None
+        for name, t in sorted((tables or {}).items()):
+            if isinstance(t, dict):
+                out.append({"component": r["name"], "table": name, "size": t.get("size"),
+                            "limit": t.get("limit"), "drops": t.get("drops")})
+    print(table(out, [("component", "COMPONENT"), ("table", "TABLE"), ("size", "SIZE"), ("limit", "LIMIT"),
+                      ("drops", "DROPS")]))
     return 0
 
 
@@ -344,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="every component: pid, state, restarts, drops")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tables", action="store_true",
+                   help="every bounded table of every component: occupancy, limit, drops")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("restart", help="replace one component (make-before-break, state handed over)")

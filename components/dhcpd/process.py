@@ -26,6 +26,7 @@ from components.dhcpd.wire import BROADCAST, CLIENT_PORT, SERVER_PORT, DhcpMessa
 from components.netstack.dgram_client import DatagramClient
 from components.runtime import Component, run_component
 from ipc import errors
+from ipc.accounting import drops_of
 from ipc.events import Subscriber
 from ipc.protocols.dhcpd import DHCPD
 from ipc.protocols.netstack import DATAGRAM, NETSTACK
@@ -147,10 +148,15 @@ class Dhcpd(Component):
         self.rt.checkpoint(state, min_interval=0.0)
 
     def status(self):
-        return {"servers": {p: s.core.counters() for p, s in self.servers.items()},
-                "clients": {p: {"state": c.core.state.value, **c.core.counters()} for p, c in self.clients.items()},
-                "drops": self.counters["malformed"] + self.counters["send_errors"], **self.counters,
-                "last_error": self.last_error}
+        servers = {p: s.core.counters() for p, s in self.servers.items()}
+        clients = {p: {"state": c.core.state.value, **c.core.counters()} for p, c in self.clients.items()}
+        # ipc/accounting.py: every loss counter, of the binding and of each role, is a drop
+        drops = drops_of(self.counters) + drops_of(servers) + drops_of(
+            {p: {k: v for k, v in c.items() if k != "state"} for p, c in clients.items()})
+        tables = {f"{name}:{p}": t for p, s in self.servers.items() for name, t in s.core.tables().items()}
+        return {"servers": servers, "clients": clients, "drops": drops, "tables": tables,
+                "internal_errors": self.rt.loop.errors + self.rt.rpc.counters.get("internal_errors", 0),
+                **self.counters, "last_error": self.last_error}
 
     def close(self):
         self.dg.close()

@@ -257,6 +257,20 @@ class DhcpServer:
                    exhausted=self._exhausted, max_leases=self.config.max_leases)
         return out
 
+    def tables(self) -> dict[str, dict[str, int]]:
+        """Every bounded table: occupancy, limit and what it lost (ipc/accounting.py)."""
+        c, cfg = self._counters, self.config
+        return {
+            "leases": {"size": len(self._by_address), "limit": cfg.max_leases,
+                       "drops": c["dropped_lease_table_full"] + c["restore_dropped"]},
+            "probes": {"size": len(self._probes), "limit": cfg.max_probes,
+                       "drops": c["dropped_probe_table_full"]},
+            "rate_buckets": {"size": len(self._buckets), "limit": cfg.rate_table_size,
+                             "drops": c["rate_table_evicted"] + c["dropped_rate_limited"]},
+            "history": {"size": len(self._history), "limit": cfg.history_size,
+                        "drops": c["history_dropped"]},
+        }
+
     # ------------------------------------------------------------------ messages
 
     def _discover(self, msg: DhcpMessage, now: float) -> list[Action]:

@@ -26,6 +26,7 @@ from components.netstack.wire.addr import MacAddr
 from components.netstack.wire.pcap import PcapWriter
 from components.runtime import Component, run_component
 from ipc import errors
+from ipc.accounting import drops_of, table
 from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK
@@ -128,10 +129,47 @@ class Netstack(Component):
 
     def status(self):
         c = self.stack.counters()
-        drops = sum(v for g in c.values() for k, v in g.items() if "drop" in k and isinstance(v, int))
+        # ipc/accounting.py: every loss counter of the core, the channels and the binding
+        counted = {g: v for g, v in c.items() if not g.startswith("table:")}
+        drops = drops_of(counted) + drops_of(self.dev_chan.counters) + drops_of(self.dg_chan.counters) \
+            + drops_of(self.counters)
+        rpc = getattr(self.rt, "rpc", None)
+        internal = c.get("stack", {}).get("internal_errors", 0) + self.rt.loop.errors \
+            + (rpc.counters.get("internal_errors", 0) if rpc is not None else 0)
         return {"ports": {n: dict(p) for n, p in self.ports.items()}, "drops": drops,
+                "internal_errors": internal, "tables": self._tables(c),
                 "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
                 "sockets": len(self.owners), **self.counters}
+
+    def _tables(self, c: dict) -> dict:
+        """Every bounded table of the stack: occupancy, limit, what it lost (ipc/accounting.py)."""
+        def g(name):
+            return c.get(name, {})
+        nb, rs, us, rt_ = g("table:neighbor"), g("table:reassembly"), g("table:udp"), g("table:routes")
+        cfg = self.stack.cfg
+        bucket = getattr(self.stack.icmp, "bucket", None)
+        out = {
+            "neighbors": table(nb.get("entries", 0), nb.get("limit"), drops_of(
+                {k: v for k, v in g("neighbor").items() if k.startswith(("evicted", "queue_dropped"))})),
+            "neighbor_queue_bytes": table(nb.get("queued_bytes", 0), nb.get("queued_bytes_limit"),
+                                          g("neighbor").get("queue_dropped_full", 0)),
+            "reassembly": table(rs.get("datagrams", 0), rs.get("datagrams_limit"), drops_of(g("reassembly"))),
+            "reassembly_bytes": table(rs.get("bytes", 0), rs.get("bytes_limit"),
+                                      g("reassembly").get("dropped_memory_limit", 0)),
+            "udp_sockets": table(us.get("sockets", 0), us.get("sockets_limit"), drops_of(g("udp"))),
+            "routes": table(rt_.get("routes", 0), rt_.get("limit"), rt_.get("dropped", 0)),
+            "devices": table(g("table:devices").get("devices", 0), g("table:devices").get("limit"),
+                             g("stack").get("add_device_refused_limit", 0)),
+            "events": table(g("table:events").get("queued", 0), g("table:events").get("limit"),
+                            g("stack").get("events_dropped", 0)),
+            # the ICMP error rate limit (RFC 1812 §4.3.2.8): tokens in use of the burst
+            "icmp_error_rate": table(cfg.icmp_error_burst - int(bucket.tokens) if bucket is not None else 0,
+                                     cfg.icmp_error_burst, g("icmp").get("error_rate_limited", 0)),
+        }
+        for name, dc in c.items():
+            if name.startswith("dev:"):
+                out[f"tx_queue:{name[4:]}"] = table(dc.get("tx_queued", 0), dc.get("tx_queue_limit"), drops_of(dc))
+        return out
 
     def close(self):
         for w, f, _ in self.captures.values():

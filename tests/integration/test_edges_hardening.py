@@ -257,3 +257,31 @@ def test_down_of_a_launcher_that_will_not_stop_leaves_no_socket_files(tmp_path):
     left = [f for f in os.listdir(run)
             if stat.S_ISSOCK(os.lstat(os.path.join(run, f)).st_mode) or os.path.islink(os.path.join(run, f))]
     assert left == [], left
+
+
+# -- 9: one accounting convention: drops from every loss counter, tables, internal errors ---------
+def test_status_tables_and_drops_follow_one_convention(run):
+    def details():
+        return {n: r.get("details") or {} for n, r in _status(run).items()}
+    d = wait_until(lambda: (lambda x: x if all("tables" in x[n] for n in ("netstack", "dhcpd")) else None)(details()),
+                   5, "a heartbeat with tables")
+    for name in ("netstack", "dhcpd"):
+        assert isinstance(d[name]["drops"], int) and isinstance(d[name]["internal_errors"], int)
+        for tname, t in d[name]["tables"].items():
+            assert set(t) == {"size", "limit", "drops"}, (name, tname, t)
+    for want in ("neighbors", "reassembly", "udp_sockets", "routes", "icmp_error_rate"):
+        assert want in d["netstack"]["tables"], sorted(d["netstack"]["tables"])
+    res = run_qnet(run, "status", "--tables")
+    assert res.returncode == 0 and "neighbors" in res.stdout and "LIMIT" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_loss_that_is_not_named_drop_is_counted_in_drops(run):
+    # a datagram-channel message that is not a batch is counted as rx_bad, not "drop": it is a loss
+    before = (_status(run)["netstack"].get("details") or {}).get("drops", 0)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.connect(f"ipc://{run}/netstack.dgram")
+    for _ in range(5):
+        s.send_multipart([b"B", b"\xc1", b"", b""])
+    s.close(linger=2000)   # delivered before the socket goes
+    wait_until(lambda: (_status(run)["netstack"].get("details") or {}).get("drops", 0) >= before + 5, 10,
+               "netstack's DROPS counting the refused batches")
