@@ -113,7 +113,30 @@ def open_tap(name: str, *, create: bool = True, vnet_hdr: bool = False,
         os.close(fd)
         hint = " (is it a TUN device, or a TAP opened with other flags?)" if e.errno == errno.EINVAL else ""
         raise TapError(e.errno, f"TUNSETIFF {name!r}: {e.strerror}{hint}") from None
+    set_txqueuelen(name, TAP_QUEUE_LEN)
     return fd
+
+
+# The kernel's queue of frames for us to read (the TAP's txqueuelen, 500 for a new TAP) is
+# where frames wait while the driver is descheduled or netstack is behind: on two busy
+# cores a 500-frame queue overflowed at 30,000 frames/s (1.2 % lost, none of it in qnet).
+# A deeper queue absorbs the scheduling jitter; frames still wait in the kernel, bounded.
+TAP_QUEUE_LEN = 4096
+SIOCGIFTXQLEN, SIOCSIFTXQLEN = 0x8942, 0x8943
+_IFREQ_INT = struct.Struct("16si20x")
+
+
+def set_txqueuelen(name: str, qlen: int) -> bool:
+    """Deepen the TAP's queue (never shortens one an administrator made longer)."""
+    raw = _ifname(name)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _n, cur = _IFREQ_INT.unpack(fcntl.ioctl(s, SIOCGIFTXQLEN, _IFREQ_INT.pack(raw, 0)))
+            if cur < qlen:
+                fcntl.ioctl(s, SIOCSIFTXQLEN, _IFREQ_INT.pack(raw, qlen))
+        return True
+    except OSError:
+        return False
 
 
 def tap_name(fd: int) -> str:
