@@ -176,3 +176,18 @@ def test_many_destinations_through_a_default_route_match():
     fast, general = run_both(frames, setup=default)
     assert fast == general
     assert len(fast["tx"]["eth1"]) == 350 and len(fast["tx"]["eth0"]) == 250
+
+
+def test_counters_continue_through_the_fast_path_after_a_restore():
+    s = router(True)
+    fwd = [udp_frame(HOST_A, MAC0, A, B, 1, 2)] * 3
+    s.receive_batch("eth0", fwd, 0.0)
+    s.take_transmit()
+    r = type(s).restore(s.snapshot(), s.cfg)
+    r.receive_batch("eth0", fwd, 0.0)      # neighbor restored STALE: general path, then fast
+    assert len(r.take_transmit()["eth1"]) == 3
+    c = r.counters()
+    before = s.counters()
+    assert c["ipv4"]["forwarded"] == 6
+    assert c["dev:eth1"]["tx_frames"] == before["dev:eth1"]["tx_frames"] + 3
+    assert c["dev:eth0"]["rx_frames"] == before["dev:eth0"]["rx_frames"] + 3
