@@ -18,12 +18,9 @@ from itertools import accumulate
 from operator import sub
 from dataclasses import dataclass
 
-import msgspec
-
 from . import errors
-from .decl import encode
+from .decl import decode_raw, encode
 
-_raw = msgspec.msgpack.Decoder()
 _LITTLE = sys.byteorder == "little"
 
 
@@ -75,9 +72,9 @@ def encode_batch(stream: str, seq: int, frames: list[bytes]) -> list[bytes]:
 
 def decode_header(header: bytes) -> tuple[str, int, int]:
     try:
-        h = _raw.decode(header)
-    except msgspec.DecodeError:
-        raise errors.BadMessage("batch header is not MessagePack") from None
+        h = decode_raw(header)
+    except errors.BadMessage as exc:
+        raise errors.BadMessage(f"batch header: {exc}") from None
     if (not isinstance(h, list) or len(h) != 3 or not isinstance(h[0], str)
             or not isinstance(h[1], int) or not isinstance(h[2], int) or h[2] < 0):
         raise errors.BadMessage("batch header must be [stream, seq, count]")
