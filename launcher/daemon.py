@@ -3,27 +3,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
+
+from components.runtime import LOG_FILE_MAX, LogRateLimit
 
 from .manifest import ManifestError, load
 from .service import AlreadyRunning, Launcher
 from .supervisor import StartFailed
 
 
-def setup_launcher_logging(runtime_dir: str, console: bool) -> None:
+def setup_launcher_logging(runtime_dir: str, console: bool, max_bytes: int = LOG_FILE_MAX) -> LogRateLimit:
+    """launcher.log under the components' rules (components/runtime.py): one LogRateLimit judges
+    every line once for all handlers, and the file is rotated at the same bound, one old file
+    (launcher.log.1) kept. The launcher logs what components report and what the CLI asks, so a
+    misbehaving peer must not be able to fill the disk through it either."""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO)
     os.makedirs(os.path.join(runtime_dir, "logs"), mode=0o700, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(runtime_dir, "logs", "launcher.log"))
+    limit = LogRateLimit()
+    # The text format stays (people read this file); runtime.py's own handlers write JSON
+    # lines or rotate fd 2, so the standard rotating handler carries its bound here.
+    fh = logging.handlers.RotatingFileHandler(os.path.join(runtime_dir, "logs", "launcher.log"),
+                                              maxBytes=max_bytes, backupCount=1)
     fh.setFormatter(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s", "%H:%M:%S"))
+    fh.addFilter(limit)
     root.addHandler(fh)
     if console:
         ch = logging.StreamHandler(sys.stderr)
         ch.setFormatter(logging.Formatter("qnet: %(message)s"))
         ch.setLevel(logging.WARNING)
+        ch.addFilter(limit)
         root.addHandler(ch)
+    return limit
 
 
 def run(manifest: str | None, runtime_dir: str, *, console: bool, on_up=None) -> int:
