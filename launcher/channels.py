@@ -139,3 +139,168 @@ class DataChannels:
     def status(self) -> dict[str, Any]:
         return {"transport": "socketpair" if self.enabled else "zmq", "channels": len(self.pairs),
                 "errors": self.errors}
+
+
+# -- channels for programs outside the graph ----------------------------------------------
+BROKER_NAME = "channels.sock"
+MAX_EXTERNAL = 64           # channels handed to programs outside the graph at once
+
+
+def broker_path(runtime_dir: str) -> str:
+    import os
+    return os.path.join(runtime_dir, BROKER_NAME)
+
+
+class ChannelBroker:
+    """RUN/channels.sock: a program outside the graph (a test, a benchmark, a tool) asks for a
+    data channel to a provider and gets its end as an fd (SCM_RIGHTS).
+
+    The request is one message, ``{"protocol": NAME, "user": IDENTITY}``; the answer is
+    ``{"ok": true}`` with the fd, or ``{"ok": false, "error": TEXT}``. The channel lives as long
+    as the asking connection stays open: when the program exits, its channel is closed and the
+    provider told. Only the launcher's own user (or root) may ask (SO_PEERCRED), a name held by a
+    component of the graph or by another program is refused, and at most MAX_EXTERNAL channels
+    exist at once.
+    """
+
+    def __init__(self, channels: DataChannels, runtime_dir: str, loop):
+        import os
+        self.channels = channels
+        self.loop = loop
+        self.path = broker_path(runtime_dir)
+        self.counters = {"granted": 0, "refused": 0, "released": 0}
+        self.clients: dict[int, tuple[socket.socket, tuple | None]] = {}
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        import os
+        import struct as _struct
+        for _ in range(16):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            try:
+                _pid, uid, _gid = _struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            except OSError:
+                uid = -1
+            if uid not in (0, os.getuid()):
+                self._refuse(conn, "permission denied")
+                continue
+            self.clients[conn.fileno()] = (conn, None)
+            self.loop.add_reader(conn.fileno(), lambda fd=conn.fileno(): self._on_client(fd))
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        from ipc.decl import encode
+        self.counters["refused"] += 1
+        try:
+            conn.send(encode({"ok": False, "error": why}))
+        except OSError:
+            pass
+        conn.close()
+
+    def _on_client(self, fd: int) -> None:
+        from ipc import errors
+        from ipc.decl import decode_raw, encode
+        conn, key = self.clients[fd]
+        try:
+            msg = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg = b""
+        if not msg or key is not None:
+            # The program went away (or spoke again, which it must not): its channel closes.
+            self._drop(fd)
+            return
+        try:
+            req = decode_raw(msg)
+            if not isinstance(req, dict) or not isinstance(req.get("protocol"), str) \
+                    or not isinstance(req.get("user"), str) or not 0 < len(req["user"]) <= 64:
+                raise errors.BadMessage("request must be {protocol, user}")
+            key = self._grant(req["protocol"], req["user"])
+        except (errors.IpcError, LookupError) as exc:
+            self.loop.remove_reader(fd)
+            del self.clients[fd]
+            self._refuse(conn, str(exc))
+            return
+        try:
+            socket.send_fds(conn, [encode({"ok": True})], [self.channels.pairs[key][1].fileno()])
+        except OSError:
+            self.clients[fd] = (conn, key)
+            self._drop(fd)
+            return
+        self.clients[fd] = (conn, key)
+        self.counters["granted"] += 1
+
+    def _grant(self, protocol: str, user: str) -> tuple[str, str, str]:
+        proto = registry.get(protocol)
+        if proto is None or not proto.streams:
+            raise LookupError(f"no data protocol {protocol!r}")
+        provider = self.channels.graph.provider_of(protocol)
+        if provider is None:
+            raise LookupError(f"no component of this graph provides {protocol}")
+        key = (provider, protocol, user)
+        if key in self.channels.pairs:
+            raise LookupError(f"{protocol} user {user!r} already has a channel")
+        if sum(1 for c, k in self.clients.values() if k is not None) >= MAX_EXTERNAL:
+            raise LookupError(f"too many channels for programs outside the graph (limit {MAX_EXTERNAL})")
+        self.channels.pairs[key] = make_pair()
+        self.channels.owner[key] = f"external:{user}"
+        self.channels._tell_provider(provider, "add", protocol, user, self.channels.pairs[key][0].fileno())
+        return key
+
+    def _drop(self, fd: int) -> None:
+        conn, key = self.clients.pop(fd)
+        self.loop.remove_reader(fd)
+        conn.close()
+        if key is not None and key in self.channels.pairs:
+            prov, proto, user = key
+            self.channels._tell_provider(prov, "remove", proto, user, None)
+            for s in self.channels.pairs.pop(key):
+                s.close()
+            self.channels.owner.pop(key, None)
+            self.counters["released"] += 1
+
+    def close(self) -> None:
+        import os
+        for fd in list(self.clients):
+            self._drop(fd)
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def request_channel(runtime_dir: str, protocol: str, user: str, timeout: float = 5.0) -> tuple[socket.socket, int]:
+    """Client side: (the connection to keep open, the channel's fd). Raises OSError or LookupError."""
+    from ipc.decl import decode_raw, encode
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.settimeout(timeout)
+    try:
+        conn.connect(broker_path(runtime_dir))
+        conn.send(encode({"protocol": protocol, "user": user}))
+        msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+    except BaseException:
+        conn.close()
+        raise
+    answer = decode_raw(msg) if msg else {"ok": False, "error": "the launcher closed the connection"}
+    if not isinstance(answer, dict) or not answer.get("ok") or not fds:
+        for fd in fds:
+            import os
+            os.close(fd)
+        conn.close()
+        raise LookupError(answer.get("error", "refused") if isinstance(answer, dict) else "refused")
+    return conn, fds[0]

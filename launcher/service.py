@@ -100,6 +100,10 @@ class Launcher:
             os.environ.update(curve_env)
             transport.configure(transport._from_env())
         self.supervisor.on_activated = self._on_activated
+        from .channels import ChannelBroker
+        # Programs outside the graph (tests, benchmarks, tools) get data channels here too.
+        self.channel_broker = (ChannelBroker(self.supervisor.channels, runtime_dir, self.loop)
+                               if self.supervisor.channels.enabled else None)
         from .ports import PortManager
         self.ports = PortManager(self)
         self.collector = Collector([SUPERVISOR], self.sup_endpoint)
@@ -157,6 +161,8 @@ class Launcher:
         self.shutting_down = True
 
     def close(self) -> None:
+        if self.channel_broker is not None:
+            self.channel_broker.close()
         if self.vms is not None:
             self.vms.close()
         self.supervisor.stop_all()

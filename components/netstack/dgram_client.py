@@ -12,6 +12,7 @@ owner reconnects under the same identity and keeps receiving.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class DatagramClient:
         without one (tests, tools outside the graph) the client connects over ZeroMQ."""
         self.owner = owner
         self.rpc = RpcClient(peer["rpc"], DATAGRAM, timeout=timeout, retries=3)
+        self._grant = None
+        if chan is None:
+            chan = self._local_channel(peer, owner)
         self.chan = chan if chan is not None else UserChannel(DATAGRAM, peer["dgram"], owner.encode())
         self.chan.send_event("hello", owner=owner)
         self._poller = zmq.Poller()
@@ -69,6 +73,19 @@ class DatagramClient:
     def socket(self):
         """Readable when datagrams wait: register it in the component's loop."""
         return self.chan.poll_key
+
+    def _local_channel(self, peer: dict[str, str], owner: str):
+        """A socketpair channel from the launcher's broker when the graph runs on this host."""
+        ep = peer.get("rpc", "")
+        if not ep.startswith("ipc://"):
+            return None
+        from ipc.seqpacket import SeqpacketUser
+        from launcher.channels import request_channel
+        try:
+            self._grant, fd = request_channel(os.path.dirname(ep[len("ipc://"):]), DATAGRAM.name, owner)
+        except (OSError, LookupError):
+            return None   # no broker (a ZeroMQ data graph): the ZeroMQ endpoint serves us
+        return SeqpacketUser(DATAGRAM, fd, owner.encode())
 
     def hello(self) -> None:
         """Say hello again (after netstack restarted) so that it can route to us."""
@@ -129,3 +146,5 @@ class DatagramClient:
     def close(self) -> None:
         self.rpc.close()
         self.chan.close()
+        if self._grant is not None:
+            self._grant.close()   # the launcher closes our channel and tells netstack
