@@ -46,6 +46,7 @@ KIND_BATCH, KIND_EVENT = ord("B"), ord("E")
 HEADER = struct.Struct("<2sBBHHII")
 _NAME_LEN = struct.Struct("<H")
 _LITTLE = sys.byteorder == "little"
+_PEEK = socket.MSG_PEEK
 
 # The launcher sizes both ends' buffers (root: SO_SNDBUFFORCE). 4 MiB holds ten full
 # batches of 256 x 1514 B, or a few batches of GSO super-frames.
@@ -179,6 +180,7 @@ class Endpoint:
         self.max_message = max(4096, min(MAX_MESSAGE, sndbuf - 4096))
         self._buf = bytearray(MAX_MESSAGE + 1)
         self._view = memoryview(self._buf)
+        self._take = bytearray(1)
         self.last_error: str | None = None
 
     def fileno(self) -> int:
@@ -236,14 +238,20 @@ class Endpoint:
     # -- receiving ----------------------------------------------------------------------
     def receive(self, on_batch: Callable[[str, list], None], on_event: Callable[[str, Any], None],
                 limit: int = RECV_BUDGET) -> int:
-        """Read up to ``limit`` messages; malformed ones are counted and dropped."""
+        """Read up to ``limit`` messages; malformed ones are counted and dropped.
+
+        A message is read with MSG_PEEK and taken off the queue only after it was handled:
+        a process killed while handling a batch leaves that batch to its successor, which
+        handles it again (at least once), so a SIGKILL loses nothing that reached a channel.
+        """
         n = 0
-        sock, view, size = self.sock, self._view, len(self._buf)
+        sock, view, buf, size = self.sock, self._view, self._buf, len(self._buf)
         parse = self.codec.parse
         c = self.counters
+        take = self._take
         while n < limit:
             try:
-                got = sock.recv_into(self._buf)
+                got = sock.recv_into(buf, 0, _PEEK)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -252,23 +260,27 @@ class Endpoint:
             if got == 0:
                 break  # the other end is closed (only when the launcher dropped the channel)
             n += 1
-            if got >= size:
-                c["rx_bad"] += 1
-                self.last_error = "message larger than the channel's limit"
-                continue
             try:
-                kind, name, value = parse(view[:got])
-            except errors.IpcError as exc:
-                c["rx_bad"] += 1
-                self.last_error = str(exc)
-                continue
-            if kind == "batch":
-                c["rx_batches"] += 1
-                c["rx_frames"] += len(value)
-                on_batch(name, value)
-            else:
-                c["rx_events"] += 1
-                on_event(name, value)
+                if got >= size:
+                    c["rx_bad"] += 1
+                    self.last_error = "message larger than the channel's limit"
+                    continue
+                try:
+                    kind, name, value = parse(view[:got])
+                except errors.IpcError as exc:
+                    c["rx_bad"] += 1
+                    self.last_error = str(exc)
+                    continue
+                if kind == "batch":
+                    c["rx_batches"] += 1
+                    c["rx_frames"] += len(value)
+                    on_batch(name, value)
+                else:
+                    c["rx_events"] += 1
+                    on_event(name, value)
+            finally:
+                # Off the queue even when a handler raised: a poison message is never re-read.
+                sock.recv_into(take, 1)
         return n
 
     def close(self) -> None:

@@ -174,3 +174,34 @@ def test_channel_control_message_carries_the_fd():
     finally:
         for s in (ctl_a, ctl_b, a, b):
             s.close()
+
+
+def test_a_receiver_killed_while_handling_a_batch_leaves_it_to_its_successor(pair):
+    """MSG_PEEK, then take: SIGKILL in the middle of a batch loses nothing that reached the channel."""
+    a, _b, _prov, user = pair
+    user.send_batch("rx", [b"in-flight"])
+    user.send_batch("rx", [b"next"])
+    pid = os.fork()
+    if pid == 0:  # the doomed incarnation: dies inside the handler, before the batch is taken
+        doomed = SeqpacketProvider(DEVICE, {"p0": os.dup(a.fileno())})
+        doomed.peers[b"p0"].receive(lambda s, f: os._exit(9), lambda n, e: None)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 9
+    successor = SeqpacketProvider(DEVICE, {"p0": os.dup(a.fileno())})
+    got = []
+    successor.peers[b"p0"].receive(lambda s, f: got.append(f), lambda n, e: None)
+    successor.close()
+    assert got == [[b"in-flight"], [b"next"]]
+
+
+def test_a_handler_that_raises_does_not_leave_its_batch_to_be_read_again(pair):
+    _a, _b, prov, user = pair
+    user.send_batch("rx", [b"poison"])
+    user.send_batch("rx", [b"good"])
+    end = prov.peers[b"p0"]
+    with pytest.raises(RuntimeError):
+        end.receive(lambda s, f: (_ for _ in ()).throw(RuntimeError("bug")), lambda n, e: None)
+    got = []
+    end.receive(lambda s, f: got.append(f), lambda n, e: None)
+    assert got == [[b"good"]]
