@@ -452,7 +452,7 @@ class Runtime:
         fds = provided.get(protocol.name)
         chan = DataProvider(protocol, self.spec.endpoints[endpoint_kind],
                             {k: int(v) for k, v in fds.items()} if fds is not None else None,
-                            zmq_users=zmq_users if protocol.name in provided else True)
+                            zmq_users=zmq_users if protocol.name in provided else True, key=self.data_key)
         self._providers[protocol.name] = chan
         return chan
 
@@ -460,7 +460,16 @@ class Runtime:
         """This component's channel to its provider of ``protocol``: the launcher's socketpair, else ZeroMQ."""
         from ipc.channel import open_user
         fd = self.spec.channels.get("use", {}).get(protocol.name)
-        return open_user(protocol, endpoint, identity, int(fd) if fd is not None else None)
+        return open_user(protocol, endpoint, identity, int(fd) if fd is not None else None, key=self.data_key)
+
+    @property
+    def data_key(self) -> bytes | None:
+        """The graph's data key: users of a ZeroMQ data endpoint prove their names with it."""
+        raw = os.environ.get("QNET_DATA_KEY")
+        try:
+            return bytes.fromhex(raw) if raw else None
+        except ValueError:
+            return None
 
     def _on_channel_ctl(self) -> None:
         from ipc.seqpacket import recv_channel

@@ -14,6 +14,8 @@ the sender's loop.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any, Callable
 
 import msgspec
@@ -27,6 +29,28 @@ from .rpc import configure_socket, context
 _raw = msgspec.msgpack.Decoder()
 
 KIND_BATCH, KIND_EVENT = b"B", b"E"
+
+
+def keyed_identity(name: bytes, key: bytes | None) -> bytes:
+    """The ZeroMQ routing id that proves a user's name: NAME~HMAC(graph data key, NAME).
+
+    Without the graph's data key (RUN/keys/data.key, handed to every component) nobody can
+    speak for a port or a datagram owner on a provider's ZeroMQ endpoint, and the id is the
+    same for every incarnation, so ROUTER_HANDOVER still gives a successor its name.
+    """
+    if key is None:
+        return name
+    return name + b"~" + hmac.new(key, name, hashlib.sha256).hexdigest()[:32].encode()
+
+
+def load_data_key(runtime_dir: str) -> bytes | None:
+    """The graph's data key, for a program of the launcher's user outside the graph (tests, tools)."""
+    import os
+    try:
+        with open(os.path.join(runtime_dir, "keys", "data.key"), "rb") as f:
+            return bytes.fromhex(f.read().decode().strip())
+    except (OSError, ValueError):
+        return None
 # Plain ints: pyzmq wraps its constants in enums, and enum arithmetic on the data path adds up.
 _EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
 DEFAULT_DATA_HWM = 256  # batches queued per peer before drops
@@ -43,7 +67,7 @@ class _Channel:
         self._seq = 0
         self.counters = {
             "tx_batches": 0, "tx_frames": 0, "tx_dropped_batches": 0, "tx_dropped_frames": 0,
-            "rx_batches": 0, "rx_frames": 0, "rx_bad": 0, "rx_events": 0, "tx_events": 0,
+            "rx_batches": 0, "rx_frames": 0, "rx_bad": 0, "rx_events": 0, "tx_events": 0, "rx_refused": 0,
         }
         self.last_error: str | None = None
 
@@ -137,7 +161,11 @@ class ProviderChannel(_Channel):
 
     RX_DIRECTION = "to_provider"
 
-    def __init__(self, protocol: Protocol, endpoints: list[str] | str, *, hwm: int = DEFAULT_DATA_HWM):
+    def __init__(self, protocol: Protocol, endpoints: list[str] | str, *, hwm: int = DEFAULT_DATA_HWM,
+                 key: bytes | None = None):
+        self.key = key
+        self._names: dict[bytes, bytes] = {}    # routing id -> the name it proved
+        self._ids: dict[bytes, bytes] = {}      # name -> routing id
         sock = context().socket(zmq.ROUTER)
         configure_socket(sock, hwm)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -146,15 +174,37 @@ class ProviderChannel(_Channel):
             transport.bind(sock, ep)
         super().__init__(protocol, sock)
 
+    def _routing_id(self, peer: bytes) -> bytes:
+        if self.key is None:
+            return peer
+        rid = self._ids.get(peer)
+        if rid is None:
+            rid = self._ids[peer] = keyed_identity(peer, self.key)
+        return rid
+
+    def _name_of(self, rid: bytes) -> bytes | None:
+        """The name a routing id proves, or None (refused)."""
+        if self.key is None:
+            return rid
+        name = self._names.get(rid)
+        if name is None:
+            base, sep, _mac = rid.rpartition(b"~")
+            if not sep or not hmac.compare_digest(keyed_identity(base, self.key), rid):
+                return None
+            if len(self._names) >= 4096:
+                self._names.clear()
+            name = self._names[rid] = base
+        return name
+
     def send_batch(self, peer: bytes, stream: str, frames: list[bytes]) -> bool:
-        ok = self._send(self._batch_parts(stream, frames), len(frames), [peer])
+        ok = self._send(self._batch_parts(stream, frames), len(frames), [self._routing_id(peer)])
         if ok:
             self.counters["tx_batches"] += 1
             self.counters["tx_frames"] += len(frames)
         return ok
 
     def send_event(self, peer: bytes, name: str, /, **fields: Any) -> bool:
-        ok = self._send(self._event_parts(name, fields), 0, [peer])
+        ok = self._send(self._event_parts(name, fields), 0, [self._routing_id(peer)])
         self.counters["tx_events"] += ok
         return ok
 
@@ -166,7 +216,13 @@ class ProviderChannel(_Channel):
         while n < limit and sock.get(_EVENTS) & _POLLIN:
             parts = sock.recv_multipart(_NOBLOCK)
             n += 1
-            peer, body = parts[0], parts[1:]
+            peer, body = self._name_of(parts[0]), parts[1:]
+            if peer is None:
+                # A routing id that does not prove its name: nobody speaks for a port or an
+                # owner without the graph's data key.
+                self.counters["rx_refused"] += 1
+                self.last_error = f"refused: routing id {parts[0][:40]!r} does not prove its name"
+                continue
             try:
                 kind, name, value = self._parse(body)
             except errors.IpcError as exc:
@@ -185,10 +241,11 @@ class UserChannel(_Channel):
 
     RX_DIRECTION = "to_user"
 
-    def __init__(self, protocol: Protocol, endpoint: str, identity: bytes, *, hwm: int = DEFAULT_DATA_HWM):
+    def __init__(self, protocol: Protocol, endpoint: str, identity: bytes, *, hwm: int = DEFAULT_DATA_HWM,
+                 key: bytes | None = None):
         sock = context().socket(zmq.DEALER)
         configure_socket(sock, hwm)
-        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.IDENTITY, keyed_identity(identity, key))
         transport.connect(sock, endpoint)
         self.identity = identity
         super().__init__(protocol, sock)
@@ -241,11 +298,10 @@ class DataProvider:
     """
 
     def __init__(self, protocol: Protocol, endpoints: list[str] | str, fds: dict[str, int] | None = None,
-                 *, zmq_users: bool = True, hwm: int = DEFAULT_DATA_HWM):
+                 *, zmq_users: bool = True, hwm: int = DEFAULT_DATA_HWM, key: bytes | None = None):
         from .seqpacket import SeqpacketProvider
         self.protocol = protocol
-        self.zmq = ProviderChannel(protocol, endpoints, hwm=hwm)
-        self.zmq.counters["rx_refused"] = 0
+        self.zmq = ProviderChannel(protocol, endpoints, hwm=hwm, key=key)
         self.local = SeqpacketProvider(protocol, fds) if fds is not None else None
         self.zmq_users = zmq_users
 
@@ -325,9 +381,9 @@ class DataProvider:
 
 
 def open_user(protocol: Protocol, endpoint: str, identity: bytes, fd: int | None = None,
-              *, hwm: int = DEFAULT_DATA_HWM):
+              *, hwm: int = DEFAULT_DATA_HWM, key: bytes | None = None):
     """The user's data channel: the launcher's socketpair when it gave one, else ZeroMQ."""
     if fd is not None:
         from .seqpacket import SeqpacketUser
         return SeqpacketUser(protocol, fd, identity)
-    return UserChannel(protocol, endpoint, identity, hwm=hwm)
+    return UserChannel(protocol, endpoint, identity, hwm=hwm, key=key)

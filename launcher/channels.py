@@ -40,9 +40,38 @@ def user_identity(spec) -> str:
     return str(spec.args.get("instance") or spec.name)
 
 
+def data_key(runtime_dir: str) -> str:
+    """The graph's data key (hex), made once per runtime dir (RUN/keys/data.key, 0600).
+
+    Every component gets it (QNET_DATA_KEY); a user of a ZeroMQ data endpoint proves its
+    name with it (ipc.channel.keyed_identity). It survives a launcher crash like the rest of RUN.
+    """
+    import os
+    import secrets
+    keydir = os.path.join(runtime_dir, "keys")
+    path = os.path.join(keydir, "data.key")
+    try:
+        with open(path) as f:
+            key = f.read().strip()
+        bytes.fromhex(key)
+        if len(key) >= 32:
+            return key
+    except (OSError, ValueError):
+        pass
+    os.makedirs(keydir, mode=0o700, exist_ok=True)
+    key = secrets.token_hex(32)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return key
+
+
 class DataChannels:
-    def __init__(self, graph):
+    def __init__(self, graph, runtime_dir: str | None = None):
         self.graph = graph
+        self.key = data_key(runtime_dir) if runtime_dir else None
         # (provider, protocol, user) -> (provider end, user end); the launcher holds both.
         self.pairs: dict[tuple[str, str, str], tuple[socket.socket, socket.socket]] = {}
         self.owner: dict[tuple[str, str, str], str] = {}      # pair -> user instance name
@@ -57,8 +86,9 @@ class DataChannels:
     # -- spawn -------------------------------------------------------------------------
     def for_spawn(self, inst) -> tuple[dict[str, str], list[int], tuple | None]:
         """(environment, fds to pass, the control socketpair (ours, the child's)) for a new incarnation."""
+        key_env = {"QNET_DATA_KEY": self.key} if self.key else {}
         if not self.enabled:
-            return {}, [], None
+            return key_env, [], None
         spec = inst.spec
         use: dict[str, int] = {}
         provide: dict[str, dict[str, int]] = {}
@@ -89,7 +119,7 @@ class DataChannels:
         env: dict[str, Any] = {"use": use, "provide": provide}
         if ctl is not None:
             env["ctl"] = ctl[1].fileno()
-        return {"QNET_CHANNELS": json.dumps(env)}, fds, ctl
+        return {"QNET_CHANNELS": json.dumps(env), **key_env}, fds, ctl
 
     def spawned(self, inst, number: int, ctl: tuple | None) -> None:
         """After the child started (or failed to): keep our end of its control socket, close the child's."""

@@ -115,7 +115,7 @@ class Supervisor:
         self.retiring: list[Incarnation] = []
         self.on_activated = lambda inst: None
         self._tcp_ports: dict[tuple[str, str], int] = {}
-        self.channels = DataChannels(graph)     # launcher-held socketpairs of the data plane
+        self.channels = DataChannels(graph, runtime_dir)   # launcher-held socketpairs of the data plane
 
     # -- endpoints -----------------------------------------------------------------
     @property

@@ -22,7 +22,7 @@ import msgspec
 import zmq
 
 from ipc import errors
-from ipc.channel import UserChannel
+from ipc.channel import UserChannel, load_data_key
 from ipc.decl import to_plain
 from ipc.protocols.netstack import DATAGRAM
 from ipc.rpc import RpcClient
@@ -63,7 +63,13 @@ class DatagramClient:
         self._grant = None
         if chan is None:
             chan = self._local_channel(peer, owner)
-        self.chan = chan if chan is not None else UserChannel(DATAGRAM, peer["dgram"], owner.encode())
+        if chan is None:
+            # A ZeroMQ data endpoint: our name is proved with the graph's data key (readable
+            # only by the launcher's user).
+            ep = peer.get("rpc", "")
+            key = load_data_key(os.path.dirname(ep[len("ipc://"):])) if ep.startswith("ipc://") else None
+            chan = UserChannel(DATAGRAM, peer["dgram"], owner.encode(), key=key)
+        self.chan = chan
         self.chan.send_event("hello", owner=owner)
         self._poller = zmq.Poller()
         self._poller.register(self.chan.poll_key, zmq.POLLIN)

@@ -16,13 +16,15 @@ def _require_prerequisites() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def two_port_graph():
+@pytest.fixture(scope="module", params=["socketpair", "zmq"])
+def two_port_graph(request):
     """(graph, a, b): ports p0 and p1 on two distinct random 10.99.X.0/24 subnets, each with a
-    namespace whose default route points at qnet."""
+    namespace whose default route points at qnet. Every data-path test runs on both data
+    transports: launcher-held socketpairs (the default) and ZeroMQ."""
     _require_prerequisites()
     xa, xb = random.sample(range(1, 255), 2)
-    g = QnetGraph.start()
+    g = QnetGraph.start(data_transport=request.param)
+    g.data_transport = request.param
     try:
         a = g.add_ns_port("p0", xa)
         b = g.add_ns_port("p1", xb)

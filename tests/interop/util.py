@@ -183,15 +183,30 @@ class QnetGraph:
         self.tag = secrets.token_hex(3)
 
     @classmethod
-    def start(cls) -> "QnetGraph":
+    def start(cls, data_transport: str | None = None) -> "QnetGraph":
+        """The embedded default graph; ``data_transport`` ("socketpair" or "zmq") overrides its data plane."""
         g = cls()
         try:
-            g.qnet("up", "--detach", timeout=60)
+            if data_transport is None:
+                g.qnet("up", "--detach", timeout=60)
+            else:
+                g.qnet("up", "-f", g.default_graph_with(data_transport=data_transport), "--detach", timeout=60)
             g.remember_pids()
         except BaseException:
             g.stop()
             raise
         return g
+
+    def default_graph_with(self, **graph_keys: str) -> str:
+        """A copy of the embedded default manifest with extra [graph] keys, in the runtime dir."""
+        import launcher
+        with open(os.path.join(os.path.dirname(launcher.__file__), "default_graph.toml")) as f:
+            text = f.read()
+        extra = "".join(f'{k} = "{v}"\n' for k, v in graph_keys.items())
+        path = os.path.join(self.run_dir, "graph.toml")
+        with open(path, "w") as f:
+            f.write(text.replace("[graph]\n", "[graph]\n" + extra, 1))
+        return path
 
     # -- CLI ---------------------------------------------------------------------------------
     def qnet(self, *args: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess:
@@ -226,10 +241,11 @@ class QnetGraph:
         return {"rpc": f"ipc://{self.run_dir}/netstack.rpc", "dgram": f"ipc://{self.run_dir}/netstack.dgram"}
 
     # -- ports -------------------------------------------------------------------------------
-    def add_ns_port(self, port: str, x: int) -> NsPort:
+    def add_ns_port(self, port: str, x: int, *port_args: str) -> NsPort:
+        """``port_args`` go to `qnet port add` as they are (e.g. "--offloads")."""
         p = NsPort(port=port, tap=f"qtap{self.tag}{port}"[:15], ns=f"qn{self.tag}{port}", x=x)
         self.ports[port] = p
-        self.qnet("port", "add", port, "--tap", p.tap, "--addr", f"{p.qnet_ip}/24", timeout=30)
+        self.qnet("port", "add", port, "--tap", p.tap, "--addr", f"{p.qnet_ip}/24", *port_args, timeout=30)
         self.remember_pids()
         run(["ip", "netns", "add", p.ns])
         p.sh(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
