@@ -182,6 +182,12 @@ class ServerProcess:
             raise RuntimeError(f"server process did not answer {msg!r} within {timeout:g} s")
         return self._parent.recv()
 
+    def receive(self, timeout: float = 30.0) -> Any:
+        """A further message the child sends unasked (after answering a request that starts work)."""
+        if not self._parent.poll(timeout):
+            raise RuntimeError(f"server process sent nothing within {timeout:g} s")
+        return self._parent.recv()
+
     def stop(self, timeout: float = 10.0) -> Any:
         """Ask the child to stop; its final report, or None if it did not give one."""
         report = None
@@ -318,3 +324,24 @@ class WindowedSender:
                 break
         self._wait_acked(base + sent)
         return sent, clock() - t0
+
+
+# -- CPU placement ------------------------------------------------------------------
+def pin_process(cpus: set[int] | list[int]) -> list[int]:
+    """Set the CPU affinity of every thread of this process (ZeroMQ's I/O threads too).
+
+    ``os.sched_setaffinity(0, ...)`` moves only the calling thread on Linux, and
+    threads started before it keep their old mask. Returns the new mask.
+    """
+    cpus = set(cpus)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that just ended
+    os.sched_setaffinity(0, cpus)
+    return sorted(os.sched_getaffinity(0))
