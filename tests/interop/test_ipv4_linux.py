@@ -233,7 +233,7 @@ def _finish(p, timeout: float = 30.0):
 
 
 @pytest.mark.timeout(60)
-def test_planned_driver_restart_during_100_pings_per_second_loses_at_most_3_of_300(graph, ns_a):
+def test_planned_driver_restart_during_100_pings_per_second_loses_nothing_on_socketpairs(graph, ns_a):
     old = graph.components()["ethdriver.p0"]["pid"]
     p = _ping_flood(ns_a, ns_a.qnet_ip)
     try:
@@ -245,10 +245,14 @@ def test_planned_driver_restart_during_100_pings_per_second_loses_at_most_3_of_3
           f"ping lost {r.lost}/{r.transmitted} (seq {r.missing()}), max rtt {r.max_rtt_ms:.1f} ms")
     assert res["old_pid"] == old and res["new_pid"] != old
     assert r.transmitted == 300
-    # Known cause when this fails (reported to the lead): the successor's UserChannel connects at
-    # construction and ROUTER_HANDOVER gives it the port's routing id at once; netstack's ROUTER then
-    # discards every batch the predecessor still reads from the TAP until it freezes.
-    assert r.lost <= 3, f"lost seq {r.missing()}: frames sent by the predecessor after the successor connected?"
+    if graph.data_transport == "socketpair":
+        # The promise of a planned restart: nothing lost (unread frames wait in the TAP queue
+        # and in the launcher's channel for the successor).
+        assert r.lost == 0, f"lost seq {r.missing()}"
+    else:
+        # ZeroMQ: the successor's DEALER takes the port's name over (ROUTER_HANDOVER); a batch the
+        # predecessor sends after that is dropped by libzmq. No zero-loss promise on this transport.
+        assert r.lost <= 3, f"lost seq {r.missing()}"
 
 
 @pytest.mark.timeout(60)
@@ -274,7 +278,10 @@ def test_killed_driver_is_respawned_within_a_second_and_ping_resumes_within_2s(g
     assert r.transmitted == 300
     outage_s = max(r.max_rtt_ms / 1000.0, r.longest_gap() * 0.01)
     assert outage_s < 2.0, r.missing()
-    assert r.lost <= 200, r.missing()
+    # Requests wait in the TAP's queue while no driver runs and are answered late, not lost
+    # (ping waits 2 s for each, and the driver is back in < 1 s). At most what the killed
+    # driver had read and not yet handed on is lost: one batch, here one ping.
+    assert r.lost <= 1, r.missing()
 
 
 # -- netstack restart ------------------------------------------------------------------------------
@@ -291,10 +298,12 @@ def test_netstack_restart_under_ping_loop_hands_over_state_and_ping_continues(gr
           f"forwarded ping lost {r.lost}/{r.transmitted} (seq {r.missing()}), max rtt {r.max_rtt_ms:.1f} ms")
     assert res["handed_over"], res
     assert r.transmitted == 300
-    # Known cause when this fails (reported to the lead): the drivers' DEALERs stay connected to the
-    # frozen predecessor until it exits, and it exits only when its poll next wakes (up to 1 s after
-    # SIGTERM); meanwhile the successor's ROUTER drops replies to drivers it has not yet heard from.
-    assert r.lost <= 30, f"lost seq {r.missing()} (> 10 %): drivers still connected to the frozen netstack?"
+    if graph.data_transport == "socketpair":
+        assert r.lost == 0, f"lost seq {r.missing()}: a planned restart loses nothing"
+    else:
+        # ZeroMQ: frames queued toward the frozen predecessor are lost with it (the socketpair
+        # transport exists for this); measured 0-2, bound at 10 %.
+        assert r.lost <= 30, f"lost seq {r.missing()} (> 10 %)"
     assert {ttl for _, _, ttl, _ in r.replies} == {63}
     # Still a working stack afterwards: local delivery and qnet's own pings.
     assert ns_a.ping(ns_a.qnet_ip, "-c", "1", "-W", "2").received == 1
