@@ -95,13 +95,16 @@ def cmd_port(args) -> int:
         backend = "tap" if args.tap else ("stream" if args.stream else ("dgram" if args.dgram else None))
         if backend is None:
             raise CliError("qnet port add: say --tap IFNAME, --stream PATH or --dgram PATH --peer PATH", EXIT_USAGE)
+        if args.offloads and backend != "tap":
+            raise CliError("qnet port add: --offloads needs --tap IFNAME", EXIT_USAGE)
         if backend == "dgram" and not args.peer:
             raise CliError("qnet port add: --dgram needs --peer PATH (QEMU's local.path)", EXIT_USAGE)
         res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
                    create=not args.no_create, mac=args.mac.lower() if args.mac else None, mtu=args.mtu, forwarding=not args.no_forwarding,
                    path=args.stream or args.dgram, peer_path=args.peer,
                    dhcp="client" if args.dhcp else ("server" if args.dhcp_server else None),
-                   addresses=[_iface(a) for a in args.addr or []])
+                   addresses=[_iface(a) for a in args.addr or []],
+                   **({"offloads": True} if args.offloads else {}))
         if args.json:
             out_json(res)
         else:
@@ -125,8 +128,10 @@ def cmd_port(args) -> int:
     for r in rows:
         r["link"] = "up" if r["up"] else "down"
         r["driver"] = "attached" if r["attached"] else "none"
+        r["offloads"] = ",".join(r.get("offloads") or []) or "-"
     print(table(rows, [("name", "PORT"), ("kind", "KIND"), ("mac", "MAC"), ("mtu", "MTU"), ("link", "LINK"),
-                       ("driver", "DRIVER"), ("forwarding", "FORWARDING"), ("addresses", "ADDRESSES")]))
+                       ("driver", "DRIVER"), ("forwarding", "FORWARDING"), ("offloads", "OFFLOADS"),
+                       ("addresses", "ADDRESSES")]))
     return 0
 
 
@@ -256,6 +261,10 @@ def cmd_stats(args) -> int:
     for group, counters in sorted(st["stack"].items()):
         items = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
         print(f"{group}: {items or '-'}")
+    # the binding's work on offload ports: super-frames cut, partial checksums completed
+    for port, counters in sorted((st.get("binding") or {}).get("offloads", {}).items()):
+        items = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v and k != "offloads")
+        print(f"offload:{port}: {items or '-'}")
     return 0
 
 
@@ -275,6 +284,8 @@ def add_commands(sub) -> None:
     a.add_argument("--no-forwarding", action="store_true")
     a.add_argument("--addr", action="append", metavar="CIDR", help="an address for the port (repeatable)")
     a.add_argument("--dhcp", action="store_true", help="configure the port with our DHCP client (an uplink)")
+    a.add_argument("--offloads", action="store_true",
+                   help="open the TAP with IFF_VNET_HDR and take checksum and TSO/GSO offloads")
     a.add_argument("--dhcp-server", action="store_true",
                    help="serve DHCP on the port from its first address's subnet (a guest-facing port)")
     a.add_argument("--json", action="store_true")

@@ -14,6 +14,7 @@ incarnation (idempotent calls: reconcile, don't replay logs).
     mtu = 1500
     forwarding = true
     addresses = ["10.0.0.1/24"]
+    offloads = true            # TAP only: checksum and TSO/GSO offloads (docs/manifest.md)
 
     [[routes]]
     prefix = "0.0.0.0/0"
@@ -46,7 +47,7 @@ _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
 CALL_TIMEOUT = 2.0
 CONFIG_DEADLINE = 8.0
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
-              "vnet_hdr", "pool", "link"}
+              "vnet_hdr", "pool", "link", "offloads"}
 
 
 def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +71,12 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         out["tap"] = str(cfg.get("tap") or name)
         out["create"] = bool(cfg.get("create", True))
         out["vnet_hdr"] = bool(cfg.get("vnet_hdr", False))
+        if cfg.get("offloads"):
+            # Only set when asked, so a port saved before offloads existed compares equal.
+            out["offloads"] = True
+            out["vnet_hdr"] = True  # IFF_VNET_HDR can only be chosen when the fd is attached
+    elif cfg.get("offloads"):
+        raise ValueError(f"port {name}: offloads need backend tap")
     elif backend == "stream":
         if not cfg.get("path"):
             raise ValueError(f"port {name}: backend stream needs path (the unix socket QEMU connects to)")
@@ -247,6 +254,8 @@ class PortManager:
             handles = [HandleSpec("tap", "tap", {"name": cfg["tap"], "create": cfg["create"],
                                                   "vnet_hdr": cfg.get("vnet_hdr", False)})]
             args["ifname"] = cfg["tap"]
+            if cfg.get("offloads"):
+                args["offloads"] = True
         elif cfg["backend"] == "stream":
             handles = [HandleSpec("listen", "unix-listen", {"path": cfg["path"]})]
         else:

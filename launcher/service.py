@@ -436,9 +436,12 @@ class _Control:
         return True
 
     # -- ports, addresses, routes (configuration the launcher owns) ----------------------------
-    def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp, addresses):
+    def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp, addresses,
+                 offloads=False):
         cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp,
                "addresses": [str(a) for a in addresses]}
+        if offloads:
+            cfg["offloads"] = True
         for k, v in (("tap", tap), ("mac", mac), ("path", path), ("peer_path", peer_path)):
             if v is not None:
                 cfg[k] = v

@@ -13,7 +13,7 @@ frame bytes.
 """
 from __future__ import annotations
 
-from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend
+from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend, TapError
 from components.runtime import Component, run_component
 from ipc.channel import UserChannel
 from ipc.protocols.device import DEVICE
@@ -51,7 +51,15 @@ class EthDriver(Component):
         h = self.rt.handles
         mtu = int(self.rt.args.get("mtu", 1500))
         if self.kind == "tap":
-            return TapBackend(h["tap"], self.rt.args.get("ifname"))
+            ifname = self.rt.args.get("ifname")
+            if self.rt.args.get("offloads"):
+                try:
+                    return TapBackend(h["tap"], ifname, offloads=True)
+                except TapError as exc:
+                    # A TAP opened without IFF_VNET_HDR, or a kernel that refuses: the port
+                    # still works, as a plain one (netstack learns so from attach).
+                    self.log.warning("offloads unavailable, running plain: %s", exc)
+            return TapBackend(h["tap"], ifname)
         if self.kind == "dgram":
             return DgramBackend(h["dgram"], self.rt.args["peer_path"], mtu=mtu)
         if self.kind == "stream":
@@ -65,10 +73,12 @@ class EthDriver(Component):
     def activate(self, state):
         self.chan = self.rt.data_user(DEVICE, self.peer["data"], self.port.encode())
         self.backend = self._open_backend(state)
+        # attach goes first on the ordered channel: netstack must know the frame prefix of an
+        # offload port before the first batch (frames may wait in the kernel queue already).
+        self._attach()
         self._start_io()
         self.rt.loop.call_every(ATTACH_INTERVAL, self._attach)
         self.rt.loop.call_every(LINK_POLL, self._poll_link)
-        self._attach()
 
     def _start_io(self):
         self.active = True
@@ -105,7 +115,9 @@ class EthDriver(Component):
         c = self.backend.counters() if self.backend is not None else {}
         ch = dict(self.chan.counters) if self.chan is not None else {}
         drops = sum(v for k, v in c.items() if "drop" in k) + ch.get("tx_dropped_frames", 0)
+        offloads = list(self.backend.offloads()) if self.backend is not None else []
         return {"port": self.port, "backend": self.kind, "link_up": bool(self.link), "drops": drops,
+                "offloads": offloads, "frame_prefix": self.backend.frame_prefix_len if self.backend else 0,
                 "backend_counters": c, "channel": ch, **self.counters}
 
     # -- data path ------------------------------------------------------------------------
@@ -154,6 +166,7 @@ class EthDriver(Component):
         if stream != "tx":
             return
         self.counters["tx_batches"] += 1
+        # With offloads each frame carries its virtio-net header, as the backend wants it.
         n = self.backend.write_batch(frames)
         if n < len(frames):
             self.counters["tx_short"] += len(frames) - n
@@ -170,7 +183,8 @@ class EthDriver(Component):
         mac = ":".join(f"{b:02x}" for b in bytes(mac)) if mac and len(mac) == 6 else None
         self.chan.send_event("attach", port=self.port, incarnation=self.rt.incarnation, backend=self.kind,
                              mac=mac, mtu=max(68, min(65535, self.backend.mtu)),
-                             link_up=bool(self.link))
+                             link_up=bool(self.link), offloads=list(self.backend.offloads()),
+                             frame_prefix=self.backend.frame_prefix_len)
 
     def _poll_link(self):
         if self.backend is None or not self.active:

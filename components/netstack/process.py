@@ -22,6 +22,9 @@ import msgspec
 
 from components.netstack.core import Stack, StackConfig, StackError
 from components.netstack.core.events import EchoReply, PingError
+from components.netstack.core.offload import PortOffloads, to_plain_frames
+from components.netstack.wire.errors import ParseError
+from components.netstack.wire.virtio_net import VNET_HDR_SIZES, split_prefixed
 from components.netstack.wire.addr import MacAddr
 from components.netstack.wire.pcap import PcapWriter
 from components.runtime import Component, run_component
@@ -80,6 +83,11 @@ class Netstack(Component):
         self.pub = Publisher(NETSTACK, rt.spec.endpoints["pub"])
         self.counters = {"tx_no_driver": 0, "dg_undeliverable": 0, "dg_send_errors": 0}
         self._port_names: dict[bytes, str] = {}
+        # Ports whose driver has offloads (attach: offloads, frame_prefix): every frame both
+        # ways carries a virtio-net header of prefix bytes. Kept in the hand-over state, so a
+        # successor reads the batches its drivers queued before they attach again.
+        self.offloads: dict[str, tuple[PortOffloads, int]] = {}
+        self.offload_counters: dict[str, dict[str, int]] = {}
 
     def implementations(self):
         return {NETSTACK: _Control(self), DATAGRAM: _Datagrams(self)}
@@ -94,6 +102,12 @@ class Netstack(Component):
                 if n in self.ports:
                     self.ports[n]["admin_up"] = False
             self.owners = {int(k): v for k, v in state.get("owners", {}).items()}
+            for n, (names, prefix) in state.get("offloads", {}).items():
+                self._set_offloads(n, names, prefix)
+            for n, c in state.get("offload_counters", {}).items():
+                if n in self.offload_counters:
+                    self.offload_counters[n].update({k: int(v) for k, v in c.items()
+                                                     if k in self.offload_counters[n]})
             restored = True
         self._start_io()
         self.pub.emit("started", incarnation=self.rt.incarnation, restored=restored)
@@ -122,7 +136,9 @@ class Netstack(Component):
     def _state(self) -> dict:
         return {"stack": self.stack.snapshot(), "ports": list(self.ports),
                 "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
-                "owners": {str(k): v for k, v in self.owners.items()}}
+                "owners": {str(k): v for k, v in self.owners.items()},
+                "offloads": {n: [list(o.names()), prefix] for n, (o, prefix) in self.offloads.items()},
+                "offload_counters": self.offload_counters}
 
     def checkpoint(self):
         self.rt.checkpoint(self._state(), min_interval=0.0)
@@ -132,14 +148,14 @@ class Netstack(Component):
         # ipc/accounting.py: every loss counter of the core, the channels and the binding
         counted = {g: v for g, v in c.items() if not g.startswith("table:")}
         drops = drops_of(counted) + drops_of(self.dev_chan.counters) + drops_of(self.dg_chan.counters) \
-            + drops_of(self.counters)
+            + drops_of(self.counters) + drops_of(self.offload_counters)
         rpc = getattr(self.rt, "rpc", None)
         internal = c.get("stack", {}).get("internal_errors", 0) + self.rt.loop.errors \
             + (rpc.counters.get("internal_errors", 0) if rpc is not None else 0)
         return {"ports": {n: dict(p) for n, p in self.ports.items()}, "drops": drops,
                 "internal_errors": internal, "tables": self._tables(c),
                 "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
-                "sockets": len(self.owners), **self.counters}
+                "sockets": len(self.owners), "offloads": self.offload_status(), **self.counters}
 
     def _tables(self, c: dict) -> dict:
         """Every bounded table of the stack: occupancy, limit, what it lost (ipc/accounting.py)."""
@@ -186,16 +202,70 @@ class Netstack(Component):
         info = self.ports.get(port)
         if info is not None:
             info["heard"] = time.monotonic()
-        if port in self.captures:
+        if port in self.offloads:
+            frames = self._plain_frames(port, frames)
+        elif port in self.captures:
             self._capture(port, frames)
         self.stack.receive_batch(port, frames, time.monotonic())
         # Transmit after every received batch: what it caused leaves before the next is read.
         self._flush_transmit()
 
+    # -- offloads (core/offload.py does the work; here only which port has what) -----------
+    def _set_offloads(self, port: str, names, prefix: int) -> None:
+        if prefix:
+            self.offloads[port] = (PortOffloads.from_names(names), int(prefix))
+            self.offload_counters.setdefault(port, dict.fromkeys(
+                ("rx_gso_frames", "rx_gso_segments", "rx_csum_partial", "rx_bad_offload"), 0))
+        else:
+            self.offloads.pop(port, None)
+
+    def offload_status(self) -> dict:
+        return {port: {"offloads": list(self.offloads[port][0].names()) if port in self.offloads else [],
+                       **c} for port, c in self.offload_counters.items()}
+
+    def _plain_frames(self, port: str, frames: list[bytes]) -> list:
+        """The Ethernet frames in a batch from an offload port: the header stripped, a GSO
+        super-frame cut into frames of the port's MTU and partial checksums completed
+        (core/offload.to_plain_frames), so the stack's one path (TTL, fragmentation, ICMP,
+        filters) sees ordinary frames. What the header says wrongly is counted and dropped."""
+        _offl, size = self.offloads[port]
+        c = self.offload_counters[port]
+        dev = self.stack.devs.get(port)
+        mtu = dev.mtu if dev is not None else 1500
+        zero = bytes(size)
+        out: list = []
+        whole: list = []   # as received, without the header: what a capture shows
+        for raw in frames:
+            if raw[:size] == zero:
+                frame = memoryview(raw)[size:]
+                out.append(frame)
+                whole.append(frame)
+                continue
+            try:
+                if size not in VNET_HDR_SIZES:
+                    raise ParseError(f"frame prefix of {size} bytes is no virtio-net header")
+                hdr, frame = split_prefixed(raw, size)
+                plain = to_plain_frames(frame, hdr, mtu)
+            except ParseError:
+                c["rx_bad_offload"] += 1
+                continue
+            if hdr.is_gso:
+                c["rx_gso_frames"] += 1
+                c["rx_gso_segments"] += len(plain)
+            elif hdr.needs_csum:
+                c["rx_csum_partial"] += 1
+            out.extend(plain)
+            whole.append(frame)
+        if port in self.captures:
+            self._capture(port, whole)
+        return out
+
     def _on_device_event(self, peer: bytes, name: str, ev):
         port = peer.decode("utf-8", "replace")
         if port in self.ports:
             self.ports[port]["heard"] = time.monotonic()
+        if name == "attach":
+            self._set_offloads(port, ev.offloads, ev.frame_prefix)
         if name in ("attach", "link"):
             if port not in self.ports or port not in self.stack.devs:
                 return  # a driver for a port we do not have (yet): ignored until port_add
@@ -268,6 +338,12 @@ class Netstack(Component):
                 self._capture(port, frames)
             if port == "lo":
                 continue
+            if port in self.offloads:
+                # Every frame to an offload port carries a header; ours leave nothing undone.
+                # One join per frame (frames are at most an MTU): two iovecs per frame would
+                # need batch offsets that count header and frame as one.
+                zero = bytes(self.offloads[port][1])
+                frames = [zero + f for f in frames]
             peer = port.encode()
             for i in range(0, len(frames), TX_BATCH):
                 chunk = frames[i:i + TX_BATCH]
@@ -380,7 +456,8 @@ def _port_row(ns: Netstack, info) -> dict:
     p = ns.ports.get(info.name, {})
     return {"name": info.name, "kind": info.kind, "mac": info.mac, "mtu": info.mtu, "up": info.up,
             "attached": bool(p.get("attached")), "forwarding": info.forwarding,
-            "addresses": list(info.addresses)}
+            "addresses": list(info.addresses),
+            "offloads": list(ns.offloads[info.name][0].names()) if info.name in ns.offloads else []}
 
 
 class _Control:
@@ -428,6 +505,8 @@ class _Control:
             return False
         self.stack.remove_device(name, time.monotonic())
         self.ns.ports.pop(name, None)
+        self.ns.offloads.pop(name, None)
+        self.ns.offload_counters.pop(name, None)
         cap = self.ns.captures.pop(name, None)
         if cap:
             cap[1].close()

@@ -44,7 +44,7 @@ LOG_CHUNK = struct(
 )
 
 LAUNCHER = Protocol(
-    "qnet.launcher", Version(1, 0),
+    "qnet.launcher", Version(1, 1),
     doc="Control of the component graph: status, restarts, logs, shutdown.",
     methods=(
         Method("status", result=List(COMPONENT_STATUS), idempotent=True),
@@ -66,7 +66,9 @@ LAUNCHER = Protocol(
                                  Field("path", Optional(Str(max_len=107)), default=None),
                                  Field("peer_path", Optional(Str(max_len=107)), default=None),
                                  Field("dhcp", Optional(Enum("DhcpRole", ("client", "server"))), default=None),
-                                 Field("addresses", List(IPV4_IFACE, max_len=64), default=[])),
+                                 Field("addresses", List(IPV4_IFACE, max_len=64), default=[]),
+                                 Field("offloads", BOOL, default=False,
+                                       doc="1.1: TAP with IFF_VNET_HDR, checksum and TSO/GSO offloads")),
                result=PORT_CONFIG, errors=PORT_ERRORS,
                doc="Open the backend handle, start ethdriver.NAME, create the port in netstack."),
         Method("port_del", args=(Field("name", NAME),), result=BOOL, errors=PORT_ERRORS),

@@ -16,6 +16,8 @@ PORT = struct(
     Field("attached", BOOL, doc="a driver is connected"),
     Field("forwarding", BOOL),
     Field("addresses", List(IPV4_IFACE, max_len=64)),
+    Field("offloads", List(Str(max_len=16), max_len=16), default=[],
+          doc="1.1: what the port's driver takes and may hand over (csum tso4 tso6 tso_ecn uso)"),
 )
 
 ROUTE = struct(
@@ -59,7 +61,7 @@ STACK_ERRORS = ("not_found", "exists", "no_route", "bad_argument", "no_device", 
                 "message_too_long", "busy", "failed")
 
 NETSTACK = Protocol(
-    "qnet.netstack", Version(1, 0),
+    "qnet.netstack", Version(1, 1),
     doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics.",
     methods=(
         Method("port_add", args=(Field("name", NAME), Field("kind", PORT_KIND, default="ethernet"),

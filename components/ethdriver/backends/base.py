@@ -92,6 +92,13 @@ class Backend(ABC):
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    # Offloads (core/offload.py OFFLOAD_NAMES) the backend takes on write and may hand over on
+    # read; with any, every frame in a batch carries a virtio-net header of this many bytes.
+    frame_prefix_len = 0
+
+    def offloads(self) -> tuple[str, ...]:
+        return ()
+
     @abstractmethod
     def close(self) -> None:
         """Release this process's handles. Idempotent."""
@@ -141,6 +148,13 @@ class BackendWrapper(Backend):
 
     def counters(self) -> dict[str, int]:
         return self.inner.counters()
+
+    @property
+    def frame_prefix_len(self) -> int:
+        return self.inner.frame_prefix_len
+
+    def offloads(self) -> tuple[str, ...]:
+        return self.inner.offloads()
 
     def close(self) -> None:
         self.inner.close()

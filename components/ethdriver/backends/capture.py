@@ -4,6 +4,8 @@ file (after smoltcp's ``phy/pcap_writer.rs``).
 Received frames are recorded as read; transmitted frames as handed to the backend, before any
 drop in the kernel, as tcpdump on the egress side would show them. Timestamps are wall-clock
 seconds from an injectable ``clock`` (time.time by default: pcap readers expect the epoch).
+A backend with offloads prefixes each frame with its virtio-net header; the pcap gets the
+Ethernet frame without it (a GSO super-frame is recorded whole, as tcpdump shows one).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class PcapCapture(BackendWrapper):
     def _record(self, frames: list[bytes]) -> None:
         ts = self._clock()
         write = self.writer.write
+        skip = self.inner.frame_prefix_len
         for frame in frames:
-            write(frame, ts)
+            write(memoryview(frame)[skip:] if skip else frame, ts)
         self._captured += len(frames)
         if self._flush:
             self.writer.flush()
