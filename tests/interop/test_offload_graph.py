@@ -57,14 +57,15 @@ print(hashlib.sha256(data).hexdigest(), flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def offload_graph():
-    """(graph, a, b): p0 with --offloads (A behind it), p1 plain (B behind it)."""
+@pytest.fixture(scope="module", params=["socketpair", "zmq"])
+def offload_graph(request):
+    """(graph, a, b): p0 with --offloads (A behind it), p1 plain (B behind it), on each data
+    transport (a super-frame and its header must fit both)."""
     reason = missing_prerequisite()
     if reason is not None:
         pytest.skip(reason)
     xa, xb = random.sample(range(1, 255), 2)
-    g = QnetGraph.start()
+    g = QnetGraph.start(data_transport=request.param)
     try:
         a = g.add_ns_port("p0", xa, "--offloads")
         b = g.add_ns_port("p1", xb)
