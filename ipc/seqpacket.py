@@ -44,7 +44,9 @@ MAGIC = b"QN"
 VERSION = 1
 KIND_BATCH, KIND_EVENT = ord("B"), ord("E")
 HEADER = struct.Struct("<2sBBHHII")
+_ONE = struct.Struct("<2sBBHHIIII")   # the header and the two offsets of a one-frame batch
 _NAME_LEN = struct.Struct("<H")
+_TWO = struct.Struct("<II")
 _LITTLE = sys.byteorder == "little"
 _PEEK = socket.MSG_PEEK
 
@@ -55,6 +57,7 @@ CHANNEL_BUFFER = 4 << 20
 # (EMSGSIZE beyond it), so without the forced size the smaller default applies.
 MAX_MESSAGE = 1 << 20
 RECV_BUDGET = 64            # messages per wake-up per channel before yielding to the loop
+FULLISH_BATCH = 16          # a batch this big suggests more are queued: read on without polling
 
 COUNTER_NAMES = ("tx_batches", "tx_frames", "tx_dropped_batches", "tx_dropped_frames", "tx_split",
                  "rx_batches", "rx_frames", "rx_bad", "rx_events", "tx_events", "rx_refused")
@@ -87,14 +90,18 @@ class PacketCodec:
         self.rx_direction = rx_direction
         self.streams = list(protocol.streams)
         self.stream_index = {s.name: i for i, s in enumerate(self.streams)}
+        self.tx_index = {s.name: i for i, s in enumerate(self.streams) if s.direction != rx_direction}
 
     def batch_parts(self, stream: str, seq: int, frames: list) -> list:
-        i = self.stream_index.get(stream)
+        i = self.tx_index.get(stream)
         if i is None:
-            raise errors.InvalidArgument(f"{self.protocol.name} has no stream {stream!r}")
-        if self.streams[i].direction == self.rx_direction:
+            if stream not in self.stream_index:
+                raise errors.InvalidArgument(f"{self.protocol.name} has no stream {stream!r}")
             raise errors.InvalidArgument(f"{self.protocol.name} stream {stream!r} flows "
-                                         f"{self.streams[i].direction}, not from here")
+                                         f"{self.streams[self.stream_index[stream]].direction}, not from here")
+        if len(frames) == 1:
+            f = frames[0]
+            return [_ONE.pack(MAGIC, VERSION, KIND_BATCH, i, 0, seq, 1, 0, len(f)), f]
         offs = array("I", [0])
         offs.extend(accumulate(map(len, frames)))
         if not _LITTLE:
@@ -128,6 +135,13 @@ class PacketCodec:
             end_offs = HEADER.size + 4 * (count + 1)
             if len(msg) < end_offs:
                 raise errors.BadMessage(f"batch of {count} frames is truncated")
+            if count == 1:
+                first, last = _TWO.unpack_from(msg, HEADER.size)
+                if first != 0 or last != len(msg) - end_offs:
+                    raise errors.BadMessage("batch: offsets do not cover the frames")
+                if last > decl.max_frame:
+                    raise errors.BadMessage(f"batch: a frame is larger than {decl.max_frame} bytes")
+                return "batch", decl.name, [msg[end_offs:].tobytes()]
             offs = array("I")
             offs.frombytes(msg[HEADER.size:end_offs])
             if not _LITTLE:
@@ -192,6 +206,8 @@ class Endpoint:
         if not frames:
             return True
         limit = self.max_message - HEADER.size
+        if sum(map(len, frames)) + 4 * len(frames) + 4 <= limit:
+            return self._send_chunk(stream, frames)  # the common case: one message, no Python loop
         total = 0
         start = 0
         ok = True
@@ -275,12 +291,18 @@ class Endpoint:
                     c["rx_batches"] += 1
                     c["rx_frames"] += len(value)
                     on_batch(name, value)
+                    small = len(value) < FULLISH_BATCH
                 else:
                     c["rx_events"] += 1
                     on_event(name, value)
+                    small = True
             finally:
                 # Off the queue even when a handler raised: a poison message is never re-read.
                 sock.recv_into(take, 1)
+            if small:
+                # A small message says the sender is not backlogged: rather than a read that
+                # fails (a syscall and an exception), let the loop's poll say when more come.
+                break
         return n
 
     def close(self) -> None:
@@ -389,9 +411,14 @@ class SeqpacketProvider:
 
     def _watch(self, identity: bytes, end: Endpoint) -> None:
         on_batch, on_event, limit = self._handlers
-        self._loop.add_reader(end.fileno(), lambda: end.receive(
-            lambda stream, frames: on_batch(identity, stream, frames),
-            lambda name, ev: on_event(identity, name, ev), limit))
+
+        def batch(stream, frames):
+            on_batch(identity, stream, frames)
+
+        def event(name, ev):
+            on_event(identity, name, ev)
+        receive = end.receive
+        self._loop.add_reader(end.fileno(), lambda: receive(batch, event, limit))
 
     def start(self, loop, on_batch, on_event, limit: int = RECV_BUDGET) -> None:
         self._loop = loop
