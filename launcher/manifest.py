@@ -19,6 +19,7 @@ file, the line where it can be found, the component and the field.
     backoff_initial = 0.2           # seconds; doubles per consecutive crash
     backoff_max = 5.0
     heartbeat_timeout = 3.0         # silent this long: killed and respawned (default: [graph])
+    cpus = [1]                      # CPUs it may run on (default: [graph] cpus)
     instances = []                  # per-instance copies named NAME.INSTANCE
     per_port = false                # a template: one instance NAME.PORT per port (ethdriver)
     args = { ... }                  # free-form, handed to the component
@@ -44,7 +45,7 @@ HANDLE_KINDS = ("file", "tap", "unix-listen", "unix-dgram")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _COMPONENT_KEYS = {"module", "provides", "uses", "after", "restart", "max_restarts", "restart_window",
                    "backoff_initial", "backoff_max", "instances", "args", "handles", "enabled", "description",
-                   "per_port", "heartbeat_timeout"}
+                   "per_port", "heartbeat_timeout", "cpus"}
 # Seconds a running component may stay silent (it heartbeats every second) before the launcher
 # kills and respawns it; one missed heartbeat already shows it "unresponsive". Measured
 # (docs/status.md, "Respawn timing"): heartbeat gaps of netstack, dhcpd and a driver under a
@@ -82,6 +83,7 @@ class ComponentSpec:
     handles: list[HandleSpec] = field(default_factory=list)
     instance: str | None = None
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    cpus: tuple[int, ...] | None = None     # CPU affinity; None: wherever the kernel likes
 
 
 @dataclass
@@ -204,8 +206,9 @@ def parse(text: str, source: str) -> Graph:
     components: dict[str, ComponentSpec] = {}
     templates: dict[str, ComponentSpec] = {}
     hb_default = _heartbeat_timeout(loc, graph_tbl.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT), None)
+    cpus_default = _cpus(loc, graph_tbl.get("cpus", DEFAULT_CPUS), None)
     for cname, ctbl in comps_tbl.items():
-        for spec in _component(loc, cname, ctbl, hb_default):
+        for spec in _component(loc, cname, ctbl, hb_default, cpus_default):
             if isinstance(ctbl, dict) and ctbl.get("per_port"):
                 templates[spec.name] = spec
             else:
@@ -246,6 +249,30 @@ def _transport(loc: _Locator, g: dict) -> dict[str, Any]:
     return {"kind": "tcp", "host": host, "base_port": base, "curve": curve, "data": "zmq"}
 
 
+# Where components run. Measured on the 2-core machine (docs/status.md, "CPU placement"): the
+# whole graph on one CPU answers a ping in 110 µs against 178 µs left to the kernel (a wake-up
+# on the same CPU costs far less than one across CPUs in this VM), and forwards as much; split
+# driver/netstack placements were slower at both. "pack" puts every component on the
+# machine's last CPU; "none" leaves placement to the kernel; a list names the CPUs.
+DEFAULT_CPUS = "pack"
+
+
+def _cpus(loc: _Locator, v: Any, cname: str | None) -> tuple[int, ...] | None:
+    where = (cname, "cpus") if cname else (None, "cpus")
+    if v == "none":
+        return None
+    online = sorted(os.sched_getaffinity(0))
+    if v == "pack":
+        return (online[-1],)
+    if (not isinstance(v, list) or not v or len(v) > 1024
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in v)):
+        raise loc.error('cpus must be "pack", "none" or a list of CPU numbers, e.g. [0]', *where)
+    missing = sorted(set(v) - set(online))
+    if missing:
+        raise loc.error(f"cpus: CPU {missing[0]} is not available here (available: {online})", *where)
+    return tuple(sorted(set(v)))
+
+
 def _heartbeat_timeout(loc: _Locator, v: Any, cname: str | None) -> float:
     lo, hi = HEARTBEAT_TIMEOUT_RANGE
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -254,7 +281,8 @@ def _heartbeat_timeout(loc: _Locator, v: Any, cname: str | None) -> float:
     return float(v)
 
 
-def _component(loc: _Locator, cname: str, t: Any, hb_default: float = DEFAULT_HEARTBEAT_TIMEOUT) -> list[ComponentSpec]:
+def _component(loc: _Locator, cname: str, t: Any, hb_default: float = DEFAULT_HEARTBEAT_TIMEOUT,
+               cpus_default: tuple[int, ...] | None = None) -> list[ComponentSpec]:
     if not _NAME_RE.match(cname):
         raise loc.error("a component name uses letters, digits, '-' and '_'", cname)
     if not isinstance(t, dict):
@@ -311,9 +339,10 @@ def _component(loc: _Locator, cname: str, t: Any, hb_default: float = DEFAULT_HE
         handles.append(HandleSpec(hname, h["kind"], {k: v for k, v in h.items() if k != "kind"}))
     instances = get("instances", list, [])
     hb = _heartbeat_timeout(loc, t["heartbeat_timeout"], cname) if "heartbeat_timeout" in t else hb_default
+    cpus = _cpus(loc, t["cpus"], cname) if "cpus" in t else cpus_default
     common = dict(template=cname, module=module, provides=provides, uses=uses, after=list(after),
                   restart=restart, max_restarts=max_restarts, restart_window=window,
-                  backoff_initial=b0, backoff_max=bmax, heartbeat_timeout=hb)
+                  backoff_initial=b0, backoff_max=bmax, heartbeat_timeout=hb, cpus=cpus)
     if not instances:
         return [ComponentSpec(name=cname, args=dict(args), handles=handles, **common)]
     out = []

@@ -265,7 +265,7 @@ class PortManager:
                              uses=list(t.uses), after=[], restart=t.restart, max_restarts=t.max_restarts,
                              restart_window=t.restart_window, backoff_initial=t.backoff_initial,
                              backoff_max=t.backoff_max, args=args, handles=handles, instance=name,
-                             heartbeat_timeout=t.heartbeat_timeout)
+                             heartbeat_timeout=t.heartbeat_timeout, cpus=t.cpus)
 
     def add(self, name: str, cfg: dict, *, save: bool = True) -> Steps:
         cfg = validate_port(name, cfg)

@@ -50,6 +50,21 @@ def die_with_parent() -> None:
         pass
 
 
+def _child_setup(cpus: tuple[int, ...] | None):
+    """preexec_fn of a component: die with the launcher, and run on the manifest's CPUs (set
+    before exec, so every thread the component starts, libzmq's too, inherits it)."""
+    if not cpus:
+        return die_with_parent
+
+    def setup() -> None:
+        die_with_parent()
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass  # a CPU gone offline since the manifest was read: run anywhere rather than not at all
+    return setup
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -239,7 +254,7 @@ class Supervisor:
             proc = subprocess.Popen([sys.executable, "-m", inst.spec.module], env=env, stdin=subprocess.DEVNULL,
                                     stdout=logf, stderr=subprocess.STDOUT,
                                     pass_fds=tuple(inst.fds.values()) + tuple(chan_fds),
-                                    preexec_fn=die_with_parent, close_fds=True)
+                                    preexec_fn=_child_setup(inst.spec.cpus), close_fds=True)
         finally:
             logf.close()
             self.channels.spawned(inst, number, chan_ctl)
