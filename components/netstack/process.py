@@ -98,6 +98,11 @@ class Netstack(Component):
         if state:
             self.stack = Stack.restore(state["stack"], StackConfig(), now=time.monotonic())
             self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
+            # A port's driver stays attached across our restart (its channel is the launcher's):
+            # show it so at once instead of "detached" until its next attach event.
+            for n, (inc, carrier) in state.get("attached", {}).items():
+                if n in self.ports:
+                    self.ports[n].update(attached=True, incarnation=int(inc), carrier=bool(carrier))
             for n in state.get("admin_down", []):
                 if n in self.ports:
                     self.ports[n]["admin_up"] = False
@@ -136,6 +141,8 @@ class Netstack(Component):
     def _state(self) -> dict:
         return {"stack": self.stack.snapshot(), "ports": list(self.ports),
                 "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
+                "attached": {n: [p.get("incarnation", 0), bool(p.get("carrier", False))]
+                             for n, p in self.ports.items() if p.get("attached")},
                 "owners": {str(k): v for k, v in self.owners.items()},
                 "offloads": {n: [list(o.names()), prefix] for n, (o, prefix) in self.offloads.items()},
                 "offload_counters": self.offload_counters}
