@@ -186,7 +186,7 @@ def _qnet_echo(conn: Any, run_dir: str, port: int) -> None:
             got = client.drain()
             if got:
                 # One batch back per batch received, on the one-way 'send' stream.
-                client.send_many([(sid, d.payload, str(d.src), d.src_port, None) for d in got])
+                client.send_many([(sid, d.payload, d.src_addr, d.src_port, None) for d in got])
                 echoed += len(got)
             if conn.fileno() in dict(poller.poll(1000)):
                 try:

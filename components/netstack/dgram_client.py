@@ -13,45 +13,139 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import struct
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import zmq
 
 from ipc import errors
 from ipc.channel import UserChannel, load_data_key
 from ipc.decl import to_plain
-from ipc.protocols.netstack import DATAGRAM
+from ipc.protocols.netstack import DATAGRAM, DATAGRAM_RECV_HEAD, DATAGRAM_SEND_HEAD
 from ipc.rpc import RpcClient
 
-_META = struct.Struct("!H")
-_raw = msgspec.msgpack.Decoder()
+_RECV_HEAD = DATAGRAM_RECV_HEAD
+_RECV_LEN = DATAGRAM_RECV_HEAD.size
+_SEND_HEAD = DATAGRAM_SEND_HEAD
+_SEND_LEN = DATAGRAM_SEND_HEAD.size
+_NAMES_LIMIT = 64       # device names remembered by a decoder (a sender controls the bytes)
 
 
-@dataclass(frozen=True)
 class Received:
-    sid: int
-    src: ipaddress.IPv4Address
-    src_port: int
-    dst: ipaddress.IPv4Address
-    dst_port: int
-    device: str
-    payload: bytes
+    """A datagram for one of our sockets. `src`/`dst` are IPv4Address objects built when
+    asked; `src_addr`/`dst_addr` are the 4 bytes in network order, which send_many takes."""
+    __slots__ = ("sid", "src_addr", "src_port", "dst_addr", "dst_port", "device", "payload")
+
+    def __init__(self, sid: int, src, src_port: int, dst, dst_port: int, device: str,
+                 payload: bytes) -> None:
+        self.sid = sid
+        self.src_addr = src if src.__class__ is bytes else ipaddress.IPv4Address(src).packed
+        self.src_port = src_port
+        self.dst_addr = dst if dst.__class__ is bytes else ipaddress.IPv4Address(dst).packed
+        self.dst_port = dst_port
+        self.device = device
+        self.payload = payload
+
+    @property
+    def src(self) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(self.src_addr)
+
+    @property
+    def dst(self) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(self.dst_addr)
+
+    def _key(self) -> tuple:
+        return (self.sid, self.src_addr, self.src_port, self.dst_addr, self.dst_port,
+                self.device, self.payload)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Received) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Received(sid={self.sid}, src={self.src}, src_port={self.src_port}, "
+                f"dst={self.dst}, dst_port={self.dst_port}, device={self.device!r}, "
+                f"payload={self.payload!r})")
 
 
-def decode_received(frame: bytes) -> Received:
+def _device_name(raw: bytes, names: dict[bytes, str]) -> str:
+    name = names.get(raw)
+    if name is None:
+        name = raw.decode()                 # UnicodeDecodeError is a ValueError
+        if len(names) < _NAMES_LIMIT:
+            names[raw] = name
+    return name
+
+
+_recv_names: dict[bytes, str] = {}
+
+
+def decode_received(frame: bytes | memoryview) -> Received:
     """One frame of the 'recv' stream; raises BadMessage on a malformed one."""
     try:
-        (n,) = _META.unpack_from(frame, 0)
-        meta = _raw.decode(frame[2:2 + n])
-        sid, src, sport, dst, dport, device = meta
-        return Received(int(sid), ipaddress.IPv4Address(src), int(sport), ipaddress.IPv4Address(dst), int(dport),
-                        str(device), bytes(frame[2 + n:]))
-    except (struct.error, msgspec.DecodeError, ValueError, TypeError) as exc:
+        sid, src, sport, dst, dport, n = _RECV_HEAD.unpack_from(frame, 0)
+        end = _RECV_LEN + n
+        if end > len(frame):
+            raise ValueError(f"device name of {n} bytes overruns the frame")
+        device = _device_name(bytes(frame[_RECV_LEN:end]), _recv_names)
+        return Received(sid, src, sport, dst, dport, device, bytes(frame[end:]))
+    except (struct.error, ValueError) as exc:
         raise errors.BadMessage(f"datagram frame: {exc}") from None
+
+
+def encode_received(sid: int, src: int, src_port: int, dst: int, dst_port: int,
+                    device: bytes, payload: bytes) -> bytes:
+    """One frame of the 'recv' stream (netstack's side); device: the UTF-8 name."""
+    return b"".join((_RECV_HEAD.pack(sid, src.to_bytes(4, "big"), src_port,
+                                     dst.to_bytes(4, "big"), dst_port, len(device)),
+                     device, payload))
+
+
+def _packed(address) -> bytes:
+    """An IPv4 address as 4 bytes: from its text (dotted quad only), int, bytes or object."""
+    cls = address.__class__
+    if cls is bytes and len(address) == 4:
+        return address
+    try:
+        if cls is str:
+            return socket.inet_pton(socket.AF_INET, address)
+        if cls is int:
+            return address.to_bytes(4, "big")
+        return ipaddress.IPv4Address(address).packed
+    except (OSError, OverflowError, ValueError, TypeError):
+        raise ValueError(f"not an IPv4 address: {address!r}") from None
+
+
+def encode_send(sid: int, payload: bytes, address, port: int, device: str | None) -> bytes:
+    """One frame of the 'send' stream (the user's side)."""
+    name = b"" if device is None else device.encode()
+    if len(name) > 255:
+        raise ValueError(f"device name too long: {device!r}")
+    try:
+        head = _SEND_HEAD.pack(sid, _packed(address), port, len(name))
+    except struct.error as exc:
+        raise ValueError(f"cannot send to socket {sid!r}, port {port!r}: {exc}") from None
+    return b"".join((head, name, payload))
+
+
+_send_names: dict[bytes, str] = {}
+
+
+def decode_send(frame: bytes | memoryview) -> tuple[int, int, int, str | None, bytes | memoryview]:
+    """(sid, destination as an int, port, device or None, payload) of a 'send' frame (netstack's
+    side); the payload is a slice of frame. Raises struct.error or ValueError if malformed."""
+    sid, dst, port, n = _SEND_HEAD.unpack_from(frame, 0)
+    if not n:
+        return sid, int.from_bytes(dst, "big"), port, None, frame[_SEND_LEN:]
+    end = _SEND_LEN + n
+    if end > len(frame):
+        raise ValueError(f"device name of {n} bytes overruns the frame")
+    return (sid, int.from_bytes(dst, "big"), port,
+            _device_name(bytes(frame[_SEND_LEN:end]), _send_names), frame[end:])
 
 
 class DatagramClient:
@@ -112,12 +206,9 @@ class DatagramClient:
         """Send without waiting for an answer (the 'send' stream); failures are counted by netstack."""
         return self.send_many([(sid, payload, address, port, device)])
 
-    def send_many(self, datagrams: list[tuple[int, bytes, str, int, str | None]]) -> bool:
-        frames = []
-        for sid, payload, address, port, device in datagrams:
-            meta = msgspec.msgpack.encode([sid, str(address), port, device])
-            frames.append(_META.pack(len(meta)) + meta + bytes(payload))
-        return self.chan.send_batch("send", frames)
+    def send_many(self, datagrams: list[tuple[int, bytes, Any, int, str | None]]) -> bool:
+        """Each address: its text, an IPv4Address, an int, or 4 bytes (Received.src_addr)."""
+        return self.chan.send_batch("send", [encode_send(*d) for d in datagrams])
 
     def sockets(self) -> Any:
         return to_plain(self.rpc.call("sockets"))

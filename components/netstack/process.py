@@ -12,7 +12,6 @@ new incarnation announces itself (``started`` event): reconcile, not replay.
 """
 from __future__ import annotations
 
-import ipaddress
 import random
 import struct
 import time
@@ -23,6 +22,7 @@ import msgspec
 from components.netstack.core import Stack, StackConfig, StackError
 from components.netstack.core.events import EchoReply, PingError
 from components.netstack.core.offload import PortOffloads, to_plain_frames
+from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.wire.errors import ParseError
 from components.netstack.wire.virtio_net import VNET_HDR_SIZES, split_prefixed
 from components.netstack.wire.addr import MacAddr
@@ -36,7 +36,6 @@ from ipc.protocols.netstack import DATAGRAM, NETSTACK
 
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
 TX_BATCH = 256               # frames per tx batch (the device protocol allows 1024)
-_META = struct.Struct("!H")
 
 
 def _err(exc: StackError) -> errors.RemoteError:
@@ -298,14 +297,16 @@ class Netstack(Component):
         """The 'send' stream: datagrams whose senders do not wait for an answer."""
         owner = peer.decode("utf-8", "replace")
         now = time.monotonic()
+        owners = self.owners
+        sendto = self.stack.udp_sendto
         for f in frames:
             try:
-                (n,) = _META.unpack_from(f, 0)
-                sid, dst, dport, device = msgspec.msgpack.decode(f[2:2 + n])
-                if self.owners.get(sid) != owner:
+                # The destination stays an int: the core's fast path takes it as it is.
+                sid, dst, dport, device, payload = decode_send(f)
+                if owners.get(sid) != owner:
                     raise ValueError(f"socket {sid} is not {owner}'s")
-                self.stack.udp_sendto(sid, f[2 + n:], ipaddress.IPv4Address(dst), int(dport), now, device=device)
-            except (StackError, ValueError, TypeError, struct.error, msgspec.DecodeError):
+                sendto(sid, payload, dst, dport, now, device=device)
+            except (StackError, ValueError, struct.error):
                 self.counters["dg_send_errors"] += 1
 
     def _after_wakeup(self):
@@ -370,8 +371,8 @@ class Netstack(Component):
                 continue
             out = by_owner.setdefault(owner, [])
             for d in dgrams:
-                meta = msgspec.msgpack.encode([sid, str(d.src), d.src_port, str(d.dst), d.dst_port, d.device])
-                out.append(_META.pack(len(meta)) + meta + d.payload)
+                out.append(encode_received(sid, d.src_int, d.src_port, d.dst_int, d.dst_port,
+                                           d.device.encode(), d.payload))
         for owner, frames in by_owner.items():
             if not self.dg_chan.send_batch(owner.encode(), "recv", frames):
                 self.counters["dg_undeliverable"] += len(frames)

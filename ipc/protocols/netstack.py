@@ -1,5 +1,7 @@
 """netstack's interfaces: control (ports, addresses, routes, neighbors, ping, capture)
 and datagrams (UDP sockets for components inside the graph, e.g. dhcpd)."""
+import struct as struct_
+
 from ..decl import Event, Method, Protocol, Stream, Version
 from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Bytes, Enum, Field, Int,
                      List, Optional, Str, U16, U32, struct)
@@ -110,11 +112,19 @@ NETSTACK = Protocol(
     ),
 )
 
-# One received or sent datagram, in a frame of the datagram streams: a 2-byte
-# big-endian length of a MessagePack meta array, the meta, then the payload.
-#   recv meta: [sid, src, sport, dst, dport, device]
+# One received or sent datagram in a frame of the datagram streams (since 1.2): a fixed
+# little-endian head, the device name (UTF-8, its length in the head), then the payload.
+# Addresses are the 4 bytes of the IPv4 address in network order, as on the wire. Frames
+# carry no layout mark: the 1.1 layout (u16 length, msgpack meta) is no longer read, because
+# both ends are netstack and components/netstack/dgram_client.py, run from one tree and
+# restarted together. A frame too short for its head or device name is counted and dropped.
+#   recv: sid u32, src 4 bytes, src port u16, dst 4 bytes, dst port u16, device length u8
+#   send: sid u32, dst 4 bytes, dst port u16, device length u8 (0: no device)
+DATAGRAM_RECV_HEAD = struct_.Struct("<I4sH4sHB")     # 17 bytes
+DATAGRAM_SEND_HEAD = struct_.Struct("<I4sHB")        # 11 bytes
+
 DATAGRAM = Protocol(
-    "qnet.datagram", Version(1, 1),
+    "qnet.datagram", Version(1, 2),
     doc="UDP sockets for components inside the graph (dhcpd). Data arrives on the 'recv' stream.",
     methods=(
         Method("open", args=(Field("owner", NAME, doc="channel identity that receives the datagrams"),
@@ -131,10 +141,12 @@ DATAGRAM = Protocol(
     ),
     streams=(
         Stream("recv", "to_user", max_batch=1024, max_frame=65535 + 512,
-               doc="datagrams for the user's sockets: u16 meta length, msgpack [sid, src, sport, dst, dport, device], payload"),
+               doc="datagrams for the user's sockets (layout since 1.2): head <I4sH4sHB (sid, src, "
+                   "sport, dst, dport, device name length; addresses in network order), device name, payload"),
         Stream("send", "to_provider", max_batch=1024, max_frame=65535 + 512,
-               doc="datagrams to send without waiting for an answer (since 1.1): u16 meta length, "
-                   "msgpack [sid, dst, dport, device or nil], payload; failures are counted, not answered"),
+               doc="datagrams to send without waiting for an answer (since 1.1; layout since 1.2): "
+                   "head <I4sHB (sid, dst, dport, device name length, 0 for none), device name, payload; "
+                   "failures are counted, not answered"),
     ),
     events=(
         Event("hello", (Field("owner", NAME),),

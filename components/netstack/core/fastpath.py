@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..wire.flat import (echo_reply_in_place, forward_in_place, icmp_checksum_ok, icmp_head,
-                         parse_plain_ipv4)
+from ..wire.flat import (build_udp_frame, echo_reply_in_place, forward_in_place, icmp_checksum_ok,
+                         icmp_head, parse_plain_ipv4, udp_checksum_ok, udp_head)
 from .device import ETHERNET, Device
+from .udp import Datagram, UdpSocket
 
 if TYPE_CHECKING:
     from .stack import Stack
@@ -45,6 +46,11 @@ class FastPath:
         # Device -> its counter group, so a counter name is not formatted per frame. Checked
         # by identity: a device removed and added again is a new Device with a new group.
         self._ctr: dict[str, tuple[Device, object]] = {}
+        # Device -> its addresses as (address, network, mask) ints, for source selection.
+        # Valid while ip4.local_ints is the dict it was built beside: reindex(), called on
+        # every address change and device removal, binds a new one.
+        self._sources: dict[str, list[tuple[int, int, int]]] = {}
+        self._sources_of = None
 
     def _dev_counters(self, dev: Device):
         hit = self._ctr.get(dev.name)
@@ -57,6 +63,7 @@ class FastPath:
     def invalidate(self) -> None:
         """Devices or counter groups changed: forget the cached groups."""
         self._ctr.clear()
+        self._sources_of = None
 
     def receive(self, dev: Device, frame, now: float) -> bool:
         """Handle frame if it is one of the common cases; False (and nothing done) if not."""
@@ -80,6 +87,8 @@ class FastPath:
         if src in local or src in broadcasts:
             return False
         if dst in local:
+            if proto == 17:
+                return self._udp_local(dev, frame, total, src, dst)
             if proto != 1 or total < 28:
                 return False
             icmp_type, icmp_code, icmp_csum = icmp_head(frame)
@@ -126,6 +135,90 @@ class FastPath:
         c["forwarded"] += 1
         self._transmit(out, buf)
         return True
+
+    def _udp_local(self, dev: Device, frame, total: int, src: int, dst: int) -> bool:
+        """A plain UDP datagram to one of our addresses, for a bound socket (the general
+        path: ipv4.receive, Stack._udp_input). No socket (port unreachable), a bad length or
+        checksum: declined, for the general path to answer and count."""
+        if total < 28:
+            return False
+        sport, dport, length, csum = udp_head(frame)
+        if length < 8 or length > total - 20:
+            return False
+        if csum and not udp_checksum_ok(frame, src, dst, length):
+            return False
+        udp = self.stack.udp4
+        socks = udp.match(src, sport, dst, dport, dev.name, False)
+        if not socks:
+            return False
+        dc = self._dev_counters(dev)
+        dc["rx_frames"] += 1
+        dc["rx_bytes"] += len(frame)
+        c = self._ip4.c
+        c["rx_packets"] += 1
+        c["rx_delivered"] += 1
+        udp.counters["rx_datagrams"] += 1
+        # One socket: match() returns the best one for a unicast datagram.
+        udp.deliver(socks[0], Datagram(src, sport, dst, dport, dev.name,
+                                       bytes(frame[42:34 + length])))
+        return True
+
+    def udp_send(self, s: UdpSocket, payload, dst: int, port: int, device: str | None) -> bool:
+        """Stack.udp_sendto of a bound socket's datagram to a unicast address reached whole
+        through a resolved neighbor, built in one buffer; False (and nothing done) otherwise:
+        the general path then raises, binds, routes to lo, broadcasts, fragments or resolves.
+        `device`: the call's or the socket's (SO_BINDTODEVICE)."""
+        if not s.local_port:
+            return False
+        d1 = dst >> 24
+        if not 0 < d1 < 224 or d1 == 127:
+            return False
+        ip4 = self._ip4
+        if dst in ip4.local_ints or dst in ip4.broadcast_ints:
+            return False
+        total = 28 + len(payload)
+        hop = self._routes.cached_lookup(dst, ip4.usable)
+        # lookup(device=D) answers the first usable route through D in preference order: the
+        # cached best route when it leaves through D; otherwise the general path looks.
+        if hop is None or (device is not None and hop.device != device):
+            return False
+        out = self._devs.get(hop.device)
+        if out is None or out.kind != ETHERNET or not out.up or total > out.mtu:
+            return False
+        nh = hop.neighbor
+        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
+            return False
+        src = s.local_int
+        if src is None:
+            src = self._source(out, nh)
+            if src is None:
+                return False
+        lladdr = self._neighbors.send_lladdr(out.name, nh)
+        if lladdr is None:
+            return False
+        ident = ip4.next_ident
+        ip4.next_ident = (ident + 1) & 0xFFFF
+        frame = build_udp_frame(lladdr, out.mac, ident, self._cfg.default_ttl, src, dst,
+                                s.local_port, port, payload)
+        ip4.c["tx_packets"] += 1
+        self._transmit(out, frame)
+        self.stack.udp4.counters["tx_datagrams"] += 1
+        return True
+
+    def _source(self, out: Device, next_hop: int) -> int | None:
+        """Device.source_for by int: the address on the next hop's subnet, else the first."""
+        if self._sources_of is not self._ip4.local_ints:
+            self._sources = {}
+            self._sources_of = self._ip4.local_ints
+        srcs = self._sources.get(out.name)
+        if srcs is None:
+            srcs = self._sources[out.name] = [
+                (int(i.ip), int(i.network.network_address), int(i.network.netmask))
+                for i in out.addresses]
+        for ip, net, mask in srcs:
+            if next_hop & mask == net:
+                return ip
+        return srcs[0][0] if srcs else None
 
     def _egress(self, dst: int, total: int) -> tuple[Device, bytes] | None:
         """(device, neighbor's MAC) for a datagram of `total` bytes to dst, if the general

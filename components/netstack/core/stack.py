@@ -441,7 +441,13 @@ class Stack:
 
     def udp_sendto(self, sid: int, payload: bytes, addr: IPv4Address | None, port: int | None,
                    now: float, device: str | None = None) -> None:
+        """addr: an IPv4Address, its text or its int (the binding's form, which can take
+        the fast path: fastpath.py `udp_send`)."""
         s = self.udp4.get(sid)
+        if addr.__class__ is int and port.__class__ is int and 0 < port <= 0xFFFF and \
+                self.fast.udp_send(s, payload, addr, port, device if device is not None
+                                   else s.device):
+            return
         if addr is None:
             if s.remote_addr is None:
                 raise StackError("destination_required", f"socket {sid} is not connected")
@@ -480,7 +486,8 @@ class Stack:
             c["rx_bad"] += 1
             return
         c["rx_datagrams"] += 1
-        socks = self.udp4.match(rx.src, d.src_port, rx.dst, d.dst_port, rx.device, rx.broadcast)
+        src, dst = int(rx.src), int(rx.dst)
+        socks = self.udp4.match(src, d.src_port, dst, d.dst_port, rx.device, rx.broadcast)
         if not socks:
             c["rx_no_port"] += 1
             # RFC 1122 §4.1.3.1: port unreachable, but never for a broadcast (send_error checks).
@@ -488,8 +495,7 @@ class Stack:
             return
         payload = bytes(d.payload)
         for s in socks:
-            self.udp4.deliver(s, Datagram(rx.src, d.src_port, rx.dst, d.dst_port, rx.device,
-                                          payload))
+            self.udp4.deliver(s, Datagram(src, d.src_port, dst, d.dst_port, rx.device, payload))
 
     # -- restart -----------------------------------------------------------------------------
     def snapshot(self) -> dict:

@@ -18,14 +18,52 @@ from .errors import StackError
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-@dataclass(frozen=True)
+_ADDRESS = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
+
+
 class Datagram:
-    src: IPAddress
-    src_port: int
-    dst: IPAddress
-    dst_port: int
-    device: str
-    payload: bytes
+    """A received datagram as queued to a socket.
+
+    Addresses are kept as ints (`src_int`, `dst_int`): the per-frame path never builds an
+    `ipaddress` object, and `src`/`dst` build one only when asked. The constructor takes
+    either form; ints are IPv4 unless `version` says otherwise.
+    """
+    __slots__ = ("version", "src_int", "src_port", "dst_int", "dst_port", "device", "payload")
+
+    def __init__(self, src: IPAddress | int, src_port: int, dst: IPAddress | int,
+                 dst_port: int, device: str, payload: bytes, version: int = 4) -> None:
+        if src.__class__ is not int:
+            version = src.version
+            src, dst = int(src), int(dst)
+        self.version = version
+        self.src_int = src
+        self.src_port = src_port
+        self.dst_int = dst
+        self.dst_port = dst_port
+        self.device = device
+        self.payload = payload
+
+    @property
+    def src(self) -> IPAddress:
+        return _ADDRESS[self.version](self.src_int)
+
+    @property
+    def dst(self) -> IPAddress:
+        return _ADDRESS[self.version](self.dst_int)
+
+    def _key(self) -> tuple:
+        return (self.version, self.src_int, self.src_port, self.dst_int, self.dst_port,
+                self.device, self.payload)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Datagram) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Datagram(src={self.src}, src_port={self.src_port}, dst={self.dst}, "
+                f"dst_port={self.dst_port}, device={self.device!r}, payload={self.payload!r})")
 
     def to_dict(self) -> dict:
         return {"src": str(self.src), "src_port": self.src_port, "dst": str(self.dst),
@@ -50,6 +88,10 @@ class UdpSocket:
     queue: deque = field(default_factory=deque)
     queued_bytes: int = 0
     dropped: int = 0                        # datagrams lost to a full receive queue
+    # local_addr and remote_addr as ints (None alike), for demultiplexing by int; set
+    # together with them (bind, connect, restore).
+    local_int: int | None = None
+    remote_int: int | None = None
 
     def info(self) -> dict:
         return {"sid": self.sid,
@@ -122,6 +164,7 @@ class UdpSockets:
         elif self._in_use(port, addr, device):
             raise StackError("address_in_use", f"port {port} is in use")
         s.local_addr, s.local_port, s.device = addr, port, device
+        s.local_int = None if addr is None else int(addr)
         self._by_port.setdefault(port, []).append(sid)
         return addr, port
 
@@ -130,6 +173,7 @@ class UdpSockets:
         if addr.version != self.version or not 0 < port <= 0xFFFF or addr.is_unspecified:
             raise StackError("bad_argument", f"cannot connect to {addr}:{port}")
         s.remote_addr, s.remote_port = addr, port
+        s.remote_int = int(addr)
 
     def _in_use(self, port: int, addr: IPAddress | None, device: str | None) -> bool:
         for other in self._by_port.get(port, ()):
@@ -151,9 +195,10 @@ class UdpSockets:
         raise StackError("address_in_use", "no free ephemeral port")
 
     # -- receive path -----------------------------------------------------------------------
-    def match(self, src: IPAddress, src_port: int, dst: IPAddress, dst_port: int, device: str,
+    def match(self, src: int, src_port: int, dst: int, dst_port: int, device: str,
               broadcast: bool) -> list[UdpSocket]:
-        """Sockets that should get a datagram: the best one for unicast, all for broadcast."""
+        """Sockets that should get a datagram: the best one for unicast, all for broadcast.
+        Addresses are ints (the per-frame path has no ipaddress objects)."""
         best: list[UdpSocket] = []
         best_score = -1
         for sid in self._by_port.get(dst_port, ()):
@@ -164,11 +209,11 @@ class UdpSockets:
                     continue
                 score += 1
             if s.local_addr is not None:
-                if s.local_addr != dst:
+                if s.local_int != dst:
                     continue
                 score += 2
-            if s.remote_addr is not None:
-                if (s.remote_addr, s.remote_port) != (src, src_port):
+            if s.remote_int is not None:
+                if s.remote_int != src or s.remote_port != src_port:
                     continue
                 score += 4
             if broadcast:
@@ -239,6 +284,8 @@ class UdpSockets:
             s.device = d["device"]
             s.remote_addr = None if d["remote_addr"] is None else ipaddress.ip_address(d["remote_addr"])
             s.remote_port = int(d["remote_port"])
+            s.local_int = None if s.local_addr is None else int(s.local_addr)
+            s.remote_int = None if s.remote_addr is None else int(s.remote_addr)
             s.broadcast = bool(d["broadcast"])
             s.dropped = int(d.get("dropped", 0))
             for q in d.get("queue", ()):

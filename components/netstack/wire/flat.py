@@ -93,3 +93,49 @@ def echo_reply_in_place(buf: bytearray, dst_mac: bytes, src_mac: bytes, total_le
         _pack_icmp_head(buf, ETH_IPV4_LEN, 0, 0, 0)
         csum = internet_checksum(buf[ETH_IPV4_LEN:14 + total_length])
     _pack_icmp_head(buf, ETH_IPV4_LEN, 0, 0, csum)
+
+
+_UDP_HEAD = struct.Struct("!HHHH")     # source port, destination port, length, checksum
+_unpack_udp_head = _UDP_HEAD.unpack_from
+# The whole header stack of an originated datagram: Ethernet, IPv4 (no options), UDP.
+_ETH_IPV4_UDP = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
+_pack_eth_ipv4_udp = _ETH_IPV4_UDP.pack
+_from_bytes = int.from_bytes
+
+
+def udp_head(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+    """(source port, destination port, length, checksum) after a plain Ethernet + IPv4 header."""
+    return _unpack_udp_head(buf, ETH_IPV4_LEN)
+
+
+def udp_checksum_ok(buf: bytes | bytearray | memoryview, src: int, dst: int,
+                    length: int) -> bool:
+    """RFC 768: the checksum over the pseudo-header and the datagram's `length` bytes is good.
+    (A zero checksum, none sent, is the caller's to accept: IPv4 allows it.)"""
+    return internet_checksum(buf[ETH_IPV4_LEN:ETH_IPV4_LEN + length],
+                             src + dst + 17 + length) == 0
+
+
+def build_udp_frame(dst_mac: bytes, src_mac: bytes, ident: int, ttl: int, src: int, dst: int,
+                    src_port: int, dst_port: int, payload: bytes | memoryview) -> bytes:
+    """An Ethernet frame carrying one originated UDP datagram, as the general path builds it
+    (build_udp, build_ipv4 with TOS 0 and no flags, build_ethernet), in one buffer.
+
+    Both checksums are computed from sums of ints: an int is congruent mod 0xFFFF to the sum
+    of its 16-bit words, so the addresses go in whole and the payload as one big integer.
+    """
+    n = len(payload)
+    length = 8 + n
+    total = 20 + length
+    folded = (0x4500 + total + ident + (ttl << 8) + 17 + src + dst) % 0xFFFF
+    ip_csum = 0xFFFF - folded if folded else 0
+    body = _from_bytes(payload, "big")
+    if n & 1:
+        body <<= 8      # RFC 1071: an odd byte is padded with a zero byte on the right
+    # Pseudo-header (src, dst, protocol, length) + header words (ports, length) + payload.
+    folded = (src + dst + 17 + length + src_port + dst_port + length + body) % 0xFFFF
+    # RFC 768: a computed zero is sent as all ones. The sum is never 0 (length >= 8), so a
+    # fold to 0 means the sum is 0xFFFF and the checksum 0, sent as 0xFFFF.
+    udp_csum = 0xFFFF - folded if folded else 0xFFFF
+    return _pack_eth_ipv4_udp(dst_mac, src_mac, 0x0800, 0x45, 0, total, ident, 0, ttl, 17,
+                              ip_csum, src, dst, src_port, dst_port, length, udp_csum) + payload

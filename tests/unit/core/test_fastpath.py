@@ -6,7 +6,7 @@ and compares everything observable: transmitted bytes, counters, events, neighbo
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,7 +15,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from .test_fuzz import frames as fuzz_frames
-from .util import (A, B, HOST_A, HOST_B, IP0, IP1, MAC0, MAC1, ip_frame, learn, make_stack,
+from .util import (A, B, BCAST, HOST_A, HOST_B, IP0, IP1, MAC0, MAC1, ip_frame, learn, make_stack,
                    ping_frame, udp_frame)
 
 
@@ -191,3 +191,181 @@ def test_counters_continue_through_the_fast_path_after_a_restore():
     assert c["ipv4"]["forwarded"] == 6
     assert c["dev:eth1"]["tx_frames"] == before["dev:eth1"]["tx_frames"] + 3
     assert c["dev:eth0"]["rx_frames"] == before["dev:eth0"]["rx_frames"] + 3
+
+
+# -- local UDP delivery and udp_sendto ---------------------------------------------------------
+
+def sockets(s) -> dict:
+    """Bound sockets: any address, one address, connected to A, bound to eth1."""
+    out = {}
+    for key, addr, port, dev in (("any", None, 53, None), ("ip1", IPv4Address(IP1), 54, None),
+                                 ("conn", None, 55, None), ("dev", None, 56, "eth1")):
+        sid = out[key] = s.udp_open()
+        s.udp_bind(sid, addr, port, dev)
+    s.udp_connect(out["conn"], IPv4Address(A), 1000)
+    return out
+
+
+def with_queues(s, socks) -> dict:
+    o = observe(s)
+    o["queued"] = {k: s.udp_recv(sid, 100) for k, sid in socks.items()}
+    return o
+
+
+UDP_LOCAL = [
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 53, b"q")),
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP1, 1000, 53, b"weak host" * 20)),
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP1, 1000, 54, b"odd")),
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 55, b"connected")),
+    ("eth1", udp_frame(HOST_B, MAC1, B, IP1, 7, 56, b"on eth1")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / UDP(sport=9, dport=53, chksum=0) / b"n")),
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 53, b"")),
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 53, b"pad") + b"\0" * 12),
+]
+
+UDP_LOCAL_UNCOMMON = [
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 9)),                     # no socket
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 54)),                    # ip1 only
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1001, 55)),                    # not the peer
+    ("eth0", udp_frame(HOST_A, MAC0, A, IP1, 1000, 56)),                    # other device
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / UDP(dport=53, chksum=0x1234) / b"b")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / UDP(dport=53, len=30) / b"short")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0) / UDP(dport=53, len=4) / b"x")),
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, len=24) / b"\0\x35\0\x35")),
+    ("eth0", udp_frame(HOST_A, BCAST, A, "10.0.0.255", 1000, 53)),           # broadcast
+    ("eth0", ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, flags="MF") / UDP(dport=53) / (b"f" * 16))),
+]
+
+
+def run_both_udp(frames, setup=None, **cfg):
+    out = []
+    for fast in (True, False):
+        s = router(fast, **cfg)
+        socks = sockets(s)
+        if setup:
+            setup(s, socks)
+        for dev, f in frames:
+            s.receive_batch(dev, [f], 0.0)
+        out.append(with_queues(s, socks))
+    return out
+
+
+def test_udp_to_a_bound_socket_takes_the_fast_path_and_queues_what_the_general_path_queues():
+    s = router(True)
+    socks = sockets(s)
+    calls = []
+    real = s.fast.receive
+    s.fast.receive = lambda dev, f, now: calls.append(real(dev, f, now)) or calls[-1]
+    for dev, f in UDP_LOCAL:
+        s.receive_batch(dev, [f], 0.0)
+    assert sum(calls) == len(UDP_LOCAL)
+    calls.clear()
+    for dev, f in UDP_LOCAL_UNCOMMON:
+        s.receive_batch(dev, [f], 0.0)
+    assert sum(calls) == 0
+    fast, general = run_both_udp(UDP_LOCAL + UDP_LOCAL_UNCOMMON + UDP_LOCAL)
+    assert fast == general
+    assert [d.payload for d in fast["queued"]["ip1"]] == [b"odd", b"odd"]
+    assert fast["queued"]["any"][0].src == IPv4Address(A)
+    assert fast["queued"]["any"][0].dst == IPv4Address(IP0)
+    assert fast["counters"]["udp"]["rx_no_port"] == 4
+
+
+def test_full_socket_queue_is_counted_alike():
+    frames = [("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 53, b"z" * 100))] * 12
+    fast, general = run_both_udp(frames, udp_recv_queue_datagrams=5)
+    assert fast == general
+    assert fast["counters"]["udp"]["rx_queue_full"] == 7
+
+
+class _Raised:
+    def __init__(self, code):
+        self.code = code
+
+    def __eq__(self, other):
+        return isinstance(other, _Raised) and other.code == self.code
+
+    def __repr__(self):
+        return f"raised {self.code}"
+
+
+SENDS = [   # (socket key, payload, destination, port, device)
+    ("any", b"reply", A, 1000, None),
+    ("any", b"odd", B, 7, None),
+    ("ip1", b"from ip1", A, 1000, None),                   # bound address is the source
+    ("any", b"via gw", "8.8.8.8", 53, None),               # gateway route on eth1
+    ("any", b"dev ok", B, 7, "eth1"),
+    ("any", b"dev other", B, 7, "eth0"),                   # route not via that device
+    ("dev", b"bound dev", B, 7, None),
+    ("dev", b"bound dev other way", A, 7, None),
+    ("any", b"x" * 1600, A, 1000, None),                   # fragments
+    ("any", b"x" * 1472, A, 1000, None),                   # exactly the MTU
+    ("any", b"unresolved", "10.0.0.77", 1000, None),       # ARP first
+    ("any", b"own", IP1, 53, None),                        # to ourselves: lo
+    ("any", b"lo", "127.0.0.1", 53, None),
+    ("any", b"bcast", "10.0.0.255", 53, None),             # needs SO_BROADCAST
+    ("any", b"limited", "255.255.255.255", 53, None),
+    ("any", b"mcast", "224.0.0.9", 53, None),
+    ("any", b"zero", "0.0.0.0", 53, None),
+    ("any", b"no route", "172.16.0.1", 53, None),
+    ("unbound", b"ephemeral", A, 1000, None),              # binds first (the same port)
+    ("any", b"", A, 1000, None),
+]
+
+
+def run_sends(fast: bool, sends, setup=None):
+    s = router(True)
+    s.add_route(IPv4Network("8.8.8.0/24"), IPv4Address(B), None)
+    # Both neighbors in use (DELAY), so that sends to them would only transmit.
+    s.receive_batch("eth0", [udp_frame(HOST_A, MAC0, A, B, 1, 2)], 0.0)
+    s.receive_batch("eth1", [udp_frame(HOST_B, MAC1, B, A, 1, 2)], 0.0)
+    socks = sockets(s)
+    socks["unbound"] = s.udp_open()
+    if not fast:
+        s.fast.udp_send = lambda *a: False
+    if setup:
+        setup(s)
+    results = []
+    for key, payload, dst, port, device in sends:
+        try:
+            s.udp_sendto(socks[key], payload, int(IPv4Address(dst)), port, 0.0, device=device)
+            results.append(None)
+        except Exception as e:   # StackError: the codes must agree
+            results.append(_Raised(getattr(e, "code", type(e).__name__)))
+    o = observe(s)
+    o["results"] = results
+    o["sockets"] = s.sockets()
+    return o
+
+
+def test_udp_sendto_builds_in_one_buffer_what_the_general_path_builds():
+    fast, general = run_sends(True, SENDS), run_sends(False, SENDS)
+    assert fast == general
+    assert fast["results"].count(None) == 13
+    assert fast["results"][13] == _Raised("permission_denied")
+
+
+def test_udp_sendto_fast_path_is_taken_only_for_plain_unicast_to_a_resolved_neighbor():
+    counts = []
+
+    def spy(s):
+        real = s.fast.udp_send
+        s.fast.udp_send = lambda *a: counts.append(real(*a)) or counts[-1]
+    run_sends(True, SENDS, setup=spy)
+    took = [i for i, t in enumerate(counts) if t]
+    # replies to A and B, bound source, via the gateway, device matching, bound device,
+    # a full-MTU datagram, and an empty one
+    assert took == [0, 1, 2, 3, 4, 6, 9, 19]
+
+
+def test_udp_sendto_follows_configuration_changes():
+    def churn(s):
+        s.set_mtu("eth0", 600)
+        s.del_address("eth1", IPv4Interface(f"{IP1}/24"))
+        s.add_address("eth1", IPv4Interface("192.168.1.3/24"))
+        s.add_address("eth1", IPv4Interface("172.31.0.1/16"))
+    sends = [("any", b"y" * 700, A, 1000, None), ("any", b"y", A, 1000, None),
+             ("any", b"z", B, 7, None), ("any", b"gw", "8.8.8.8", 1, None)]
+    fast, general = run_sends(True, sends + sends, setup=churn), run_sends(False, sends + sends,
+                                                                            setup=churn)
+    assert fast == general

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from components.netstack.wire import (ETHERTYPE_IPV4, PROTO_ICMP, EthernetFrame, Icmpv4Message,
                                       Ipv4Packet, ParseError, build_echo, build_ethernet,
                                       build_ipv4, internet_checksum)
-from components.netstack.wire.flat import (echo_reply_in_place, forward_in_place,
-                                           icmp_checksum_ok, icmp_head, parse_plain_ipv4)
+from components.netstack.wire import PROTO_UDP, UdpDatagram, build_udp
+from components.netstack.wire.flat import (build_udp_frame, echo_reply_in_place, forward_in_place,
+                                           icmp_checksum_ok, icmp_head, parse_plain_ipv4,
+                                           udp_checksum_ok, udp_head)
 from components.netstack.wire.icmpv4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 
 MAC_A = bytes.fromhex("0200000000aa")
@@ -158,3 +160,45 @@ def test_icmp_checksum_covers_the_whole_message_and_only_it():
         raise AssertionError("the checked parser accepted a bad checksum")
     except ParseError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(src=addrs, dst=addrs, sport=st.integers(0, 0xFFFF), dport=st.integers(0, 0xFFFF),
+       ident=st.integers(0, 0xFFFF), ttl=st.integers(1, 255), payload=st.binary(max_size=90))
+def test_udp_frame_in_one_buffer_equals_building_it_layer_by_layer(src, dst, sport, dport, ident,
+                                                                    ttl, payload):
+    layered = frame_of(build_ipv4(src, dst, PROTO_UDP, build_udp(src, dst, sport, dport, payload),
+                                  ttl=ttl, ident=ident))
+    flat = build_udp_frame(MAC_B, MAC_A, ident, ttl, int(src), int(dst), sport, dport,
+                           memoryview(payload))
+    assert flat == layered
+    assert udp_head(flat) == (sport, dport, 8 + len(payload), int.from_bytes(flat[40:42], "big"))
+    assert udp_checksum_ok(flat, int(src), int(dst), 8 + len(payload))
+
+
+def test_udp_frame_sends_a_computed_zero_checksum_as_all_ones():
+    # RFC 768: pick the payload word that makes the sum 0xFFFF, so the checksum computes 0.
+    src, dst = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    base = build_udp(src, dst, 1, 2, b"\0\0")
+    word = int.from_bytes(base[6:8], "big")     # the checksum with a zero word is ~sum
+    payload = word.to_bytes(2, "big")
+    flat = build_udp_frame(MAC_B, MAC_A, 0, 64, int(src), int(dst), 1, 2, payload)
+    assert flat[40:42] == b"\xff\xff"
+    assert flat == frame_of(build_ipv4(src, dst, PROTO_UDP, build_udp(src, dst, 1, 2, payload),
+                                       ident=0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(src=addrs, dst=addrs, payload=st.binary(max_size=40), flip=st.integers(0, 8 * 48 - 1))
+def test_udp_checksum_check_agrees_with_the_checked_parser(src, dst, payload, flip):
+    frame = bytearray(frame_of(build_ipv4(src, dst, PROTO_UDP, build_udp(src, dst, 5, 6, payload))))
+    length = 8 + len(payload)
+    bit = flip % (8 * length)
+    frame[34 + bit // 8] ^= 1 << (bit % 8)
+    try:
+        UdpDatagram.parse(bytes(frame[34:34 + length]), src, dst)
+        good = True
+    except ParseError:
+        good = False
+    if frame[40:42] != b"\0\0" and int.from_bytes(frame[38:40], "big") == length:
+        assert udp_checksum_ok(frame, int(src), int(dst), length) == good
