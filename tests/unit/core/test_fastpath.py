@@ -369,3 +369,19 @@ def test_udp_sendto_follows_configuration_changes():
     fast, general = run_sends(True, sends + sends, setup=churn), run_sends(False, sends + sends,
                                                                             setup=churn)
     assert fast == general
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(st.tuples(st.sampled_from(["eth0", "eth1"]), st.one_of(
+    fuzz_frames, st.sampled_from([f for _, f in UDP_LOCAL + UDP_LOCAL_UNCOMMON]))), max_size=20),
+    flips=st.lists(st.tuples(st.integers(0, 19), st.integers(14, 60)), max_size=4))
+def test_random_frames_to_bound_sockets_have_the_same_effects_with_and_without_the_fast_path(
+        batch, flips):
+    batch = [list(x) for x in batch]
+    for i, at in flips:      # damage a byte of a header or payload: length, ports, checksums
+        if i < len(batch) and at < len(batch[i][1]):
+            f = bytearray(batch[i][1])
+            f[at] ^= 0x5A
+            batch[i][1] = bytes(f)
+    fast, general = run_both_udp([tuple(x) for x in batch])
+    assert fast == general
