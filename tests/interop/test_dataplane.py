@@ -55,12 +55,20 @@ seen = bytearray(count)
 received = dups = reordered = 0
 last = -1
 deadline = time.monotonic() + limit
-s.settimeout(0.5)
+s.settimeout(0.25)
+quiet_since = None
 while received < count and time.monotonic() < deadline:
     try:
         data = s.recv(2048)
     except socket.timeout:
+        # The stream is over once nothing came for 1.5 s after its last number was seen, or
+        # for 5 s at all (longer than any restart or respawn gap): what is missing then is lost.
+        if received:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > (1.5 if seen[count - 1] else 5.0):
+                break
         continue
+    quiet_since = None
     (seq,) = struct.unpack_from("!I", data)
     if seq >= count:
         continue
