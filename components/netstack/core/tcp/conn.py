@@ -1,0 +1,598 @@
+"""One TCP connection (one TCB, RFC 9293 §3.3.1), sans-I/O.
+
+A Connection takes parsed segments (`segment_arrives`), application calls (`connect`,
+`listen`, `send`, `recv`, `close`, `abort`) and timer ticks (`poll`), each with `now` in
+seconds. It hands back segments to transmit (`take_segments`), events for the application
+(`take_events`) and the time it next needs `poll` (`next_deadline`). The state changes only
+through state.TRANSITIONS; this module classifies what arrived into one of its events, in
+the order of RFC 9293 §3.10.7, and keeps the sequence-number bookkeeping.
+
+Scope of this piece: the handshake, in-order data both ways with bounded buffers, cumulative
+ACKs, window advertisement, RFC 6298 retransmission with go-back-N after a timeout, a simple
+slow start, FIN in every state, TIME-WAIT, the RST rules with RFC 5961. See README.md for what
+is missing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from ...wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
+from ..errors import StackError
+from . import seq as sq
+from .isn import initial_sequence_number
+from .rto import RtoEstimator
+from .segment import OutSegment, rst_for
+from .state import RECEIVING, SENDING, TRANSITIONS, Act, Event, State
+
+S, E, A = State, Event, Act
+
+MAX_WINDOW = 0xFFFF   # no window scaling yet (RFC 7323): the 16-bit field is the limit
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    mss: int = 1460                 # the MSS we advertise: MTU - IP header - TCP header
+    default_send_mss: int = 536     # RFC 9293 §3.7.1: without an MSS option (1220 for IPv6)
+    send_buffer: int = 64 * 1024    # bytes the application may queue unacknowledged
+    recv_buffer: int = 64 * 1024    # bytes received and not yet read by the application
+    rto_initial: float = 1.0        # RFC 6298 §2.1
+    rto_min: float = 0.2            # Linux's TCP_RTO_MIN; RFC 6298 §2.4's SHOULD is 1 s
+    rto_max: float = 60.0           # RFC 6298 §2.5: at least 60 s
+    msl: float = 30.0               # TIME-WAIT lasts 2*MSL = 60 s, Linux's TCP_TIMEWAIT_LEN
+    syn_retries: int = 6            # Linux tcp_syn_retries
+    data_retries: int = 15          # Linux tcp_retries2 (RFC 9293 §3.8.3 R2 >= 100 s)
+
+
+class TcpEvent(enum.Enum):
+    CONNECTED = "connected"       # the handshake completed
+    READABLE = "readable"         # new data waits in the receive buffer
+    WRITABLE = "writable"         # send-buffer space freed after a send was cut short
+    PEER_CLOSED = "peer_closed"   # the peer's FIN: all its data has arrived
+    RESET = "reset"               # reset by the peer (refused, if before CONNECTED)
+    TIMED_OUT = "timed_out"       # retransmissions exhausted
+    CLOSED = "closed"             # the TCB is finished: remove it from the demux table
+
+
+class Connection:
+    def __init__(self, local_ip: IPv4Address | IPv6Address, local_port: int,
+                 remote_ip: IPv4Address | IPv6Address, remote_port: int, *,
+                 isn_key: bytes, config: TcpConfig = TcpConfig()) -> None:
+        self.local_ip, self.local_port = local_ip, local_port
+        self.remote_ip, self.remote_port = remote_ip, remote_port
+        self.isn_key = isn_key
+        self.cfg = config
+        self.state = S.CLOSED
+        self.stats: Counter[str] = Counter()
+        self._out: list[OutSegment] = []
+        self._events: list[TcpEvent] = []
+        self._reset_tcb()
+
+    def _reset_tcb(self) -> None:
+        self.passive = False             # reached SYN-RECEIVED from LISTEN
+        self.iss: int | None = None
+        self.irs: int | None = None
+        self.snd_una = self.snd_nxt = self.snd_max = 0   # snd_max: the highest SND.NXT so far
+        self.snd_wnd = self.max_snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0                 # right edge of the window we last advertised
+        self.send_mss = self.cfg.default_send_mss
+        self.sndbuf = bytearray()        # unacknowledged and unsent data, from snd_buf_seq
+        self.snd_buf_seq = 0
+        self.fin_queued = False
+        self.rcvbuf = bytearray()
+        self.rto = RtoEstimator(self.cfg.rto_initial, self.cfg.rto_min, self.cfg.rto_max)
+        self.rtx_deadline: float | None = None
+        self.time_wait_deadline: float | None = None
+        self.retries = 0
+        self.retransmits = 0
+        self.rtt_seq: int | None = None  # the one segment being timed: its end...
+        self.rtt_time = 0.0              # ...and when it was first sent
+        self.syn_sent = False
+        self.syn_retransmitted = False
+        self.cwnd = 0
+        self.ssthresh = 1 << 30
+        self._ack_pending = False
+        self._writable_wanted = False
+
+    # -- outputs ---------------------------------------------------------------------------
+    def take_segments(self) -> list[OutSegment]:
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[TcpEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.rtx_deadline, self.time_wait_deadline) if d is not None]
+        return min(ds) if ds else None
+
+    # -- application calls (RFC 9293 §3.10.1 - §3.10.5) ------------------------------------
+    def connect(self, now: float) -> None:
+        self._app(E.CONNECT, now)
+
+    def listen(self) -> None:
+        """Wait for a SYN from this connection's remote end (the binding creates one
+        Connection per SYN its listener accepts, and feeds that SYN to it)."""
+        self._app(E.LISTEN, 0.0)
+
+    def send(self, data: bytes | memoryview, now: float) -> int:
+        """Queue data; returns how much fit in the send buffer."""
+        if self.state not in SENDING or self.fin_queued:
+            # RFC 9293 §3.10.2: "connection closing" / "connection does not exist"
+            code = "not_connected" if self.state in (S.CLOSED, S.LISTEN) else "connection_closing"
+            raise StackError(code, f"tcp: send in {self.state.value}")
+        room = self.cfg.send_buffer - len(self.sndbuf)
+        n = min(len(data), max(room, 0))
+        if n < len(data):
+            self.stats["send_buffer_full_bytes"] += len(data) - n
+            self._writable_wanted = True
+        self.sndbuf += data[:n]
+        self._output(now)
+        return n
+
+    def recv(self, max_bytes: int | None = None) -> bytes:
+        """Take up to max_bytes of received data (all of it when None)."""
+        n = len(self.rcvbuf) if max_bytes is None else min(max_bytes, len(self.rcvbuf))
+        data = bytes(self.rcvbuf[:n])
+        del self.rcvbuf[:n]
+        if n and self.state in RECEIVING:
+            # RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): announce a window that opened by
+            # at least min(half the buffer, one MSS); smaller openings wait for the next ACK.
+            if sq.diff(sq.add(self.rcv_nxt, self._rcv_wnd()), self.rcv_adv) >= min(
+                    self.cfg.recv_buffer // 2, self.cfg.mss):
+                self.stats["window_updates"] += 1
+                self._emit(self.snd_nxt, ACK)
+        return data
+
+    def close(self, now: float) -> None:
+        """No more data from us; a FIN follows what is queued (the receive side stays open)."""
+        self._app(E.CLOSE, now)
+        self._output(now)
+
+    def abort(self, now: float) -> None:
+        self._app(E.ABORT, now)
+        self.rcvbuf.clear()
+
+    def _app(self, ev: Event, now: float) -> None:
+        if (self.state, ev) not in TRANSITIONS:
+            if self.state is S.CLOSED:
+                code = "not_connected"
+            elif ev in (E.CONNECT, E.LISTEN):
+                code = "exists"         # RFC 9293 §3.10.1: "connection already exists"
+            else:
+                code = "connection_closing"
+            raise StackError(code, f"tcp: {ev.value} in {self.state.value}")
+        self._step(ev, now)
+
+    # -- timers ----------------------------------------------------------------------------
+    def poll(self, now: float) -> None:
+        if self.time_wait_deadline is not None and now >= self.time_wait_deadline:
+            self.time_wait_deadline = None
+            self._step(E.TIME_WAIT_EXPIRED, now)
+        if self.rtx_deadline is not None and now >= self.rtx_deadline:
+            self._retransmit_timeout(now)
+
+    def _retransmit_timeout(self, now: float) -> None:
+        syn_phase = not self._syn_acked()
+        limit = self.cfg.syn_retries if syn_phase else self.cfg.data_retries
+        if self.retries >= limit:
+            self.rtx_deadline = None
+            self._step(E.GIVE_UP, now)
+            return
+        self.retries += 1
+        self.retransmits += 1
+        self.stats["rto_expired"] += 1
+        self.rto.back_off()             # RFC 6298 §5.5
+        self.rtt_seq = None             # RFC 6298 §3 (Karn): no sample from a retransmission
+        if syn_phase:
+            self.syn_retransmitted = True
+            self._send_syn(now)
+        else:
+            flight = sq.diff(self.snd_max, self.snd_una)
+            if flight:
+                # RFC 5681 §3.1 eq. 4: ssthresh = max(FlightSize / 2, 2*SMSS), cwnd = 1 segment.
+                self.ssthresh = max(flight // 2, 2 * self.send_mss)
+                self.cwnd = self.send_mss
+            else:
+                self.stats["window_probes"] += 1
+            # RFC 6298 §5.4: retransmit the earliest unacknowledged segment. We go back to
+            # SND.UNA and let ACKs clock the rest out again (go-back-N; no SACK yet). Into a
+            # zero window this sends one byte: the timer doubles as the persist timer
+            # (RFC 9293 §3.8.6.1) until a separate one exists.
+            self.snd_nxt = self.snd_una
+            self._output(now, probe=True)
+        self.rtx_deadline = now + self.rto.rto   # RFC 6298 §5.6
+
+    # -- segments --------------------------------------------------------------------------
+    def segment_arrives(self, seg: TcpSegment, now: float) -> None:
+        self.stats["segments_in"] += 1
+        st = self.state
+        if st is S.CLOSED:
+            reply = rst_for(seg)
+            if reply is not None:
+                self.stats["rst_sent"] += 1
+                self._out.append(reply)
+        elif st is S.LISTEN:
+            self._listen_arrives(seg, now)
+        elif st is S.SYN_SENT:
+            self._syn_sent_arrives(seg, now)
+        else:
+            self._synchronized_arrives(seg, now)
+        self._output(now)
+
+    def _listen_arrives(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 §3.10.7.2
+        if seg.rst:
+            return                                  # first: an incoming RST is ignored
+        if seg.ack_flag:
+            self._send_rst_for_ack(seg)             # second: <SEQ=SEG.ACK><CTL=RST>
+            return
+        if not seg.syn:
+            return                                  # fourth: anything else is dropped
+        self._take_syn(seg)
+        self.passive = True
+        # Data or a FIN riding on the SYN is not queued: we do not acknowledge it, so the
+        # peer sends it again once the connection is established.
+        self._step(E.RCV_SYN, now)
+
+    def _syn_sent_arrives(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 §3.10.7.3
+        acks_syn = False
+        if seg.ack_flag:
+            # first: an ACK outside (ISS, SND.NXT] is answered by <SEQ=SEG.ACK><CTL=RST>
+            if sq.le(seg.ack, self.iss) or sq.gt(seg.ack, self.snd_nxt):  # type: ignore[arg-type]
+                if not seg.rst:
+                    self._send_rst_for_ack(seg)
+                return
+            acks_syn = True
+        if seg.rst:
+            # second (RFC 5961 §3.2 too): a RST counts only if it acknowledges our SYN
+            if acks_syn:
+                self._step(E.RCV_RST, now)
+            return
+        if not seg.syn:
+            return                                  # fifth: neither SYN nor RST: drop
+        self._take_syn(seg)
+        self.snd_wl2 = seg.ack
+        if not acks_syn:
+            self._step(E.RCV_SYN, now)              # simultaneous open
+            return
+        self._ack_advance(seg.ack, now)
+        self._step(E.RCV_SYN_ACK, now)
+        # "If there are other controls or text in the segment, then continue processing at
+        # the sixth step": data and a FIN may ride on the SYN,ACK.
+        self._receive_text(sq.add(seg.seq, 1), seg.payload, seg.fin, now)
+
+    def _take_syn(self, seg: TcpSegment) -> None:
+        self.irs = seg.seq
+        self.rcv_nxt = sq.add(seg.seq, 1)
+        self.rcv_adv = self.rcv_nxt
+        if seg.mss:
+            # RFC 9293 §3.7.1: send no segment larger than the peer's MSS option (nor ours,
+            # which stands for our MTU).
+            self.send_mss = min(seg.mss, self.cfg.mss)
+        else:
+            self.send_mss = min(self.cfg.default_send_mss, self.cfg.mss)
+        # The window of a SYN is never scaled (RFC 7323 §2.2); here nothing is.
+        self.snd_wnd = self.max_snd_wnd = seg.window
+        self.snd_wl1 = seg.seq
+
+    def _acceptable(self, seg: TcpSegment) -> bool:
+        # RFC 9293 §3.10.7.4 first: the four cases of the segment acceptability test.
+        wnd = self._rcv_wnd()
+        n = seg.seg_len
+        if n == 0:
+            return seg.seq == self.rcv_nxt if wnd == 0 else sq.in_window(seg.seq, self.rcv_nxt, wnd)
+        if wnd == 0:
+            return False
+        return (sq.in_window(seg.seq, self.rcv_nxt, wnd)
+                or sq.in_window(sq.add(seg.seq, n - 1), self.rcv_nxt, wnd))
+
+    def _synchronized_arrives(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 §3.10.7.4, for SYN-RECEIVED and the synchronized states.
+        st = self.state
+        if not self._acceptable(seg):
+            if seg.rst:
+                # RFC 5961 §3.2: a RST outside the window is dropped silently.
+                self.stats["rst_out_of_window"] += 1
+                return
+            if st is S.SYN_RECEIVED and seg.syn and not seg.ack_flag and seg.seq == self.irs:
+                # The peer sent its SYN again: our SYN,ACK was lost. Answer with the SYN,ACK
+                # (as Linux does) rather than a bare ACK the peer in SYN-SENT would drop.
+                self._send_syn(now)
+                return
+            if st is S.TIME_WAIT and seg.fin and sq.add(seg.seq, seg.seg_len) == self.rcv_nxt:
+                self._step(E.RCV_FIN, now)          # the peer's FIN again: our ACK was lost
+                return
+            # "If an incoming segment is not acceptable, an acknowledgment should be sent"
+            self.stats["unacceptable"] += 1
+            self._ack_pending = True
+            return
+
+        if seg.rst:
+            # second, RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in
+            # the window gets a challenge ACK, so a blind attacker must hit RCV.NXT.
+            if seg.seq != self.rcv_nxt:
+                self._step(E.RCV_RST_IN_WINDOW, now)
+            elif st is S.SYN_RECEIVED and self.passive:
+                self._step(E.RCV_RST_PASSIVE, now)
+            else:
+                self._step(E.RCV_RST, now)
+            return
+
+        if seg.syn:
+            # fourth, RFC 5961 §4.2: a SYN in a synchronized state gets a challenge ACK and
+            # never resets; in SYN-RECEIVED after a passive open, we return to LISTEN.
+            self._step(E.RCV_SYN_PASSIVE if st is S.SYN_RECEIVED and self.passive else E.RCV_SYN, now)
+            return
+
+        if not seg.ack_flag:
+            return                                  # fifth: "if the ACK bit is off, drop"
+
+        if st is S.SYN_RECEIVED:
+            if not (sq.lt(self.snd_una, seg.ack) and sq.le(seg.ack, self.snd_nxt)):
+                self._step(E.RCV_BAD_ACK, now, seg)
+                return
+            self.snd_wnd = seg.window
+            self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            self._ack_advance(seg.ack, now)
+            self._step(E.RCV_ACK_OF_SYN, now)
+        elif not self._process_ack(seg, now):
+            return
+
+        if self._fin_acked() and self.state in (S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
+            self._step(E.RCV_ACK_OF_FIN, now)
+            if self.state is S.CLOSED:
+                return
+        # sixth (URG) is not implemented: RFC 6093 advises against its use.
+        self._receive_text(seg.seq, seg.payload, seg.fin, now)
+
+    def _process_ack(self, seg: TcpSegment, now: float) -> bool:
+        """The ACK step in a synchronized state. False: drop the segment."""
+        ack = seg.ack
+        # RFC 5961 §5.2: the ACK is acceptable only in [SND.UNA - MAX.SND.WND, SND.NXT];
+        # anything else MUST be discarded and an ACK sent back. (SND.NXT here is the highest
+        # we sent, snd_max: after a timeout we resend from SND.UNA, and ACKs for what went
+        # out before are still good.)
+        if sq.gt(ack, self.snd_max) or sq.lt(ack, sq.add(self.snd_una, -self.max_snd_wnd)):
+            self.stats["ack_unacceptable"] += 1
+            self._ack_pending = True
+            return False
+        if sq.gt(ack, self.snd_una):
+            self._ack_advance(ack, now)
+        elif ack == self.snd_una and not seg.payload and seg.window == self.snd_wnd:
+            self.stats["dup_acks"] += 1
+        # RFC 9293 §3.10.7.4 fifth: update the window only from a segment no older than the
+        # one that last set it.
+        if sq.le(self.snd_una, ack) and (sq.lt(self.snd_wl1, seg.seq) or (
+                self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack))):
+            self.snd_wnd = seg.window
+            self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+        return True
+
+    def _ack_advance(self, ack: int, now: float) -> None:
+        """SND.UNA moves to ack: free the acknowledged data, sample the RTT, grow cwnd."""
+        acked = sq.diff(ack, self.snd_una)
+        if sq.gt(ack, self.snd_buf_seq):
+            n = min(len(self.sndbuf), sq.diff(ack, self.snd_buf_seq))
+            del self.sndbuf[:n]
+            self.snd_buf_seq = sq.add(self.snd_buf_seq, n)
+        was_syn = self.snd_una == self.iss
+        self.snd_una = ack
+        if sq.lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        if self.rtt_seq is not None and sq.ge(ack, self.rtt_seq):
+            self.rto.sample(now - self.rtt_time)    # Karn-safe: rtt_seq is cleared on retransmit
+            self.rtt_seq = None
+        self.retries = 0
+        if was_syn:
+            if self.syn_retransmitted and self.rto.samples == 0:
+                # RFC 6298 §5.7: the SYN timed out and gave no sample: "the RTO MUST be
+                # re-initialized to 3 seconds when data transmission begins".
+                self.rto.rto = max(3.0, self.rto.minimum)
+            # RFC 5681 §3.1 eq. 1: the initial window.
+            self.cwnd = min(4 * self.send_mss, max(2 * self.send_mss, 4380))
+        elif self.cwnd < self.ssthresh:
+            self.cwnd += min(acked, self.send_mss)                      # slow start
+        else:
+            self.cwnd += max(1, self.send_mss * self.send_mss // self.cwnd)  # avoidance
+        # RFC 6298 §5.2 and §5.3: stop the timer when nothing is outstanding, otherwise
+        # restart it for the current RTO.
+        self.rtx_deadline = None if self.snd_una == self.snd_max else now + self.rto.rto
+        if self._writable_wanted and len(self.sndbuf) < self.cfg.send_buffer:
+            self._writable_wanted = False
+            self._events.append(TcpEvent.WRITABLE)
+
+    def _receive_text(self, seq: int, payload: bytes | memoryview, fin: bool, now: float) -> None:
+        # RFC 9293 §3.10.7.4 seventh and eighth. In CLOSE-WAIT, CLOSING, LAST-ACK and
+        # TIME-WAIT the peer's FIN has come: text is ignored.
+        if self.state not in RECEIVING or not (payload or fin):
+            return
+        skip = sq.diff(self.rcv_nxt, seq)
+        if skip > 0:                                # already have the start: trim it
+            payload = payload[skip:]
+            seq = self.rcv_nxt
+        if seq != self.rcv_nxt:
+            # Out of order. There is no reassembly queue yet: drop it, and the duplicate ACK
+            # tells the peer where we are.
+            self.stats["out_of_order_dropped"] += 1
+            self._ack_pending = True
+            return
+        room = self._rcv_wnd()
+        if len(payload) > room:
+            # Beyond the window we advertised: trimmed (and its FIN with it), counted.
+            self.stats["rcv_beyond_window_bytes"] += len(payload) - room
+            payload = payload[:room]
+            fin = False
+        if payload:
+            self.rcvbuf += payload
+            self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
+            self.stats["bytes_received"] += len(payload)
+            self._ack_pending = True
+            if TcpEvent.READABLE not in self._events:
+                self._events.append(TcpEvent.READABLE)
+        if fin:
+            self.rcv_nxt = sq.add(self.rcv_nxt, 1)  # eighth: advance RCV.NXT over the FIN
+            self._step(E.RCV_FIN, now)
+
+    # -- the table -------------------------------------------------------------------------
+    def _step(self, ev: Event, now: float, seg: TcpSegment | None = None) -> None:
+        rule = TRANSITIONS.get((self.state, ev))
+        if rule is None:
+            self.stats["ignored_" + ev.value] += 1
+            return
+        nxt, actions = rule
+        if nxt is not self.state:
+            self.stats["to_" + nxt.value.lower()] += 1
+        self.state = nxt
+        for act in actions:
+            if act is A.SEND_SYN:
+                self.iss = initial_sequence_number(self.isn_key, self.local_ip, self.local_port,
+                                                   self.remote_ip, self.remote_port, now)
+                self._send_syn(now)
+            elif act is A.SEND_SYN_ACK:
+                if self.iss is None:                # from LISTEN; in SYN-SENT we have one
+                    self.iss = initial_sequence_number(self.isn_key, self.local_ip,
+                                                       self.local_port, self.remote_ip,
+                                                       self.remote_port, now)
+                self._send_syn(now)
+            elif act is A.SEND_ACK:
+                self._ack_pending = True
+            elif act is A.CHALLENGE_ACK:
+                self.stats["challenge_acks"] += 1
+                self._ack_pending = True
+            elif act is A.SEND_RST:
+                self.stats["rst_sent"] += 1
+                self._emit(self.snd_nxt, RST)       # RFC 9293 §3.10.5: <SEQ=SND.NXT><CTL=RST>
+            elif act is A.SEND_RST_FOR_ACK:
+                assert seg is not None
+                self._send_rst_for_ack(seg)
+            elif act is A.QUEUE_FIN:
+                self.fin_queued = True
+            elif act is A.START_TIME_WAIT:
+                self.rtx_deadline = None
+                self.time_wait_deadline = now + 2 * self.cfg.msl
+            elif act is A.NOTIFY_CONNECTED:
+                self._events.append(TcpEvent.CONNECTED)
+            elif act is A.NOTIFY_PEER_CLOSED:
+                self._events.append(TcpEvent.PEER_CLOSED)
+            elif act is A.NOTIFY_RESET:
+                self.stats["reset_by_peer"] += 1
+                self.rcvbuf.clear()                 # RFC 9293 §3.10.7.4: flush the queues
+                self._events.append(TcpEvent.RESET)
+            elif act is A.NOTIFY_TIMED_OUT:
+                self._events.append(TcpEvent.TIMED_OUT)
+            elif act is A.DELETE:
+                rcvbuf = self.rcvbuf                # unread data stays readable after a close
+                self._reset_tcb()
+                self.rcvbuf = rcvbuf
+                self._events.append(TcpEvent.CLOSED)
+
+    # -- sending ---------------------------------------------------------------------------
+    def _syn_acked(self) -> bool:
+        return self.iss is not None and self.snd_una != self.iss
+
+    def _fin_acked(self) -> bool:
+        return (self.fin_queued and not self.sndbuf
+                and self.snd_una == sq.add(self.snd_buf_seq, 1))
+
+    def _send_syn(self, now: float) -> None:
+        """(Re)send our SYN, or our SYN,ACK once we know the peer's ISN."""
+        iss = self.iss
+        assert iss is not None
+        if not self.syn_sent:
+            self.syn_sent = True
+            self.snd_una = iss
+            self.snd_nxt = self.snd_max = self.snd_buf_seq = sq.add(iss, 1)
+            self.rtt_seq, self.rtt_time = self.snd_nxt, now
+        else:
+            self.rtt_seq = None                     # Karn: the SYN went out more than once
+        flags = SYN if self.irs is None else SYN | ACK
+        self._emit(iss, flags, mss=self.cfg.mss)
+        if self.rtx_deadline is None:
+            self.rtx_deadline = now + self.rto.rto
+
+    def _send_rst_for_ack(self, seg: TcpSegment) -> None:
+        self.stats["rst_sent"] += 1
+        self._out.append(OutSegment(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+
+    def _rcv_wnd(self) -> int:
+        return max(0, min(self.cfg.recv_buffer - len(self.rcvbuf), MAX_WINDOW))
+
+    def _emit(self, seq: int, flags: int, payload: bytes = b"", mss: int | None = None) -> None:
+        if flags & RST:
+            self._out.append(OutSegment(self.local_port, self.remote_port, seq, 0, flags, 0))
+            return
+        wnd = self._rcv_wnd()
+        if flags & ACK:
+            self.rcv_adv = sq.add(self.rcv_nxt, wnd)
+            self._ack_pending = False
+        self.stats["segments_out"] += 1
+        self._out.append(OutSegment(self.local_port, self.remote_port, seq,
+                                    self.rcv_nxt if flags & ACK else 0, flags, wnd, payload, mss))
+
+    def _output(self, now: float, probe: bool = False) -> None:
+        """Send what the windows allow, then a bare ACK if one is owed and nothing carried it."""
+        if self._syn_acked() and self.state not in (S.CLOSED, S.TIME_WAIT, S.FIN_WAIT_2):
+            wnd = min(self.snd_wnd, self.cwnd)
+            if probe:
+                wnd = max(wnd, 1)
+            while True:
+                off = sq.diff(self.snd_nxt, self.snd_buf_seq)
+                avail = len(self.sndbuf) - off
+                room = sq.diff(sq.add(self.snd_una, wnd), self.snd_nxt)
+                n = max(0, min(avail, self.send_mss, room))
+                fin = self.fin_queued and off + n == len(self.sndbuf)
+                if n == 0 and not fin:
+                    break
+                seq = self.snd_nxt
+                payload = bytes(self.sndbuf[off:off + n])
+                flags = ACK | (PSH if n and n == avail else 0) | (FIN if fin else 0)
+                self._emit(seq, flags, payload)
+                new = sq.ge(seq, self.snd_max)
+                if not new:
+                    self.stats["segments_retransmitted"] += 1
+                self.snd_nxt = sq.add(seq, n + fin)
+                if sq.gt(self.snd_nxt, self.snd_max):
+                    self.snd_max = self.snd_nxt
+                if new and self.rtt_seq is None:
+                    self.rtt_seq, self.rtt_time = self.snd_nxt, now
+                if self.rtx_deadline is None:
+                    self.rtx_deadline = now + self.rto.rto   # RFC 6298 §5.1
+                if fin:
+                    break
+            if self.rtx_deadline is None and len(self.sndbuf) > sq.diff(self.snd_nxt, self.snd_buf_seq):
+                # Data waits behind a closed window with nothing in flight: without a timer
+                # a lost window update would stall us for good (RFC 9293 §3.8.6.1).
+                self.rtx_deadline = now + self.rto.rto
+        if self._ack_pending and self.state is not S.CLOSED:
+            self._emit(self.snd_nxt, ACK)
+
+    # -- observation -----------------------------------------------------------------------
+    def info(self) -> dict:
+        """Per-connection figures in the spirit of Linux's TCP_INFO (for `qnet ss`)."""
+        return {
+            "state": self.state.value,
+            "local": f"{self.local_ip}:{self.local_port}",
+            "remote": f"{self.remote_ip}:{self.remote_port}",
+            "send_queue": len(self.sndbuf),
+            "recv_queue": len(self.rcvbuf),
+            "snd_mss": self.send_mss,
+            "rtt": self.rto.srtt,
+            "rttvar": self.rto.rttvar,
+            "rto": self.rto.rto,
+            "cwnd": self.cwnd,
+            "ssthresh": self.ssthresh,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": self._rcv_wnd(),
+            "retransmits": self.retransmits,
+            **self.stats,
+        }
