@@ -106,6 +106,7 @@ class Peer:
         self.iss = iss
         self.seq = iss          # the peer's next sequence number
         self.now = now
+        self.got: list[OutSegment] = []    # everything c answered, in order
 
     def send(self, flags: int, *, seq: int | None = None, ack: int | None = None,
              payload: bytes = b"", window: int = 65535, mss: int | None = None,
@@ -115,4 +116,6 @@ class Peer:
         raw = build_tcp(B_IP, A_IP, B_PORT, A_PORT, self.seq if seq is None else seq,
                         (self.c.snd_nxt if ack is None else ack), flags, window, payload, mss=mss)
         self.c.segment_arrives(TcpSegment.parse(raw, B_IP, A_IP), self.now)
-        return self.c.take_segments()
+        out = self.c.take_segments()
+        self.got += out
+        return out
