@@ -89,7 +89,6 @@ class Connection:
         self.rtx_deadline: float | None = None
         self.time_wait_deadline: float | None = None
         self.retries = 0
-        self.retransmits = 0
         self.rtt_seq: int | None = None  # the one segment being timed: its end...
         self.rtt_time = 0.0              # ...and when it was first sent
         self.syn_sent = False
@@ -186,7 +185,6 @@ class Connection:
             self._step(E.GIVE_UP, now)
             return
         self.retries += 1
-        self.retransmits += 1
         self.stats["rto_expired"] += 1
         self.rto.back_off()             # RFC 6298 §5.5
         self.rtt_seq = None             # RFC 6298 §3 (Karn): no sample from a retransmission
@@ -593,6 +591,6 @@ class Connection:
             "ssthresh": self.ssthresh,
             "snd_wnd": self.snd_wnd,
             "rcv_wnd": self._rcv_wnd(),
-            "retransmits": self.retransmits,
+            "retransmits": self.stats["rto_expired"],
             **self.stats,
         }
