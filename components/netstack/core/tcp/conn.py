@@ -41,7 +41,7 @@ class TcpConfig:
     recv_buffer: int = 64 * 1024    # bytes received and not yet read by the application
     rto_initial: float = 1.0        # RFC 6298 §2.1
     rto_min: float = 0.2            # Linux's TCP_RTO_MIN; RFC 6298 §2.4's SHOULD is 1 s
-    rto_max: float = 60.0           # RFC 6298 §2.5: at least 60 s
+    rto_max: float = 120.0          # Linux's TCP_RTO_MAX; RFC 6298 §2.5: at least 60 s
     msl: float = 30.0               # TIME-WAIT lasts 2*MSL = 60 s, Linux's TCP_TIMEWAIT_LEN
     syn_retries: int = 6            # Linux tcp_syn_retries
     data_retries: int = 15          # Linux tcp_retries2 (RFC 9293 §3.8.3 R2 >= 100 s)
@@ -193,7 +193,7 @@ class Connection:
             self._send_syn(now)
         else:
             flight = sq.diff(self.snd_max, self.snd_una)
-            if flight:
+            if flight and self.snd_wnd:
                 # RFC 5681 §3.1 eq. 4: ssthresh = max(FlightSize / 2, 2*SMSS), cwnd = 1 segment.
                 self.ssthresh = max(flight // 2, 2 * self.send_mss)
                 self.cwnd = self.send_mss
