@@ -7,8 +7,8 @@ seconds. It hands back segments to transmit (`take_segments`), events for the ap
 through state.TRANSITIONS; this module classifies what arrived into one of its events, in
 the order of RFC 9293 §3.10.7, and keeps the sequence-number bookkeeping.
 
-Scope of this piece: the handshake, in-order data both ways with bounded buffers, cumulative
-ACKs, window advertisement, RFC 6298 retransmission with go-back-N after a timeout, a simple
+Scope of this piece: the handshake, data both ways with bounded buffers and an out-of-order
+queue, cumulative ACKs, window advertisement, RFC 6298 retransmission with go-back-N after a timeout, a simple
 slow start, FIN in every state, TIME-WAIT, the RST rules with RFC 5961. See README.md for what
 is missing.
 """
@@ -85,6 +85,8 @@ class Connection:
         self.snd_buf_seq = 0
         self.fin_queued = False
         self.rcvbuf = bytearray()
+        self.ooo: dict[int, tuple[bytes, bool]] = {}   # out-of-order segments by SEG.SEQ
+        self.ooo_bytes = 0
         self.rto = RtoEstimator(self.cfg.rto_initial, self.cfg.rto_min, self.cfg.rto_max)
         self.rtx_deadline: float | None = None
         self.time_wait_deadline: float | None = None
@@ -146,7 +148,7 @@ class Connection:
             if sq.diff(sq.add(self.rcv_nxt, self._rcv_wnd()), self.rcv_adv) >= min(
                     self.cfg.recv_buffer // 2, self.cfg.mss):
                 self.stats["window_updates"] += 1
-                self._emit(self.snd_nxt, ACK)
+                self._emit(self.snd_max, ACK)
         return data
 
     def close(self, now: float) -> None:
@@ -418,28 +420,67 @@ class Connection:
         if skip > 0:                                # already have the start: trim it
             payload = payload[skip:]
             seq = self.rcv_nxt
-        if seq != self.rcv_nxt:
-            # Out of order. There is no reassembly queue yet: drop it, and the duplicate ACK
-            # tells the peer where we are.
-            self.stats["out_of_order_dropped"] += 1
-            self._ack_pending = True
-            return
-        room = self._rcv_wnd()
-        if len(payload) > room:
+        wnd = self._rcv_wnd()
+        end = sq.diff(seq, self.rcv_nxt) + len(payload)
+        if end > wnd:
             # Beyond the window we advertised: trimmed (and its FIN with it), counted.
-            self.stats["rcv_beyond_window_bytes"] += len(payload) - room
-            payload = payload[:room]
+            self.stats["rcv_beyond_window_bytes"] += end - wnd
+            payload = payload[:max(0, len(payload) - (end - wnd))]
             fin = False
+        if seq != self.rcv_nxt:
+            if payload or fin:
+                self._hold_out_of_order(seq, bytes(payload), fin, wnd)
+            else:
+                self._ack_pending = True
+            return
         if payload:
-            self.rcvbuf += payload
-            self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
-            self.stats["bytes_received"] += len(payload)
-            self._ack_pending = True
-            if TcpEvent.READABLE not in self._events:
-                self._events.append(TcpEvent.READABLE)
+            self._deliver(payload)
+        # What was held out of order may follow on now.
+        while not fin and self.ooo:
+            first = min(self.ooo, key=lambda s: sq.diff(s, self.rcv_nxt))
+            if sq.gt(first, self.rcv_nxt):
+                break
+            data, fin = self.ooo.pop(first)
+            self.ooo_bytes -= len(data)
+            skip = sq.diff(self.rcv_nxt, first)
+            if skip > len(data) or (skip == len(data) and not fin):
+                fin = False
+                continue                        # wholly old
+            if data[skip:]:
+                self._deliver(data[skip:])
         if fin:
+            self.ooo.clear()
+            self.ooo_bytes = 0
             self.rcv_nxt = sq.add(self.rcv_nxt, 1)  # eighth: advance RCV.NXT over the FIN
             self._step(E.RCV_FIN, now)
+
+    def _deliver(self, payload: bytes | memoryview) -> None:
+        self.rcvbuf += payload
+        self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
+        self.stats["bytes_received"] += len(payload)
+        self._ack_pending = True
+        if TcpEvent.READABLE not in self._events:
+            self._events.append(TcpEvent.READABLE)
+
+    def _hold_out_of_order(self, seq: int, data: bytes, fin: bool, wnd: int) -> None:
+        """Keep a segment that arrived ahead of a hole, within the window. The bytes held
+        never exceed the window (so the receive buffer's bound holds once they are in
+        order); a segment that would pass it is dropped and counted."""
+        self.stats["out_of_order"] += 1
+        # RFC 5681 §4.2: an out-of-order segment SHOULD be acknowledged at once (the
+        # duplicate ACK tells the sender where the hole is).
+        self._ack_pending = True
+        if seq in self.ooo and len(self.ooo[seq][0]) >= len(data) and self.ooo[seq][1] >= fin:
+            return                              # a duplicate of what we hold
+        old = self.ooo.pop(seq, (b"", False))
+        self.ooo_bytes -= len(old[0])
+        if self.ooo_bytes + len(data) > wnd:
+            self.ooo[seq] = old
+            self.ooo_bytes += len(old[0])
+            self.stats["out_of_order_dropped"] += 1
+            return
+        self.ooo[seq] = (data, fin)
+        self.ooo_bytes += len(data)
 
     # -- the table -------------------------------------------------------------------------
     def _step(self, ev: Event, now: float, seg: TcpSegment | None = None) -> None:
@@ -572,7 +613,10 @@ class Connection:
                 # a lost window update would stall us for good (RFC 9293 §3.8.6.1).
                 self.rtx_deadline = now + self.rto.rto
         if self._ack_pending and self.state is not S.CLOSED:
-            self._emit(self.snd_nxt, ACK)
+            # A bare ACK carries the next new sequence number, not the rewound SND.NXT of a
+            # go-back-N retransmission (as BSD does): the peer has seen up to snd_max, and an
+            # older number would be unacceptable to it and draw an ACK back, and so on.
+            self._emit(self.snd_max, ACK)
 
     # -- observation -----------------------------------------------------------------------
     def info(self) -> dict:

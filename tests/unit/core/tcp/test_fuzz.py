@@ -53,5 +53,6 @@ def test_random_segments_never_raise_and_buffers_stay_bounded(steps):
         c.take_segments()
         c.take_events()
         assert len(c.sndbuf) <= CFG.send_buffer and len(c.rcvbuf) <= CFG.recv_buffer
+        assert c.ooo_bytes <= CFG.recv_buffer and c.ooo_bytes == sum(len(d) for d, _ in c.ooo.values())
         d = c.next_deadline()
         assert d is None or d >= now - 5

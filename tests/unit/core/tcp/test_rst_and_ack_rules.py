@@ -79,11 +79,26 @@ def test_a_segment_overlapping_rcv_nxt_is_trimmed_to_the_new_part():
     assert c.rcv_nxt == sq.add(p.seq, 11)
 
 
-def test_out_of_order_data_is_dropped_with_a_duplicate_ack():
+def test_out_of_order_data_is_held_with_a_duplicate_ack_until_the_hole_fills():
     c, p = established()
     out = p.send(ACK | PSH, seq=sq.add(p.seq, 10), payload=b"later")
-    assert [(s.flags, s.ack) for s in out] == [(ACK, p.seq)]
-    assert c.recv() == b"" and c.stats["out_of_order_dropped"] == 1
+    out += p.send(ACK | PSH | FIN, seq=sq.add(p.seq, 15), payload=b"!")
+    out += p.send(ACK | PSH, seq=sq.add(p.seq, 10), payload=b"later")     # duplicated
+    assert [(s.flags, s.ack) for s in out] == [(ACK, p.seq)] * 3
+    assert c.recv() == b"" and c.stats["out_of_order"] == 3 and c.ooo_bytes == 6
+    out = p.send(ACK | PSH, payload=b"0123456789")                          # the hole
+    assert c.recv() == b"0123456789later!" and c.state is S.CLOSE_WAIT
+    assert [(s.flags, s.ack) for s in out] == [(ACK, sq.add(p.seq, 17))]
+    assert c.ooo == {} and c.ooo_bytes == 0
+
+
+def test_out_of_order_data_is_bounded_by_the_window():
+    from components.netstack.core.tcp import TcpConfig
+    c, p = established(TcpConfig(recv_buffer=1000))
+    p.send(ACK | PSH, seq=sq.add(p.seq, 100), payload=b"a" * 2000)          # trimmed to 900
+    p.send(ACK | PSH, seq=sq.add(p.seq, 50), payload=b"b" * 200)            # would pass 1000
+    assert c.ooo_bytes == 900 and c.stats["out_of_order_dropped"] == 1
+    assert c.stats["rcv_beyond_window_bytes"] == 1100
 
 
 def test_syn_sent_answers_a_bad_ack_with_rst_and_ignores_unacceptable_rsts():
