@@ -26,12 +26,13 @@ from tests.interop.util import (QnetGraph, capture_in_background, missing_prereq
 pytestmark = pytest.mark.interop
 
 
-@pytest.fixture(scope="module")
-def dhcp_graph():
+@pytest.fixture(scope="module", params=["socketpair", "zmq"])
+def dhcp_graph(request):
+    """dhcpd's datagrams ride both data transports: launcher-held socketpairs and ZeroMQ."""
     reason = missing_prerequisite()
     if reason is not None:
         pytest.skip(reason)
-    g = QnetGraph.start()
+    g = QnetGraph.start(data_transport=request.param)
     try:
         yield g
     finally:

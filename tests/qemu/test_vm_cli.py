@@ -75,17 +75,30 @@ def wait_until(what: str, predicate, timeout: float, interval: float = 0.2):
         time.sleep(interval)
 
 
-@pytest.fixture(scope="module")
-def graph():
+def _manifest(run: str, data_transport: str) -> str:
+    """The embedded default graph with the data plane this module runs on."""
+    import launcher
+    with open(os.path.join(os.path.dirname(launcher.__file__), "default_graph.toml")) as f:
+        text = f.read()
+    path = os.path.join(run, "graph.toml")
+    with open(path, "w") as f:
+        f.write(text.replace("[graph]\n", f'[graph]\ndata_transport = "{data_transport}"\n', 1))
+    return path
+
+
+@pytest.fixture(scope="module", params=["socketpair", "zmq"])
+def graph(request):
+    """Every guest test runs on both data transports (launcher-held socketpairs and ZeroMQ)."""
     image = guest_image()
     # Unix socket paths are limited to 108 bytes: a short runtime dir of our own.
     run = tempfile.mkdtemp(prefix="qvm-", dir="/tmp")
     with ExitStack() as stack:
         try:
-            res = run_qnet(run, "up", "--detach", timeout=90)
+            res = run_qnet(run, "up", "-f", _manifest(run, request.param), "--detach", timeout=90)
             assert res.returncode == 0, f"qnet up: {res.stderr or res.stdout}"
             bare = stack.enter_context(booted_guest(image, netdevs=[], devices=[], hotplug_slots=2))
             g = Graph(run, bare)
+            g.data_transport = request.param
             starts = {name: subprocess.Popen(
                 [*QNET, "--runtime-dir", run, "vm", "start", name,
                  "--backend", backend, "--timeout", str(BOOT_TIMEOUT)],
@@ -164,7 +177,7 @@ def test_two_vms_reach_each_other_through_qnet_forwarding(graph):
 
 
 @pytest.mark.parametrize("component", ["ethdriver.s1", "dhcpd"])
-def test_restart_during_guest_ping_loses_at_most_3_and_the_guest_keeps_its_lease(graph, component):
+def test_restart_during_guest_ping_loses_nothing_on_socketpairs_and_the_guest_keeps_its_lease(graph, component):
     before = graph.lease("s1")
     leases_before = json.loads(graph.qnet("dhcp", "leases", "--json").stdout)["leases"]
     ping = subprocess.Popen([*QNET, "--runtime-dir", graph.run, "vm", "exec",
@@ -181,7 +194,8 @@ def test_restart_during_guest_ping_loses_at_most_3_and_the_guest_keeps_its_lease
             ping.communicate()
     m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
     assert m, out + err
-    assert int(m.group(1)) == 50 and int(m.group(2)) >= 47, out
+    # A planned restart loses nothing on socketpairs; ZeroMQ makes no such promise.
+    assert int(m.group(1)) == 50 and int(m.group(2)) >= (50 if graph.data_transport == "socketpair" else 47), out
     assert graph.lease("s1") == before
     res = graph.exec("s1", "ip -4 addr show dev eth0")
     assert f"inet {before}/24" in res.stdout, res.stdout
