@@ -256,6 +256,9 @@ def cmd_status(args) -> int:
         # "drops" and "internal_errors" follow one convention in every component (ipc/accounting.py)
         r["drops"] = d.get("drops", "-")
         notes = d.get("problems", [])[-1:]
+        silent = d.get("silent_ports") or {}
+        if isinstance(silent, dict) and silent:
+            notes = [f"port {p}: driver silent {t} s" for p, t in sorted(silent.items())] + notes
         internal = d.get("internal_errors", 0)
         if isinstance(internal, int) and internal > 0:
             notes = [f"{internal} internal errors (qnet logs {r['name']})"] + notes

@@ -34,6 +34,7 @@ from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK
 
+DRIVER_SILENT = 5.0          # seconds without a batch or event from an attached port's driver
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
 TX_BATCH = 256               # frames per tx batch (the device protocol allows 1024)
 
@@ -158,7 +159,13 @@ class Netstack(Component):
         rpc = getattr(self.rt, "rpc", None)
         internal = c.get("stack", {}).get("internal_errors", 0) + self.rt.loop.errors \
             + (rpc.counters.get("internal_errors", 0) if rpc is not None else 0)
-        return {"ports": {n: dict(p) for n, p in self.ports.items()}, "drops": drops,
+        now = time.monotonic()
+        # A driver announces itself every 2 s: one not heard from for DRIVER_SILENT is shown
+        # (qnet status NOTE), whatever its process looks like to the launcher.
+        silent = {n: round(now - p["heard"], 1) for n, p in self.ports.items()
+                  if p.get("attached") and now - p.get("heard", now) > DRIVER_SILENT}
+        return {"ports": {n: {k: v for k, v in p.items() if k != "heard"} for n, p in self.ports.items()},
+                "silent_ports": silent, "drops": drops,
                 "internal_errors": internal, "tables": self._tables(c),
                 "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
                 "sockets": len(self.owners), "offloads": self.offload_status(), **self.counters}

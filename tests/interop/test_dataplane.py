@@ -294,3 +294,37 @@ def test_malformed_batches_on_a_driver_channel_are_counted_and_netstack_stays_up
     print(f"\n{sent} malformed messages sent; netstack counted {after - before} bad")
     assert after - before >= sent * 0.9, (before, after, sent)  # a few random ones may be valid batches
     assert graph.components()["netstack"]["pid"] == ns_pid
+
+
+@pytest.mark.timeout(90)
+def test_a_port_whose_driver_falls_silent_is_shown_in_status():
+    """Issue 7 defect 2's second half: a port whose driver stops being heard is shown as such."""
+    from tests.interop.util import QnetGraph
+    g = QnetGraph()
+    try:
+        # A long heartbeat timeout, so that the launcher does not replace the stopped driver
+        # before netstack notices it has gone quiet.
+        g.qnet("up", "-f", g.default_graph_with(heartbeat_timeout=60.0), "--detach", timeout=60)
+        g.remember_pids()
+        g.qnet("port", "add", "p0", "--tap", f"qtap{g.tag}s"[:15], "--addr", "10.99.250.1/24", timeout=30)
+        g.remember_pids()
+        drv = g.components()["ethdriver.p0"]["pid"]
+
+        def note() -> str:
+            rows = {r["name"]: r for r in g.qnet_json("status")["components"]}
+            silent = (rows["netstack"].get("details") or {}).get("silent_ports") or {}
+            return silent.get("p0")
+
+        assert note() is None
+        os.kill(drv, signal.SIGSTOP)
+        try:
+            secs = wait_for(note, 15.0, 0.2, "netstack to report p0's driver silent")
+            assert secs >= 5.0
+            table = g.qnet("status").stdout
+            assert "port p0: driver silent" in table, table
+        finally:
+            os.kill(drv, signal.SIGCONT)
+        wait_for(lambda: note() is None, 10.0, 0.2, "p0's driver heard again")
+        assert "driver silent" not in g.qnet("status").stdout
+    finally:
+        g.stop()

@@ -197,12 +197,12 @@ class QnetGraph:
             raise
         return g
 
-    def default_graph_with(self, **graph_keys: str) -> str:
+    def default_graph_with(self, **graph_keys) -> str:
         """A copy of the embedded default manifest with extra [graph] keys, in the runtime dir."""
         import launcher
         with open(os.path.join(os.path.dirname(launcher.__file__), "default_graph.toml")) as f:
             text = f.read()
-        extra = "".join(f'{k} = "{v}"\n' for k, v in graph_keys.items())
+        extra = "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n" for k, v in graph_keys.items())
         path = os.path.join(self.run_dir, "graph.toml")
         with open(path, "w") as f:
             f.write(text.replace("[graph]\n", "[graph]\n" + extra, 1))
