@@ -14,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -48,6 +49,20 @@ def graph_text(work: str, *, max_restarts: int = 3, counter_args: dict | None = 
         body = "\n".join(f"{k} = {_toml(v)}" for k, v in counter_args.items())
         text += f"\n[components.counter.args]\n{body}\n"
     return text + extra
+
+
+@contextmanager
+def default_graph_up(prefix: str) -> Iterator[str]:
+    """The embedded default graph, up in a runtime dir of its own; yields the dir, always downs it."""
+    work = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    run = os.path.join(work, "r")
+    try:
+        res = run_qnet(run, "up", "--detach", "--timeout", "40")
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield run
+    finally:
+        run_qnet(run, "down", timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _toml(v: Any) -> str:

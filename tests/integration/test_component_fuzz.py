@@ -1,9 +1,6 @@
 """Malformed IPC messages thrown at the real netstack and dhcpd: typed errors, counted drops, no crash."""
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 
 import msgpack
@@ -14,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ipc.protocols.netstack import NETSTACK
 from ipc.rpc import RpcClient
 
-from .conftest import run_qnet, wait_until
+from .conftest import default_graph_up, run_qnet, wait_until
 
 
 
@@ -24,18 +21,11 @@ _BASELINE: dict = {}
 
 @pytest.fixture(scope="module")
 def default_graph():
-    work = tempfile.mkdtemp(prefix="qf", dir="/tmp")
-    run = os.path.join(work, "r")
-    try:
-        res = run_qnet(run, "up", "--detach", "--timeout", "40")
-        assert res.returncode == 0, res.stdout + res.stderr
+    with default_graph_up("qf") as run:
         # the baseline is taken before any garbage is sent: a crash and respawn during the
         # fuzzing must show as a changed pid or a restart, not become the new normal
         _BASELINE.update(_rows(run))
         yield run
-    finally:
-        run_qnet(run, "down", timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _rows(run):

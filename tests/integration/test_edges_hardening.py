@@ -6,30 +6,21 @@ use port names of their own and remove what they add.
 import json
 import subprocess
 import os
-import shutil
-import tempfile
 import time
 
 import msgpack
 import pytest
 import zmq
 
-from .conftest import run_qnet, wait_until
+from .conftest import default_graph_up, run_qnet, wait_until
 
 DEEP = b"\x91" * 100_000 + b"\xc0"   # [[[[...nil...]]]] 100,000 levels
 
 
 @pytest.fixture(scope="module")
 def run():
-    work = tempfile.mkdtemp(prefix="qh", dir="/tmp")
-    run = os.path.join(work, "r")
-    try:
-        res = run_qnet(run, "up", "--detach", "--timeout", "40")
-        assert res.returncode == 0, res.stdout + res.stderr
+    with default_graph_up("qh") as run:
         yield run
-    finally:
-        run_qnet(run, "down", timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _status(run) -> dict:

@@ -1,28 +1,18 @@
 """qnet's own ping on the default graph, no TAP needed: loopback, no route, and the -W/-i arguments."""
 import json
-import os
-import shutil
-import tempfile
 import time
 
 import pytest
 
-from .conftest import run_qnet
+from .conftest import default_graph_up, run_qnet
 
 
 
 
 @pytest.fixture(scope="module")
 def run():
-    work = tempfile.mkdtemp(prefix="qp", dir="/tmp")
-    run = os.path.join(work, "r")
-    try:
-        res = run_qnet(run, "up", "--detach", "--timeout", "40")
-        assert res.returncode == 0, res.stdout + res.stderr
+    with default_graph_up("qp") as run:
         yield run
-    finally:
-        run_qnet(run, "down", timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_ping_of_loopback_over_several_seconds_gets_every_reply(run):

@@ -18,7 +18,6 @@ import signal
 import time
 
 import pytest
-import zmq
 
 from tests.interop.util import NS_PYTHON, parse_ping, stop_process, wait_for
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import random
-import subprocess
 import tempfile
 
 import pytest

@@ -19,7 +19,6 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from components.ethdriver.backends.tap import TapBackend, open_tap, set_link_up

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
-from scapy.packet import Raw
 
 from .test_fuzz import frames as fuzz_frames
 from .util import (A, B, BCAST, HOST_A, HOST_B, IP0, IP1, MAC0, MAC1, ip_frame, learn, make_stack,

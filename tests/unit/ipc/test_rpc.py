@@ -11,7 +11,7 @@ import pytest
 from ipc import errors
 from ipc.decl import Method, Protocol, Version, encode
 from ipc.rpc import DEFAULT_MAX_MESSAGE, KIND_CALL, KIND_ERR, KIND_OK, RpcClient, call_once
-from ipc.types import Bytes, Field, Int
+from ipc.types import Bytes, Int
 from tests.components.decls import COUNTER
 
 REPLY_WAIT = 3.0

@@ -6,7 +6,7 @@ import pytest
 
 from components.netstack.core.tcp import Connection, State, TcpConfig, TcpEvent
 from components.netstack.core.tcp import seq as sq
-from components.netstack.wire.tcp import ACK, FIN, PSH, SYN
+from components.netstack.wire.tcp import ACK, FIN, SYN
 
 from .net import A_IP, A_PORT, B_IP, B_PORT, KEY_A, Net, Peer, pair
 from .peers import established
