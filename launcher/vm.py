@@ -315,7 +315,10 @@ class VmManager:
                 self._add_port(name, cfg)
                 ip("link", "set", qp, "master", qb, "up")
                 no_ipv6(qp)
-                netdev = f"tap,id=n0,ifname={qv},script=no,downscript=no"
+                # vnet_hdr=on: the guest's virtio-net negotiates checksum and TSO offloads with
+                # QEMU's TAP, so its super-frames cross the bridge whole; the kernel segments them
+                # for the port's TAP unless that port was opened with offloads (docs/offloads.md).
+                netdev = f"tap,id=n0,ifname={qv},script=no,downscript=no,vnet_hdr=on"
             device = f"virtio-net-pci,id=nic0,netdev=n0,mac={vm.mac},romfile="
             argv = qemu_command(kernel, initrd, serial_path=vm.serial, netdevs=[netdev], devices=[device],
                                 mem_mb=mem_mb, qmp_path=vm.qmp, machine="q35", hotplug_slots=HOTPLUG_SLOTS,
