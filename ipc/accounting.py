@@ -22,6 +22,7 @@ LOSS_WORDS = frozenset({
     "drop", "drops", "dropped", "evicted", "evictions", "timeout", "timeouts",
     "full", "overflow", "overflows", "limited", "refused", "exhausted", "too", "bad", "malformed",
     "errors", "undeliverable", "discarded", "truncated", "shed", "internal", "failed",
+    "short",   # a frame too short to be one, or a batch the backend wrote only part of
 })
 # Names that carry a loss word but are not losses (a probe that timed out found a free address).
 # "resolution_failed" counts lookups whose queued frames queue_dropped_failed already counts;

@@ -322,6 +322,10 @@ class DataProvider:
     def last_error(self) -> str | None:
         return (self.local.last_error if self.local is not None else None) or self.zmq.last_error
 
+    def tables(self) -> dict[str, tuple[int, int, int]]:
+        """The socketpair channels' occupancy: {user: (queued bytes, bound, frames dropped)}."""
+        return self.local.tables() if self.local is not None else {}
+
     def add_peer(self, identity: bytes, fd: int) -> None:
         if self.local is None:
             from .seqpacket import SeqpacketProvider

@@ -29,6 +29,7 @@ and counted, never blocking the loop. Every malformed message is counted in
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -49,6 +50,7 @@ _NAME_LEN = struct.Struct("<H")
 _TWO = struct.Struct("<II")
 _LITTLE = sys.byteorder == "little"
 _PEEK = socket.MSG_PEEK
+_SIOCOUTQ = 0x5411          # TIOCOUTQ / SIOCOUTQ
 
 # The launcher sizes both ends' buffers (root: SO_SNDBUFFORCE). 4 MiB holds ten full
 # batches of 256 x 1514 B, or a few batches of GSO super-frames.
@@ -195,6 +197,8 @@ class Endpoint:
         self._buf = bytearray(MAX_MESSAGE + 1)
         self._view = memoryview(self._buf)
         self._take = bytearray(1)
+        self.dropped_frames = 0     # what this end could not send (its channel was full)
+        self.sndbuf = sndbuf
         self.last_error: str | None = None
 
     def fileno(self) -> int:
@@ -229,6 +233,7 @@ class Endpoint:
             # Anything else (the launcher closed the channel): also a counted drop.
             self.counters["tx_dropped_batches"] += 1
             self.counters["tx_dropped_frames"] += len(frames)
+            self.dropped_frames += len(frames)
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 self.last_error = f"send: {exc.strerror or exc}"
             return False
@@ -243,6 +248,14 @@ class Endpoint:
             return False
         self.counters["tx_events"] += 1
         return True
+
+    def queued_bytes(self) -> int:
+        """Bytes this end sent that the other end has not read yet (SIOCOUTQ): the channel's
+        occupancy, bounded by SO_SNDBUF (``sndbuf``)."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
 
     def writable(self) -> bool:
         """Whether a batch would be accepted now (poll(2), no data moved)."""
@@ -443,6 +456,11 @@ class SeqpacketProvider:
     def send_event(self, peer: bytes, name: str, /, **fields: Any) -> bool:
         end = self.peers.get(peer)
         return end is not None and end.send_event(name, fields)
+
+    def tables(self) -> dict[str, tuple[int, int, int]]:
+        """Per user: (bytes queued toward it, the channel's bound, frames dropped because it was full)."""
+        return {peer.decode("utf-8", "replace"): (end.queued_bytes(), end.sndbuf, end.dropped_frames)
+                for peer, end in self.peers.items()}
 
     @property
     def last_error(self) -> str | None:

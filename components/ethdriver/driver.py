@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend, TapError
 from components.runtime import Component, run_component
+from ipc.accounting import drops_of, table
 from ipc.channel import UserChannel
 from ipc.protocols.device import DEVICE
 
@@ -114,9 +115,14 @@ class EthDriver(Component):
     def status(self):
         c = self.backend.counters() if self.backend is not None else {}
         ch = dict(self.chan.counters) if self.chan is not None else {}
-        drops = sum(v for k, v in c.items() if "drop" in k) + ch.get("tx_dropped_frames", 0)
+        drops = drops_of(c) + drops_of(ch) + drops_of(self.counters)
         offloads = list(self.backend.offloads()) if self.backend is not None else []
+        tables = {}
+        end = getattr(self.chan, "end", None)
+        if end is not None:  # the launcher's socketpair toward netstack: bytes netstack has not read
+            tables["channel"] = table(end.queued_bytes(), end.sndbuf, end.dropped_frames)
         return {"port": self.port, "backend": self.kind, "link_up": bool(self.link), "drops": drops,
+                "internal_errors": self.rt.loop.errors, "tables": tables,
                 "offloads": offloads, "frame_prefix": self.backend.frame_prefix_len if self.backend else 0,
                 "backend_counters": c, "channel": ch, **self.counters}
 

@@ -183,6 +183,10 @@ class Netstack(Component):
         for name, dc in c.items():
             if name.startswith("dev:"):
                 out[f"tx_queue:{name[4:]}"] = table(dc.get("tx_queued", 0), dc.get("tx_queue_limit"), drops_of(dc))
+        # The data channels toward each driver and datagram user: bytes they have not read yet.
+        for kind, chan in (("channel", self.dev_chan), ("dgram_channel", self.dg_chan)):
+            for user, (queued, bound, dropped) in chan.tables().items():
+                out[f"{kind}:{user}"] = table(queued, bound, dropped)
         return out
 
     def close(self):

@@ -210,3 +210,18 @@ def test_a_handler_that_raises_does_not_leave_its_batch_to_be_read_again(pair):
     got = []
     end.receive(lambda s, f: got.append(f), lambda n, e: None)
     assert got == [[b"good"]]
+
+
+def test_a_channels_occupancy_and_drops_are_reported_per_user(pair):
+    _a, _b, prov, user = pair
+    assert prov.tables() == {"p0": (0, prov.peers[b"p0"].sndbuf, 0)}
+    prov.send_batch(b"p0", "tx", [b"x" * 1000] * 4)
+    queued, bound, dropped = prov.tables()["p0"]
+    assert 4000 <= queued <= bound and dropped == 0
+    while prov.send_batch(b"p0", "tx", [b"y" * 1400] * 256):
+        pass
+    queued, bound, dropped = prov.tables()["p0"]
+    assert dropped == 256 and queued > bound // 2
+    while user.receive(lambda s, f: None, lambda n, e: None):
+        pass
+    assert prov.tables()["p0"][0] == 0
