@@ -10,7 +10,8 @@ MAX_DEVICE_FRAME = 12 + 18 + 40 + 0xFFFF
 
 DEVICE = Protocol(
     "qnet.device", Version(1, 1),
-    doc="netstack binds; each ethdriver connects with its port name as routing id.",
+    doc="Between a port's ethdriver and netstack. Data: the launcher's socketpair per port (its identity), "
+        "or on ZeroMQ a routing id NAME~HMAC proved with the graph's data key.",
     streams=(
         Stream("rx", "to_provider", max_batch=1024, max_frame=MAX_DEVICE_FRAME,
                doc="frames received from the backend (each behind frame_prefix bytes of "
