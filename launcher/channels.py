@@ -148,6 +148,12 @@ class DataChannels:
         for number, ctl in list(self.ctl.get(provider, {}).items()):
             try:
                 send_channel(ctl, op, proto, user, fd)
+            except BlockingIOError:
+                # A provider that does not read (stopped): its control queue is full. It gets the
+                # channel at its next start; until then this user is not served by it (counted).
+                self.errors += 1
+                log.warning("channel %s %s/%s: %s.%d is not reading its control socket",
+                            op, proto, user, provider, number)
             except OSError as exc:
                 # A provider that died: its successor gets every channel at spawn.
                 self.ended(provider, number)
@@ -174,6 +180,8 @@ class DataChannels:
 # -- channels for programs outside the graph ----------------------------------------------
 BROKER_NAME = "channels.sock"
 MAX_EXTERNAL = 64           # channels handed to programs outside the graph at once
+MAX_ASKING = 16             # connections that have not asked yet
+ASK_TIMEOUT = 5.0           # seconds a connection may take to ask
 
 
 def broker_path(runtime_dir: str) -> str:
@@ -227,8 +235,20 @@ class ChannelBroker:
             if uid not in (0, os.getuid()):
                 self._refuse(conn, "permission denied")
                 continue
-            self.clients[conn.fileno()] = (conn, None)
-            self.loop.add_reader(conn.fileno(), lambda fd=conn.fileno(): self._on_client(fd))
+            if len(self.clients) >= MAX_EXTERNAL + MAX_ASKING:
+                self._refuse(conn, f"too many connections (limit {MAX_EXTERNAL + MAX_ASKING})")
+                continue
+            fd = conn.fileno()
+            self.clients[fd] = (conn, None)
+            self.loop.add_reader(fd, lambda fd=fd: self._on_client(fd))
+            # A connection that never asks is closed: nobody holds a launcher fd for nothing.
+            self.loop.call_later(ASK_TIMEOUT, lambda fd=fd, c=conn: self._expire(fd, c))
+
+    def _expire(self, fd: int, conn: socket.socket) -> None:
+        got = self.clients.get(fd)
+        if got is not None and got[0] is conn and got[1] is None:
+            self.counters["refused"] += 1
+            self._drop(fd)
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
         from ipc.decl import encode
