@@ -69,7 +69,9 @@ def test_garbage_on_every_endpoint_never_crashes_a_component(default_graph, mess
             s = socks.get(endpoint)
             if s is None:
                 s = ctx.socket(zmq.DEALER)
-                s.setsockopt(zmq.LINGER, 0)
+                # Linger: a connect is asynchronous, and closing with linger 0 would throw away
+                # whatever was not on the wire yet — the garbage must reach the component.
+                s.setsockopt(zmq.LINGER, 2000)
                 s.setsockopt(zmq.IDENTITY, f"fuzz{random.randrange(1 << 30)}".encode())
                 s.connect(f"ipc://{default_graph}/{endpoint}")
                 socks[endpoint] = s
@@ -77,7 +79,7 @@ def test_garbage_on_every_endpoint_never_crashes_a_component(default_graph, mess
                 s.send_multipart(parts, zmq.NOBLOCK)
     finally:
         for s in socks.values():
-            s.close(0)
+            s.close()
 
 
 def test_components_survived_the_fuzzing_and_still_answer(default_graph):
