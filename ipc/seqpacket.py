@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
 import struct
 import sys
@@ -197,6 +198,8 @@ class Endpoint:
         self._buf = bytearray(MAX_MESSAGE + 1)
         self._view = memoryview(self._buf)
         self._take = bytearray(1)
+        self._out_poll = select.poll()      # asked before every read of a driver's backend
+        self._out_poll.register(self.sock.fileno(), select.POLLOUT)
         self.dropped_frames = 0     # what this end could not send (its channel was full)
         self.sndbuf = sndbuf
         self.last_error: str | None = None
@@ -259,10 +262,7 @@ class Endpoint:
 
     def writable(self) -> bool:
         """Whether a batch would be accepted now (poll(2), no data moved)."""
-        import select
-        p = select.poll()
-        p.register(self.sock.fileno(), select.POLLOUT)
-        return bool(p.poll(0))
+        return bool(self._out_poll.poll(0))
 
     # -- receiving ----------------------------------------------------------------------
     def receive(self, on_batch: Callable[[str, list], None], on_event: Callable[[str, Any], None],

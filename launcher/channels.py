@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import socket
+import struct
 from typing import Any
 
-from ipc import registry
+from ipc import errors, registry
+from ipc.decl import decode_raw, encode
 from ipc.seqpacket import make_pair, send_channel
 
 log = logging.getLogger("qnet.launcher")
@@ -46,8 +50,6 @@ def data_key(runtime_dir: str) -> str:
     Every component gets it (QNET_DATA_KEY); a user of a ZeroMQ data endpoint proves its
     name with it (ipc.channel.keyed_identity). It survives a launcher crash like the rest of RUN.
     """
-    import os
-    import secrets
     keydir = os.path.join(runtime_dir, "keys")
     path = os.path.join(keydir, "data.key")
     try:
@@ -185,7 +187,6 @@ ASK_TIMEOUT = 5.0           # seconds a connection may take to ask
 
 
 def broker_path(runtime_dir: str) -> str:
-    import os
     return os.path.join(runtime_dir, BROKER_NAME)
 
 
@@ -202,7 +203,6 @@ class ChannelBroker:
     """
 
     def __init__(self, channels: DataChannels, runtime_dir: str, loop):
-        import os
         self.channels = channels
         self.loop = loop
         self.path = broker_path(runtime_dir)
@@ -220,8 +220,6 @@ class ChannelBroker:
         loop.add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
-        import os
-        import struct as _struct
         for _ in range(16):
             try:
                 conn, _addr = self.sock.accept()
@@ -229,7 +227,7 @@ class ChannelBroker:
                 return
             conn.setblocking(False)
             try:
-                _pid, uid, _gid = _struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             except OSError:
                 uid = -1
             if uid not in (0, os.getuid()):
@@ -251,7 +249,6 @@ class ChannelBroker:
             self._drop(fd)
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
-        from ipc.decl import encode
         self.counters["refused"] += 1
         try:
             conn.send(encode({"ok": False, "error": why}))
@@ -260,8 +257,6 @@ class ChannelBroker:
         conn.close()
 
     def _on_client(self, fd: int) -> None:
-        from ipc import errors
-        from ipc.decl import decode_raw, encode
         conn, key = self.clients[fd]
         try:
             msg = conn.recv(4096)
@@ -323,7 +318,6 @@ class ChannelBroker:
             self.counters["released"] += 1
 
     def close(self) -> None:
-        import os
         for fd in list(self.clients):
             self._drop(fd)
         self.loop.remove_reader(self.sock.fileno())
@@ -336,7 +330,6 @@ class ChannelBroker:
 
 def request_channel(runtime_dir: str, protocol: str, user: str, timeout: float = 5.0) -> tuple[socket.socket, int]:
     """Client side: (the connection to keep open, the channel's fd). Raises OSError or LookupError."""
-    from ipc.decl import decode_raw, encode
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.settimeout(timeout)
     try:
@@ -349,7 +342,6 @@ def request_channel(runtime_dir: str, protocol: str, user: str, timeout: float =
     answer = decode_raw(msg) if msg else {"ok": False, "error": "the launcher closed the connection"}
     if not isinstance(answer, dict) or not answer.get("ok") or not fds:
         for fd in fds:
-            import os
             os.close(fd)
         conn.close()
         raise LookupError(answer.get("error", "refused") if isinstance(answer, dict) else "refused")

@@ -19,6 +19,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
+from tests.scapy_checks import checksums_agree
 
 from tests.interop.util import NS_PYTHON, QnetGraph, missing_prerequisite, stop_process, wait_for
 
@@ -80,11 +81,7 @@ def _offload_counters(g: QnetGraph, port: str) -> dict:
 
 def _valid_checksums(p: Ether, layer) -> bool:
     """Whether the IPv4 header and transport checksums are what scapy computes."""
-    again = p.copy()
-    del again[IP].chksum
-    del again[layer].chksum
-    again = Ether(bytes(again))
-    return p[IP].chksum == again[IP].chksum and p[layer].chksum == again[layer].chksum
+    return IP in p and all(checksums_agree(p, layer))
 
 
 class Tcpdump:
