@@ -320,5 +320,27 @@ class Ipv4Layer:
                                        ICMP_DEST_UNREACH, UNREACH_HOST, now)
 
 
-__all__ = ["Ipv4Layer", "Ipv4Datagram", "is_martian", "LIMITED_BROADCAST", "UNSPECIFIED",
+class Ipv4ForTransport:
+    """The IPv4 side of tcp.layer.TcpIp: all a transport protocol may ask of this layer."""
+    version = 4
+    header_len = 20
+    default_send_mss = 536          # RFC 9293 §3.7.1 (RFC 879)
+
+    def __init__(self, ip4: Ipv4Layer, proto: int) -> None:
+        self._ip4 = ip4
+        self._proto = proto
+
+    def source_and_mtu(self, remote: IPv4Address, local: IPv4Address | None):
+        path = self._ip4.resolve(remote, src=local)
+        return path.src, path.device.mtu
+
+    def output(self, local: IPv4Address, remote: IPv4Address, segment: bytes, now: float) -> None:
+        ip4 = self._ip4
+        ip4.send_via(ip4.resolve(remote, src=local), self._proto, segment, now)
+
+    def is_local(self, addr: IPv4Address) -> bool:
+        return self._ip4.is_local(addr)
+
+
+__all__ = ["Ipv4Layer", "Ipv4ForTransport", "Ipv4Datagram", "is_martian", "LIMITED_BROADCAST", "UNSPECIFIED",
            "PROTO_ICMP"]

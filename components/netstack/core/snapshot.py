@@ -85,4 +85,5 @@ def _rebind_counters(stack: "Stack") -> None:
     stack.arp.c = g("arp")
     stack.arp_neighbors.counters = g("neighbor")
     stack.udp4.counters = g("udp")
+    stack.tcp4.c = g("tcp")
     stack.fast.invalidate()          # it caches device counter groups

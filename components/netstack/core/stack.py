@@ -8,10 +8,11 @@ events out of take_events(), and the next timer out of next_deadline().
 from __future__ import annotations
 
 import random
+import secrets
 from collections import deque
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_UDP,
+from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
                     EthernetFrame, MacAddr, ParseError, UdpDatagram, build_echo, build_udp)
 from ..wire.icmpv4 import ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, UNREACH_PORT
 from . import snapshot as _snapshot
@@ -24,9 +25,10 @@ from .errors import StackError
 from .events import DeviceRemoved, LinkChanged
 from .fastpath import FastPath
 from .icmp import Icmpv4
-from .ipv4 import LIMITED_BROADCAST, Ipv4Datagram, Ipv4Layer
+from .ipv4 import LIMITED_BROADCAST, Ipv4Datagram, Ipv4ForTransport, Ipv4Layer
 from .neighbor import NeighborInfo, NeighborTable
 from .route import CONNECTED, STATIC, Route, RouteInfo
+from .tcp.layer import TcpLayer
 from .udp import Datagram, UdpSockets
 
 UDP_MAX_PAYLOAD = 65507     # 65535 - 20 (IPv4 header) - 8 (UDP header)
@@ -64,6 +66,14 @@ class Stack:
         self.udp4 = UdpSockets(4, self.cfg, self.ctr.group("udp"), self.rng)
         self.ip4.protocols[PROTO_ICMP] = self.icmp.receive
         self.ip4.protocols[PROTO_UDP] = self._udp_input
+        # RFC 6528: the ISN key is secret and random; a seeded stack (tests) derives it.
+        isn_key = self.rng.randbytes(16) if self.cfg.random_seed is not None \
+            else secrets.token_bytes(16)
+        self.tcp4 = TcpLayer(Ipv4ForTransport(self.ip4, PROTO_TCP), self.ctr.group("tcp"),
+                             self.rng, isn_key)
+        tcp4_receive = self.tcp4.receive
+        self.ip4.protocols[PROTO_TCP] = lambda rx, now: tcp4_receive(
+            rx.src, rx.dst, rx.payload, rx.broadcast, now)
         self.fast = FastPath(self)
         # RFC 1122 §3.2.1.3: 127/8 is the host's own loopback network.
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
@@ -289,6 +299,7 @@ class Stack:
         out["table:neighbor"] = self.arp_neighbors.stats()
         out["table:reassembly"] = self.ip4.reassembly.stats()
         out["table:udp"] = self.udp4.stats()
+        out["table:tcp"] = self.tcp4.stats()
         out["table:routes"] = {"routes": len(routes), "limit": routes.max_routes,
                                "dropped": routes.dropped}
         out["table:devices"] = {"devices": len(self.devs), "limit": self.cfg.max_devices}
@@ -400,11 +411,17 @@ class Stack:
         self.arp_neighbors.poll(now)
         self.arp.poll(now)
         self.ip4.expire_reassembly(now)
+        self.tcp4.poll(now)
+        self._drain_loopback(now)
+
+    def drain(self, now: float) -> None:
+        """Deliver what calls into a transport layer (tcp4) looped back to ourselves."""
         self._drain_loopback(now)
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.arp_neighbors.next_deadline(), self.arp.next_deadline(),
-                          self.ip4.reassembly.next_deadline()) if d is not None]
+                          self.ip4.reassembly.next_deadline(), self.tcp4.next_deadline())
+              if d is not None]
         return min(ds) if ds else None
 
     # -- ICMP echo ---------------------------------------------------------------------------
