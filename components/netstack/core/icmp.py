@@ -10,7 +10,7 @@ import struct
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from ..wire import PROTO_ICMP, PROTO_UDP, Icmpv4Message, ParseError, build_echo, build_icmpv4
+from ..wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Icmpv4Message, ParseError, build_echo, build_icmpv4
 from ..wire.icmpv4 import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
                            ICMP_PARAM_PROBLEM, ICMP_REDIRECT, ICMP_TIME_EXCEEDED)
 from ..wire.ipv4 import IPV4_HEADER_LEN
@@ -147,6 +147,12 @@ class Icmpv4:
             if sock:
                 self.stack.emit(IcmpErrorForSocket(sock.sid, rx.src, msg.type, msg.code,
                                                    q.dst, ports[1], mtu))  # type: ignore[index]
+                return
+        elif q.proto == PROTO_TCP:
+            ports = q.ports()
+            seq = struct.unpack_from("!I", q.data, 4)[0] if ports and len(q.data) >= 8 else None
+            if ports and self.stack.tcp4.icmp_error(q.src, ports[0], q.dst, ports[1], msg.type,
+                                                    msg.code, mtu, seq):
                 return
         elif q.proto == PROTO_ICMP:
             echo = q.echo()

@@ -3,7 +3,8 @@
 A snapshot holds plain msgpack types only. What it keeps: devices, addresses, static routes
 (connected routes follow from addresses), resolved neighbor entries (restored STALE: the new
 process has not confirmed them itself, RFC 4861 §7.3.3), UDP sockets with their queues, the
-counters and the IP ident counter. What it drops: frames not yet taken, INCOMPLETE neighbor
+counters and the IP ident counter; TCP's ISN key and listeners, and its connections in a
+hand-over (`connections=True`) but not in a checkpoint (tcp/layer.py says why). What it drops: frames not yet taken, INCOMPLETE neighbor
 entries and their queues, reassembly buffers, pending events and announcements — all of which
 senders recover from as from ordinary loss.
 """
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
-def take(stack: "Stack") -> dict:
+def take(stack: "Stack", connections: bool = True) -> dict:
     return {
         "format": FORMAT,
         "devices": [{"name": d.name, "kind": d.kind,
@@ -42,6 +43,7 @@ def take(stack: "Stack") -> dict:
         "udp": stack.udp4.snapshot(),
         "counters": stack.ctr.to_dict(),
         "ip4_ident": stack.ip4.next_ident,
+        "tcp4": stack.tcp4.snapshot(connections),
     }
 
 
@@ -71,6 +73,8 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
                                                   MacAddr(bytes(n["mac"])), now)
         stack.udp4.restore(snap.get("udp", {}))
         stack.ip4.next_ident = int(snap.get("ip4_ident", 0)) & 0xFFFF
+        if "tcp4" in snap:
+            stack.tcp4.restore(snap["tcp4"])
     except (KeyError, TypeError, ValueError) as e:
         raise StackError("bad_argument", f"malformed snapshot: {e!r}") from None
     return stack

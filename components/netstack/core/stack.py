@@ -515,8 +515,9 @@ class Stack:
             self.udp4.deliver(s, Datagram(src, d.src_port, dst, d.dst_port, rx.device, payload))
 
     # -- restart -----------------------------------------------------------------------------
-    def snapshot(self) -> dict:
-        return _snapshot.take(self)
+    def snapshot(self, connections: bool = True) -> dict:
+        """connections=False for a checkpoint: TCP connections travel only in a hand-over."""
+        return _snapshot.take(self, connections)
 
     @classmethod
     def restore(cls, snapshot: dict, config: StackConfig | None = None,

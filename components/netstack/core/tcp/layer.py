@@ -25,6 +25,7 @@ from ...wire.errors import ParseError
 from ...wire.tcp import TcpSegment
 from ..errors import StackError
 from ..timers import Deadlines
+from . import seq as sq
 from .conn import Connection, TcpConfig, TcpEvent
 from .segment import rst_for
 from .state import State
@@ -301,6 +302,29 @@ class TcpLayer:
         conn.segment_arrives(seg, now)
         self._after(cid, conn, now)
 
+    def icmp_error(self, local: IPAddress, lport: int, remote: IPAddress, rport: int,
+                   icmp_type: int, code: int, mtu: int, seq: int | None) -> bool:
+        """An ICMP error quoting one of our segments; True if a connection took it."""
+        cid = self.demux.get((int(local), lport, int(remote), rport))
+        if cid is None:
+            return False
+        conn = self.conns[cid]
+        # RFC 5927 §4.1: believe only an error that quotes a sequence number in flight.
+        if seq is None or not (seq == conn.snd_una or
+                               (sq.le(conn.snd_una, seq) and sq.lt(seq, conn.snd_max))):
+            self.c["icmp_error_out_of_window"] += 1
+            return True
+        if icmp_type == 3 and code == 4 and mtu:
+            # RFC 1191 §6.1 / RFC 9293 §3.7.3: "fragmentation needed" lowers the segment size.
+            mss = max(mtu - self.ip.header_len - 20, 88)
+            if mss < conn.send_mss:
+                conn.send_mss = mss
+                self.c["pmtu_lowered"] += 1
+        else:
+            # Soft errors (RFC 1122 §4.2.3.9): a connection does not abort on them.
+            self.c["icmp_soft_errors"] += 1
+        return True
+
     # -- timers ------------------------------------------------------------------------------
     def poll(self, now: float) -> None:
         for cid in self.deadlines.pop_due(now):
@@ -381,6 +405,56 @@ class TcpLayer:
     def take_events(self) -> list[tuple[int, object]]:
         ev, self._events = self._events, []
         return ev
+
+    # -- restart ------------------------------------------------------------------------------
+    def snapshot(self, connections: bool = True) -> dict:
+        """Plain msgpack types. The ISN key always travels (a successor's ISNs stay monotonic
+        per 4-tuple, RFC 6528); connections only when asked (a hand-over, not a checkpoint:
+        a TCB restored from a stale checkpoint would send sequence numbers the peer has
+        moved past)."""
+        d: dict = {"isn_key": self.isn_key, "next_id": self._next_id,
+                   "listeners": [{"lid": l.lid, "addr": l.addr, "port": l.port,
+                                  "backlog": l.backlog, "owner": l.owner,
+                                  "accept": list(l.accept), "embryonic": sorted(l.embryonic)}
+                                 for l in self.listeners.values()],
+                   "conns": []}
+        if connections:
+            d["conns"] = [{"cid": cid, "parent": self.parent.get(cid),
+                           "time_wait": cid in self.time_wait, "tcb": conn.snapshot()}
+                          for cid, conn in self.conns.items()]
+        return d
+
+    def restore(self, d: dict, clock_shift: float = 0.0) -> None:
+        """Into an empty layer; ValueError/KeyError/TypeError on a malformed snapshot."""
+        key = bytes(d["isn_key"])
+        if not 16 <= len(key) <= 64:
+            raise ValueError("isn_key must be 16..64 bytes")
+        self.isn_key = key
+        self._next_id = int(d["next_id"])
+        for ld in d["listeners"]:
+            lst = Listener(int(ld["lid"]), None if ld["addr"] is None else int(ld["addr"]),
+                           int(ld["port"]), int(ld["backlog"]))
+            lst.owner = ld.get("owner")
+            self.listeners[lst.lid] = lst
+            self.by_port[(lst.addr, lst.port)] = lst.lid
+        for cd in d["conns"]:
+            cid = int(cd["cid"])
+            conn = Connection.from_snapshot(cd["tcb"], clock_shift=clock_shift, isn_key=self.isn_key)
+            self.conns[cid] = conn
+            self.demux[self.key(conn)] = cid
+            if cd.get("time_wait"):
+                self.time_wait[cid] = None
+            self.deadlines.set(cid, conn.next_deadline())
+        for ld in d["listeners"]:
+            lst = self.listeners[int(ld["lid"])]
+            for cid in ld["accept"]:
+                if int(cid) in self.conns:
+                    lst.accept.append(int(cid))
+                    self.parent[int(cid)] = lst.lid
+            for cid in ld["embryonic"]:
+                if int(cid) in self.conns:
+                    lst.embryonic.add(int(cid))
+                    self.parent[int(cid)] = lst.lid
 
     # -- views -------------------------------------------------------------------------------
     def info(self, cid: int) -> dict:
