@@ -23,6 +23,7 @@ from ipaddress import IPv4Address, IPv6Address
 from ...wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 from ..errors import StackError
 from . import seq as sq
+from . import snapshot as _snapshot
 from .isn import initial_sequence_number
 from .rto import RtoEstimator
 from .segment import OutSegment, rst_for
@@ -617,6 +618,48 @@ class Connection:
             # go-back-N retransmission (as BSD does): the peer has seen up to snd_max, and an
             # older number would be unacceptable to it and draw an ACK back, and so on.
             self._emit(self.snd_max, ACK)
+
+    # -- hand-over -------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The whole TCB as plain msgpack types (see snapshot.py)."""
+        return _snapshot.take(self)
+
+    @classmethod
+    def from_snapshot(cls, d: dict, clock_shift: float = 0.0, *, now_offset: float | None = None,
+                      isn_key: bytes | None = None, config: TcpConfig | None = None) -> "Connection":
+        """Rebuild the connection `snapshot()` described. Its deadlines were absolute in the
+        old process's clock: `clock_shift` (new_now - old_now; `now_offset` is another name
+        for it) is added to each. A malformed snapshot raises ValueError."""
+        if now_offset is not None:
+            clock_shift = now_offset
+        return _snapshot.restore(cls, d, clock_shift, isn_key=isn_key, config=config)
+
+    def _snapshot_extra(self) -> dict:
+        return {}
+
+    def _restore_extra(self, d: dict, shift: float, check) -> None:
+        pass
+
+    def _check_invariants(self) -> None:
+        """What a restored TCB must satisfy for the code above to hold its bounds."""
+        una, nxt, mx = self.snd_una, self.snd_nxt, self.snd_max
+        if not (sq.le(una, nxt) and sq.le(nxt, mx)):
+            raise ValueError("tcp snapshot: SND.UNA <= SND.NXT <= snd_max does not hold")
+        if self.state not in (S.CLOSED, S.LISTEN, S.SYN_SENT) and (self.iss is None or self.irs is None):
+            raise ValueError(f"tcp snapshot: {self.state.value} without ISS/IRS")
+        if self.state is S.SYN_SENT and self.iss is None:
+            raise ValueError("tcp snapshot: SYN-SENT without ISS")
+        if not -1 <= sq.diff(self.snd_buf_seq, una) <= 1:
+            raise ValueError("tcp snapshot: send buffer does not start at SND.UNA")
+        if sq.diff(mx, self.snd_buf_seq) > len(self.sndbuf) + 1:
+            raise ValueError("tcp snapshot: more in flight than the send buffer holds")
+        if len(self.sndbuf) > self.cfg.send_buffer or len(self.rcvbuf) > self.cfg.recv_buffer:
+            raise ValueError("tcp snapshot: a buffer exceeds its bound")
+        for s, (data, _) in self.ooo.items():
+            if not sq.in_window(s, self.rcv_nxt, self.cfg.recv_buffer + 1):
+                raise ValueError("tcp snapshot: out-of-order segment outside the window")
+        if self.send_mss <= 0 or self.ooo_bytes > self.cfg.recv_buffer:
+            raise ValueError("tcp snapshot: MSS or out-of-order bytes out of range")
 
     # -- observation -----------------------------------------------------------------------
     def info(self) -> dict:
