@@ -24,22 +24,28 @@ from ...wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 from ..errors import StackError
 from . import seq as sq
 from . import snapshot as _snapshot
-from .isn import initial_sequence_number
+from .isn import initial_sequence_number, timestamp_offset
 from .rto import RtoEstimator
-from .segment import OutSegment, rst_for
+from .segment import OutSegment, make_out_segment, rst_for
 from .state import RECEIVING, SENDING, TRANSITIONS, Act, Event, State
 
 S, E, A = State, Event, Act
 
-MAX_WINDOW = 0xFFFF   # no window scaling yet (RFC 7323): the 16-bit field is the limit
+MAX_WINDOW = 0xFFFF    # the 16-bit window field
+MAX_WSCALE = 14        # RFC 7323 §2.3
+TS_VALID = 24 * 86400  # RFC 7323 §5.5: TS.Recent older than 24 days is no longer valid
 
 
 @dataclass(frozen=True)
 class TcpConfig:
     mss: int = 1460                 # the MSS we advertise: MTU - IP header - TCP header
     default_send_mss: int = 536     # RFC 9293 §3.7.1: without an MSS option (1220 for IPv6)
-    send_buffer: int = 64 * 1024    # bytes the application may queue unacknowledged
-    recv_buffer: int = 64 * 1024    # bytes received and not yet read by the application
+    send_buffer: int = 64 * 1024    # bytes the application may queue unacknowledged, at first
+    recv_buffer: int = 128 * 1024   # bytes received and not yet read, at first (the window)
+    send_buffer_max: int = 4 << 20  # auto-tuning grows the send buffer up to here (~2*cwnd)
+    recv_buffer_max: int = 4 << 20  # and the receive buffer (Linux's DRS); also sets our shift
+    window_scaling: bool = True     # RFC 7323 §2
+    timestamps: bool = True         # RFC 7323 §3-§5 (RTTM, PAWS)
     rto_initial: float = 1.0        # RFC 6298 §2.1
     rto_min: float = 0.2            # Linux's TCP_RTO_MIN; RFC 6298 §2.4's SHOULD is 1 s
     rto_max: float = 120.0          # Linux's TCP_RTO_MAX; RFC 6298 §2.5: at least 60 s
@@ -66,6 +72,18 @@ class Connection:
         self.remote_ip, self.remote_port = remote_ip, remote_port
         self.isn_key = isn_key
         self.cfg = config
+        self._now = 0.0                  # the latest `now` we were given (recv() has none)
+        # RFC 7323 §2.3: the smallest shift that lets the window cover the largest buffer.
+        shift = 0
+        while shift < MAX_WSCALE and MAX_WINDOW << shift < max(config.recv_buffer_max,
+                                                               config.recv_buffer):
+            shift += 1
+        self._our_wscale = shift
+        self._last_ts: tuple[int, int] | None = None   # the timestamp of the segment at hand
+        # RFC 7323 §5.4 and §7.1: our TSval clock, offset per connection; it outlives
+        # _reset_tcb so that the clock stays monotonic for the 4-tuple.
+        self.ts_offset = (timestamp_offset(isn_key, local_ip, local_port, remote_ip, remote_port)
+                          if len(isn_key) >= 16 else 0)
         self.state = S.CLOSED
         self.stats: Counter[str] = Counter()
         self._out: list[OutSegment] = []
@@ -89,6 +107,19 @@ class Connection:
         self.ooo: dict[int, tuple[bytes, bool]] = {}   # out-of-order segments by SEG.SEQ
         self.ooo_bytes = 0
         self.rto = RtoEstimator(self.cfg.rto_initial, self.cfg.rto_min, self.cfg.rto_max)
+        # options negotiated on the SYNs (RFC 7323, RFC 2018)
+        self.ws_ok = self.ts_ok = False
+        self.snd_wscale = self.rcv_wscale = 0    # shift of the peer's windows, of ours
+        self.ts_recent = 0               # RFC 7323 §4.3: the TSval to echo
+        self.ts_recent_time = 0.0        # when it was recorded (§5.5: valid 24 days)
+        self.last_ack_sent = 0           # RFC 7323 §4.3: Last.ACK.sent
+        # buffers, auto-tuned between the configured start and maximum
+        self.rcvbuf_limit = self.cfg.recv_buffer
+        self.sndbuf_limit = self.cfg.send_buffer
+        self.rcv_space = 0               # bytes the application read in the last RTT (DRS)
+        self.rcv_space_copied = 0        # bytes read since rcv_space_time
+        self.rcv_space_time = 0.0
+        self.rcv_rtt: float | None = None   # the receiver's RTT estimate (from timestamps)
         self.rtx_deadline: float | None = None
         self.time_wait_deadline: float | None = None
         self.retries = 0
@@ -129,7 +160,8 @@ class Connection:
             # RFC 9293 §3.10.2: "connection closing" / "connection does not exist"
             code = "not_connected" if self.state in (S.CLOSED, S.LISTEN) else "connection_closing"
             raise StackError(code, f"tcp: send in {self.state.value}")
-        room = self.cfg.send_buffer - len(self.sndbuf)
+        self._now = now
+        room = self.sndbuf_limit - len(self.sndbuf)
         n = min(len(data), max(room, 0))
         if n < len(data):
             self.stats["send_buffer_full_bytes"] += len(data) - n
@@ -144,13 +176,34 @@ class Connection:
         data = bytes(self.rcvbuf[:n])
         del self.rcvbuf[:n]
         if n and self.state in RECEIVING:
+            self._tune_rcvbuf(n)
             # RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): announce a window that opened by
             # at least min(half the buffer, one MSS); smaller openings wait for the next ACK.
-            if sq.diff(sq.add(self.rcv_nxt, self._rcv_wnd()), self.rcv_adv) >= min(
-                    self.cfg.recv_buffer // 2, self.cfg.mss):
+            if sq.diff(sq.add(self.rcv_nxt, self._free_window()), self.rcv_adv) >= min(
+                    self.rcvbuf_limit // 2, self.cfg.mss):
                 self.stats["window_updates"] += 1
                 self._emit(self.snd_max, ACK)
         return data
+
+    def _tune_rcvbuf(self, n: int) -> None:
+        """Dynamic right-sizing (Linux's tcp_rcv_space_adjust): once per RTT, let the buffer
+        (and so the window) grow to twice what the application read in that RTT, so that a
+        reader fast enough to drain a window per RTT is never the limit."""
+        self.rcv_space_copied += n
+        rtt = self.rcv_rtt or self.rto.srtt
+        now = self._now
+        if rtt is None or now - self.rcv_space_time < rtt:
+            return
+        copied = self.rcv_space_copied
+        self.rcv_space_copied = 0
+        self.rcv_space_time = now
+        if copied <= self.rcv_space:
+            return
+        self.rcv_space = copied
+        want = min(2 * copied + 16 * self.cfg.mss, self.cfg.recv_buffer_max)
+        if want > self.rcvbuf_limit:
+            self.stats["rcvbuf_grown"] += 1
+            self.rcvbuf_limit = want
 
     def close(self, now: float) -> None:
         """No more data from us; a FIN follows what is queued (the receive side stays open)."""
@@ -162,6 +215,7 @@ class Connection:
         self.rcvbuf.clear()
 
     def _app(self, ev: Event, now: float) -> None:
+        self._now = now
         if (self.state, ev) not in TRANSITIONS:
             if self.state is S.CLOSED:
                 code = "not_connected"
@@ -174,6 +228,7 @@ class Connection:
 
     # -- timers ----------------------------------------------------------------------------
     def poll(self, now: float) -> None:
+        self._now = now
         if self.time_wait_deadline is not None and now >= self.time_wait_deadline:
             self.time_wait_deadline = None
             self._step(E.TIME_WAIT_EXPIRED, now)
@@ -213,6 +268,8 @@ class Connection:
     # -- segments --------------------------------------------------------------------------
     def segment_arrives(self, seg: TcpSegment, now: float) -> None:
         self.stats["segments_in"] += 1
+        self._now = now
+        self._last_ts = seg.timestamp
         st = self.state
         if st is S.CLOSED:
             reply = rst_for(seg)
@@ -236,7 +293,7 @@ class Connection:
             return
         if not seg.syn:
             return                                  # fourth: anything else is dropped
-        self._take_syn(seg)
+        self._take_syn(seg, now)
         self.passive = True
         # Data or a FIN riding on the SYN is not queued: we do not acknowledge it, so the
         # peer sends it again once the connection is established.
@@ -259,7 +316,7 @@ class Connection:
             return
         if not seg.syn:
             return                                  # fifth: neither SYN nor RST: drop
-        self._take_syn(seg)
+        self._take_syn(seg, now)
         self.snd_wl2 = seg.ack
         if not acks_syn:
             self._step(E.RCV_SYN, now)              # simultaneous open
@@ -270,7 +327,7 @@ class Connection:
         # the sixth step": data and a FIN may ride on the SYN,ACK.
         self._receive_text(sq.add(seg.seq, 1), seg.payload, seg.fin, now)
 
-    def _take_syn(self, seg: TcpSegment) -> None:
+    def _take_syn(self, seg: TcpSegment, now: float) -> None:
         self.irs = seg.seq
         self.rcv_nxt = sq.add(seg.seq, 1)
         self.rcv_adv = self.rcv_nxt
@@ -280,9 +337,26 @@ class Connection:
             self.send_mss = min(seg.mss, self.cfg.mss)
         else:
             self.send_mss = min(self.cfg.default_send_mss, self.cfg.mss)
-        # The window of a SYN is never scaled (RFC 7323 §2.2); here nothing is.
+        # The window of a SYN is never scaled (RFC 7323 §2.2).
         self.snd_wnd = self.max_snd_wnd = seg.window
         self.snd_wl1 = seg.seq
+        # RFC 7323 §2.2: scaling is on only if both SYNs carry the option (we sent ours on
+        # our SYN if configured; a SYN,ACK carries it only in answer to one).
+        if self.cfg.window_scaling and seg.wscale is not None:
+            self.ws_ok = True
+            if seg.wscale > MAX_WSCALE:
+                self.stats["wscale_clamped"] += 1   # RFC 7323 §2.3: MUST use 14 instead
+            self.snd_wscale = min(seg.wscale, MAX_WSCALE)
+            self.rcv_wscale = self._our_wscale
+        else:
+            self.ws_ok = False
+            self.snd_wscale = self.rcv_wscale = 0
+        # RFC 7323 §3.2: timestamps only if both SYNs carry them.
+        if self.cfg.timestamps and seg.timestamp is not None:
+            self.ts_ok = True
+            self.ts_recent, self.ts_recent_time = seg.timestamp[0], now
+        else:
+            self.ts_ok = False
 
     def _acceptable(self, seg: TcpSegment) -> bool:
         # RFC 9293 §3.10.7.4 first: the four cases of the segment acceptability test.
@@ -298,6 +372,19 @@ class Connection:
     def _synchronized_arrives(self, seg: TcpSegment, now: float) -> None:
         # RFC 9293 §3.10.7.4, for SYN-RECEIVED and the synchronized states.
         st = self.state
+        ts = seg.timestamp
+        if self.ts_ok and not seg.rst:
+            if ts is None:
+                # RFC 7323 §3.2: once negotiated, a non-RST segment without the option
+                # SHOULD be dropped silently.
+                self.stats["ts_missing_dropped"] += 1
+                return
+            # RFC 7323 §5.3 R1 (PAWS): a TSval older than TS.Recent, while TS.Recent is
+            # valid, marks an old duplicate: not acceptable; ACK it and drop it.
+            if sq.lt(ts[0], self.ts_recent) and now - self.ts_recent_time <= TS_VALID:
+                self.stats["paws_rejected"] += 1
+                self._ack_pending = True
+                return
         if not self._acceptable(seg):
             if seg.rst:
                 # RFC 5961 §3.2: a RST outside the window is dropped silently.
@@ -316,6 +403,10 @@ class Connection:
             self._ack_pending = True
             return
 
+        if ts is not None and self.ts_ok and sq.ge(ts[0], self.ts_recent) and sq.le(
+                seg.seq, self.last_ack_sent):
+            # RFC 7323 §4.3 (2) and §5.3 R3: remember the TSval to echo.
+            self.ts_recent, self.ts_recent_time = ts[0], now
         if seg.rst:
             # second, RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in
             # the window gets a challenge ACK, so a blind attacker must hit RCV.NXT.
@@ -340,10 +431,10 @@ class Connection:
             if not (sq.lt(self.snd_una, seg.ack) and sq.le(seg.ack, self.snd_nxt)):
                 self._step(E.RCV_BAD_ACK, now, seg)
                 return
-            self.snd_wnd = seg.window
-            self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+            self.snd_wnd = seg.window << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
-            self._ack_advance(seg.ack, now)
+            self._ack_advance(seg.ack, now, seg)
             self._step(E.RCV_ACK_OF_SYN, now)
         elif not self._process_ack(seg, now):
             return
@@ -366,20 +457,22 @@ class Connection:
             self.stats["ack_unacceptable"] += 1
             self._ack_pending = True
             return False
+        wnd = seg.window << self.snd_wscale       # RFC 7323 §2.3
         if sq.gt(ack, self.snd_una):
-            self._ack_advance(ack, now)
-        elif ack == self.snd_una and not seg.payload and seg.window == self.snd_wnd:
+            self._ack_advance(ack, now, seg)
+        elif ack == self.snd_una and not seg.payload and wnd == self.snd_wnd:
             self.stats["dup_acks"] += 1
         # RFC 9293 §3.10.7.4 fifth: update the window only from a segment no older than the
         # one that last set it.
         if sq.le(self.snd_una, ack) and (sq.lt(self.snd_wl1, seg.seq) or (
                 self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack))):
-            self.snd_wnd = seg.window
-            self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+            self.snd_wnd = wnd
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
         return True
 
-    def _ack_advance(self, ack: int, now: float) -> None:
+    def _ack_advance(self, ack: int, now: float, seg: TcpSegment | None = None) -> None:
         """SND.UNA moves to ack: free the acknowledged data, sample the RTT, grow cwnd."""
         acked = sq.diff(ack, self.snd_una)
         if sq.gt(ack, self.snd_buf_seq):
@@ -390,7 +483,15 @@ class Connection:
         self.snd_una = ack
         if sq.lt(self.snd_nxt, ack):
             self.snd_nxt = ack
-        if self.rtt_seq is not None and sq.ge(ack, self.rtt_seq):
+        ts = seg.timestamp if seg is not None and self.ts_ok else None
+        if ts is not None and ts[1] and not was_syn:
+            # RFC 7323 §4.1: an ACK that advances the left edge gives an RTT sample from the
+            # TSecr it echoes (and a retransmission carries a fresh TSval: no ambiguity).
+            rtt_ms = sq.diff(self._tsval(now), ts[1])
+            if 0 <= rtt_ms < 120_000:
+                self.rto.sample(rtt_ms / 1000)
+                self.rtt_seq = None
+        elif self.rtt_seq is not None and sq.ge(ack, self.rtt_seq):
             self.rto.sample(now - self.rtt_time)    # Karn-safe: rtt_seq is cleared on retransmit
             self.rtt_seq = None
         self.retries = 0
@@ -408,7 +509,11 @@ class Connection:
         # RFC 6298 §5.2 and §5.3: stop the timer when nothing is outstanding, otherwise
         # restart it for the current RTO.
         self.rtx_deadline = None if self.snd_una == self.snd_max else now + self.rto.rto
-        if self._writable_wanted and len(self.sndbuf) < self.cfg.send_buffer:
+        if self.sndbuf_limit < self.cfg.send_buffer_max and 2 * self.cwnd > self.sndbuf_limit:
+            # send-buffer auto-tuning: room for about two congestion windows (Linux's
+            # tcp_sndbuf_expand), so the application can keep the pipe full.
+            self.sndbuf_limit = min(2 * self.cwnd, self.cfg.send_buffer_max)
+        if self._writable_wanted and len(self.sndbuf) < self.sndbuf_limit:
             self._writable_wanted = False
             self._events.append(TcpEvent.WRITABLE)
 
@@ -436,6 +541,8 @@ class Connection:
             return
         if payload:
             self._deliver(payload)
+            if self.ts_ok:
+                self._sample_rcv_rtt(now)
         # What was held out of order may follow on now.
         while not fin and self.ooo:
             first = min(self.ooo, key=lambda s: sq.diff(s, self.rcv_nxt))
@@ -454,6 +561,17 @@ class Connection:
             self.ooo_bytes = 0
             self.rcv_nxt = sq.add(self.rcv_nxt, 1)  # eighth: advance RCV.NXT over the FIN
             self._step(E.RCV_FIN, now)
+
+    def _sample_rcv_rtt(self, now: float) -> None:
+        """The receiver's RTT (for buffer tuning), from the TSecr of in-order data: the time
+        since we sent the TSval the peer echoes (Linux's tcp_rcv_rtt_measure_ts)."""
+        ts = self._last_ts
+        if ts is None or not ts[1]:
+            return
+        rtt = sq.diff(self._tsval(now), ts[1]) / 1000
+        if 0 <= rtt < 120:
+            r = max(rtt, 0.001)
+            self.rcv_rtt = r if self.rcv_rtt is None else min(r, 0.875 * self.rcv_rtt + 0.125 * r)
 
     def _deliver(self, payload: bytes | memoryview) -> None:
         self.rcvbuf += payload
@@ -555,8 +673,15 @@ class Connection:
             self.rtt_seq, self.rtt_time = self.snd_nxt, now
         else:
             self.rtt_seq = None                     # Karn: the SYN went out more than once
-        flags = SYN if self.irs is None else SYN | ACK
-        self._emit(iss, flags, mss=self.cfg.mss)
+        if self.irs is None:
+            # our SYN offers what is configured
+            cfg = self.cfg
+            self._emit(iss, SYN, syn=(cfg.mss, self._our_wscale if cfg.window_scaling else None,
+                                      cfg.timestamps))
+        else:
+            # a SYN,ACK answers only what the peer's SYN offered (RFC 7323 §2.2, §3.2)
+            self._emit(iss, SYN | ACK, syn=(self.cfg.mss, self.rcv_wscale if self.ws_ok else None,
+                                            self.ts_ok))
         if self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto.rto
 
@@ -564,20 +689,54 @@ class Connection:
         self.stats["rst_sent"] += 1
         self._out.append(OutSegment(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
 
-    def _rcv_wnd(self) -> int:
-        return max(0, min(self.cfg.recv_buffer - len(self.rcvbuf), MAX_WINDOW))
+    def _free_window(self) -> int:
+        """What the receive buffer can still take (the window we would like to offer)."""
+        return max(0, min(self.rcvbuf_limit - len(self.rcvbuf), MAX_WINDOW << self.rcv_wscale))
 
-    def _emit(self, seq: int, flags: int, payload: bytes = b"", mss: int | None = None) -> None:
+    def _rcv_wnd(self) -> int:
+        """RCV.WND: what we offered (a window once offered is honoured) or more."""
+        return max(self._free_window(), sq.diff(self.rcv_adv, self.rcv_nxt))
+
+    def _tsval(self, now: float) -> int:
+        # RFC 7323 §5.4: a millisecond clock, offset at random per connection (§7.1)
+        return (int(now * 1000) + self.ts_offset) & sq.MASK
+
+    def _emit(self, seq: int, flags: int, payload: bytes = b"",
+              syn: tuple[int, int | None, bool] | None = None) -> None:
+        """One segment out. `syn`: (MSS, our window shift or None, timestamps) for a SYN."""
         if flags & RST:
             self._out.append(OutSegment(self.local_port, self.remote_port, seq, 0, flags, 0))
             return
-        wnd = self._rcv_wnd()
+        free = self._free_window()
+        if syn is not None:
+            mss, wscale, ts_on = syn
+            field = min(free, MAX_WINDOW)           # RFC 7323 §2.2: a SYN's window is unscaled
+            wnd = field
+        else:
+            mss, wscale, ts_on = None, None, self.ts_ok
+            shift = self.rcv_wscale
+            field = free >> shift
+            wnd = field << shift
+            offered = sq.diff(self.rcv_adv, self.rcv_nxt)
+            if wnd < offered and flags & ACK:
+                # RFC 9293 §3.8.6.2.2: the right edge never moves back. The shift's rounding
+                # could pull it back a little: offer the old edge (rounded up) again.
+                field = min(-(-offered >> shift), MAX_WINDOW)
+                wnd = field << shift
         if flags & ACK:
             self.rcv_adv = sq.add(self.rcv_nxt, wnd)
+            self.last_ack_sent = self.rcv_nxt
             self._ack_pending = False
         self.stats["segments_out"] += 1
-        self._out.append(OutSegment(self.local_port, self.remote_port, seq,
-                                    self.rcv_nxt if flags & ACK else 0, flags, wnd, payload, mss))
+        if ts_on:
+            # RFC 7323 §3.2: with timestamps on, every non-RST segment carries them; TSecr is
+            # TS.Recent when ACK is set (0 on our first SYN).
+            ts = (self._tsval(self._now), self.ts_recent if flags & ACK else 0)
+        else:
+            ts = None
+        self._out.append(make_out_segment(self.local_port, self.remote_port, seq,
+                                          self.rcv_nxt if flags & ACK else 0, flags, field,
+                                          payload, mss, wscale, False, ts, ()))
 
     def _output(self, now: float, probe: bool = False) -> None:
         """Send what the windows allow, then a bare ACK if one is owed and nothing carried it."""
@@ -638,7 +797,8 @@ class Connection:
         return {}
 
     def _restore_extra(self, d: dict, shift: float, check) -> None:
-        pass
+        # TSval = ms clock + offset must not jump with the new process's clock (RFC 7323 §5.4)
+        self.ts_offset = (self.ts_offset - round(shift * 1000)) & sq.MASK
 
     def _check_invariants(self) -> None:
         """What a restored TCB must satisfy for the code above to hold its bounds."""
@@ -653,12 +813,21 @@ class Connection:
             raise ValueError("tcp snapshot: send buffer does not start at SND.UNA")
         if sq.diff(mx, self.snd_buf_seq) > len(self.sndbuf) + 1:
             raise ValueError("tcp snapshot: more in flight than the send buffer holds")
-        if len(self.sndbuf) > self.cfg.send_buffer or len(self.rcvbuf) > self.cfg.recv_buffer:
+        cfg = self.cfg
+        rmax = max(cfg.recv_buffer, cfg.recv_buffer_max)
+        smax = max(cfg.send_buffer, cfg.send_buffer_max)
+        if not (cfg.recv_buffer <= self.rcvbuf_limit <= rmax
+                and cfg.send_buffer <= self.sndbuf_limit <= smax):
+            raise ValueError("tcp snapshot: buffer limits out of range")
+        slack = 2 << self.rcv_wscale         # rounding of a scaled window (see _emit)
+        if len(self.sndbuf) > self.sndbuf_limit or len(self.rcvbuf) > self.rcvbuf_limit + slack:
             raise ValueError("tcp snapshot: a buffer exceeds its bound")
+        if self.snd_wscale > MAX_WSCALE or self.rcv_wscale > MAX_WSCALE:
+            raise ValueError("tcp snapshot: window shift above 14")
         for s, (data, _) in self.ooo.items():
-            if not sq.in_window(s, self.rcv_nxt, self.cfg.recv_buffer + 1):
+            if not sq.in_window(s, self.rcv_nxt, self.rcvbuf_limit + slack + 1):
                 raise ValueError("tcp snapshot: out-of-order segment outside the window")
-        if self.send_mss <= 0 or self.ooo_bytes > self.cfg.recv_buffer:
+        if self.send_mss <= 0 or self.ooo_bytes > self.rcvbuf_limit + slack:
             raise ValueError("tcp snapshot: MSS or out-of-order bytes out of range")
 
     # -- observation -----------------------------------------------------------------------

@@ -26,3 +26,13 @@ def initial_sequence_number(key: bytes, local_ip: IPv4Address | IPv6Address, loc
                         + remote_port.to_bytes(2, "big"), key=key, digest_size=4).digest()
     m = int(now * 250_000)   # RFC 6528 §3: M, a 4-microsecond timer
     return (m + int.from_bytes(f, "big")) & MASK
+
+
+def timestamp_offset(key: bytes, local_ip: IPv4Address | IPv6Address, local_port: int,
+                     remote_ip: IPv4Address | IPv6Address, remote_port: int) -> int:
+    """A per-connection offset for our TSval clock (RFC 7323 §7.1: a random offset per
+    connection keeps the clock from leaking across connections)."""
+    f = hashlib.blake2b(local_ip.packed + local_port.to_bytes(2, "big") + remote_ip.packed
+                        + remote_port.to_bytes(2, "big"), key=key, digest_size=4,
+                        person=b"qnet-tcp-ts").digest()
+    return int.from_bytes(f, "big")

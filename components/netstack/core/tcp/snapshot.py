@@ -36,6 +36,13 @@ TCB_FIELDS: dict[str, str] = {
     "syn_sent": "bool", "syn_retransmitted": "bool",
     "cwnd": "u", "ssthresh": "u",
     "_ack_pending": "bool", "_writable_wanted": "bool",
+    "_now": "t",
+    # RFC 7323
+    "ws_ok": "bool", "ts_ok": "bool", "snd_wscale": "u", "rcv_wscale": "u",
+    "ts_recent": "seq", "ts_recent_time": "t", "last_ack_sent": "seq", "ts_offset": "seq",
+    # buffer auto-tuning
+    "rcvbuf_limit": "u", "sndbuf_limit": "u", "rcv_space": "u", "rcv_space_copied": "u",
+    "rcv_space_time": "t", "rcv_rtt": "f?",
 }
 RTO_FIELDS: dict[str, str] = {"srtt": "f?", "rttvar": "f?", "rto": "f", "samples": "u"}
 

@@ -12,7 +12,7 @@ S = State
 
 
 def test_send_takes_only_what_fits_in_the_send_buffer_and_counts_the_rest():
-    c, p = established(TcpConfig(send_buffer=5000), now=0.0)
+    c, p = established(TcpConfig(send_buffer=5000, send_buffer_max=5000), now=0.0)
     assert c.send(b"a" * 8000, 1.0) == 5000
     assert c.stats["send_buffer_full_bytes"] == 3000
     assert c.send(b"b", 1.0) == 0
@@ -23,7 +23,7 @@ def test_send_takes_only_what_fits_in_the_send_buffer_and_counts_the_rest():
 
 
 def test_the_advertised_window_is_the_free_receive_buffer_and_closes_when_full():
-    c, p = established(TcpConfig(recv_buffer=3000), now=0.0)
+    c, p = established(TcpConfig(recv_buffer=3000, recv_buffer_max=3000), now=0.0)
     out = p.send(ACK | PSH, payload=b"x" * 1000)
     p.seq += 1000
     assert out[-1].window == 2000
@@ -37,7 +37,7 @@ def test_the_advertised_window_is_the_free_receive_buffer_and_closes_when_full()
 
 
 def test_reading_opens_the_window_and_announces_it_once_it_is_worth_it():
-    c, p = established(TcpConfig(recv_buffer=4000, mss=1000), now=0.0)
+    c, p = established(TcpConfig(recv_buffer=4000, recv_buffer_max=4000, mss=1000), now=0.0)
     p.send(ACK | PSH, payload=b"x" * 4000)
     assert c.recv(500) == b"x" * 500
     assert c.take_segments() == []                     # 500 < min(buffer/2, MSS): wait
@@ -47,14 +47,14 @@ def test_reading_opens_the_window_and_announces_it_once_it_is_worth_it():
 
 
 def test_data_beyond_the_advertised_window_is_trimmed_and_counted():
-    c, p = established(TcpConfig(recv_buffer=2000), now=0.0)
+    c, p = established(TcpConfig(recv_buffer=2000, recv_buffer_max=2000), now=0.0)
     out = p.send(ACK | PSH, payload=b"w" * 3000)        # the peer ignores our window
     assert len(c.rcvbuf) == 2000 and c.stats["rcv_beyond_window_bytes"] == 1000
     assert out[-1].ack == sq.add(p.seq, 2000)
 
 
 def test_the_advertised_window_never_exceeds_the_16_bit_field_without_window_scaling():
-    c, p = established(TcpConfig(recv_buffer=1 << 20), now=0.0)
+    c, p = established(TcpConfig(recv_buffer=1 << 20, window_scaling=False), now=0.0)
     out = p.send(ACK | PSH, payload=b"x")
     assert out[-1].window == 0xFFFF
 

@@ -12,7 +12,7 @@ from components.netstack.wire.tcp import FIN
 
 from .peers import established
 
-CFG = TcpConfig(send_buffer=3000, recv_buffer=2000)
+CFG = TcpConfig(send_buffer=3000, recv_buffer=2000, send_buffer_max=3000, recv_buffer_max=2000)
 
 segment = st.tuples(
     st.integers(0, 0x3F),                    # flags: FIN SYN RST PSH ACK URG

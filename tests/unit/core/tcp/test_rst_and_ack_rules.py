@@ -94,7 +94,7 @@ def test_out_of_order_data_is_held_with_a_duplicate_ack_until_the_hole_fills():
 
 def test_out_of_order_data_is_bounded_by_the_window():
     from components.netstack.core.tcp import TcpConfig
-    c, p = established(TcpConfig(recv_buffer=1000))
+    c, p = established(TcpConfig(recv_buffer=1000, recv_buffer_max=1000))
     p.send(ACK | PSH, seq=sq.add(p.seq, 100), payload=b"a" * 2000)          # trimmed to 900
     p.send(ACK | PSH, seq=sq.add(p.seq, 50), payload=b"b" * 200)            # would pass 1000
     assert c.ooo_bytes == 900 and c.stats["out_of_order_dropped"] == 1

@@ -28,7 +28,9 @@ def test_passive_open_from_a_scapy_syn_then_rst_exactly_at_rcv_nxt():
                                   options=[("MSS", 1400), ("SAckOK", b""), ("WScale", 7)]), 0.0)
     [synack] = [to_scapy(s) for s in c.take_segments()]
     assert synack.flags == "SA" and synack.ack == 1001
-    assert dict(synack.options) == {"MSS": 1460}          # nothing we do not implement
+    opts = dict(synack.options)
+    # what the SYN offered and we do; no timestamps, which it did not offer (RFC 7323 §3.2)
+    assert opts["MSS"] == 1460 and opts["WScale"] == 7 and "Timestamp" not in opts
     iss = synack.seq
     c.segment_arrives(scapy_to_us(flags="A", seq=1001, ack=iss + 1, window=29200), 0.05)
     assert c.state is S.ESTABLISHED and c.send_mss == 1400

@@ -59,7 +59,7 @@ def test_the_snapshot_holds_only_msgpack_types_and_restores_to_the_same_snapshot
 @pytest.mark.parametrize("seed", range(6))
 def test_a_mid_transfer_hand_over_of_both_ends_completes_byte_exact_under_loss(seed):
     from .test_transfer import converse
-    a, b = pair(TcpConfig(send_buffer=16384, recv_buffer=8192))
+    a, b = pair(TcpConfig(send_buffer=16384, recv_buffer=8192, send_buffer_max=16384, recv_buffer_max=8192))
     b.listen()
     net = Net(a, b, seed=seed, loss=0.1, dup=0.05, reorder=0.2, delay=0.02)
     a.connect(net.now)

@@ -57,7 +57,7 @@ def test_handshake_transfer_both_ways_and_close_on_a_clean_network():
 
 @pytest.mark.parametrize("seed", range(10))
 def test_transfer_survives_loss_duplication_and_reordering(seed):
-    a, b = pair(TcpConfig(send_buffer=16384, recv_buffer=8192))
+    a, b = pair(TcpConfig(send_buffer=16384, recv_buffer=8192, send_buffer_max=16384, recv_buffer_max=8192))
     b.listen()
     net = Net(a, b, seed=seed, loss=0.1, dup=0.05, reorder=0.2, delay=0.02)
     a.connect(net.now)
