@@ -45,6 +45,9 @@ class TcpConfig:
     send_buffer_max: int = 4 << 20  # auto-tuning grows the send buffer up to here (~2*cwnd)
     recv_buffer_max: int = 4 << 20  # and the receive buffer (Linux's DRS); also sets our shift
     window_scaling: bool = True     # RFC 7323 §2
+    delayed_ack: float = 0.04       # RFC 9293 §3.8.6.3: <= 0.5 s; Linux's 40 ms; 0: ACK at once
+    quickack: int = 16              # ACK the first segments at once (Linux's quick-ACK mode)
+    nodelay: bool = False           # TCP_NODELAY: no Nagle (each connection's `nodelay`)
     timestamps: bool = True         # RFC 7323 §3-§5 (RTTM, PAWS)
     rto_initial: float = 1.0        # RFC 6298 §2.1
     rto_min: float = 0.2            # Linux's TCP_RTO_MIN; RFC 6298 §2.4's SHOULD is 1 s
@@ -129,8 +132,12 @@ class Connection:
         self.syn_retransmitted = False
         self.cwnd = 0
         self.ssthresh = 1 << 30
-        self._ack_pending = False
+        self._ack_pending = False        # an ACK is owed now
         self._writable_wanted = False
+        self.delack_deadline: float | None = None   # a delayed ACK is owed by then
+        self.quickack = self.cfg.quickack
+        self.rcv_mss = min(536, self.cfg.mss)       # the peer's segment size, as seen
+        self.nodelay = self.cfg.nodelay
 
     # -- outputs ---------------------------------------------------------------------------
     def take_segments(self) -> list[OutSegment]:
@@ -142,8 +149,16 @@ class Connection:
         return ev
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.rtx_deadline, self.time_wait_deadline) if d is not None]
+        ds = [d for d in (self.rtx_deadline, self.time_wait_deadline, self.delack_deadline)
+              if d is not None]
         return min(ds) if ds else None
+
+    def set_nodelay(self, on: bool, now: float | None = None) -> None:
+        """TCP_NODELAY: with it on, small segments go out at once (no Nagle); turning it on
+        sends what Nagle was holding back, as Linux does."""
+        self.nodelay = bool(on)
+        if on:
+            self._output(self._now if now is None else now)
 
     # -- application calls (RFC 9293 §3.10.1 - §3.10.5) ------------------------------------
     def connect(self, now: float) -> None:
@@ -229,6 +244,11 @@ class Connection:
     # -- timers ----------------------------------------------------------------------------
     def poll(self, now: float) -> None:
         self._now = now
+        if self.delack_deadline is not None and now >= self.delack_deadline:
+            self.delack_deadline = None
+            self.stats["delayed_acks"] += 1
+            self._ack_pending = True
+            self._output(now)
         if self.time_wait_deadline is not None and now >= self.time_wait_deadline:
             self.time_wait_deadline = None
             self._step(E.TIME_WAIT_EXPIRED, now)
@@ -536,13 +556,28 @@ class Connection:
         if seq != self.rcv_nxt:
             if payload or fin:
                 self._hold_out_of_order(seq, bytes(payload), fin, wnd)
+                self.quickack = self.cfg.quickack   # loss: ACK at once for a while (Linux)
             else:
                 self._ack_pending = True
             return
+        filling = bool(self.ooo)
         if payload:
+            n = len(payload)
+            if n > self.rcv_mss:
+                self.rcv_mss = min(n, self.cfg.mss)
             self._deliver(payload)
             if self.ts_ok:
                 self._sample_rcv_rtt(now)
+            # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized
+            # segment and within 0.5 s; a segment that fills a hole is ACKed at once (the
+            # sender is recovering). Otherwise the ACK waits (40 ms) for data to ride on.
+            if (filling or self.quickack > 0 or not self.cfg.delayed_ack
+                    or sq.diff(self.rcv_nxt, self.last_ack_sent) >= 2 * self.rcv_mss):
+                if self.quickack > 0:
+                    self.quickack -= 1
+                self._ack_pending = True
+            elif self.delack_deadline is None:
+                self.delack_deadline = now + self.cfg.delayed_ack
         # What was held out of order may follow on now.
         while not fin and self.ooo:
             first = min(self.ooo, key=lambda s: sq.diff(s, self.rcv_nxt))
@@ -577,7 +612,6 @@ class Connection:
         self.rcvbuf += payload
         self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
         self.stats["bytes_received"] += len(payload)
-        self._ack_pending = True
         if TcpEvent.READABLE not in self._events:
             self._events.append(TcpEvent.READABLE)
 
@@ -727,6 +761,7 @@ class Connection:
             self.rcv_adv = sq.add(self.rcv_nxt, wnd)
             self.last_ack_sent = self.rcv_nxt
             self._ack_pending = False
+            self.delack_deadline = None
         self.stats["segments_out"] += 1
         if ts_on:
             # RFC 7323 §3.2: with timestamps on, every non-RST segment carries them; TSecr is
@@ -752,6 +787,20 @@ class Connection:
                 fin = self.fin_queued and off + n == len(self.sndbuf)
                 if n == 0 and not fin:
                     break
+                if n < self.send_mss and not fin and not probe and self.snd_nxt == self.snd_max:
+                    if n < avail:
+                        # RFC 9293 §3.8.6.2.1 (sender SWS avoidance): the window allows
+                        # less than a segment and less than half the largest window the
+                        # peer offered: wait (the persist timer overrides a stall).
+                        if n < self.max_snd_wnd // 2:
+                            self.stats["sws_deferred"] += 1
+                            break
+                    elif not self.nodelay and self.snd_una != self.snd_max:
+                        # Nagle (RFC 9293 §3.7.4, RFC 896): one small segment in flight
+                        # at a time; the rest waits for the ACK or a full segment. A FIN
+                        # is never held back (as Linux).
+                        self.stats["nagle_deferred"] += 1
+                        break
                 seq = self.snd_nxt
                 payload = bytes(self.sndbuf[off:off + n])
                 flags = ACK | (PSH if n and n == avail else 0) | (FIN if fin else 0)

@@ -43,6 +43,8 @@ TCB_FIELDS: dict[str, str] = {
     # buffer auto-tuning
     "rcvbuf_limit": "u", "sndbuf_limit": "u", "rcv_space": "u", "rcv_space_copied": "u",
     "rcv_space_time": "t", "rcv_rtt": "f?",
+    # delayed ACKs, Nagle
+    "delack_deadline": "t?", "quickack": "u", "rcv_mss": "u", "nodelay": "bool",
 }
 RTO_FIELDS: dict[str, str] = {"srtt": "f?", "rttvar": "f?", "rto": "f", "samples": "u"}
 

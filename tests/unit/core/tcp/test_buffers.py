@@ -69,8 +69,8 @@ def test_segments_respect_the_peers_mss_and_536_without_the_option():
 
 
 def test_sending_stops_at_the_peers_window():
-    c, p = established(now=0.0, window=2000)
-    c.send(b"w" * 5000, 1.0)
-    assert sum(len(s.payload) for s in c.take_segments()) == 2000
-    out = p.send(ACK, ack=sq.add(c.iss, 2001), window=2000, now=1.1)
-    assert sum(len(s.payload) for s in out) == 2000
+    c, p = established(now=0.0, window=2920)
+    c.send(b"w" * 8000, 1.0)
+    assert sum(len(s.payload) for s in c.take_segments()) == 2920
+    out = p.send(ACK, ack=sq.add(c.iss, 2921), window=2920, now=1.1)
+    assert sum(len(s.payload) for s in out) == 2920

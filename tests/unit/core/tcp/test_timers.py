@@ -89,7 +89,7 @@ def test_data_retransmissions_back_off_until_the_connection_gives_up():
 
 
 def test_a_timeout_resends_from_snd_una_one_segment_then_acks_clock_out_the_rest():
-    c, p = established(now=0.0, rtt=0.1)
+    c, p = established(TcpConfig(nodelay=True), now=0.0, rtt=0.1)
     c.send(b"x" * 4000, 1.0)
     assert [len(s.payload) for s in c.take_segments()] == [1460, 1460, 1080]
     fire(c)
@@ -130,7 +130,7 @@ def test_time_wait_ends_exactly_at_two_msl_and_a_retransmitted_fin_restarts_it()
 
 
 def test_a_zero_window_is_probed_until_it_opens():
-    c, p = established(now=0.0, window=0)
+    c, p = established(TcpConfig(nodelay=True), now=0.0, window=0)
     c.send(b"z" * 3000, 1.0)
     assert c.take_segments() == []             # nothing fits
     t = fire(c)
