@@ -20,29 +20,50 @@ received one patched in place (RFC 1624 checksums) rather than parsed and rebuil
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..wire.flat import (build_udp_frame, echo_reply_in_place, forward_in_place, icmp_checksum_ok,
                          icmp_head, parse_plain_ipv4, udp_checksum_ok, udp_head)
+from .config import StackConfig
 from .device import ETHERNET, Device
-from .udp import Datagram, UdpSocket
-
-if TYPE_CHECKING:
-    from .stack import Stack
+from .links import Links
+from .neighbor import NeighborTable
+from .route import RoutingTable
+from .udp import Datagram, UdpSocket, UdpSockets
 
 _ECHO_REQUEST = 8
 
 
+class FastIp(Protocol):
+    """What the fast path reads and writes of the IPv4 layer (Ipv4Layer is one)."""
+    c: dict                         # its counter group
+    local_ints: dict[int, str]      # our addresses; reindex() binds a new dict on each change
+    broadcast_ints: dict[int, str]  # our directed broadcasts, alike
+    next_ident: int                 # taken and advanced as send_via does
+    routes: RoutingTable
+
+    def usable(self, name: str) -> bool: ...
+
+
 class FastPath:
-    def __init__(self, stack: "Stack") -> None:
-        self.stack = stack
-        # The stack never rebinds these (restore builds a new Stack); counter groups it does
-        # rebind, so those are read through their layer on every frame.
-        self._devs = stack.devs
-        self._ip4 = stack.ip4
-        self._routes = stack.ip4.routes
-        self._neighbors = stack.arp_neighbors
-        self._cfg = stack.cfg
+    def __init__(self, cfg: StackConfig, links: Links, ip4: FastIp, neighbors: NeighborTable,
+                 udp: UdpSockets, icmp_counters) -> None:
+        """The tables of the layers whose work it does in one pass: the device layer's queues,
+        IPv4's addresses, routes and ident, the neighbor table (read, and an entry's use
+        noted), UDP's sockets, and ICMP's counters. Everything is bound here, once: none of
+        these objects (counter groups included) is ever replaced in a stack's life."""
+        self._devs = links.devices
+        self._dev_counter = links.counters
+        self._ip4 = ip4
+        self._ipc = ip4.c
+        self._routes = ip4.routes
+        self._usable = ip4.usable
+        self._send_lladdr = neighbors.send_lladdr
+        self._udp_match = udp.match
+        self._udp_deliver = udp.deliver
+        self._udp_c = udp.counters
+        self._icmp_c = icmp_counters
+        self._cfg = cfg
         # Device -> its counter group, so a counter name is not formatted per frame. Checked
         # by identity: a device removed and added again is a new Device with a new group.
         self._ctr: dict[str, tuple[Device, object]] = {}
@@ -56,12 +77,12 @@ class FastPath:
         hit = self._ctr.get(dev.name)
         if hit is not None and hit[0] is dev:
             return hit[1]
-        g = self.stack.dev_counter(dev.name)
+        g = self._dev_counter(dev.name)
         self._ctr[dev.name] = (dev, g)
         return g
 
     def invalidate(self) -> None:
-        """Devices or counter groups changed: forget the cached groups."""
+        """Forget the cached device counter groups and source addresses."""
         self._ctr.clear()
         self._sources_of = None
 
@@ -102,10 +123,10 @@ class FastPath:
             dc = self._dev_counters(dev)
             dc["rx_frames"] += 1
             dc["rx_bytes"] += len(frame)
-            c = ip4.c
+            c = self._ipc
             c["rx_packets"] += 1
             c["rx_delivered"] += 1
-            ic = self.stack.icmp.c
+            ic = self._icmp_c
             ic["rx_type_8"] += 1
             ident = ip4.next_ident
             ip4.next_ident = (ident + 1) & 0xFFFF
@@ -127,7 +148,7 @@ class FastPath:
         dc = self._dev_counters(dev)
         dc["rx_frames"] += 1
         dc["rx_bytes"] += len(frame)
-        c = ip4.c
+        c = self._ipc
         c["rx_packets"] += 1
         end = 14 + total
         buf = bytearray(frame) if len(frame) == end else bytearray(frame[:end])
@@ -147,19 +168,18 @@ class FastPath:
             return False
         if csum and not udp_checksum_ok(frame, src, dst, length):
             return False
-        udp = self.stack.udp4
-        socks = udp.match(src, sport, dst, dport, dev.name, False)
+        socks = self._udp_match(src, sport, dst, dport, dev.name, False)
         if not socks:
             return False
         dc = self._dev_counters(dev)
         dc["rx_frames"] += 1
         dc["rx_bytes"] += len(frame)
-        c = self._ip4.c
+        c = self._ipc
         c["rx_packets"] += 1
         c["rx_delivered"] += 1
-        udp.counters["rx_datagrams"] += 1
+        self._udp_c["rx_datagrams"] += 1
         # One socket: match() returns the best one for a unicast datagram.
-        udp.deliver(socks[0], Datagram(src, sport, dst, dport, dev.name,
+        self._udp_deliver(socks[0], Datagram(src, sport, dst, dport, dev.name,
                                        bytes(frame[42:34 + length])))
         return True
 
@@ -177,7 +197,7 @@ class FastPath:
         if dst in ip4.local_ints or dst in ip4.broadcast_ints:
             return False
         total = 28 + len(payload)
-        hop = self._routes.cached_lookup(dst, ip4.usable)
+        hop = self._routes.cached_lookup(dst, self._usable)
         # lookup(device=D) answers the first usable route through D in preference order: the
         # cached best route when it leaves through D; otherwise the general path looks.
         if hop is None or (device is not None and hop.device != device):
@@ -193,16 +213,16 @@ class FastPath:
             src = self._source(out, nh)
             if src is None:
                 return False
-        lladdr = self._neighbors.send_lladdr(out.name, nh)
+        lladdr = self._send_lladdr(out.name, nh)
         if lladdr is None:
             return False
         ident = ip4.next_ident
         ip4.next_ident = (ident + 1) & 0xFFFF
         frame = build_udp_frame(lladdr, out.mac, ident, self._cfg.default_ttl, src, dst,
                                 s.local_port, port, payload)
-        ip4.c["tx_packets"] += 1
+        self._ipc["tx_packets"] += 1
         self._transmit(out, frame)
-        self.stack.udp4.counters["tx_datagrams"] += 1
+        self._udp_c["tx_datagrams"] += 1
         return True
 
     def _source(self, out: Device, next_hop: int) -> int | None:
@@ -223,7 +243,7 @@ class FastPath:
     def _egress(self, dst: int, total: int) -> tuple[Device, bytes] | None:
         """(device, neighbor's MAC) for a datagram of `total` bytes to dst, if the general
         path would send it there whole to a resolved neighbor; None otherwise."""
-        hop = self._routes.cached_lookup(dst, self._ip4.usable)
+        hop = self._routes.cached_lookup(dst, self._usable)
         if hop is None:
             return None
         out = self._devs.get(hop.device)
@@ -233,13 +253,13 @@ class FastPath:
         # Broadcast and multicast next hops take fixed link addresses (ipv4.link_output).
         if nh >> 24 >= 224 or nh in self._ip4.broadcast_ints:
             return None
-        lladdr = self._neighbors.send_lladdr(out.name, nh)
+        lladdr = self._send_lladdr(out.name, nh)
         if lladdr is None:
             return None
         return out, lladdr
 
     def _transmit(self, out: Device, frame: bytearray) -> None:
-        # As stack.enqueue_tx, whose link-down case _egress has ruled out.
+        # As Links.enqueue_tx, whose link-down case _egress has ruled out.
         c = self._dev_counters(out)
         if len(out.tx) >= self._cfg.tx_queue_frames:
             c["tx_drop_queue_full"] += 1

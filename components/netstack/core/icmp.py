@@ -7,19 +7,20 @@ The rules for *not* sending an error (RFC 1122 §3.2.2, RFC 1812 §4.3.2.7) and 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import Callable, Mapping, Protocol
 
 from ..wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Icmpv4Message, ParseError, build_echo, build_icmpv4
 from ..wire.icmpv4 import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
                            ICMP_PARAM_PROBLEM, ICMP_REDIRECT, ICMP_TIME_EXCEEDED)
 from ..wire.ipv4 import IPV4_HEADER_LEN
+from .config import StackConfig
+from .device import Device
 from .errors import StackError
 from .events import EchoReply, IcmpErrorForSocket, PingError
 from .ipv4 import LIMITED_BROADCAST, Ipv4Datagram, is_martian
-
-if TYPE_CHECKING:
-    from .stack import Stack
+from .udp import UdpSocket
 
 ERROR_TYPES = (ICMP_DEST_UNREACH, ICMP_REDIRECT, ICMP_TIME_EXCEEDED, ICMP_PARAM_PROBLEM)
 # RFC 1812 §4.3.2.3: quote as much of the original as fits a 576-byte error datagram.
@@ -82,11 +83,40 @@ class QuotedIpv4:
         return t, ident, seq
 
 
+class IpSend(Protocol):
+    """Ipv4Layer.send: originate one datagram; StackError when it cannot leave."""
+    def __call__(self, dst: IPv4Address, proto: int, payload: bytes, now: float, *,
+                 src: IPv4Address | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class IcmpContext:
+    """Everything outside itself that ICMPv4 may touch."""
+    send: IpSend
+    is_local: Callable[[IPv4Address], bool]                 # one of our addresses
+    is_directed_broadcast: Callable[[IPv4Address], bool]    # a broadcast of one of our subnets
+    # Devices, looked up for the source of an answer to a broadcast echo.
+    devices: Mapping[str, Device]
+    # Events for the binding: EchoReply, IcmpErrorForSocket, PingError.
+    emit: Callable[[object], None]
+    # The UDP socket that sent local:port -> remote:port (UdpSockets.find_sender).
+    udp_sender: Callable[[IPv4Address, int, IPv4Address, int], UdpSocket | None]
+    # An error quoting a TCP segment, for its connection (TcpLayer.icmp_error); True if
+    # one took it.
+    tcp_error: Callable[[IPv4Address, int, IPv4Address, int, int, int, int, int | None], bool]
+
+
 class Icmpv4:
-    def __init__(self, stack: "Stack") -> None:
-        self.stack = stack
-        self.cfg = stack.cfg
-        self.c = stack.ctr.group("icmp")
+    def __init__(self, cfg: StackConfig, counters, ctx: IcmpContext) -> None:
+        self.cfg = cfg
+        self.c = counters
+        self._send = ctx.send
+        self._is_local = ctx.is_local
+        self._is_directed_broadcast = ctx.is_directed_broadcast
+        self._devs = ctx.devices
+        self._emit = ctx.emit
+        self._udp_sender = ctx.udp_sender
+        self._tcp_error = ctx.tcp_error
         self.bucket = TokenBucket(self.cfg.icmp_error_rate, self.cfg.icmp_error_burst)
 
     # -- receive -----------------------------------------------------------------------------
@@ -102,20 +132,19 @@ class Icmpv4:
             self._echo_request(rx, msg, now)
         elif msg.type == ICMP_ECHO_REPLY:
             if not rx.broadcast:
-                self.stack.emit(EchoReply(rx.src, msg.ident, msg.seq, rx.header.ttl,
-                                          len(msg.payload)))
+                self._emit(EchoReply(rx.src, msg.ident, msg.seq, rx.header.ttl,
+                                     len(msg.payload)))
         elif msg.type in ERROR_TYPES:
             self._error(rx, msg)
         else:
             c["rx_ignored"] += 1
 
     def _echo_request(self, rx: Ipv4Datagram, msg: Icmpv4Message, now: float) -> None:
-        ip = self.stack.ip4
         if rx.broadcast:
             if self.cfg.icmp_echo_ignore_broadcasts:
                 self.c["echo_ignored_broadcast"] += 1   # RFC 1122 §3.2.2.6 MAY
                 return
-            dev = self.stack.devs.get(rx.device)
+            dev = self._devs.get(rx.device)
             src = dev.source_for(rx.src) if dev else None
             if src is None:
                 return
@@ -126,7 +155,7 @@ class Icmpv4:
             return
         reply = build_echo(ICMP_ECHO_REPLY, msg.ident, msg.seq, msg.payload)
         try:
-            ip.send(rx.src, PROTO_ICMP, reply, now, src=src)
+            self._send(rx.src, PROTO_ICMP, reply, now, src=src)
             self.c["tx_echo_reply"] += 1
         except StackError:      # no route back
             self.c["tx_echo_reply_failed"] += 1
@@ -137,27 +166,27 @@ class Icmpv4:
         except ParseError:
             self.c["rx_error_bad_quote"] += 1
             return
-        if not self.stack.ip4.is_local(q.src):
+        if not self._is_local(q.src):
             self.c["rx_error_not_ours"] += 1
             return
         mtu = msg.mtu if msg.type == ICMP_DEST_UNREACH else 0
         if q.proto == PROTO_UDP:
             ports = q.ports()
-            sock = ports and self.stack.udp4.find_sender(q.src, ports[0], q.dst, ports[1])
+            sock = ports and self._udp_sender(q.src, ports[0], q.dst, ports[1])
             if sock:
-                self.stack.emit(IcmpErrorForSocket(sock.sid, rx.src, msg.type, msg.code,
-                                                   q.dst, ports[1], mtu))  # type: ignore[index]
+                self._emit(IcmpErrorForSocket(sock.sid, rx.src, msg.type, msg.code,
+                                              q.dst, ports[1], mtu))  # type: ignore[index]
                 return
         elif q.proto == PROTO_TCP:
             ports = q.ports()
             seq = struct.unpack_from("!I", q.data, 4)[0] if ports and len(q.data) >= 8 else None
-            if ports and self.stack.tcp4.icmp_error(q.src, ports[0], q.dst, ports[1], msg.type,
-                                                    msg.code, mtu, seq):
+            if ports and self._tcp_error(q.src, ports[0], q.dst, ports[1], msg.type, msg.code,
+                                         mtu, seq):
                 return
         elif q.proto == PROTO_ICMP:
             echo = q.echo()
             if echo and echo[0] == ICMP_ECHO_REQUEST:
-                self.stack.emit(PingError(rx.src, msg.type, msg.code, q.dst, echo[1], echo[2]))
+                self._emit(PingError(rx.src, msg.type, msg.code, q.dst, echo[1], echo[2]))
                 return
         self.c["rx_error_unmatched"] += 1
 
@@ -174,7 +203,7 @@ class Icmpv4:
             c["error_suppressed_icmp"] += 1
             return False
         if orig.broadcast or h.dst == LIMITED_BROADCAST or h.dst.is_multicast \
-                or h.dst in self.stack.ip4.broadcasts:
+                or self._is_directed_broadcast(h.dst):
             c["error_suppressed_broadcast"] += 1
             return False
         if h.frag_offset:
@@ -182,7 +211,7 @@ class Icmpv4:
             return False
         src = h.src
         if (is_martian(src) and not src.is_loopback) or src == LIMITED_BROADCAST \
-                or src in self.stack.ip4.broadcasts:
+                or self._is_directed_broadcast(src):
             c["error_suppressed_source"] += 1
             return False
         if not self.bucket.take(now):
@@ -192,12 +221,11 @@ class Icmpv4:
         quote = h.header + bytes(orig.payload[:max(0, room)])
         rest = struct.pack("!HH", 0, mtu) if mtu else b"\0\0\0\0"
         body = build_icmpv4(type, code, rest, quote)
-        ip = self.stack.ip4
         # About a datagram for us: answer from the address it was sent to, so the sender can
         # match the error; otherwise the egress interface's address (RFC 1812 §4.3.2.4).
-        err_src = h.dst if ip.is_local(h.dst) else None
+        err_src = h.dst if self._is_local(h.dst) else None
         try:
-            ip.send(src, PROTO_ICMP, body, now, src=err_src)
+            self._send(src, PROTO_ICMP, body, now, src=err_src)
         except StackError:
             c["error_send_failed"] += 1
             return False

@@ -8,8 +8,8 @@ and the RFC 1812 forwarding rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Callable, Protocol
 
 from ..wire import (BROADCAST_MAC, ETHERTYPE_IPV4, PROTO_ICMP, ParseError, build_ethernet,
                     build_ipv4)
@@ -17,13 +17,12 @@ from ..wire.icmpv4 import (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_
                            TIME_EXCEEDED_TTL, UNREACH_FRAG_NEEDED, UNREACH_HOST, UNREACH_NET,
                            UNREACH_PROTOCOL)
 from ..wire.ipv4 import IPV4_HEADER_LEN, Ipv4Packet
+from .config import StackConfig
 from .device import ETHERNET, LOOPBACK, Device, multicast_mac
 from .errors import StackError
 from .fragment import Reassembler, fragment_ipv4
-from .route import RoutingTable
-
-if TYPE_CHECKING:
-    from .stack import Stack
+from .links import Links
+from .route import CONNECTED, Route, RoutingTable
 
 UNSPECIFIED = IPv4Address("0.0.0.0")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -31,6 +30,8 @@ ALL_HOSTS = IPv4Address("224.0.0.1")   # RFC 1112 §7.2: every host is a member
 _THIS_NET = IPv4Network("0.0.0.0/8")
 _CLASS_E = IPv4Network("240.0.0.0/4")
 MAX_PAYLOAD = 0xFFFF - IPV4_HEADER_LEN
+# RFC 1122 §3.2.1.3: 127/8 is the host's own loopback network; lo has it from the start.
+LO_ADDRESS = IPv4Interface("127.0.0.1/8")
 
 
 def is_martian(a: IPv4Address) -> bool:
@@ -67,28 +68,72 @@ class OutputPath:
     lladdr: bytes | None       # fixed link address for broadcast/multicast, else None
 
 
+class SendIcmpError(Protocol):
+    """Icmpv4.send_error: an ICMP error about `orig`, unless RFC 1122/1812 forbid it."""
+    def __call__(self, orig: "Ipv4Datagram", type: int, code: int, now: float,
+                 mtu: int = 0) -> bool: ...
+
+
+@dataclass(frozen=True)
+class IpContext:
+    """Everything outside itself that the IPv4 layer may touch."""
+    # Devices (looked up and iterated, never added or removed), their transmit queues, lo.
+    links: Links
+    # The IPv4 neighbor table's send(device, address int, packet, now): ARP resolves.
+    neighbor_send: Callable[[str, int, bytes, float], None]
+    # ICMP errors about datagrams it drops (time exceeded, unreachable, fragmentation needed).
+    send_error: SendIcmpError
+
+
 class Ipv4Layer:
     version = 4
 
-    def __init__(self, stack: "Stack") -> None:
-        self.stack = stack
-        self.cfg = stack.cfg
-        self.c = stack.ctr.group("ipv4")
+    def __init__(self, cfg: StackConfig, counters, reassembly_counters, ident: int,
+                 ctx: IpContext) -> None:
+        """`ident`: the first IP identification to use (random, so it does not restart at
+        0 with every incarnation)."""
+        self.cfg = cfg
+        self.c = counters
+        self._links = ctx.links
+        self._devs = ctx.links.devices
+        self._neighbor_send = ctx.neighbor_send
+        self._send_error = ctx.send_error
         self.routes = RoutingTable(4, self.cfg.max_routes)
-        self.reassembly = Reassembler(self.cfg, stack.ctr.group("reassembly"))
+        self.reassembly = Reassembler(self.cfg, reassembly_counters)
         self.local: dict[IPv4Address, str] = {}        # our addresses -> their device
         self.broadcasts: dict[IPv4Address, str] = {}   # directed broadcasts -> device
         # The same two tables keyed by int, for the per-frame path (fastpath.py).
         self.local_ints: dict[int, str] = {}
         self.broadcast_ints: dict[int, str] = {}
-        self.next_ident = stack.rng.randrange(0x10000)
+        self.next_ident = ident
         self.protocols: dict[int, Callable[[Ipv4Datagram, float], None]] = {}
 
     # -- addresses ---------------------------------------------------------------------------
+    def add_address(self, dev: Device, iface: IPv4Interface) -> None:
+        """Assign an address the caller has checked, with its connected route."""
+        dev.addresses.append(iface)
+        self.reindex()
+        if not any(r.kind == CONNECTED and r.device == dev.name and r.prefix == iface.network
+                   for r in self.routes):
+            self.routes.add(Route(iface.network, None, dev.name, 0, CONNECTED))
+
+    def remove_address(self, dev: Device, iface: IPv4Interface) -> None:
+        """Withdraw an address of dev; its connected route goes with the last one on it."""
+        dev.addresses.remove(iface)
+        dev.last_defended.pop(iface.ip, None)
+        self.reindex()
+        if not any(a.network == iface.network for a in dev.addresses):
+            try:
+                self.routes.remove(iface.network, device=dev.name, kind=CONNECTED)
+            except StackError:
+                pass
+
     def reindex(self) -> None:
+        # `local` and `broadcasts` change in place (ICMP holds broadcasts.__contains__);
+        # the int tables are rebound, which tells the fast path its source cache is stale.
         self.local.clear()
         self.broadcasts.clear()
-        for dev in self.stack.devs.values():
+        for dev in self._devs.values():
             for iface in dev.addresses:
                 self.local.setdefault(iface.ip, dev.name)
                 if iface.network.prefixlen < 31:   # RFC 3021: /31 has no broadcast
@@ -100,11 +145,11 @@ class Ipv4Layer:
         return a in self.local
 
     def usable(self, name: str) -> bool:
-        d = self.stack.devs.get(name)
+        d = self._devs.get(name)
         return d is not None and d.up
 
     def any_source(self) -> IPv4Address | None:
-        for d in self.stack.devs.values():
+        for d in self._devs.values():
             if d.kind != LOOPBACK and d.addresses:
                 return d.addresses[0].ip
         return None
@@ -155,7 +200,7 @@ class Ipv4Layer:
         self.c["rx_delivered"] += 1
         if handler is None:
             self.c["rx_unknown_protocol"] += 1
-            self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_PROTOCOL, now)
+            self._send_error(rx, ICMP_DEST_UNREACH, UNREACH_PROTOCOL, now)
             return
         handler(rx, now)
 
@@ -164,7 +209,7 @@ class Ipv4Layer:
             # RFC 792/1122 §3.3.2: time exceeded (code 1) only if fragment zero arrived.
             if first is not None:
                 rx = Ipv4Datagram(first, first.payload, "", False)
-                self.stack.icmp.send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY, now)
+                self._send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY, now)
 
     # -- forwarding --------------------------------------------------------------------------
     def _forward(self, dev: Device, pkt: Ipv4Packet, link_broadcast: bool, now: float) -> None:
@@ -181,20 +226,19 @@ class Ipv4Layer:
         rx = Ipv4Datagram(pkt, pkt.payload, dev.name, False)
         if pkt.ttl <= 1:
             c["forward_drop_ttl"] += 1             # RFC 1812 §5.3.1
-            self.stack.icmp.send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_TTL, now)
+            self._send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_TTL, now)
             return
         hop = self.routes.lookup(pkt.dst, self.usable)
         if hop is None:
             c["forward_drop_no_route"] += 1
-            self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_NET, now)
+            self._send_error(rx, ICMP_DEST_UNREACH, UNREACH_NET, now)
             return
-        out = self.stack.devs[hop.device]
+        out = self._devs[hop.device]
         ttl = pkt.ttl - 1
         if pkt.header_len + len(pkt.payload) > out.mtu:
             if pkt.dont_fragment:
                 c["forward_drop_frag_needed"] += 1  # RFC 1191: tell the sender our next-hop MTU
-                self.stack.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_FRAG_NEEDED, now,
-                                           mtu=out.mtu)
+                self._send_error(rx, ICMP_DEST_UNREACH, UNREACH_FRAG_NEEDED, now, mtu=out.mtu)
                 return
             packets = fragment_ipv4(pkt, out.mtu, ttl)
             if not packets:
@@ -218,9 +262,9 @@ class Ipv4Layer:
 
         Raises StackError (no_device, no_route, no_address, link_down) for a local sender.
         """
-        stack = self.stack
+        devs = self._devs
         lladdr = None
-        if device is not None and device not in stack.devs:
+        if device is not None and device not in devs:
             raise StackError("no_device", f"no device {device}")
         if dst == LIMITED_BROADCAST or dst in self.broadcasts or dst.is_multicast:
             if device is None:
@@ -230,14 +274,14 @@ class Ipv4Layer:
                 if hop is None:
                     raise StackError("no_route", f"no route to {dst}")
                 device = hop.device
-            out = stack.devs[device]
+            out = devs[device]
             next_hop = dst
             lladdr = multicast_mac(dst) if dst.is_multicast else BROADCAST_MAC
             if src is None:
                 # An unconfigured host broadcasts from 0.0.0.0 (RFC 2131 §4.1, DHCP).
                 src = out.source_for(dst) or UNSPECIFIED
         elif dst in self.local or dst.is_loopback:
-            out = stack.devs["lo"]
+            out = devs["lo"]
             next_hop = dst
             src = src or dst
         else:
@@ -245,7 +289,7 @@ class Ipv4Layer:
             if hop is None:
                 raise StackError("no_route", f"no route to {dst}" +
                                  (f" via {device}" if device else ""))
-            out = stack.devs[hop.device]
+            out = devs[hop.device]
             next_hop = hop.address
             if src is None:
                 src = out.source_for(next_hop) or self.any_source()
@@ -287,17 +331,17 @@ class Ipv4Layer:
 
     def link_output(self, out: Device, next_hop: IPv4Address, packet: bytes, now: float,
                     lladdr: bytes | None = None) -> None:
-        stack = self.stack
-        if out.name not in stack.devs:
-            stack.dev_counter(out.name)["tx_drop_no_device"] += 1
+        links = self._links
+        if out.name not in self._devs:
+            links.counters(out.name)["tx_drop_no_device"] += 1
             return
         if not out.up:
-            stack.dev_counter(out.name)["tx_drop_link_down"] += 1
+            links.counters(out.name)["tx_drop_link_down"] += 1
             return
         if out.kind == LOOPBACK:
-            stack.loopback(out, packet)
+            links.loopback(out, packet)
         elif out.kind != ETHERNET:
-            stack.enqueue_tx(out, packet)
+            links.enqueue_tx(out, packet)
         else:
             if lladdr is None:
                 if next_hop == LIMITED_BROADCAST or self.broadcasts.get(next_hop) == out.name:
@@ -305,9 +349,9 @@ class Ipv4Layer:
                 elif next_hop.is_multicast:
                     lladdr = multicast_mac(next_hop)
             if lladdr is not None:
-                stack.enqueue_tx(out, build_ethernet(lladdr, out.mac, ETHERTYPE_IPV4, packet))
+                links.enqueue_tx(out, build_ethernet(lladdr, out.mac, ETHERTYPE_IPV4, packet))
             else:
-                stack.arp_neighbors.send(out.name, int(next_hop), packet, now)
+                self._neighbor_send(out.name, int(next_hop), packet, now)
 
     def neighbor_failed(self, device: str, packets: list[bytes], now: float) -> None:
         """Address resolution failed: host unreachable to each waiting packet's sender."""
@@ -316,8 +360,26 @@ class Ipv4Layer:
                 pkt = Ipv4Packet.parse(p, verify_checksum=False)
             except ParseError:
                 continue
-            self.stack.icmp.send_error(Ipv4Datagram(pkt, pkt.payload, device, False),
-                                       ICMP_DEST_UNREACH, UNREACH_HOST, now)
+            self._send_error(Ipv4Datagram(pkt, pkt.payload, device, False),
+                             ICMP_DEST_UNREACH, UNREACH_HOST, now)
+
+    # -- restart -----------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """This layer's keys of Stack.snapshot(): addresses (not lo's own 127.0.0.1/8, which
+        every stack starts with), static routes (connected ones follow from the addresses)
+        and the IP ident, so a successor does not reuse recent idents (RFC 6864 §4)."""
+        return {"addresses": [{"device": d.name, "address": str(a)}
+                              for d in self._devs.values() for a in d.addresses
+                              if not (d.kind == LOOPBACK and a == LO_ADDRESS)],
+                "routes": self.routes.snapshot(),
+                "ip4_ident": self.next_ident}
+
+    def restore(self, snap: dict) -> None:
+        """Into a new layer whose devices Links has restored."""
+        for a in snap["addresses"]:
+            self.add_address(self._devs[a["device"]], IPv4Interface(a["address"]))
+        self.routes.restore(snap["routes"])
+        self.next_ident = int(snap.get("ip4_ident", 0)) & 0xFFFF
 
 
 class Ipv4ForTransport:

@@ -169,6 +169,16 @@ class RoutingTable:
                 return NextHop(r, c.device, r.gateway, int(r.gateway))  # type: ignore[arg-type]
         return None
 
+    def snapshot(self) -> list[dict]:
+        """The static routes (connected ones follow from the addresses)."""
+        return [r.to_dict() for r in self._routes if r.kind == STATIC]
+
+    def restore(self, snap: list[dict]) -> None:
+        for r in snap:
+            self.add(Route(ipaddress.ip_network(r["prefix"]),
+                           None if r["gateway"] is None else ipaddress.ip_address(r["gateway"]),
+                           r["device"], int(r["metric"]), STATIC))
+
     def info(self, usable: Callable[[str], bool]) -> list[RouteInfo]:
         out = []
         for r in self._routes:

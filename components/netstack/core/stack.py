@@ -1,22 +1,24 @@
 """Stack: the one object a binding talks to.
 
-It owns the devices and wires the layers together (Ethernet demux here; ARP, IPv4, ICMP,
-UDP in their modules). Every entry point takes `now`; frames come out of take_transmit(),
-events out of take_events(), and the next timer out of next_deadline().
+It builds the layers and wires them together: each layer gets, at construction, a narrow
+context naming what it may touch (ipv4.IpContext, arp.ArpContext, icmp.IcmpContext, the
+tables FastPath reads, tcp.layer.TcpIp), never the Stack. Ethernet demux, the loopback
+drain and the control calls' argument checks live here. Every entry point takes `now`;
+frames come out of take_transmit(), events out of take_events(), and the next timer out of
+next_deadline().
 """
 
 from __future__ import annotations
 
 import random
 import secrets
-from collections import deque
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-                    EthernetFrame, MacAddr, ParseError, UdpDatagram, build_echo, build_udp)
+                    EthernetFrame, MacAddr, ParseError, build_echo, build_udp)
 from ..wire.icmpv4 import ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, UNREACH_PORT
 from . import snapshot as _snapshot
-from .arp import Arp
+from .arp import Arp, ArpContext
 from .config import StackConfig
 from .counters import CounterSet
 from .device import (ETHERNET, IP, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Device,
@@ -24,10 +26,12 @@ from .device import (ETHERNET, IP, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Devi
 from .errors import StackError
 from .events import DeviceRemoved, LinkChanged
 from .fastpath import FastPath
-from .icmp import Icmpv4
-from .ipv4 import LIMITED_BROADCAST, Ipv4Datagram, Ipv4ForTransport, Ipv4Layer
-from .neighbor import NeighborInfo, NeighborTable
-from .route import CONNECTED, STATIC, Route, RouteInfo
+from .icmp import IcmpContext, Icmpv4
+from .ipv4 import (LIMITED_BROADCAST, LO_ADDRESS, IpContext, Ipv4Datagram, Ipv4ForTransport,
+                   Ipv4Layer)
+from .links import Links
+from .neighbor import NeighborInfo
+from .route import STATIC, Route, RouteInfo
 from .tcp.layer import TcpLayer
 from .udp import Datagram, UdpSockets
 
@@ -50,78 +54,77 @@ def _port(p, allow_zero: bool) -> int:
 
 class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
-        self.cfg = config or StackConfig()
-        self.rng = random.Random(self.cfg.random_seed)
+        cfg = self.cfg = config or StackConfig()
+        rng = self.rng = random.Random(cfg.random_seed)
         self.ctr = CounterSet()
-        self._c = self.ctr.group("stack")
-        self.devs: dict[str, Device] = {}
+        # Counter groups are made once and never replaced (restore loads values into them),
+        # so a layer may hold its own.
+        g = self.ctr.group
+        self._c = g("stack")
+        ip_c, reassembly_c, icmp_c, arp_c = g("ipv4"), g("reassembly"), g("icmp"), g("arp")
+        neighbor_c, udp_c, tcp_c = g("neighbor"), g("udp"), g("tcp")
+        self.links = Links(cfg, self.ctr)
+        self.devs = self.links.devices
         self._events: list = []
-        self._lo_queue: deque[bytes] = deque()
         self._draining = False
-        self.ip4 = Ipv4Layer(self)
-        self.icmp = Icmpv4(self)
-        self.arp = Arp(self)
-        self.arp_neighbors = NeighborTable(self.cfg, self.arp, self.ctr.group("neighbor"),
-                                           format_address=lambda a: str(IPv4Address(a)))
-        self.udp4 = UdpSockets(4, self.cfg, self.ctr.group("udp"), self.rng)
-        self.ip4.protocols[PROTO_ICMP] = self.icmp.receive
-        self.ip4.protocols[PROTO_UDP] = self._udp_input
+        # ARP and IPv4 need each other (IPv4 sends through ARP's neighbor table; a failed
+        # resolution ends in IPv4's ICMP errors), and so do IPv4 and ICMP: the layer built
+        # first reaches the later one through a lambda, on those error paths only.
+        self.arp = Arp(cfg, arp_c, neighbor_c, ArpContext(
+            links=self.links, emit=self.emit,
+            unreachable=lambda device, packets, now: self.ip4.neighbor_failed(device, packets,
+                                                                              now)))
+        self.arp_neighbors = self.arp.neighbors
+        self.ip4 = Ipv4Layer(cfg, ip_c, reassembly_c, rng.randrange(0x10000), IpContext(
+            links=self.links, neighbor_send=self.arp_neighbors.send,
+            send_error=lambda orig, type, code, now, mtu=0: self.icmp.send_error(
+                orig, type, code, now, mtu)))
+        ip4 = self.ip4
+        self.udp4 = UdpSockets(4, cfg, udp_c, rng)
         # RFC 6528: the ISN key is secret and random; a seeded stack (tests) derives it.
-        isn_key = self.rng.randbytes(16) if self.cfg.random_seed is not None \
-            else secrets.token_bytes(16)
-        self.tcp4 = TcpLayer(Ipv4ForTransport(self.ip4, PROTO_TCP), self.ctr.group("tcp"),
-                             self.rng, isn_key)
+        isn_key = rng.randbytes(16) if cfg.random_seed is not None else secrets.token_bytes(16)
+        self.tcp4 = TcpLayer(Ipv4ForTransport(ip4, PROTO_TCP), tcp_c, rng, isn_key)
+        self.icmp = Icmpv4(cfg, icmp_c, IcmpContext(
+            send=ip4.send, is_local=ip4.is_local,
+            is_directed_broadcast=ip4.broadcasts.__contains__, devices=self.devs,
+            emit=self.emit, udp_sender=self.udp4.find_sender, tcp_error=self.tcp4.icmp_error))
+        self.fast = FastPath(cfg, self.links, ip4, self.arp_neighbors, self.udp4, icmp_c)
+        # The transports, by IP protocol number.
+        ip4.protocols[PROTO_ICMP] = self.icmp.receive
+        udp4_receive, send_error = self.udp4.receive, self.icmp.send_error
+
+        def udp4_input(rx: Ipv4Datagram, now: float) -> None:
+            if not udp4_receive(rx.src, rx.dst, rx.payload, rx.device, rx.broadcast):
+                # RFC 1122 §4.1.3.1: port unreachable, never for a broadcast (send_error checks).
+                send_error(rx, ICMP_DEST_UNREACH, UNREACH_PORT, now)
+        ip4.protocols[PROTO_UDP] = udp4_input
         tcp4_receive = self.tcp4.receive
-        self.ip4.protocols[PROTO_TCP] = lambda rx, now: tcp4_receive(
+        ip4.protocols[PROTO_TCP] = lambda rx, now: tcp4_receive(
             rx.src, rx.dst, rx.payload, rx.broadcast, now)
-        self.fast = FastPath(self)
-        # RFC 1122 §3.2.1.3: 127/8 is the host's own loopback network.
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
-        self._add_address_quiet(self.devs["lo"], IPv4Interface("127.0.0.1/8"))
+        ip4.add_address(self.devs["lo"], LO_ADDRESS)
 
-    # -- plumbing the layers use -------------------------------------------------------------
-    def dev_counter(self, name: str):
-        return self.ctr.group(f"dev:{name}")
-
+    # -- plumbing ----------------------------------------------------------------------------
     def emit(self, event) -> None:
         if len(self._events) >= self.cfg.max_events:
             self._c["events_dropped"] += 1
             return
         self._events.append(event)
 
-    def enqueue_tx(self, dev: Device, frame: bytes) -> None:
-        c = self.dev_counter(dev.name)
-        if not dev.up:
-            c["tx_drop_link_down"] += 1
-        elif len(dev.tx) >= self.cfg.tx_queue_frames:
-            c["tx_drop_queue_full"] += 1
-        else:
-            dev.tx.append(frame)
-            c["tx_frames"] += 1
-            c["tx_bytes"] += len(frame)
-
-    def loopback(self, dev: Device, packet: bytes) -> None:
-        c = self.dev_counter(dev.name)
-        if len(self._lo_queue) >= self.cfg.loopback_queue_frames:
-            c["tx_drop_queue_full"] += 1
-            return
-        self._lo_queue.append(packet)
-        c["tx_frames"] += 1
-        c["tx_bytes"] += len(packet)
-
     def _drain_loopback(self, now: float) -> None:
         if self._draining:
             return
         self._draining = True
+        lo_queue = self.links.lo_queue
         try:
             # Bounded: each looped packet may loop at most a reply back (echo, ICMP error).
             budget = 4 * self.cfg.loopback_queue_frames
-            while self._lo_queue and budget > 0:
+            while lo_queue and budget > 0:
                 budget -= 1
-                self._receive_one(self.devs["lo"], self._lo_queue.popleft(), now)
-            if self._lo_queue:
-                self._c["loopback_dropped_budget"] += len(self._lo_queue)
-                self._lo_queue.clear()
+                self._receive_one(self.devs["lo"], lo_queue.popleft(), now)
+            if lo_queue:
+                self._c["loopback_dropped_budget"] += len(lo_queue)
+                lo_queue.clear()
         finally:
             self._draining = False
 
@@ -157,7 +160,7 @@ class Stack:
         else:
             mac = None
         dev = self.devs[name] = Device(name, kind, mac, mtu, up=up)
-        self.dev_counter(name)
+        self.links.counters(name)
         return dev.info()
 
     def remove_device(self, name: str, now: float = 0.0) -> None:
@@ -172,7 +175,7 @@ class Stack:
         self.ip4.reindex()
         self.arp.cancel_announcements(name)
         self._c["device_removed_frames_dropped"] += dropped
-        self.ctr.drop_group(f"dev:{name}")
+        self.links.drop_counters(name)
         self.emit(DeviceRemoved(name, dropped))
 
     def set_link(self, name: str, up: bool, now: float = 0.0) -> None:
@@ -184,7 +187,7 @@ class Stack:
         if not up:
             dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
             dev.tx.clear()
-            self.dev_counter(name)["tx_drop_link_down"] += dropped
+            self.links.counters(name)["tx_drop_link_down"] += dropped
             self.arp.cancel_announcements(name)
         else:
             # RFC 5227 §2.3: announce our addresses again when the link comes back.
@@ -221,16 +224,9 @@ class Stack:
             raise StackError("bad_argument", f"{iface} is a network or broadcast address")
         if ip in self.ip4.local:
             raise StackError("exists", f"{ip} is already assigned")
-        self._add_address_quiet(dev, iface)
+        self.ip4.add_address(dev, iface)
         self.arp_neighbors.flush_address(name, int(ip))
         self.arp.announce(dev, ip, now)
-
-    def _add_address_quiet(self, dev: Device, iface: IPv4Interface) -> None:
-        dev.addresses.append(iface)
-        self.ip4.reindex()
-        if not any(r.kind == CONNECTED and r.device == dev.name and r.prefix == iface.network
-                   for r in self.ip4.routes):
-            self.ip4.routes.add(Route(iface.network, None, dev.name, 0, CONNECTED))
 
     def del_address(self, name: str, iface: IPv4Interface) -> None:
         dev = self._dev(name)
@@ -240,15 +236,8 @@ class Stack:
             raise StackError("bad_argument", f"not an IPv4 interface address: {iface!r}") from None
         if iface not in dev.addresses:
             raise StackError("not_found", f"{iface} is not on {name}")
-        dev.addresses.remove(iface)
-        dev.last_defended.pop(iface.ip, None)
-        self.ip4.reindex()
+        self.ip4.remove_address(dev, iface)
         self.arp.cancel_announcements(name, iface.ip)
-        if not any(a.network == iface.network for a in dev.addresses):
-            try:
-                self.ip4.routes.remove(iface.network, device=name, kind=CONNECTED)
-            except StackError:
-                pass
 
     def add_route(self, prefix: IPv4Network, gateway: IPv4Address | None = None,
                   device: str | None = None, metric: int = 0) -> None:
@@ -304,7 +293,7 @@ class Stack:
                                "dropped": routes.dropped}
         out["table:devices"] = {"devices": len(self.devs), "limit": self.cfg.max_devices}
         out["table:events"] = {"queued": len(self._events), "limit": self.cfg.max_events}
-        out["table:loopback"] = {"queued": len(self._lo_queue),
+        out["table:loopback"] = {"queued": len(self.links.lo_queue),
                                  "limit": self.cfg.loopback_queue_frames}
         return out
 
@@ -357,7 +346,7 @@ class Stack:
         self._c[f"internal_error_{type(e).__name__}"] += 1
 
     def _receive_one(self, dev: Device, frame: bytes, now: float) -> None:
-        c = self.dev_counter(dev.name)
+        c = self.links.counters(dev.name)
         c["rx_frames"] += 1
         c["rx_bytes"] += len(frame)
         if not dev.up:
@@ -494,25 +483,6 @@ class Stack:
 
     def udp_close(self, sid: int) -> None:
         self.udp4.close(sid)
-
-    def _udp_input(self, rx: Ipv4Datagram, now: float) -> None:
-        c = self.ctr.group("udp")
-        try:
-            d = UdpDatagram.parse(rx.payload, rx.src, rx.dst)
-        except ParseError:
-            c["rx_bad"] += 1
-            return
-        c["rx_datagrams"] += 1
-        src, dst = int(rx.src), int(rx.dst)
-        socks = self.udp4.match(src, d.src_port, dst, d.dst_port, rx.device, rx.broadcast)
-        if not socks:
-            c["rx_no_port"] += 1
-            # RFC 1122 §4.1.3.1: port unreachable, but never for a broadcast (send_error checks).
-            self.icmp.send_error(rx, ICMP_DEST_UNREACH, UNREACH_PORT, now)
-            return
-        payload = bytes(d.payload)
-        for s in socks:
-            self.udp4.deliver(s, Datagram(src, d.src_port, dst, d.dst_port, rx.device, payload))
 
     # -- restart -----------------------------------------------------------------------------
     def snapshot(self, connections: bool = True) -> dict:

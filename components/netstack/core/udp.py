@@ -1,7 +1,9 @@
 """UDP sockets (RFC 768), the same table for IPv4 and IPv6.
 
-This module owns bindings, demultiplexing and receive queues. Building and routing datagrams
-is the IP layer's business (Stack.udp_sendto); this module never produces a frame.
+This module owns bindings, demultiplexing and receive queues; the IP layer of its version
+hands it each datagram (`receive`) and answers "no port" with its own ICMP. Building and
+routing datagrams is the IP layer's business (Stack.udp_sendto); this module never produces
+a frame.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+from ..wire import ParseError, UdpDatagram
 from .config import StackConfig
 from .errors import StackError
 
@@ -195,6 +198,29 @@ class UdpSockets:
         raise StackError("address_in_use", "no free ephemeral port")
 
     # -- receive path -----------------------------------------------------------------------
+    def receive(self, src: IPAddress, dst: IPAddress, payload: bytes | memoryview, device: str,
+                broadcast: bool) -> bool:
+        """A datagram from the IP layer of this version, for the sockets it is meant for.
+        False: no socket has its port, and the caller answers with its version's port
+        unreachable (RFC 1122 §4.1.3.1) unless the datagram was a broadcast."""
+        c = self.counters
+        try:
+            d = UdpDatagram.parse(payload, src, dst)
+        except ParseError:
+            c["rx_bad"] += 1
+            return True
+        c["rx_datagrams"] += 1
+        s, t = int(src), int(dst)
+        socks = self.match(s, d.src_port, t, d.dst_port, device, broadcast)
+        if not socks:
+            c["rx_no_port"] += 1
+            return False
+        data = bytes(d.payload)
+        for sock in socks:
+            self.deliver(sock, Datagram(s, d.src_port, t, d.dst_port, device, data,
+                                        self.version))
+        return True
+
     def match(self, src: int, src_port: int, dst: int, dst_port: int, device: str,
               broadcast: bool) -> list[UdpSocket]:
         """Sockets that should get a datagram: the best one for unicast, all for broadcast.
