@@ -442,7 +442,7 @@ class Runtime:
             self._channel_ctl = _socket.socket(fileno=int(spec.channels["ctl"]))
             self._channel_ctl.setblocking(False)
             self.loop.add_reader(self._channel_ctl.fileno(), self._on_channel_ctl)
-        self.channel_counters = {"ctl_added": 0, "ctl_removed": 0, "ctl_bad": 0}
+        self.channel_counters = {"ctl_added": 0, "ctl_removed": 0, "ctl_bad": 0, "ctl_release_failed": 0}
 
     # -- data channels (ipc.seqpacket, launcher-held socketpairs) -------------------
     def data_provider(self, protocol: Protocol, endpoint_kind: str, *, zmq_users: bool = True):
@@ -461,6 +461,25 @@ class Runtime:
         from ipc.channel import open_user
         fd = self.spec.channels.get("use", {}).get(protocol.name)
         return open_user(protocol, endpoint, identity, int(fd) if fd is not None else None, key=self.data_key)
+
+    def byte_channels(self, protocol: Protocol, sink: Any) -> dict[str, int]:
+        """Byte channels of ``protocol`` (launcher-held AF_UNIX stream socketpairs, one per
+        connection): the ones inherited at spawn as {id: fd}; channels added later reach
+        ``sink.add_peer(id: bytes, fd)``."""
+        self._providers[protocol.name] = sink
+        return {str(k): int(v) for k, v in self.spec.channels.get("streams", {}).items()}
+
+    def release_channel(self, protocol: Protocol, channel: str) -> bool:
+        """Tell the launcher a byte channel is done: it closes its copy of our end."""
+        if self._channel_ctl is None:
+            return False
+        from ipc.decl import encode
+        try:
+            self._channel_ctl.send(encode({"op": "release", "protocol": protocol.name, "peer": channel}))
+            return True
+        except OSError:
+            self.channel_counters["ctl_release_failed"] += 1
+            return False
 
     @property
     def data_key(self) -> bytes | None:

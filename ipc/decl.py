@@ -170,6 +170,9 @@ class Protocol:
     events: tuple[Event, ...] = ()
     streams: tuple[Stream, ...] = ()
     doc: str = ""
+    # Connections of this protocol carry bytes on launcher-held AF_UNIX stream socketpairs
+    # (byte channels, one per connection), asked of the launcher's broker.
+    byte_channels: bool = False
     method_by_name: dict = field(default_factory=dict)
     event_by_name: dict = field(default_factory=dict)
     stream_by_name: dict = field(default_factory=dict)

@@ -39,6 +39,29 @@ def _data_protocols(refs) -> list[str]:
     return out
 
 
+def _stream_protocols(refs) -> list[str]:
+    out = []
+    for name, _ver in refs:
+        proto = registry.get(name)
+        if proto is not None and proto.byte_channels:
+            out.append(name)
+    return out
+
+
+MAX_STREAMS = 8192          # byte channels held for one provider (each is one fd here and there)
+STREAM_BUFFER = 256 * 1024  # each end's kernel buffer: part of the connection's buffer budget
+
+
+def make_stream_pair() -> tuple[socket.socket, socket.socket]:
+    """One byte channel: (provider end, client end), both non-blocking."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (a, b):
+        s.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            s.setsockopt(socket.SOL_SOCKET, opt, STREAM_BUFFER)
+    return a, b
+
+
 def user_identity(spec) -> str:
     """The name a user's channel has at its provider: the port of a driver, else the component's name."""
     return str(spec.args.get("instance") or spec.name)
@@ -80,6 +103,12 @@ class DataChannels:
         # provider instance name -> {incarnation number: launcher's end of its control socket}
         self.ctl: dict[str, dict[int, socket.socket]] = {}
         self.errors = 0
+        # Byte channels (TCP connections): provider -> {channel id: the provider's end}. The
+        # client's end is handed out at once and not kept; the provider's end is kept until
+        # the provider releases it, and handed to every incarnation, so a restart keeps them.
+        self.streams: dict[str, dict[str, socket.socket]] = {}
+        self._stream_seq = 0
+        self.loop = None            # the launcher's loop, to read providers' control sockets
 
     @property
     def enabled(self) -> bool:
@@ -89,13 +118,14 @@ class DataChannels:
     def for_spawn(self, inst) -> tuple[dict[str, str], list[int], tuple | None]:
         """(environment, fds to pass, the control socketpair (ours, the child's)) for a new incarnation."""
         key_env = {"QNET_DATA_KEY": self.key} if self.key else {}
-        if not self.enabled:
-            return key_env, [], None
         spec = inst.spec
+        streamed = _stream_protocols(spec.provides)
+        if not self.enabled and not streamed:
+            return key_env, [], None
         use: dict[str, int] = {}
         provide: dict[str, dict[str, int]] = {}
         fds: list[int] = []
-        for proto in _data_protocols(spec.uses):
+        for proto in (_data_protocols(spec.uses) if self.enabled else ()):
             prov = self.graph.provider_of(proto)
             if prov is None:
                 continue
@@ -107,18 +137,22 @@ class DataChannels:
             use[proto] = self.pairs[key][1].fileno()
             fds.append(use[proto])
         ctl = None
-        provided = _data_protocols(spec.provides)
-        if provided:
+        provided = _data_protocols(spec.provides) if self.enabled else []
+        streams: dict[str, int] = {}
+        if provided or streamed:
             for proto in provided:
                 provide[proto] = {}
             for (prov, proto, user), (pend, _uend) in self.pairs.items():
                 if prov == inst.name and proto in provide:
                     provide[proto][user] = pend.fileno()
                     fds.append(pend.fileno())
+            for chan, pend in self.streams.get(inst.name, {}).items():
+                streams[chan] = pend.fileno()
+                fds.append(pend.fileno())
             ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ctl[0].setblocking(False)
             fds.append(ctl[1].fileno())
-        env: dict[str, Any] = {"use": use, "provide": provide}
+        env: dict[str, Any] = {"use": use, "provide": provide, "streams": streams}
         if ctl is not None:
             env["ctl"] = ctl[1].fileno()
         return {"QNET_CHANNELS": json.dumps(env), **key_env}, fds, ctl
@@ -129,12 +163,68 @@ class DataChannels:
             return
         ctl[1].close()
         self.ctl.setdefault(inst.name, {})[number] = ctl[0]
+        if self.loop is not None:
+            name = inst.name
+            self.loop.add_reader(ctl[0].fileno(), lambda: self._on_provider_ctl(name, number))
 
     def ended(self, name: str, number: int) -> None:
         """An incarnation exited: its control socket goes."""
         s = self.ctl.get(name, {}).pop(number, None)
         if s is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(s.fileno())
             s.close()
+
+    def _on_provider_ctl(self, name: str, number: int) -> None:
+        """A provider releases byte channels it is done with: {"op": "release", "protocol",
+        "peer": channel id}. Anything else is counted and ignored."""
+        s = self.ctl.get(name, {}).get(number)
+        if s is None:
+            return
+        for _ in range(256):
+            try:
+                msg = s.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                self.ended(name, number)
+                return
+            try:
+                m = decode_raw(msg)
+                ok = isinstance(m, dict) and m.get("op") == "release" and isinstance(m.get("peer"), str)
+            except errors.IpcError:
+                ok = False
+            if not ok:
+                self.errors += 1
+                continue
+            pend = self.streams.get(name, {}).pop(m["peer"], None)
+            if pend is not None:
+                pend.close()
+
+    # -- byte channels -------------------------------------------------------------------
+    def new_streams(self, protocol: str, count: int) -> list[tuple[str, socket.socket]]:
+        """count fresh byte channels of protocol: (id, the client's end) each; the provider
+        has been told of its ends. Raises LookupError."""
+        proto = registry.get(protocol)
+        if proto is None or not proto.byte_channels:
+            raise LookupError(f"no byte-channel protocol {protocol!r}")
+        provider = self.graph.provider_of(protocol)
+        if provider is None:
+            raise LookupError(f"no component of this graph provides {protocol}")
+        held = self.streams.setdefault(provider, {})
+        if len(held) + count > MAX_STREAMS:
+            raise LookupError(f"too many byte channels open at {provider} (limit {MAX_STREAMS})")
+        out = []
+        for _ in range(count):
+            self._stream_seq += 1
+            chan = f"b{self._stream_seq}"
+            pend, cend = make_stream_pair()
+            held[chan] = pend
+            self._tell_provider(provider, "add", protocol, chan, pend.fileno())
+            out.append((chan, cend))
+        return out
 
     # -- users coming and going ----------------------------------------------------------
     def release_user(self, inst) -> None:
@@ -168,6 +258,10 @@ class DataChannels:
             for s in pair:
                 s.close()
         self.pairs.clear()
+        for held in self.streams.values():
+            for s in held.values():
+                s.close()
+        self.streams.clear()
         self.owner.clear()
         for by_number in self.ctl.values():
             for s in by_number.values():
@@ -176,7 +270,7 @@ class DataChannels:
 
     def status(self) -> dict[str, Any]:
         return {"transport": "socketpair" if self.enabled else "zmq", "channels": len(self.pairs),
-                "errors": self.errors}
+                "byte_channels": sum(len(h) for h in self.streams.values()), "errors": self.errors}
 
 
 # -- channels for programs outside the graph ----------------------------------------------
@@ -184,6 +278,7 @@ BROKER_NAME = "channels.sock"
 MAX_EXTERNAL = 64           # channels handed to programs outside the graph at once
 MAX_ASKING = 16             # connections that have not asked yet
 ASK_TIMEOUT = 5.0           # seconds a connection may take to ask
+MAX_STREAMS_PER_ASK = 64    # byte channels handed out in one answer
 
 
 def broker_path(runtime_dir: str) -> str:
@@ -270,9 +365,14 @@ class ChannelBroker:
             return
         try:
             req = decode_raw(msg)
+            if isinstance(req, dict) and "streams" in req:
+                self._grant_streams(fd, conn, req)
+                return
             if not isinstance(req, dict) or not isinstance(req.get("protocol"), str) \
                     or not isinstance(req.get("user"), str) or not 0 < len(req["user"]) <= 64:
-                raise errors.BadMessage("request must be {protocol, user}")
+                raise errors.BadMessage("request must be {protocol, user} or {streams, count}")
+            if not self.channels.enabled:
+                raise LookupError('this graph carries data over ZeroMQ (data_transport = "zmq")')
             key = self._grant(req["protocol"], req["user"])
         except (errors.IpcError, LookupError) as exc:
             self.loop.remove_reader(fd)
@@ -287,6 +387,32 @@ class ChannelBroker:
             return
         self.clients[fd] = (conn, key)
         self.counters["granted"] += 1
+
+    def _grant_streams(self, fd: int, conn: socket.socket, req: dict) -> None:
+        """{"streams": PROTOCOL, "count": N}: N byte channels, ids in the answer and the client
+        ends as fds in its order. They do not depend on this connection, which closes."""
+        self.loop.remove_reader(fd)
+        del self.clients[fd]
+        count = req.get("count", 1)
+        if not isinstance(req["streams"], str) or not isinstance(count, int) or \
+                isinstance(count, bool) or not 1 <= count <= MAX_STREAMS_PER_ASK:
+            self._refuse(conn, f"request must be {{streams: PROTOCOL, count: 1..{MAX_STREAMS_PER_ASK}}}")
+            return
+        try:
+            got = self.channels.new_streams(req["streams"], count)
+        except LookupError as exc:
+            self._refuse(conn, str(exc))
+            return
+        try:
+            socket.send_fds(conn, [encode({"ok": True, "channels": [c for c, _ in got]})],
+                            [s.fileno() for _, s in got])
+            self.counters["granted"] += count
+        except OSError:
+            self.counters["refused"] += 1   # the provider releases them when it sees EOF
+        finally:
+            for _, s in got:
+                s.close()
+            conn.close()
 
     def _grant(self, protocol: str, user: str) -> tuple[str, str, str]:
         proto = registry.get(protocol)
@@ -326,6 +452,30 @@ class ChannelBroker:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def request_streams(runtime_dir: str, protocol: str, count: int = 1,
+                    timeout: float = 5.0) -> list[tuple[str, socket.socket]]:
+    """Client side: count byte channels of protocol, (id, our end as a blocking socket) each.
+    Raises OSError or LookupError."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.settimeout(timeout)
+    try:
+        conn.connect(broker_path(runtime_dir))
+        conn.send(encode({"streams": protocol, "count": count}))
+        msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, count)
+    finally:
+        conn.close()
+    answer = decode_raw(msg) if msg else {"ok": False, "error": "the launcher closed the connection"}
+    ids = answer.get("channels") if isinstance(answer, dict) and answer.get("ok") else None
+    if not isinstance(ids, list) or len(ids) != len(fds) or not all(isinstance(i, str) for i in ids):
+        for fd in fds:
+            os.close(fd)
+        raise LookupError(answer.get("error", "refused") if isinstance(answer, dict) else "refused")
+    out = [(i, socket.socket(fileno=fd)) for i, fd in zip(ids, fds)]
+    for _i, s in out:
+        s.setblocking(True)     # the launcher made the pair non-blocking; the flag travels
+    return out
 
 
 def request_channel(runtime_dir: str, protocol: str, user: str, timeout: float = 5.0) -> tuple[socket.socket, int]:

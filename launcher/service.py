@@ -102,8 +102,9 @@ class Launcher:
         self.supervisor.on_activated = self._on_activated
         from .channels import ChannelBroker
         # Programs outside the graph (tests, benchmarks, tools) get data channels here too.
-        self.channel_broker = (ChannelBroker(self.supervisor.channels, runtime_dir, self.loop)
-                               if self.supervisor.channels.enabled else None)
+        # Byte channels (TCP) are asked here on either data transport.
+        self.supervisor.channels.loop = self.loop
+        self.channel_broker = ChannelBroker(self.supervisor.channels, runtime_dir, self.loop)
         from .ports import PortManager
         self.ports = PortManager(self)
         self.collector = Collector([SUPERVISOR], self.sup_endpoint)

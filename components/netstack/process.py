@@ -23,6 +23,7 @@ from components.netstack.core import Stack, StackConfig, StackError
 from components.netstack.core.events import EchoReply, PingError
 from components.netstack.core.offload import PortOffloads, to_plain_frames
 from components.netstack.dgram_client import decode_send, encode_received
+from components.netstack.tcp_binding import TcpService
 from components.netstack.wire.errors import ParseError
 from components.netstack.wire.virtio_net import VNET_HDR_SIZES, split_prefixed
 from components.netstack.wire.pcap import PcapWriter
@@ -30,7 +31,7 @@ from components.runtime import Component, run_component
 from ipc.accounting import drops_of, table
 from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
-from ipc.protocols.netstack import DATAGRAM, NETSTACK
+from ipc.protocols.netstack import DATAGRAM, NETSTACK, TCP
 
 DRIVER_SILENT = 5.0          # seconds without a batch or event from an attached port's driver
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
@@ -73,9 +74,10 @@ class Netstack(Component):
         # successor reads the batches its drivers queued before they attach again.
         self.offloads: dict[str, tuple[PortOffloads, int]] = {}
         self.offload_counters: dict[str, dict[str, int]] = {}
+        self.tcp = TcpService(self)     # qnet.tcp and the byte channels of TCP connections
 
     def implementations(self):
-        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self)}
+        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self), TCP: self.tcp}
 
     # -- lifecycle ----------------------------------------------------------------------
     def activate(self, state):
@@ -99,6 +101,7 @@ class Netstack(Component):
                     self.offload_counters[n].update({k: int(v) for k, v in c.items()
                                                      if k in self.offload_counters[n]})
             restored = True
+        self.tcp.restore(state.get("tcp") if state else None, bool(state and state.get("handover")))
         self._start_io()
         self.pub.emit("started", incarnation=self.rt.incarnation, restored=restored)
         # Ask every driver to announce itself again: links and MTUs may have changed meanwhile.
@@ -109,6 +112,7 @@ class Netstack(Component):
         self.active = True
         self.dev_chan.start(self.rt.loop, self._on_frames, self._on_device_event, PROCESS_BUDGET)
         self.dg_chan.start(self.rt.loop, self._on_dgram_batch, lambda peer, name, ev: None, PROCESS_BUDGET)
+        self.tcp.start()
         if self._after_wakeup not in self.rt.loop.idle_hooks:
             self.rt.loop.idle_hooks.append(self._after_wakeup)
 
@@ -117,14 +121,18 @@ class Netstack(Component):
         self.active = False
         self.dev_chan.stop()
         self.dg_chan.stop()
+        self.tcp.stop()
         self._flush()
-        return self._state()
+        return self._state(handover=True)
 
     def thaw(self):
         self._start_io()
 
-    def _state(self) -> dict:
-        return {"stack": self.stack.snapshot(), "ports": list(self.ports),
+    def _state(self, handover: bool = False) -> dict:
+        # TCP connections and their channels' bindings travel only in a hand-over: restored
+        # from a checkpoint they would be stale (core/tcp/layer.py).
+        extra = {"handover": True, "tcp": self.tcp.state()} if handover else {}
+        return {**extra, "stack": self.stack.snapshot(connections=handover), "ports": list(self.ports),
                 "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
                 "attached": {n: [p.get("incarnation", 0), bool(p.get("carrier", False))]
                              for n, p in self.ports.items() if p.get("attached")},
@@ -329,6 +337,7 @@ class Netstack(Component):
         self._armed_for = None
 
     def _flush(self):
+        self.tcp.service()
         self._flush_transmit()
         for ev in self.stack.take_events():
             self._on_core_event(ev)

@@ -153,3 +153,72 @@ DATAGRAM = Protocol(
               doc="user -> netstack on connect, so that datagrams can be routed to this identity."),
     ),
 )
+
+
+# -- TCP for clients: control here, payload bytes on byte channels (real file descriptors) --
+CHANNEL = Str(max_len=32, min_len=1, pattern=r"^[A-Za-z0-9_.\-]+$", label="channel")
+
+TCP_ERRORS = ("refused", "reset", "timed_out", "address_in_use", "address_not_available",
+              "not_found", "would_block", "bad_argument", "no_route", "limit", "not_connected",
+              "busy", "failed", "no_channel")
+
+TCP_CONN = struct(
+    "TcpConn",
+    Field("conn", U32, doc="the connection's id at netstack"),
+    Field("local", IPV4), Field("local_port", U16),
+    Field("remote", IPV4), Field("remote_port", U16),
+)
+
+TCP_LISTENER = struct(
+    "TcpListener",
+    Field("listener", U32), Field("address", Optional(IPV4)), Field("port", U16),
+    Field("backlog", U32),
+)
+
+TCP_OPTION = Enum("TcpOption", ("nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt"))
+
+TCP = Protocol(
+    "qnet.tcp", Version(1, 0),
+    doc="TCP for clients. A connection's bytes never travel here: each connection has a byte "
+        "channel, an AF_UNIX stream socket whose one end the client holds (asked of the "
+        "launcher's broker, RUN/channels.sock, as {\"streams\": \"qnet.tcp\", \"count\": N}) and whose "
+        "other end netstack serves. A client's read is a kernel read; EOF on it means the "
+        "peer's FIN, or an end that `status` names (reset, timed_out).",
+    methods=(
+        Method("listen", args=(Field("port", U16), Field("address", Optional(IPV4), default=None),
+                               Field("backlog", Int(1, 65535), default=128),
+                               Field("owner", Str(max_len=64), default="")),
+               result=TCP_LISTENER, errors=TCP_ERRORS,
+               doc="Listen on address:port (every local address without one)."),
+        Method("accept", args=(Field("listener", U32), Field("channel", CHANNEL),
+                               Field("wait", FLOAT, default=0.0,
+                                     doc="seconds to wait for a connection; 0: would_block at once")),
+               result=TCP_CONN, errors=TCP_ERRORS,
+               doc="The next established connection, served on the given (fresh) byte channel."),
+        Method("connect", args=(Field("channel", CHANNEL), Field("address", IPV4), Field("port", U16),
+                                Field("local_address", Optional(IPV4), default=None),
+                                Field("local_port", U16, default=0),
+                                Field("timeout", FLOAT, default=0.0,
+                                      doc="seconds; 0: until the handshake succeeds or fails (SYN retries)")),
+               result=TCP_CONN, errors=TCP_ERRORS,
+               doc="Open a connection served on the given (fresh) byte channel; answers once established."),
+        Method("close_listener", args=(Field("listener", U32),), result=BOOL, errors=TCP_ERRORS,
+               idempotent=True),
+        Method("shutdown", args=(Field("conn", U32), Field("how", Enum("Shut", ("read", "write", "both")))),
+               result=BOOL, errors=TCP_ERRORS,
+               doc="write: FIN after what the channel holds (as closing the channel's write side does)."),
+        Method("abort", args=(Field("conn", U32),), result=BOOL, errors=TCP_ERRORS, idempotent=True,
+               doc="Reset the connection at once (SO_LINGER 0 then close)."),
+        Method("set_option", args=(Field("conn", U32), Field("name", TCP_OPTION), Field("value", Int(0, 1 << 31))),
+               result=BOOL, errors=TCP_ERRORS),
+        Method("info", args=(Field("conn", U32),), result=ANY, errors=TCP_ERRORS, idempotent=True,
+               doc="Like Linux's TCP_INFO: state, rtt, rttvar, cwnd, ssthresh, retransmits, queues..."),
+        Method("status", args=(Field("channel", CHANNEL),), result=Str(max_len=32), errors=TCP_ERRORS,
+               idempotent=True,
+               doc="What a byte channel's connection is: connecting, established, peer_closed, closed, "
+                   "reset, refused, timed_out, or unknown (never bound, or lost in a crash: reset)."),
+        Method("list", result=ANY, idempotent=True,
+               doc="Every connection and listener, for `qnet ss`."),
+    ),
+    byte_channels=True,
+)

@@ -1,0 +1,585 @@
+"""netstack's TCP binding: qnet.tcp for clients, and the byte channels that carry their bytes.
+
+A client asks the launcher's broker for byte channels (AF_UNIX SOCK_STREAM socketpairs; the
+launcher keeps our end and hands it to every incarnation of netstack) and names one in
+`connect` or `accept`. From then on the connection's bytes move between the channel and the
+core's TCP connection here, in chunks:
+
+- client -> peer: read the channel while the connection's send buffer takes data; a chunk
+  that does not fit waits (`from_client`) and reading pauses until the core says WRITABLE.
+  EOF on the channel is the client's shutdown(SHUT_WR) or close: our FIN follows the data.
+- peer -> client: take what the core received, at most one chunk at a time (`to_client`), and
+  write it to the channel; what the channel does not take waits, and nothing more is taken
+  from the core until it drains, so the window we advertise is what the connection's receive
+  buffer has free (the channel's kernel buffer, STREAM_BUFFER, is the rest of the budget).
+  The peer's FIN, once all its data is in the channel, becomes shutdown(SHUT_WR) of our end:
+  the client reads EOF.
+- The end: a reset or a time-out closes the channel (the client reads EOF, or ECONNRESET if
+  it had written bytes we had not read) and `status` names the reason; a normal close closes
+  it once both directions are done, while the TCB lingers in TIME-WAIT without it.
+
+Across a planned restart the hand-over state keeps each channel's binding and the bytes
+waiting in `to_client`/`from_client`; the core's snapshot keeps the connections. After a
+crash, channels whose connection is not known are closed and reported `reset`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from components.netstack.core import StackError
+from components.netstack.core.tcp import TcpEvent
+from components.netstack.core.tcp.layer import ACCEPTABLE
+from components.netstack.core.tcp.state import State
+from ipc import errors
+from ipc.protocols.netstack import TCP
+
+CHUNK = 256 * 1024          # bytes moved per read or write of a channel
+READS_PER_WAKEUP = 16       # chunks read from one channel before yielding to others
+ENDED_KEPT = 4096           # ended channels whose reason `status` still answers
+
+# States in which the peer's FIN has been received (RFC 9293 §3.3.2).
+_PEER_FIN = frozenset((State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK, State.TIME_WAIT))
+
+_STACK_TO_TCP = {"address_in_use": "address_in_use", "address_not_available": "address_not_available",
+                 "not_found": "not_found", "no_route": "no_route", "no_address": "no_route",
+                 "link_down": "no_route", "no_device": "no_route", "limit": "limit",
+                 "bad_argument": "bad_argument", "not_connected": "not_connected",
+                 "connection_closing": "not_connected", "exists": "busy"}
+
+
+def _remote_error(e: StackError) -> errors.RemoteError:
+    return errors.RemoteError(str(e), code=_STACK_TO_TCP.get(e.code, "failed"))
+
+
+class ByteChannel:
+    __slots__ = ("id", "sock", "fd", "cid", "to_client", "from_client", "reading", "writing",
+                 "eof_in", "shut_out", "status")
+
+    def __init__(self, chan_id: str, sock: socket.socket) -> None:
+        self.id = chan_id
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.cid: int | None = None
+        self.to_client = memoryview(b"")    # taken from the core, not yet in the channel
+        self.from_client = b""              # read from the channel, not yet taken by the core
+        self.reading = False
+        self.writing = False
+        self.eof_in = False                 # the client shut its write side (we sent FIN)
+        self.shut_out = False               # we shut ours (the peer's FIN reached the client)
+        self.status = "unbound"
+
+
+class TcpService:
+    """The handlers of qnet.tcp and the byte channels' pump. `ns` is the Netstack component."""
+
+    def __init__(self, ns) -> None:
+        self.ns = ns
+        self.rt = ns.rt
+        self.chans: dict[str, ByteChannel] = {}
+        self.by_cid: dict[int, ByteChannel] = {}
+        self.connecting: dict[int, tuple[Any, ByteChannel, Any]] = {}   # cid -> (token, chan, timer)
+        self.accepting: dict[int, deque] = {}      # lid -> waiters (token, chan, timer)
+        self.ended: OrderedDict[str, str] = OrderedDict()
+        self.active = False
+        self.counters = {"channels_released": 0, "channel_errors": 0, "client_gone_resets": 0,
+                         "bytes_from_clients": 0, "bytes_to_clients": 0}
+        inherited = self.rt.byte_channels(TCP, self)
+        for chan_id, fd in inherited.items():
+            self._adopt(chan_id, fd)
+
+    @property
+    def tcp(self):
+        return self.ns.stack.tcp4
+
+    # -- channels coming and going (the runtime calls add_peer/remove_peer) ------------------
+    def _adopt(self, chan_id: str, fd: int) -> ByteChannel:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        ch = self.chans[chan_id] = ByteChannel(chan_id, sock)
+        return ch
+
+    def add_peer(self, peer: bytes, fd: int) -> None:
+        chan_id = peer.decode("ascii", "replace")
+        old = self.chans.get(chan_id)
+        if old is not None:
+            self._close_channel(old, "unknown", release=False)
+        ch = self._adopt(chan_id, fd)
+        if self.active:
+            self._watch_unbound(ch)
+
+    def remove_peer(self, peer: bytes) -> None:
+        ch = self.chans.get(peer.decode("ascii", "replace"))
+        if ch is not None:
+            self._close_channel(ch, "closed", release=False)
+
+    def _watch_unbound(self, ch: ByteChannel) -> None:
+        # Until a connect/accept names it, a channel is watched only for its client going away.
+        self.rt.loop.add_reader(ch.fd, lambda: self._unbound_readable(ch))
+        ch.reading = True
+
+    def _unbound_readable(self, ch: ByteChannel) -> None:
+        try:
+            peek = ch.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peek = b""
+        self.rt.loop.remove_reader(ch.fd)
+        ch.reading = False
+        if not peek:
+            self._close_channel(ch, "closed")     # the client dropped it unused
+        # else: bytes before the connection exists wait in the channel until it is bound
+
+    def _close_channel(self, ch: ByteChannel, status: str, release: bool = True) -> None:
+        if self.chans.get(ch.id) is ch:
+            del self.chans[ch.id]
+        if ch.cid is not None and self.by_cid.get(ch.cid) is ch:
+            del self.by_cid[ch.cid]
+        loop = self.rt.loop
+        if ch.reading:
+            loop.remove_reader(ch.fd)
+        if ch.writing:
+            loop.remove_writer(ch.fd)
+        ch.reading = ch.writing = False
+        ch.status = status
+        try:
+            ch.sock.close()
+        except OSError:
+            pass
+        if release:
+            self.rt.release_channel(TCP, ch.id)
+            self.counters["channels_released"] += 1
+        self.ended[ch.id] = status
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
+
+    def _take_channel(self, chan_id: str) -> ByteChannel:
+        self.rt._on_channel_ctl()       # a channel granted just now may still be in the queue
+        ch = self.chans.get(chan_id)
+        if ch is None:
+            raise errors.RemoteError(f"no byte channel {chan_id!r} (ask the launcher's broker)",
+                                     code="no_channel")
+        if ch.cid is not None or ch.id in self._waiting_channels():
+            raise errors.RemoteError(f"byte channel {chan_id!r} is in use", code="busy")
+        return ch
+
+    def _waiting_channels(self) -> set[str]:
+        out = {c.id for _t, c, _tm in self.connecting.values()}
+        for q in self.accepting.values():
+            out.update(c.id for _t, c, _tm in q)
+        return out
+
+    # -- binding a channel to a connection -----------------------------------------------
+    def _bind(self, ch: ByteChannel, cid: int) -> None:
+        loop = self.rt.loop
+        if ch.reading:
+            loop.remove_reader(ch.fd)
+            ch.reading = False
+        ch.cid = cid
+        ch.status = "established"
+        self.by_cid[cid] = ch
+        self._resume_reading(ch)
+        self._push(ch)
+
+    def _resume_reading(self, ch: ByteChannel) -> None:
+        if not ch.reading and not ch.eof_in and not ch.from_client and self.active:
+            self.rt.loop.add_reader(ch.fd, lambda: self._client_readable(ch))
+            ch.reading = True
+
+    def _pause_reading(self, ch: ByteChannel) -> None:
+        if ch.reading:
+            self.rt.loop.remove_reader(ch.fd)
+            ch.reading = False
+
+    def _client_readable(self, ch: ByteChannel) -> None:
+        """Bytes from the client: into the connection's send buffer while it takes them."""
+        now = time.monotonic()
+        tcp = self.tcp
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = ch.sock.recv(CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                ch.eof_in = True
+                self._pause_reading(ch)
+                self._client_eof(ch, now)
+                return
+            self.counters["bytes_from_clients"] += len(data)
+            try:
+                n = tcp.send(ch.cid, data, now)
+            except StackError:
+                # The connection cannot send any more (closing or gone): what the client
+                # writes now is lost, as on a socket after the peer reset it.
+                self._pause_reading(ch)
+                return
+            if n < len(data):
+                ch.from_client = data[n:]
+                self._pause_reading(ch)
+                return
+
+    def _client_eof(self, ch: ByteChannel, now: float) -> None:
+        if ch.from_client:
+            return                  # the FIN follows once the rest is taken (_writable)
+        try:
+            self.tcp.close(ch.cid, now)
+        except StackError:
+            pass
+        self._maybe_finished(ch)
+
+    def _writable(self, ch: ByteChannel, now: float) -> None:
+        """The connection's send buffer has room again."""
+        if ch.from_client:
+            try:
+                n = self.tcp.send(ch.cid, ch.from_client, now)
+            except StackError:
+                ch.from_client = b""
+                return
+            ch.from_client = ch.from_client[n:]
+            if ch.from_client:
+                return
+            if ch.eof_in:
+                self._client_eof(ch, now)
+                return
+        self._resume_reading(ch)
+
+    def _push(self, ch: ByteChannel) -> None:
+        """Bytes for the client: from the connection into the channel while it takes them."""
+        if ch.cid is None or not self.active:
+            return
+        tcp = self.tcp
+        now = time.monotonic()
+        sock = ch.sock
+        while True:
+            if not ch.to_client:
+                conn = tcp.conns.get(ch.cid)
+                if conn is None:
+                    break
+                data = tcp.recv(ch.cid, CHUNK, now)
+                if not data:
+                    break
+                ch.to_client = memoryview(data)
+            try:
+                n = sock.send(ch.to_client)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                # The client closed its end for good: like a close() with data arriving,
+                # the connection is reset (RFC 9293 §3.10.4, Linux's behaviour).
+                self.counters["client_gone_resets"] += 1
+                tcp.abort(ch.cid, now)
+                self._close_channel(ch, "closed")
+                return
+            self.counters["bytes_to_clients"] += n
+            ch.to_client = ch.to_client[n:]
+            if ch.to_client:
+                if not ch.writing:
+                    self.rt.loop.add_writer(ch.fd, lambda: self._channel_writable(ch))
+                    ch.writing = True
+                return
+        if ch.writing:
+            self.rt.loop.remove_writer(ch.fd)
+            ch.writing = False
+        conn = tcp.conns.get(ch.cid)
+        if not ch.shut_out and (conn is None or conn.state in _PEER_FIN) and \
+                (conn is None or not conn.rcvbuf):
+            ch.shut_out = True
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            if ch.status == "established":
+                ch.status = "peer_closed"
+        self._maybe_finished(ch)
+
+    def _channel_writable(self, ch: ByteChannel) -> None:
+        self._push(ch)
+        self.ns._flush_transmit()
+
+    def _maybe_finished(self, ch: ByteChannel) -> None:
+        if ch.eof_in and ch.shut_out and not ch.to_client and not ch.from_client:
+            self._close_channel(ch, "closed")
+
+    # -- events from the core --------------------------------------------------------------
+    def service(self) -> None:
+        """After every wake-up: the core's TCP events."""
+        evs = self.tcp.take_events()
+        if not evs:
+            return
+        now = time.monotonic()
+        for ident, ev in evs:
+            if ev == ACCEPTABLE:
+                self._serve_acceptors(ident, now)
+                continue
+            pending = self.connecting.get(ident)
+            if pending is not None:
+                self._connect_event(ident, ev, pending, now)
+                continue
+            ch = self.by_cid.get(ident)
+            if ch is None:
+                continue
+            if ev is TcpEvent.READABLE or ev is TcpEvent.PEER_CLOSED:
+                self._push(ch)
+            elif ev is TcpEvent.WRITABLE:
+                self._writable(ch, now)
+            elif ev is TcpEvent.RESET or ev is TcpEvent.TIMED_OUT:
+                self._close_channel(ch, "reset" if ev is TcpEvent.RESET else "timed_out")
+            elif ev is TcpEvent.CLOSED:
+                self._push(ch)
+                if self.chans.get(ch.id) is ch:
+                    self._close_channel(ch, "closed")
+        self.ns.stack.drain(now)
+
+    def _connect_event(self, cid: int, ev, pending, now: float) -> None:
+        token, ch, timer = pending
+        if ev is TcpEvent.CONNECTED:
+            del self.connecting[cid]
+            if timer is not None:
+                timer.cancel()
+            self._bind(ch, cid)
+            self.rt.rpc.reply(token, self._conn_result(cid))
+        elif ev in (TcpEvent.RESET, TcpEvent.TIMED_OUT, TcpEvent.CLOSED):
+            del self.connecting[cid]
+            if timer is not None:
+                timer.cancel()
+            code = "refused" if ev is TcpEvent.RESET else "timed_out"
+            self._close_channel(ch, code)
+            self.rt.rpc.reply_error(token, errors.RemoteError(
+                "connection refused" if code == "refused" else "connection timed out", code=code))
+
+    def _connect_timeout(self, cid: int) -> None:
+        pending = self.connecting.pop(cid, None)
+        if pending is None:
+            return
+        token, ch, _timer = pending
+        self.tcp.abort(cid, time.monotonic())
+        self._close_channel(ch, "timed_out")
+        self.rt.rpc.reply_error(token, errors.RemoteError("connection timed out", code="timed_out"))
+        self.ns._flush_transmit()
+
+    def _serve_acceptors(self, lid: int, now: float) -> None:
+        q = self.accepting.get(lid)
+        while q:
+            cid = self.tcp.accept(lid) if lid in self.tcp.listeners else None
+            if cid is None:
+                return
+            token, ch, timer = q.popleft()
+            if timer is not None:
+                timer.cancel()
+            self._bind(ch, cid)
+            self.rt.rpc.reply(token, self._conn_result(cid))
+        self.accepting.pop(lid, None)
+
+    def _accept_timeout(self, lid: int, token) -> None:
+        q = self.accepting.get(lid)
+        if not q:
+            return
+        for item in list(q):
+            if item[0] is token:
+                q.remove(item)
+                self.rt.rpc.reply_error(token, errors.RemoteError("no connection arrived in time",
+                                                                  code="would_block"))
+        if not q:
+            self.accepting.pop(lid, None)
+
+    def _conn_result(self, cid: int) -> dict:
+        conn = self.tcp.conns[cid]
+        return {"conn": cid, "local": conn.local_ip, "local_port": conn.local_port,
+                "remote": conn.remote_ip, "remote_port": conn.remote_port}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.active = True
+        for ch in list(self.chans.values()):
+            if ch.cid is None:
+                if not ch.reading:
+                    self._watch_unbound(ch)
+            else:
+                if ch.from_client:
+                    self._writable(ch, time.monotonic())
+                self._resume_reading(ch)
+                self._push(ch)
+
+    def stop(self) -> None:
+        """Stop moving bytes (freeze): what is in the channels stays there for the successor."""
+        self.active = False
+        loop = self.rt.loop
+        for ch in self.chans.values():
+            if ch.reading:
+                loop.remove_reader(ch.fd)
+                ch.reading = False
+            if ch.writing:
+                loop.remove_writer(ch.fd)
+                ch.writing = False
+
+    def state(self) -> dict:
+        """The binding of every channel and the bytes in flight through us (hand-over only)."""
+        return {"channels": {ch.id: {"cid": ch.cid, "to_client": bytes(ch.to_client),
+                                     "from_client": ch.from_client, "eof_in": ch.eof_in,
+                                     "shut_out": ch.shut_out, "status": ch.status}
+                             for ch in self.chans.values()},
+                "ended": dict(self.ended)}
+
+    def restore(self, state: dict | None, handover: bool) -> None:
+        """After activate: bind inherited channels again. After a hand-over, channels the
+        predecessor did not know are new and unbound; after a crash every connection is lost,
+        so every inherited channel is closed and reported reset (a client whose connect
+        finds its channel gone asks for a fresh one)."""
+        state = state or {}
+        known = state.get("channels", {}) if handover else {}
+        self.ended.update({str(k): str(v) for k, v in state.get("ended", {}).items()})
+        for ch in list(self.chans.values()):
+            d = known.get(ch.id)
+            if d is None:
+                if not handover:
+                    self._close_channel(ch, "reset")
+                continue
+            cid = d.get("cid")
+            if cid is None:
+                continue
+            if int(cid) not in self.tcp.conns:
+                self._close_channel(ch, "reset")
+                continue
+            ch.cid = int(cid)
+            ch.to_client = memoryview(bytes(d.get("to_client", b"")))
+            ch.from_client = bytes(d.get("from_client", b""))
+            ch.eof_in = bool(d.get("eof_in"))
+            ch.shut_out = bool(d.get("shut_out"))
+            ch.status = str(d.get("status", "established"))
+            self.by_cid[ch.cid] = ch
+
+    # -- qnet.tcp handlers ------------------------------------------------------------------
+    def listen(self, port, address=None, backlog=128, owner=""):
+        addr = None if address is None else ipaddress.IPv4Address(address)
+        try:
+            lid = self.tcp.listen(addr, port, backlog)
+        except StackError as e:
+            raise _remote_error(e) from None
+        self.tcp.listeners[lid].owner = owner or None
+        self.ns.checkpoint()
+        lst = self.tcp.listeners[lid]
+        return {"listener": lid, "address": address, "port": port, "backlog": lst.backlog}
+
+    def close_listener(self, listener):
+        if listener not in self.tcp.listeners:
+            return False
+        now = time.monotonic()
+        self.tcp.close_listener(listener, now)
+        for token, ch, timer in self.accepting.pop(listener, ()):
+            if timer is not None:
+                timer.cancel()
+            self.rt.rpc.reply_error(token, errors.RemoteError("the listener was closed", code="not_found"))
+        self.ns.checkpoint()
+        return True
+
+    def accept(self, listener, channel, wait=0.0):
+        if listener not in self.tcp.listeners:
+            raise errors.RemoteError(f"no listener {listener}", code="not_found")
+        ch = self._take_channel(channel)
+        cid = self.tcp.accept(listener)
+        if cid is not None:
+            self._bind(ch, cid)
+            return self._conn_result(cid)
+        if not wait or wait <= 0:
+            raise errors.RemoteError("no connection waits", code="would_block")
+        q = self.accepting.setdefault(listener, deque())
+        if len(q) >= 1024:
+            raise errors.RemoteError("too many accepts waiting", code="busy")
+        token = self.rt.rpc.defer()
+        timer = self.rt.loop.call_later(min(float(wait), 3600.0),
+                                        lambda: self._accept_timeout(listener, token))
+        q.append((token, ch, timer))
+        return None
+
+    def connect(self, channel, address, port, local_address=None, local_port=0, timeout=0.0):
+        ch = self._take_channel(channel)
+        now = time.monotonic()
+        try:
+            cid = self.tcp.connect(ipaddress.IPv4Address(address), port, now,
+                                   None if local_address is None else ipaddress.IPv4Address(local_address),
+                                   local_port)
+        except StackError as e:
+            raise _remote_error(e) from None
+        token = self.rt.rpc.defer()
+        timer = None
+        if timeout and timeout > 0:
+            timer = self.rt.loop.call_later(min(float(timeout), 3600.0), lambda: self._connect_timeout(cid))
+        self.connecting[cid] = (token, ch, timer)
+        self.ns.stack.drain(now)
+        return None
+
+    def shutdown(self, conn, how):
+        ch = self.by_cid.get(conn)
+        if ch is None or conn not in self.tcp.conns:
+            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
+        now = time.monotonic()
+        if how in ("write", "both") and not ch.eof_in:
+            # The client should shut its channel's write side (the FIN then follows every byte
+            # it wrote); this call takes what the channel holds first.
+            self._client_readable(ch)
+            if not ch.eof_in:
+                ch.eof_in = True
+                self._pause_reading(ch)
+                self._client_eof(ch, now)
+        return True
+
+    def abort(self, conn):
+        ch = self.by_cid.get(conn)
+        now = time.monotonic()
+        if conn in self.tcp.conns:
+            self.tcp.abort(conn, now)
+        if ch is not None:
+            self._close_channel(ch, "closed")
+        return True
+
+    def set_option(self, conn, name, value):
+        c = self.tcp.conns.get(conn)
+        if c is None:
+            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
+        setter = getattr(c, f"set_{name}", None)
+        if setter is None:
+            raise errors.RemoteError(f"option {name} is not supported yet", code="bad_argument")
+        setter(value)
+        return True
+
+    def info(self, conn):
+        if conn not in self.tcp.conns:
+            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
+        d = self.tcp.info(conn)
+        ch = self.by_cid.get(conn)
+        d["channel"] = ch.id if ch else None
+        return _plain(d)
+
+    def status(self, channel):
+        ch = self.chans.get(channel)
+        if ch is not None:
+            if ch.cid is None:
+                return "connecting" if channel in self._waiting_channels() else "unbound"
+            return ch.status
+        return self.ended.get(channel, "unknown")
+
+    def list(self):
+        conns = []
+        for cid in self.tcp.conns:
+            d = self.tcp.info(cid)
+            ch = self.by_cid.get(cid)
+            d["channel"] = ch.id if ch else None
+            conns.append(_plain(d))
+        return {"connections": conns, "listeners": _plain(self.tcp.listener_info())}
+
+
+def _plain(obj):
+    """info() dicts as msgpack-able values (enums and addresses as text)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    return str(getattr(obj, "value", obj))
