@@ -74,7 +74,10 @@ class AddressInfo:
         return asdict(self)
 
 
-def multicast_mac(group: ipaddress.IPv4Address) -> MacAddr:
+def multicast_mac(group: ipaddress.IPv4Address | ipaddress.IPv6Address) -> MacAddr:
+    if group.version == 6:
+        # RFC 2464 §7: 33-33 followed by the low-order 32 bits of the group address.
+        return MacAddr(b"\x33\x33" + (int(group) & 0xFFFFFFFF).to_bytes(4, "big"))
     # RFC 1112 §6.4: 01-00-5E followed by the low-order 23 bits of the group address.
     low = int(group) & 0x7FFFFF
     return MacAddr(b"\x01\x00\x5e" + low.to_bytes(3, "big"))

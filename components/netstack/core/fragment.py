@@ -2,7 +2,9 @@
 
 The reassembler is the same for IPv4 and IPv6: it is keyed by whatever tuple the version
 uses to name a datagram ((src, dst, proto, ident) for IPv4, RFC 791; (src, dst, ident) for
-IPv6, RFC 8200), and holds byte ranges with the hole logic of RFC 815.
+IPv6, RFC 8200), and holds byte ranges with the hole logic of RFC 815. How a payload is cut
+(`fragment_spans`) is the same for both too; only the headers put on each piece differ
+(`fragment_ipv4` here; IPv6 puts a Fragment header after the unfragmentable part).
 """
 
 from __future__ import annotations
@@ -20,7 +22,28 @@ from .timers import Deadlines
 FRAGMENT_OVERHEAD = 64
 
 
-# -- fragmentation (IPv4) -------------------------------------------------------------------
+# -- fragmentation ---------------------------------------------------------------------------
+
+def fragment_spans(length: int, first_room: int, later_room: int) -> list[tuple[int, int]]:
+    """(offset, size) of each piece of a `length`-byte payload, in order.
+
+    Every piece but the last carries a multiple of 8 bytes (offsets count 8-byte units: RFC
+    791 §3.1, RFC 8200 §4.5); the first holds at most `first_room` bytes, the others at most
+    `later_room` (IPv4 copies only some options into later fragments). [] when a piece that
+    is needed would hold fewer than 8 bytes. An empty payload is one empty piece.
+    """
+    spans = []
+    off = 0
+    while True:
+        room = (first_room if off == 0 else later_room) & ~7
+        if room <= 0:
+            return []
+        size = min(room, length - off)
+        spans.append((off, size))
+        off += size
+        if off >= length:
+            return spans
+
 
 def fragment_ipv4(pkt: Ipv4Packet, mtu: int, ttl: int | None = None) -> list[bytes]:
     """Split pkt into fragments that fit mtu (RFC 791 §3.2, "fragmentation procedure").
@@ -32,22 +55,14 @@ def fragment_ipv4(pkt: Ipv4Packet, mtu: int, ttl: int | None = None) -> list[byt
     payload = bytes(pkt.payload)
     first_opts = pkt.options_bytes
     later_opts = options_for_fragment(first_opts) if first_opts else b""
-    frames = []
-    off = 0
-    while True:
-        opts = first_opts if off == 0 else later_opts
-        room = (mtu - IPV4_HEADER_LEN - len(opts)) & ~7
-        if room <= 0:
-            return []
-        chunk = payload[off:off + room]
-        last = off + len(chunk) >= len(payload)
-        frames.append(build_ipv4(pkt.src, pkt.dst, pkt.proto, chunk, ttl=ttl, ident=pkt.ident,
-                                 more_fragments=pkt.more_fragments if last else True,
-                                 frag_offset=pkt.frag_offset + off, dscp=pkt.dscp, ecn=pkt.ecn,
-                                 options=opts))
-        off += len(chunk)
-        if last:
-            return frames
+    spans = fragment_spans(len(payload), mtu - IPV4_HEADER_LEN - len(first_opts),
+                           mtu - IPV4_HEADER_LEN - len(later_opts))
+    last = len(spans) - 1
+    return [build_ipv4(pkt.src, pkt.dst, pkt.proto, payload[off:off + size], ttl=ttl,
+                       ident=pkt.ident, more_fragments=pkt.more_fragments if i == last else True,
+                       frag_offset=pkt.frag_offset + off, dscp=pkt.dscp, ecn=pkt.ecn,
+                       options=first_opts if off == 0 else later_opts)
+            for i, (off, size) in enumerate(spans)]
 
 
 # -- reassembly (any version) ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The routing table, one per IP version (the code is the same for both).
+"""The routing table, one per IP version (the code is the same for both: prefixes of up to
+32 or 128 bits, indexed by address ints).
 
 Lookup is longest-prefix match, then lowest metric, among routes whose device is usable
 (present and link up). A route via a gateway without a device resolves its device by looking
@@ -69,7 +70,10 @@ class NextHop:
 
 class RoutingTable:
     def __init__(self, version: int, max_routes: int) -> None:
+        if version not in (4, 6):
+            raise ValueError(f"IP version {version!r}")
         self.version = version
+        self.bits = 32 if version == 4 else 128
         self.max_routes = max_routes
         self._routes: list[Route] = []   # kept sorted: longest prefix first, then metric
         # The same routes by prefix length, longest first: (mask, {network: routes}), ints,
@@ -80,7 +84,7 @@ class RoutingTable:
         self.dropped = 0                 # add_route refused because the table was full
 
     def _reindex(self) -> None:
-        bits = 32 if self.version == 4 else 128
+        bits = self.bits
         levels: dict[int, dict[int, list[Route]]] = {}
         for r in self._routes:           # in preference order, which each list keeps
             levels.setdefault(r.prefix.prefixlen, {}).setdefault(
