@@ -99,17 +99,25 @@ def cmd_port(args) -> int:
             raise CliError("qnet port add: --offloads needs --tap IFNAME", EXIT_USAGE)
         if backend == "dgram" and not args.peer:
             raise CliError("qnet port add: --dgram needs --peer PATH (QEMU's local.path)", EXIT_USAGE)
+        fault = None
+        if args.fault is not None:
+            from components.ethdriver.backends.fault import parse_fault_spec
+            try:
+                fault = str(parse_fault_spec(args.fault))
+            except ValueError as exc:
+                raise CliError(f"qnet port add: --{exc}", EXIT_USAGE) from None
         res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
                    create=not args.no_create, mac=args.mac.lower() if args.mac else None, mtu=args.mtu, forwarding=not args.no_forwarding,
                    path=args.stream or args.dgram, peer_path=args.peer,
                    dhcp="client" if args.dhcp else ("server" if args.dhcp_server else None),
                    addresses=[_iface(a) for a in args.addr or []],
-                   **({"offloads": True} if args.offloads else {}))
+                   **({"offloads": True} if args.offloads else {}), **({"fault": fault} if fault else {}))
         if args.json:
             out_json(res)
         else:
             print(f"port {res['name']}: {res['backend']}" + (f" {res['tap']}" if res.get("tap") else "")
-                  + f", mtu {res['mtu']}" + (f", {', '.join(res['addresses'])}" if res["addresses"] else ""))
+                  + f", mtu {res['mtu']}" + (f", {', '.join(res['addresses'])}" if res["addresses"] else "")
+                  + (f", fault {fault}" if fault else ""))
         return 0
     if sub == "del":
         call(args, "port_del", name=args.name)
@@ -288,6 +296,11 @@ def add_commands(sub) -> None:
                    help="open the TAP with IFF_VNET_HDR and take checksum and TSO/GSO offloads")
     a.add_argument("--dhcp-server", action="store_true",
                    help="serve DHCP on the port from its first address's subnet (a guest-facing port)")
+    a.add_argument("--fault", metavar="KEY=VALUE,...",
+                   help="make the port's link bad in qnet's driver, e.g. loss=0.01,reorder=0.05,dup=0.01,"
+                        "delay=0.3,seed=1 (delay is one-way, each direction); keys: loss, corrupt, dup, "
+                        "reorder, reorder_gap, reorder_hold, delay, jitter, rate, limit, limit_bytes, max_len, "
+                        "seed, dir (docs/fault-injection.md)")
     a.add_argument("--json", action="store_true")
     d = ps.add_parser("del", help="remove a port and its driver")
     d.add_argument("name")

@@ -15,6 +15,7 @@ incarnation (idempotent calls: reconcile, don't replay logs).
     forwarding = true
     addresses = ["10.0.0.1/24"]
     offloads = true            # TAP only: checksum and TSO/GSO offloads (docs/manifest.md)
+    fault = "loss=0.01,delay=0.3"  # the driver's fault injector (docs/fault-injection.md)
 
     [[routes]]
     prefix = "0.0.0.0/0"
@@ -47,7 +48,7 @@ _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
 CALL_TIMEOUT = 2.0
 CONFIG_DEADLINE = 8.0
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
-              "vnet_hdr", "pool", "link", "offloads"}
+              "vnet_hdr", "pool", "link", "offloads", "fault"}
 
 
 def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +86,13 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         if not cfg.get("path") or not cfg.get("peer_path"):
             raise ValueError(f"port {name}: backend dgram needs path (ours) and peer_path (QEMU's local.path)")
         out["path"], out["peer_path"] = str(cfg["path"]), str(cfg["peer_path"])
+    if cfg.get("fault"):
+        from components.ethdriver.backends.fault import parse_fault_spec
+        # Kept in its canonical text, so the same faults written two ways compare equal.
+        try:
+            out["fault"] = str(parse_fault_spec(cfg["fault"]))
+        except ValueError as exc:
+            raise ValueError(f"port {name}: {exc}") from None
     for a in cfg.get("addresses", []):
         try:
             out["addresses"].append(str(ipaddress.IPv4Interface(a)))
@@ -250,6 +258,8 @@ class PortManager:
             raise errors.RemoteError("this graph declares no driver component (one that uses qnet.device)",
                                      code="failed")
         args = dict(t.args, instance=name, backend=cfg["backend"], mtu=cfg["mtu"])
+        if cfg.get("fault"):
+            args["fault"] = cfg["fault"]
         if cfg["backend"] == "tap":
             handles = [HandleSpec("tap", "tap", {"name": cfg["tap"], "create": cfg["create"],
                                                   "vnet_hdr": cfg.get("vnet_hdr", False)})]

@@ -438,11 +438,13 @@ class _Control:
 
     # -- ports, addresses, routes (configuration the launcher owns) ----------------------------
     def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp, addresses,
-                 offloads=False):
+                 offloads=False, fault=None):
         cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp,
                "addresses": [str(a) for a in addresses]}
         if offloads:
             cfg["offloads"] = True
+        if fault:
+            cfg["fault"] = fault
         for k, v in (("tap", tap), ("mac", mac), ("path", path), ("peer_path", peer_path)):
             if v is not None:
                 cfg[k] = v

@@ -13,7 +13,10 @@ frame bytes.
 """
 from __future__ import annotations
 
-from components.ethdriver.backends import DgramBackend, StreamBackend, TapBackend, TapError
+import time
+
+from components.ethdriver.backends import BackendWrapper, DgramBackend, FaultInjector, StreamBackend, TapBackend, TapError
+from components.ethdriver.backends.fault import parse_fault_spec
 from components.runtime import Component, run_component
 from ipc.accounting import drops_of, table
 from ipc.channel import UserChannel
@@ -47,8 +50,32 @@ class EthDriver(Component):
         self.link = None
         self.counters = {"rx_batches": 0, "tx_batches": 0, "tx_short": 0, "rx_paused": 0}
         self._paused = False
+        self._backend_timer = None
+        self.fault = None
+        if rt.args.get("fault"):
+            # The launcher checked it (launcher/ports.py); a hand-written args table may not be.
+            try:
+                self.fault = parse_fault_spec(rt.args["fault"])
+            except ValueError as exc:
+                raise SystemExit(f"ethdriver: {exc}") from None
 
     def _open_backend(self, state):
+        backend = self._open_device(state)
+        if self.fault is not None:
+            # A wrapper around whichever device: a TAP, a QEMU stream or dgram link gets the
+            # same loss, reordering and delay (docs/fault-injection.md).
+            backend = FaultInjector.from_spec(backend, self.fault)
+            self.log.info("fault injection: %s", self.fault)
+        return backend
+
+    def _device(self):
+        """The backend under any wrappers."""
+        b = self.backend
+        while isinstance(b, BackendWrapper):
+            b = b.inner
+        return b
+
+    def _open_device(self, state):
         h = self.rt.handles
         mtu = int(self.rt.args.get("mtu", 1500))
         if self.kind == "tap":
@@ -80,6 +107,7 @@ class EthDriver(Component):
         self._start_io()
         self.rt.loop.call_every(ATTACH_INTERVAL, self._attach)
         self.rt.loop.call_every(LINK_POLL, self._poll_link)
+        self.rt.loop.idle_hooks.append(self._arm_backend_timer)
 
     def _start_io(self):
         self.active = True
@@ -93,14 +121,18 @@ class EthDriver(Component):
         self._paused = False
         self.rt.loop.remove_reader(self.backend.fileno())
         self.rt.loop.remove_writer(self.chan.poll_key)
+        if self._backend_timer is not None:
+            self._backend_timer.cancel()
+            self._backend_timer = None
         self.chan.stop()
         if isinstance(self.chan, UserChannel):
             # ZeroMQ: what netstack already sent to this connection is ours to write now.
             # (A socketpair keeps unread batches queued for the successor instead.)
             self._on_channel_drain()
         state = {}
-        if isinstance(self.backend, StreamBackend):
-            state["rx_residue"] = self.backend.rx_residue()
+        device = self._device()
+        if isinstance(device, StreamBackend):
+            state["rx_residue"] = device.rx_residue()
         return state
 
     def thaw(self):
@@ -121,7 +153,10 @@ class EthDriver(Component):
         end = getattr(self.chan, "end", None)
         if end is not None:  # the launcher's socketpair toward netstack: bytes netstack has not read
             tables["channel"] = table(end.queued_bytes(), end.sndbuf, end.dropped_frames)
+        if self.backend is not None:
+            tables.update(self.backend.tables())
         return {"port": self.port, "backend": self.kind, "link_up": bool(self.link), "drops": drops,
+                "fault": str(self.fault) if self.fault is not None else None,
                 "internal_errors": self.rt.loop.errors, "tables": tables,
                 "offloads": offloads, "frame_prefix": self.backend.frame_prefix_len if self.backend else 0,
                 "backend_counters": c, "channel": ch, **self.counters}
@@ -148,6 +183,28 @@ class EthDriver(Component):
             self.chan.send_batch("rx", frames)
             if len(frames) < MAX_BATCH:
                 break
+
+    def _arm_backend_timer(self):
+        """After every wake-up: a timer for the backend's next timed work (a delay line's next
+        release). Not while paused: frames that came due wait for the resume, which reads them."""
+        if not self.active or self._paused or self.backend is None:
+            return
+        when = self.backend.next_deadline()
+        if when is None:
+            return
+        t = self._backend_timer
+        if t is not None:
+            if t.when <= when:
+                return
+            t.cancel()
+        self._backend_timer = self.rt.loop.call_at(when, self._on_backend_timer)
+
+    def _on_backend_timer(self):
+        self._backend_timer = None
+        if not self.active:
+            return
+        self.backend.poll(time.monotonic())
+        self._on_backend()
 
     def _pause_backend(self):
         """Stop reading the backend until the channel has room again."""

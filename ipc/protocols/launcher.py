@@ -44,7 +44,7 @@ LOG_CHUNK = struct(
 )
 
 LAUNCHER = Protocol(
-    "qnet.launcher", Version(1, 1),
+    "qnet.launcher", Version(1, 2),
     doc="Control of the component graph: status, restarts, logs, shutdown.",
     methods=(
         Method("status", result=List(COMPONENT_STATUS), idempotent=True),
@@ -68,7 +68,10 @@ LAUNCHER = Protocol(
                                  Field("dhcp", Optional(Enum("DhcpRole", ("client", "server"))), default=None),
                                  Field("addresses", List(IPV4_IFACE, max_len=64), default=[]),
                                  Field("offloads", BOOL, default=False,
-                                       doc="1.1: TAP with IFF_VNET_HDR, checksum and TSO/GSO offloads")),
+                                       doc="1.1: TAP with IFF_VNET_HDR, checksum and TSO/GSO offloads"),
+                                 Field("fault", Optional(Str(max_len=512)), default=None,
+                                       doc="1.2: the driver's fault injector, KEY=VALUE,... "
+                                           "(docs/fault-injection.md)")),
                result=PORT_CONFIG, errors=PORT_ERRORS,
                doc="Open the backend handle, start ethdriver.NAME, create the port in netstack."),
         Method("port_del", args=(Field("name", NAME),), result=BOOL, errors=PORT_ERRORS),

@@ -14,7 +14,9 @@ Poll contract, the same for every backend:
   cannot spin or stall;
 * ``write_batch()`` never blocks: what the kernel will not take now is either kept in a bounded
   pending buffer (stream backends, ``want_write()`` is then true and ``flush()`` retries) or
-  dropped and counted in ``tx_dropped``.
+  dropped and counted in ``tx_dropped``;
+* a backend with timed work (a wrapper's delay line) says when through ``next_deadline()``;
+  the driver calls ``poll(now)`` then, and ``read_batch()`` after it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ class Backend(ABC):
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    def tables(self) -> dict[str, dict]:
+        """Bounded queues the backend keeps, as ipc.accounting.table rows (``qnet status --tables``)."""
+        return {}
+
+    # Timed work. A backend that holds frames for a time (a delay line) cannot announce their
+    # release through its fd: the driver asks ``next_deadline()`` after every wake-up, calls
+    # ``poll(now)`` when it has come, then ``read_batch()`` for received frames that came due.
+    def next_deadline(self) -> float | None:
+        """The time.monotonic() at which ``poll`` has work, or None. A time already past means
+        frames wait for ``read_batch`` now."""
+        return None
+
+    def poll(self, now: float) -> None:
+        """Do the timed work due by ``now`` (write out frames whose delay has run). Never blocks."""
+
     # Offloads (core/offload.py OFFLOAD_NAMES) the backend takes on write and may hand over on
     # read; with any, every frame in a batch carries a virtio-net header of this many bytes.
     frame_prefix_len = 0
@@ -148,6 +165,15 @@ class BackendWrapper(Backend):
 
     def counters(self) -> dict[str, int]:
         return self.inner.counters()
+
+    def tables(self) -> dict[str, dict]:
+        return self.inner.tables()
+
+    def next_deadline(self) -> float | None:
+        return self.inner.next_deadline()
+
+    def poll(self, now: float) -> None:
+        self.inner.poll(now)
 
     @property
     def frame_prefix_len(self) -> int:
