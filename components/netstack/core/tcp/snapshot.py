@@ -45,6 +45,11 @@ TCB_FIELDS: dict[str, str] = {
     "rcv_space_time": "t", "rcv_rtt": "f?",
     # delayed ACKs, Nagle
     "delack_deadline": "t?", "quickack": "u", "rcv_mss": "u", "nodelay": "bool",
+    # loss recovery and congestion (the algorithm's own state is under "congestion")
+    "sack_ok": "bool", "recovery": "u", "recover": "seq", "high_rxt": "seq", "dupacks": "u",
+    "reno_sacked": "u", "_force_rtx": "bool", "rto_backoff": "u",
+    # the persist timer
+    "persist_deadline": "t?", "persist_backoff": "u", "probes_out": "u",
 }
 RTO_FIELDS: dict[str, str] = {"srtt": "f?", "rttvar": "f?", "rto": "f", "samples": "u"}
 

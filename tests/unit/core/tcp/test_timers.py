@@ -89,7 +89,7 @@ def test_data_retransmissions_back_off_until_the_connection_gives_up():
 
 
 def test_a_timeout_resends_from_snd_una_one_segment_then_acks_clock_out_the_rest():
-    c, p = established(TcpConfig(nodelay=True), now=0.0, rtt=0.1)
+    c, p = established(TcpConfig(nodelay=True, congestion="newreno"), now=0.0, rtt=0.1)
     c.send(b"x" * 4000, 1.0)
     assert [len(s.payload) for s in c.take_segments()] == [1460, 1460, 1080]
     fire(c)
@@ -129,20 +129,35 @@ def test_time_wait_ends_exactly_at_two_msl_and_a_retransmitted_fin_restarts_it()
     assert c.take_events()[-1] is TcpEvent.CLOSED
 
 
-def test_a_zero_window_is_probed_until_it_opens():
+def test_a_zero_window_is_probed_with_back_off_until_it_opens():
     c, p = established(TcpConfig(nodelay=True), now=0.0, window=0)
     c.send(b"z" * 3000, 1.0)
     assert c.take_segments() == []             # nothing fits
+    assert c.persist_deadline is not None and c.rtx_deadline is None
     t = fire(c)
-    probe = c.take_segments()
-    assert [(s.seq, len(s.payload)) for s in probe] == [(sq.add(c.iss, 1), 1)]
-    assert c.stats["window_probes"] == 1
-    p.send(ACK, ack=sq.add(c.iss, 1), window=0, now=t + 0.1)   # still closed: probe rejected
+    # Linux's probe: an old sequence number, no data, which the peer must answer
+    [probe] = c.take_segments()
+    assert (probe.seq, probe.payload) == (c.iss, b"") and c.stats["window_probes"] == 1
+    p.send(ACK, ack=sq.add(c.iss, 1), window=0, now=t + 0.1)   # still closed
+    assert c.probes_out == 0                                     # but the peer is alive
     t2 = fire(c)
-    assert [len(s.payload) for s in c.take_segments()] == [1]
+    [probe] = c.take_segments()
+    assert probe.payload == b""
     assert t2 - t == pytest.approx(2 * (t - 1.0))              # backed off
-    out = p.send(ACK, ack=sq.add(c.iss, 2), window=65535, now=t2 + 0.1)
-    assert sum(len(s.payload) for s in out) == 2999
+    assert c.cwnd == 4380                                       # probes are not losses
+    out = p.send(ACK, ack=sq.add(c.iss, 1), window=65535, now=t2 + 0.1)
+    assert sum(len(s.payload) for s in out) == 3000 and c.persist_deadline is None
+
+
+def test_a_peer_that_stops_answering_probes_times_out():
+    c, p = established(TcpConfig(data_retries=3), now=0.0, window=0)
+    c.send(b"z" * 100, 1.0)
+    for _ in range(10):
+        if c.state is not S.ESTABLISHED:
+            break
+        fire(c)
+    assert c.stats["window_probes"] == 3
+    assert c.take_events()[-2:] == [TcpEvent.TIMED_OUT, TcpEvent.CLOSED]
 
 
 def test_lost_window_update_does_not_stall_the_transfer():
