@@ -30,6 +30,7 @@ from .congestion import make as make_congestion
 from .sack import Scoreboard, receiver_blocks
 from .segment import OutSegment, make_out_segment, rst_for
 from .sender import Sender
+from .state import KEEPALIVE as KEEPALIVE_STATES
 from .state import RECEIVING, SENDING, TRANSITIONS, Act, Event, State
 
 S, E, A = State, Event, Act
@@ -60,6 +61,11 @@ class TcpConfig:
     msl: float = 30.0               # TIME-WAIT lasts 2*MSL = 60 s, Linux's TCP_TIMEWAIT_LEN
     syn_retries: int = 6            # Linux tcp_syn_retries
     data_retries: int = 15          # Linux tcp_retries2 (RFC 9293 §3.8.3 R2 >= 100 s)
+    keepalive: bool = False         # SO_KEEPALIVE (RFC 1122 §4.2.3.6: MUST default to off)
+    keepalive_idle: float = 7200.0  # TCP_KEEPIDLE (RFC 1122: >= 2 hours by default)
+    keepalive_interval: float = 75.0  # TCP_KEEPINTVL
+    keepalive_count: int = 9        # TCP_KEEPCNT: unanswered probes before giving up
+    fin_timeout: float = 60.0       # Linux tcp_fin_timeout: an orphaned FIN-WAIT-2's life
 
 
 class TcpEvent(enum.Enum):
@@ -90,6 +96,11 @@ class Connection(Sender):
                                                                config.recv_buffer):
             shift += 1
         self._our_wscale = shift
+        self.keepalive = config.keepalive
+        self.keepalive_idle = config.keepalive_idle
+        self.keepalive_interval = config.keepalive_interval
+        self.keepalive_count = config.keepalive_count
+        self.orphaned = False            # the application let go (`release`)
         self._last_ts: tuple[int, int] | None = None   # the timestamp of the segment at hand
         # RFC 7323 §5.4 and §7.1: our TSval clock, offset per connection; it outlives
         # _reset_tcb so that the clock stays monotonic for the 4-tuple.
@@ -156,6 +167,12 @@ class Connection(Sender):
         self.persist_backoff = 0
         self.probes_out = 0              # probes unanswered
         self._sack_recent: list[int] = []   # out-of-order arrivals, newest first (RFC 2018 §4)
+        # keepalive (RFC 1122 §4.2.3.6): checked lazily against the last segment heard
+        self.last_heard = 0.0
+        self.keepalive_deadline: float | None = None
+        self.keepalive_probes = 0
+        self._keepalive_sent = 0.0
+        self.fin_wait_2_deadline: float | None = None
         self._ack_pending = False        # an ACK is owed now
         self._writable_wanted = False
         self.delack_deadline: float | None = None   # a delayed ACK is owed by then
@@ -174,8 +191,75 @@ class Connection(Sender):
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.rtx_deadline, self.time_wait_deadline, self.delack_deadline,
-                          self.persist_deadline) if d is not None]
+                          self.persist_deadline, self.keepalive_deadline,
+                          self.fin_wait_2_deadline) if d is not None]
         return min(ds) if ds else None
+
+    def set_keepalive(self, on: bool, now: float, *, idle: float | None = None,
+                      interval: float | None = None, count: int | None = None) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT (seconds, probes)."""
+        if idle is not None:
+            self.keepalive_idle = float(idle)
+        if interval is not None:
+            self.keepalive_interval = float(interval)
+        if count is not None:
+            self.keepalive_count = int(count)
+        if min(self.keepalive_idle, self.keepalive_interval) <= 0 or self.keepalive_count < 1:
+            raise ValueError("tcp: keepalive idle and interval must be > 0, count >= 1")
+        self.keepalive = bool(on)
+        self._now = now
+        self.keepalive_probes = 0
+        self._arm_keepalive(now)
+
+    def release(self, now: float) -> None:
+        """The application let go of the connection (close(2), not shutdown): close it if it
+        is still open, then it is an orphan: what arrives is discarded (nobody will read it)
+        and FIN-WAIT-2 lasts at most `fin_timeout` (Linux's tcp_fin_timeout)."""
+        self._now = now
+        if (self.state, E.CLOSE) in TRANSITIONS and self.state not in (S.CLOSED, S.LISTEN):
+            self.close(now)
+        elif self.state is S.LISTEN:
+            self._app(E.CLOSE, now)
+        self.orphaned = True
+        self.rcvbuf.clear()
+        if self.state is S.FIN_WAIT_2 and self.fin_wait_2_deadline is None:
+            self.fin_wait_2_deadline = now + self.cfg.fin_timeout
+
+    def _arm_keepalive(self, now: float) -> None:
+        if self.keepalive and self.state in KEEPALIVE_STATES:
+            self.keepalive_deadline = (self.last_heard + self.keepalive_idle
+                                       if not self.keepalive_probes
+                                       else now + self.keepalive_interval)
+            if self.keepalive_deadline < now:
+                self.keepalive_deadline = now
+        else:
+            self.keepalive_deadline = None
+
+    def _keepalive_timeout(self, now: float) -> None:
+        self.keepalive_deadline = None
+        if not self.keepalive or self.state not in KEEPALIVE_STATES:
+            return
+        if self.snd_una != self.snd_max or self.persist_deadline is not None:
+            # data in flight or a zero window: the retransmission or persist timer watches
+            self.keepalive_probes = 0
+            self.keepalive_deadline = now + self.keepalive_idle
+            return
+        if self.keepalive_probes and self.last_heard > self._keepalive_sent:
+            self.keepalive_probes = 0           # the peer answered
+        idle = now - self.last_heard
+        if not self.keepalive_probes and idle < self.keepalive_idle:
+            self.keepalive_deadline = self.last_heard + self.keepalive_idle
+            return
+        if self.keepalive_probes >= self.keepalive_count:
+            self.stats["keepalive_timeouts"] += 1
+            self._step(E.KEEPALIVE_DEAD, now)
+            return
+        # RFC 1122 §4.2.3.6: a probe the peer must ACK: <SEQ=SND.UNA-1>, no data (Linux's)
+        self.keepalive_probes += 1
+        self._keepalive_sent = now
+        self.stats["keepalive_probes"] += 1
+        self._emit(sq.add(self.snd_una, -1), ACK)
+        self.keepalive_deadline = now + self.keepalive_interval
 
     def set_congestion(self, name: str) -> None:
         """Switch the congestion control ("cubic" or "newreno"), as TCP_CONGESTION does:
@@ -286,6 +370,13 @@ class Connection(Sender):
             self._retransmit_timeout(now)
         if self.persist_deadline is not None and now >= self.persist_deadline:
             self._persist_timeout(now)
+        if self.keepalive_deadline is not None and now >= self.keepalive_deadline:
+            self._keepalive_timeout(now)
+        if self.fin_wait_2_deadline is not None and now >= self.fin_wait_2_deadline:
+            self.fin_wait_2_deadline = None
+            if self.state is S.FIN_WAIT_2:
+                self.stats["fin_wait_2_timeouts"] += 1
+                self._step(E.FIN_WAIT_2_TIMEOUT, now)
 
     # -- segments --------------------------------------------------------------------------
     def segment_arrives(self, seg: TcpSegment, now: float) -> None:
@@ -427,6 +518,7 @@ class Connection(Sender):
             self._ack_pending = True
             return
 
+        self.last_heard = now
         if ts is not None and self.ts_ok and sq.ge(ts[0], self.ts_recent) and sq.le(
                 seg.seq, self.last_ack_sent):
             # RFC 7323 §4.3 (2) and §5.3 R3: remember the TSval to echo.
@@ -542,6 +634,11 @@ class Connection(Sender):
             self.rcv_rtt = r if self.rcv_rtt is None else min(r, 0.875 * self.rcv_rtt + 0.125 * r)
 
     def _deliver(self, payload: bytes | memoryview) -> None:
+        if self.orphaned:
+            # nobody will read it: acknowledge and forget (the window stays open)
+            self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
+            self.stats["orphan_discarded_bytes"] += len(payload)
+            return
         self.rcvbuf += payload
         self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
         self.stats["bytes_received"] += len(payload)
@@ -582,6 +679,8 @@ class Connection(Sender):
         nxt, actions = rule
         if nxt is not self.state:
             self.stats["to_" + nxt.value.lower()] += 1
+            if nxt is S.FIN_WAIT_2 and self.orphaned and self.fin_wait_2_deadline is None:
+                self.fin_wait_2_deadline = now + self.cfg.fin_timeout
         self.state = nxt
         for act in actions:
             if act is A.SEND_SYN:
@@ -611,6 +710,8 @@ class Connection(Sender):
                 self.rtx_deadline = None
                 self.time_wait_deadline = now + 2 * self.cfg.msl
             elif act is A.NOTIFY_CONNECTED:
+                self.last_heard = now
+                self._arm_keepalive(now)
                 self._events.append(TcpEvent.CONNECTED)
             elif act is A.NOTIFY_PEER_CLOSED:
                 self._events.append(TcpEvent.PEER_CLOSED)
@@ -787,7 +888,9 @@ class Connection(Sender):
                 and cfg.send_buffer <= self.sndbuf_limit <= smax):
             raise ValueError("tcp snapshot: buffer limits out of range")
         slack = 2 << self.rcv_wscale         # rounding of a scaled window (see _emit)
-        if len(self.sndbuf) > self.sndbuf_limit or len(self.rcvbuf) > self.rcvbuf_limit + slack:
+        # A window once offered is honoured (RFC 9293 §3.8.6.2.2), so the receive buffer may
+        # run past its current limit by what was offered; the hard bound is recv_buffer_max.
+        if len(self.sndbuf) > self.sndbuf_limit or len(self.rcvbuf) > rmax + slack:
             raise ValueError("tcp snapshot: a buffer exceeds its bound")
         if self.snd_wscale > MAX_WSCALE or self.rcv_wscale > MAX_WSCALE:
             raise ValueError("tcp snapshot: window shift above 14")

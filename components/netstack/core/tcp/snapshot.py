@@ -50,6 +50,10 @@ TCB_FIELDS: dict[str, str] = {
     "reno_sacked": "u", "_force_rtx": "bool", "rto_backoff": "u",
     # the persist timer
     "persist_deadline": "t?", "persist_backoff": "u", "probes_out": "u",
+    # keepalive, orphans
+    "keepalive": "bool", "keepalive_idle": "f", "keepalive_interval": "f",
+    "keepalive_count": "u", "orphaned": "bool", "last_heard": "t", "keepalive_deadline": "t?",
+    "keepalive_probes": "u", "_keepalive_sent": "t", "fin_wait_2_deadline": "t?",
 }
 RTO_FIELDS: dict[str, str] = {"srtt": "f?", "rttvar": "f?", "rto": "f", "samples": "u"}
 

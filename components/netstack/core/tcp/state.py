@@ -53,6 +53,8 @@ class Event(enum.Enum):
     # timers
     GIVE_UP = "give_up"                  # retransmissions exhausted (RFC 9293 §3.8.3 R2)
     TIME_WAIT_EXPIRED = "time_wait_expired"  # 2*MSL passed in TIME-WAIT
+    KEEPALIVE_DEAD = "keepalive_dead"    # keepalive probes went unanswered (RFC 1122 §4.2.3.6)
+    FIN_WAIT_2_TIMEOUT = "fin_wait_2_timeout"  # an orphaned FIN-WAIT-2 waited long enough
 
 
 class Act(enum.Enum):
@@ -113,6 +115,8 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, tuple[Act, ...]]] = {
     (S.ESTABLISHED, E.RCV_SYN):         (S.ESTABLISHED, (A.CHALLENGE_ACK,)),
     (S.ESTABLISHED, E.ABORT):           (S.CLOSED, (A.SEND_RST, A.DELETE)),
     (S.ESTABLISHED, E.GIVE_UP):         (S.CLOSED, (A.NOTIFY_TIMED_OUT, A.DELETE)),
+    # A dead peer found by keepalive: like Linux, a RST in case it is only silent.
+    (S.ESTABLISHED, E.KEEPALIVE_DEAD):  (S.CLOSED, (A.SEND_RST, A.NOTIFY_TIMED_OUT, A.DELETE)),
 
     # -- we closed first: FIN-WAIT-1, FIN-WAIT-2, then TIME-WAIT --------------------------
     (S.FIN_WAIT_1, E.RCV_ACK_OF_FIN):   (S.FIN_WAIT_2, ()),
@@ -129,6 +133,10 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, tuple[Act, ...]]] = {
     (S.FIN_WAIT_2, E.RCV_RST_IN_WINDOW): (S.FIN_WAIT_2, (A.CHALLENGE_ACK,)),
     (S.FIN_WAIT_2, E.RCV_SYN):          (S.FIN_WAIT_2, (A.CHALLENGE_ACK,)),
     (S.FIN_WAIT_2, E.ABORT):            (S.CLOSED, (A.SEND_RST, A.DELETE)),
+    (S.FIN_WAIT_2, E.KEEPALIVE_DEAD):   (S.CLOSED, (A.SEND_RST, A.NOTIFY_TIMED_OUT, A.DELETE)),
+    # The application has let go and the peer never sends its FIN: Linux's tcp_fin_timeout
+    # (RFC 9293 leaves FIN-WAIT-2 unbounded; an orphan would otherwise live forever).
+    (S.FIN_WAIT_2, E.FIN_WAIT_2_TIMEOUT): (S.CLOSED, (A.SEND_RST, A.DELETE)),
 
     (S.CLOSING, E.RCV_ACK_OF_FIN):      (S.TIME_WAIT, (A.START_TIME_WAIT,)),
     (S.CLOSING, E.RCV_RST):             (S.CLOSED, (A.DELETE,)),
@@ -155,6 +163,7 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, tuple[Act, ...]]] = {
     (S.CLOSE_WAIT, E.RCV_SYN):          (S.CLOSE_WAIT, (A.CHALLENGE_ACK,)),
     (S.CLOSE_WAIT, E.ABORT):            (S.CLOSED, (A.SEND_RST, A.DELETE)),
     (S.CLOSE_WAIT, E.GIVE_UP):          (S.CLOSED, (A.NOTIFY_TIMED_OUT, A.DELETE)),
+    (S.CLOSE_WAIT, E.KEEPALIVE_DEAD):   (S.CLOSED, (A.SEND_RST, A.NOTIFY_TIMED_OUT, A.DELETE)),
 
     (S.LAST_ACK, E.RCV_ACK_OF_FIN):     (S.CLOSED, (A.DELETE,)),
     (S.LAST_ACK, E.RCV_RST):            (S.CLOSED, (A.DELETE,)),
@@ -172,6 +181,9 @@ SYNCHRONIZED = frozenset((S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAI
                           S.LAST_ACK, S.TIME_WAIT))
 # States in which the peer's data is still taken in (RFC 9293 §3.10.7.4 seventh).
 RECEIVING = frozenset((S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2))
+# States in which keepalive probes an idle peer (RFC 1122 §4.2.3.6); elsewhere either
+# something is in flight (a FIN) and the retransmission timer watches, or nothing is left.
+KEEPALIVE = frozenset((S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_2))
 # States in which the application may still queue data (RFC 9293 §3.10.2).
 SENDING = frozenset((S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT))
 

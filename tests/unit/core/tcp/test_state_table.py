@@ -103,6 +103,17 @@ def trigger(state: State, ev: Event, c: Connection, p: Peer) -> list[TcpEvent]:
         return events
     elif ev is E.TIME_WAIT_EXPIRED:
         c.poll(c.time_wait_deadline)
+    elif ev is E.KEEPALIVE_DEAD:
+        c.set_keepalive(True, NOW, idle=10, interval=1, count=2)
+        events = []
+        while c.state is state:
+            c.take_segments()                   # the probes, unanswered
+            c.poll(c.next_deadline())
+            events += c.take_events()
+        return events
+    elif ev is E.FIN_WAIT_2_TIMEOUT:
+        c.release(NOW)
+        c.poll(c.fin_wait_2_deadline)
     else:
         raise AssertionError(f"no trigger for {ev}")
     return c.take_events()
