@@ -432,6 +432,8 @@ class Runtime:
         impls.update(self.component.implementations())
         self.rpc = RpcServer(spec.endpoints["rpc"], impls)
         self.rpc.always_available = {LIFECYCLE.name}
+        # A hand-over snapshot holds whole TCP buffers: it may be larger than a control call.
+        self.rpc.large_bodies = {(LIFECYCLE.name, "activate")}
         self.rpc.set_unavailable(f"{self.name} is starting")
         self.loop.add_reader(self.rpc.socket, self.rpc.process)
         self.reporter = Reporter(SUPERVISOR, spec.supervisor)

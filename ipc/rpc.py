@@ -116,6 +116,8 @@ class RpcServer:
         self._deferred = False
         self.unavailable_reason: str | None = None
         self.always_available: set[str] = set()
+        # (protocol, method) pairs whose bodies may reach HARD_MAX_MESSAGE (a hand-over snapshot).
+        self.large_bodies: set[tuple[str, str]] = set()
         self.counters = {"calls": 0, "errors": 0, "bad_messages": 0, "too_large": 0, "internal_errors": 0}
 
     def add(self, proto: Protocol, impl: Any) -> None:
@@ -164,10 +166,12 @@ class RpcServer:
         if not (0 <= req_id < 1 << 64):
             self._bad(peer, 0, errors.BadMessage("req_id out of range"))
             return
-        if len(body) > self.limits.max_message:
+        limit = HARD_MAX_MESSAGE if (proto_name, method_name) in self.large_bodies \
+            else self.limits.max_message
+        if len(body) > limit:
             self.counters["too_large"] += 1
             self._error(peer, req_id, errors.MessageTooLarge(
-                f"request body is {len(body)} bytes; the limit is {self.limits.max_message}"))
+                f"request body is {len(body)} bytes; the limit is {limit}"))
             return
         entry = self._protocols.get(proto_name)
         if entry is None:

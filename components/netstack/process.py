@@ -82,6 +82,15 @@ class Netstack(Component):
     # -- lifecycle ----------------------------------------------------------------------
     def activate(self, state):
         restored = False
+        # A hand-over is fresh only from our direct predecessor; the launcher also keeps it as
+        # the fallback for a crash until our first checkpoint replaces it, and TCP state
+        # restored from it then would be stale (core/tcp/layer.py): such a state is treated as
+        # a checkpoint, its connections dropped.
+        handover = bool(state and state.get("handover")
+                        and state.get("from_incarnation") == self.rt.incarnation - 1)
+        if state and not handover and isinstance(state.get("stack"), dict) \
+                and isinstance(state["stack"].get("tcp4"), dict):
+            state["stack"]["tcp4"]["conns"] = []
         if state:
             self.stack = Stack.restore(state["stack"], StackConfig(), now=time.monotonic())
             self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
@@ -101,8 +110,10 @@ class Netstack(Component):
                     self.offload_counters[n].update({k: int(v) for k, v in c.items()
                                                      if k in self.offload_counters[n]})
             restored = True
-        self.tcp.restore(state.get("tcp") if state else None, bool(state and state.get("handover")))
+        self.tcp.restore(state.get("tcp") if state else None, handover)
         self._start_io()
+        if handover:
+            self.checkpoint()   # replaces the hand-over state as the launcher's crash fallback
         self.pub.emit("started", incarnation=self.rt.incarnation, restored=restored)
         # Ask every driver to announce itself again: links and MTUs may have changed meanwhile.
         for name in self.ports:
@@ -131,7 +142,8 @@ class Netstack(Component):
     def _state(self, handover: bool = False) -> dict:
         # TCP connections and their channels' bindings travel only in a hand-over: restored
         # from a checkpoint they would be stale (core/tcp/layer.py).
-        extra = {"handover": True, "tcp": self.tcp.state()} if handover else {}
+        extra = {"handover": True, "from_incarnation": self.rt.incarnation,
+                 "tcp": self.tcp.state()} if handover else {}
         return {**extra, "stack": self.stack.snapshot(connections=handover), "ports": list(self.ports),
                 "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
                 "attached": {n: [p.get("incarnation", 0), bool(p.get("carrier", False))]

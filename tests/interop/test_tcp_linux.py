@@ -195,3 +195,128 @@ def test_a_reset_from_linux_reaches_the_client_as_econnreset(tcp_graph, client):
         assert s.status() == "reset"
     finally:
         stop_process(p)
+
+
+# -- restarts and crashes during transfers (last: they replace components) ----------------------
+def _send_in_background(s, data: bytes) -> tuple[threading.Thread, list]:
+    err: list = []
+
+    def run():
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except BaseException as e:      # reported by the test
+            err.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, err
+
+
+@pytest.mark.timeout(180)
+def test_netstack_restart_during_a_30mb_send_completes_byte_exact_on_the_same_connection(tcp_graph, client):
+    g, a = tcp_graph
+    data = _data(30_000_000, 4)
+    p = _peer(a, "sink", 5004)
+    try:
+        s = client.connect(a.linux_ip, 5004, timeout=10)
+        before = s.info()
+        t, err = _send_in_background(s, data)
+        wait_for(lambda: client.connections()["connections"][0]["bytes_acked"] > 3_000_000
+                 if client.connections()["connections"] else False, 30, 0.05, "3 MB acknowledged")
+        res = g.qnet_json("restart", "netstack", timeout=60)
+        assert res["handed_over"], res
+        t.join(90)
+        assert not t.is_alive() and not err, err
+        assert s.recv(1) == b""
+        after_rows = [c for c in client.connections()["connections"] if c["local_port"] == s.local[1]]
+        s.close()
+    finally:
+        out = _finish(p, 90)
+    n, digest = out.split()
+    assert int(n) == len(data) and digest == hashlib.sha256(data).hexdigest()
+    # The same connection: one accept at the peer (the sink took exactly one), same 4-tuple
+    # and netstack id after the restart.
+    assert before["local_port"] == s.local[1]
+    assert not after_rows or after_rows[0]["cid"] == s.id
+
+
+@pytest.mark.timeout(180)
+def test_netstack_restart_during_a_30mb_receive_completes_byte_exact(tcp_graph, client):
+    g, a = tcp_graph
+    n = 30_000_000
+    p = _peer(a, "source", 5005, n, 5)
+    try:
+        s = client.connect(a.linux_ip, 5005, timeout=10)
+        s.settimeout(60)
+        h = hashlib.sha256()
+        got = 0
+        restarted = None
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            got += len(b)
+            if restarted is None and got > 3_000_000:
+                restarted = g.qnet_json("restart", "netstack", timeout=60)
+        s.close()
+    finally:
+        _finish(p, 90)
+    assert restarted and restarted["handed_over"], restarted
+    assert got == n and h.hexdigest() == hashlib.sha256(_data(n, 5)).hexdigest()
+
+
+@pytest.mark.timeout(180)
+def test_ethdriver_sigkill_during_a_30mb_send_completes_byte_exact(tcp_graph, client):
+    g, a = tcp_graph
+    data = _data(30_000_000, 6)
+    p = _peer(a, "sink", 5006)
+    try:
+        s = client.connect(a.linux_ip, 5006, timeout=10)
+        t, err = _send_in_background(s, data)
+        wait_for(lambda: any(c["bytes_acked"] > 3_000_000 for c in client.connections()["connections"]),
+                 30, 0.05, "3 MB acknowledged")
+        pid = g.components()["ethdriver.p0"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t.join(120)
+        assert not t.is_alive() and not err, err
+        assert s.recv(1) == b""
+        s.close()
+    finally:
+        out = _finish(p, 90)
+    n, digest = out.split()
+    assert int(n) == len(data) and digest == hashlib.sha256(data).hexdigest()
+    wait_for(lambda: g.components()["ethdriver.p0"]["pid"] != pid, 10, 0.1, "a new driver")
+
+
+@pytest.mark.timeout(120)
+def test_after_a_netstack_crash_the_client_sees_a_reset_promptly(tcp_graph, client):
+    g, a = tcp_graph
+    p = _peer(a, "echo", 5007)
+    try:
+        s = client.connect(a.linux_ip, 5007, timeout=10)
+        s.sendall(b"ping")
+        s.settimeout(10)
+        assert s.recv(4) == b"ping"
+        pid = g.components()["netstack"]["pid"]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ConnectionResetError):
+            while s.recv(100):
+                pass
+        took = time.monotonic() - t0
+        assert took < 10, took
+        s.close()
+        # The graph serves new connections afterwards.
+        wait_for(lambda: g.components()["netstack"]["state"] == "running", 20, 0.1, "netstack back")
+    finally:
+        stop_process(p)
+    p = _peer(a, "echo", 5008)
+    try:
+        s = client.connect(a.linux_ip, 5008, timeout=10)
+        s.sendall(b"again")
+        s.settimeout(10)
+        assert s.recv(5) == b"again"
+        s.close()
+    finally:
+        stop_process(p)

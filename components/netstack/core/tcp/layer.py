@@ -462,6 +462,10 @@ class TcpLayer:
         d = conn.info()
         d.update(cid=cid, local=str(conn.local_ip), local_port=conn.local_port,
                  remote=str(conn.remote_ip), remote_port=conn.remote_port)
+        if conn.iss is not None:
+            d.setdefault("bytes_acked", max(sq.diff(conn.snd_una, conn.iss) - 1, 0))
+        if conn.irs is not None:
+            d.setdefault("bytes_received", max(sq.diff(conn.rcv_nxt, conn.irs) - 1, 0))
         return d
 
     def connections(self) -> list[dict]:
