@@ -26,7 +26,11 @@ from . import seq as sq
 from . import snapshot as _snapshot
 from .isn import initial_sequence_number, timestamp_offset
 from .rto import RtoEstimator
+from .congestion import make as make_congestion
+from .sack import Scoreboard, receiver_blocks
 from .segment import OutSegment, make_out_segment, rst_for
+from .sender import Sender
+from .state import KEEPALIVE as KEEPALIVE_STATES
 from .state import RECEIVING, SENDING, TRANSITIONS, Act, Event, State
 
 S, E, A = State, Event, Act
@@ -49,12 +53,19 @@ class TcpConfig:
     quickack: int = 16              # ACK the first segments at once (Linux's quick-ACK mode)
     nodelay: bool = False           # TCP_NODELAY: no Nagle (each connection's `nodelay`)
     timestamps: bool = True         # RFC 7323 §3-§5 (RTTM, PAWS)
+    sack: bool = True               # RFC 2018, with RFC 6675 loss recovery
+    congestion: str = "cubic"       # "cubic" (RFC 9438) or "newreno" (RFC 5681, RFC 6582)
     rto_initial: float = 1.0        # RFC 6298 §2.1
     rto_min: float = 0.2            # Linux's TCP_RTO_MIN; RFC 6298 §2.4's SHOULD is 1 s
     rto_max: float = 120.0          # Linux's TCP_RTO_MAX; RFC 6298 §2.5: at least 60 s
     msl: float = 30.0               # TIME-WAIT lasts 2*MSL = 60 s, Linux's TCP_TIMEWAIT_LEN
     syn_retries: int = 6            # Linux tcp_syn_retries
     data_retries: int = 15          # Linux tcp_retries2 (RFC 9293 §3.8.3 R2 >= 100 s)
+    keepalive: bool = False         # SO_KEEPALIVE (RFC 1122 §4.2.3.6: MUST default to off)
+    keepalive_idle: float = 7200.0  # TCP_KEEPIDLE (RFC 1122: >= 2 hours by default)
+    keepalive_interval: float = 75.0  # TCP_KEEPINTVL
+    keepalive_count: int = 9        # TCP_KEEPCNT: unanswered probes before giving up
+    fin_timeout: float = 60.0       # Linux tcp_fin_timeout: an orphaned FIN-WAIT-2's life
 
 
 class TcpEvent(enum.Enum):
@@ -67,14 +78,17 @@ class TcpEvent(enum.Enum):
     CLOSED = "closed"             # the TCB is finished: remove it from the demux table
 
 
-class Connection:
+class Connection(Sender):
     def __init__(self, local_ip: IPv4Address | IPv6Address, local_port: int,
                  remote_ip: IPv4Address | IPv6Address, remote_port: int, *,
-                 isn_key: bytes, config: TcpConfig = TcpConfig()) -> None:
+                 isn_key: bytes, config: TcpConfig = TcpConfig(),
+                 congestion: str | None = None) -> None:
         self.local_ip, self.local_port = local_ip, local_port
         self.remote_ip, self.remote_port = remote_ip, remote_port
         self.isn_key = isn_key
         self.cfg = config
+        self.congestion = congestion or config.congestion
+        make_congestion(self.congestion)            # ValueError now for an unknown name
         self._now = 0.0                  # the latest `now` we were given (recv() has none)
         # RFC 7323 §2.3: the smallest shift that lets the window cover the largest buffer.
         shift = 0
@@ -82,6 +96,11 @@ class Connection:
                                                                config.recv_buffer):
             shift += 1
         self._our_wscale = shift
+        self.keepalive = config.keepalive
+        self.keepalive_idle = config.keepalive_idle
+        self.keepalive_interval = config.keepalive_interval
+        self.keepalive_count = config.keepalive_count
+        self.orphaned = False            # the application let go (`release`)
         self._last_ts: tuple[int, int] | None = None   # the timestamp of the segment at hand
         # RFC 7323 §5.4 and §7.1: our TSval clock, offset per connection; it outlives
         # _reset_tcb so that the clock stays monotonic for the 4-tuple.
@@ -132,6 +151,28 @@ class Connection:
         self.syn_retransmitted = False
         self.cwnd = 0
         self.ssthresh = 1 << 30
+        self.cc = make_congestion(self.congestion)
+        # loss recovery (sender.py): RFC 6675 with SACK, RFC 6582 without
+        self.sack_ok = False
+        self.sb = Scoreboard()
+        self.recovery = 0                # 0 open, 1 fast recovery, 2 after a timeout
+        self.recover = 0                 # RFC 6582 "recover": snd_max when it began
+        self.high_rxt = 0                # RFC 6675 HighRxt: retransmitted up to here
+        self.dupacks = 0
+        self.reno_sacked = 0             # without SACK: a segment per duplicate ACK
+        self._force_rtx = False
+        self.rto_backoff = 0
+        # the persist timer (RFC 9293 §3.8.6.1), apart from retransmissions
+        self.persist_deadline: float | None = None
+        self.persist_backoff = 0
+        self.probes_out = 0              # probes unanswered
+        self._sack_recent: list[int] = []   # out-of-order arrivals, newest first (RFC 2018 §4)
+        # keepalive (RFC 1122 §4.2.3.6): checked lazily against the last segment heard
+        self.last_heard = 0.0
+        self.keepalive_deadline: float | None = None
+        self.keepalive_probes = 0
+        self._keepalive_sent = 0.0
+        self.fin_wait_2_deadline: float | None = None
         self._ack_pending = False        # an ACK is owed now
         self._writable_wanted = False
         self.delack_deadline: float | None = None   # a delayed ACK is owed by then
@@ -149,9 +190,82 @@ class Connection:
         return ev
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.rtx_deadline, self.time_wait_deadline, self.delack_deadline)
-              if d is not None]
+        ds = [d for d in (self.rtx_deadline, self.time_wait_deadline, self.delack_deadline,
+                          self.persist_deadline, self.keepalive_deadline,
+                          self.fin_wait_2_deadline) if d is not None]
         return min(ds) if ds else None
+
+    def set_keepalive(self, on: bool, now: float, *, idle: float | None = None,
+                      interval: float | None = None, count: int | None = None) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT (seconds, probes)."""
+        if idle is not None:
+            self.keepalive_idle = float(idle)
+        if interval is not None:
+            self.keepalive_interval = float(interval)
+        if count is not None:
+            self.keepalive_count = int(count)
+        if min(self.keepalive_idle, self.keepalive_interval) <= 0 or self.keepalive_count < 1:
+            raise ValueError("tcp: keepalive idle and interval must be > 0, count >= 1")
+        self.keepalive = bool(on)
+        self._now = now
+        self.keepalive_probes = 0
+        self._arm_keepalive(now)
+
+    def release(self, now: float) -> None:
+        """The application let go of the connection (close(2), not shutdown): close it if it
+        is still open, then it is an orphan: what arrives is discarded (nobody will read it)
+        and FIN-WAIT-2 lasts at most `fin_timeout` (Linux's tcp_fin_timeout)."""
+        self._now = now
+        if (self.state, E.CLOSE) in TRANSITIONS and self.state not in (S.CLOSED, S.LISTEN):
+            self.close(now)
+        elif self.state is S.LISTEN:
+            self._app(E.CLOSE, now)
+        self.orphaned = True
+        self.rcvbuf.clear()
+        if self.state is S.FIN_WAIT_2 and self.fin_wait_2_deadline is None:
+            self.fin_wait_2_deadline = now + self.cfg.fin_timeout
+
+    def _arm_keepalive(self, now: float) -> None:
+        if self.keepalive and self.state in KEEPALIVE_STATES:
+            self.keepalive_deadline = (self.last_heard + self.keepalive_idle
+                                       if not self.keepalive_probes
+                                       else now + self.keepalive_interval)
+            if self.keepalive_deadline < now:
+                self.keepalive_deadline = now
+        else:
+            self.keepalive_deadline = None
+
+    def _keepalive_timeout(self, now: float) -> None:
+        self.keepalive_deadline = None
+        if not self.keepalive or self.state not in KEEPALIVE_STATES:
+            return
+        if self.snd_una != self.snd_max or self.persist_deadline is not None:
+            # data in flight or a zero window: the retransmission or persist timer watches
+            self.keepalive_probes = 0
+            self.keepalive_deadline = now + self.keepalive_idle
+            return
+        if self.keepalive_probes and self.last_heard > self._keepalive_sent:
+            self.keepalive_probes = 0           # the peer answered
+        idle = now - self.last_heard
+        if not self.keepalive_probes and idle < self.keepalive_idle:
+            self.keepalive_deadline = self.last_heard + self.keepalive_idle
+            return
+        if self.keepalive_probes >= self.keepalive_count:
+            self.stats["keepalive_timeouts"] += 1
+            self._step(E.KEEPALIVE_DEAD, now)
+            return
+        # RFC 1122 §4.2.3.6: a probe the peer must ACK: <SEQ=SND.UNA-1>, no data (Linux's)
+        self.keepalive_probes += 1
+        self._keepalive_sent = now
+        self.stats["keepalive_probes"] += 1
+        self._emit(sq.add(self.snd_una, -1), ACK)
+        self.keepalive_deadline = now + self.keepalive_interval
+
+    def set_congestion(self, name: str) -> None:
+        """Switch the congestion control ("cubic" or "newreno"), as TCP_CONGESTION does:
+        cwnd and ssthresh stay, the algorithm's own state starts afresh."""
+        self.cc = make_congestion(name)
+        self.congestion = name
 
     def set_nodelay(self, on: bool, now: float | None = None) -> None:
         """TCP_NODELAY: with it on, small segments go out at once (no Nagle); turning it on
@@ -254,36 +368,15 @@ class Connection:
             self._step(E.TIME_WAIT_EXPIRED, now)
         if self.rtx_deadline is not None and now >= self.rtx_deadline:
             self._retransmit_timeout(now)
-
-    def _retransmit_timeout(self, now: float) -> None:
-        syn_phase = not self._syn_acked()
-        limit = self.cfg.syn_retries if syn_phase else self.cfg.data_retries
-        if self.retries >= limit:
-            self.rtx_deadline = None
-            self._step(E.GIVE_UP, now)
-            return
-        self.retries += 1
-        self.stats["rto_expired"] += 1
-        self.rto.back_off()             # RFC 6298 §5.5
-        self.rtt_seq = None             # RFC 6298 §3 (Karn): no sample from a retransmission
-        if syn_phase:
-            self.syn_retransmitted = True
-            self._send_syn(now)
-        else:
-            flight = sq.diff(self.snd_max, self.snd_una)
-            if flight and self.snd_wnd:
-                # RFC 5681 §3.1 eq. 4: ssthresh = max(FlightSize / 2, 2*SMSS), cwnd = 1 segment.
-                self.ssthresh = max(flight // 2, 2 * self.send_mss)
-                self.cwnd = self.send_mss
-            else:
-                self.stats["window_probes"] += 1
-            # RFC 6298 §5.4: retransmit the earliest unacknowledged segment. We go back to
-            # SND.UNA and let ACKs clock the rest out again (go-back-N; no SACK yet). Into a
-            # zero window this sends one byte: the timer doubles as the persist timer
-            # (RFC 9293 §3.8.6.1) until a separate one exists.
-            self.snd_nxt = self.snd_una
-            self._output(now, probe=True)
-        self.rtx_deadline = now + self.rto.rto   # RFC 6298 §5.6
+        if self.persist_deadline is not None and now >= self.persist_deadline:
+            self._persist_timeout(now)
+        if self.keepalive_deadline is not None and now >= self.keepalive_deadline:
+            self._keepalive_timeout(now)
+        if self.fin_wait_2_deadline is not None and now >= self.fin_wait_2_deadline:
+            self.fin_wait_2_deadline = None
+            if self.state is S.FIN_WAIT_2:
+                self.stats["fin_wait_2_timeouts"] += 1
+                self._step(E.FIN_WAIT_2_TIMEOUT, now)
 
     # -- segments --------------------------------------------------------------------------
     def segment_arrives(self, seg: TcpSegment, now: float) -> None:
@@ -371,6 +464,8 @@ class Connection:
         else:
             self.ws_ok = False
             self.snd_wscale = self.rcv_wscale = 0
+        # RFC 2018 §2: SACK only if both SYNs carry SACK-permitted.
+        self.sack_ok = self.cfg.sack and seg.sack_permitted
         # RFC 7323 §3.2: timestamps only if both SYNs carry them.
         if self.cfg.timestamps and seg.timestamp is not None:
             self.ts_ok = True
@@ -423,6 +518,7 @@ class Connection:
             self._ack_pending = True
             return
 
+        self.last_heard = now
         if ts is not None and self.ts_ok and sq.ge(ts[0], self.ts_recent) and sq.le(
                 seg.seq, self.last_ack_sent):
             # RFC 7323 §4.3 (2) and §5.3 R3: remember the TSval to echo.
@@ -465,77 +561,6 @@ class Connection:
                 return
         # sixth (URG) is not implemented: RFC 6093 advises against its use.
         self._receive_text(seg.seq, seg.payload, seg.fin, now)
-
-    def _process_ack(self, seg: TcpSegment, now: float) -> bool:
-        """The ACK step in a synchronized state. False: drop the segment."""
-        ack = seg.ack
-        # RFC 5961 §5.2: the ACK is acceptable only in [SND.UNA - MAX.SND.WND, SND.NXT];
-        # anything else MUST be discarded and an ACK sent back. (SND.NXT here is the highest
-        # we sent, snd_max: after a timeout we resend from SND.UNA, and ACKs for what went
-        # out before are still good.)
-        if sq.gt(ack, self.snd_max) or sq.lt(ack, sq.add(self.snd_una, -self.max_snd_wnd)):
-            self.stats["ack_unacceptable"] += 1
-            self._ack_pending = True
-            return False
-        wnd = seg.window << self.snd_wscale       # RFC 7323 §2.3
-        if sq.gt(ack, self.snd_una):
-            self._ack_advance(ack, now, seg)
-        elif ack == self.snd_una and not seg.payload and wnd == self.snd_wnd:
-            self.stats["dup_acks"] += 1
-        # RFC 9293 §3.10.7.4 fifth: update the window only from a segment no older than the
-        # one that last set it.
-        if sq.le(self.snd_una, ack) and (sq.lt(self.snd_wl1, seg.seq) or (
-                self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack))):
-            self.snd_wnd = wnd
-            if wnd > self.max_snd_wnd:
-                self.max_snd_wnd = wnd
-            self.snd_wl1, self.snd_wl2 = seg.seq, ack
-        return True
-
-    def _ack_advance(self, ack: int, now: float, seg: TcpSegment | None = None) -> None:
-        """SND.UNA moves to ack: free the acknowledged data, sample the RTT, grow cwnd."""
-        acked = sq.diff(ack, self.snd_una)
-        if sq.gt(ack, self.snd_buf_seq):
-            n = min(len(self.sndbuf), sq.diff(ack, self.snd_buf_seq))
-            del self.sndbuf[:n]
-            self.snd_buf_seq = sq.add(self.snd_buf_seq, n)
-        was_syn = self.snd_una == self.iss
-        self.snd_una = ack
-        if sq.lt(self.snd_nxt, ack):
-            self.snd_nxt = ack
-        ts = seg.timestamp if seg is not None and self.ts_ok else None
-        if ts is not None and ts[1] and not was_syn:
-            # RFC 7323 §4.1: an ACK that advances the left edge gives an RTT sample from the
-            # TSecr it echoes (and a retransmission carries a fresh TSval: no ambiguity).
-            rtt_ms = sq.diff(self._tsval(now), ts[1])
-            if 0 <= rtt_ms < 120_000:
-                self.rto.sample(rtt_ms / 1000)
-                self.rtt_seq = None
-        elif self.rtt_seq is not None and sq.ge(ack, self.rtt_seq):
-            self.rto.sample(now - self.rtt_time)    # Karn-safe: rtt_seq is cleared on retransmit
-            self.rtt_seq = None
-        self.retries = 0
-        if was_syn:
-            if self.syn_retransmitted and self.rto.samples == 0:
-                # RFC 6298 §5.7: the SYN timed out and gave no sample: "the RTO MUST be
-                # re-initialized to 3 seconds when data transmission begins".
-                self.rto.rto = max(3.0, self.rto.minimum)
-            # RFC 5681 §3.1 eq. 1: the initial window.
-            self.cwnd = min(4 * self.send_mss, max(2 * self.send_mss, 4380))
-        elif self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.send_mss)                      # slow start
-        else:
-            self.cwnd += max(1, self.send_mss * self.send_mss // self.cwnd)  # avoidance
-        # RFC 6298 §5.2 and §5.3: stop the timer when nothing is outstanding, otherwise
-        # restart it for the current RTO.
-        self.rtx_deadline = None if self.snd_una == self.snd_max else now + self.rto.rto
-        if self.sndbuf_limit < self.cfg.send_buffer_max and 2 * self.cwnd > self.sndbuf_limit:
-            # send-buffer auto-tuning: room for about two congestion windows (Linux's
-            # tcp_sndbuf_expand), so the application can keep the pipe full.
-            self.sndbuf_limit = min(2 * self.cwnd, self.cfg.send_buffer_max)
-        if self._writable_wanted and len(self.sndbuf) < self.sndbuf_limit:
-            self._writable_wanted = False
-            self._events.append(TcpEvent.WRITABLE)
 
     def _receive_text(self, seq: int, payload: bytes | memoryview, fin: bool, now: float) -> None:
         # RFC 9293 §3.10.7.4 seventh and eighth. In CLOSE-WAIT, CLOSING, LAST-ACK and
@@ -609,6 +634,11 @@ class Connection:
             self.rcv_rtt = r if self.rcv_rtt is None else min(r, 0.875 * self.rcv_rtt + 0.125 * r)
 
     def _deliver(self, payload: bytes | memoryview) -> None:
+        if self.orphaned:
+            # nobody will read it: acknowledge and forget (the window stays open)
+            self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
+            self.stats["orphan_discarded_bytes"] += len(payload)
+            return
         self.rcvbuf += payload
         self.rcv_nxt = sq.add(self.rcv_nxt, len(payload))
         self.stats["bytes_received"] += len(payload)
@@ -634,6 +664,11 @@ class Connection:
             return
         self.ooo[seq] = (data, fin)
         self.ooo_bytes += len(data)
+        recent = self._sack_recent
+        if seq in recent:
+            recent.remove(seq)
+        recent.insert(0, seq)
+        del recent[4:]
 
     # -- the table -------------------------------------------------------------------------
     def _step(self, ev: Event, now: float, seg: TcpSegment | None = None) -> None:
@@ -644,6 +679,8 @@ class Connection:
         nxt, actions = rule
         if nxt is not self.state:
             self.stats["to_" + nxt.value.lower()] += 1
+            if nxt is S.FIN_WAIT_2 and self.orphaned and self.fin_wait_2_deadline is None:
+                self.fin_wait_2_deadline = now + self.cfg.fin_timeout
         self.state = nxt
         for act in actions:
             if act is A.SEND_SYN:
@@ -673,6 +710,8 @@ class Connection:
                 self.rtx_deadline = None
                 self.time_wait_deadline = now + 2 * self.cfg.msl
             elif act is A.NOTIFY_CONNECTED:
+                self.last_heard = now
+                self._arm_keepalive(now)
                 self._events.append(TcpEvent.CONNECTED)
             elif act is A.NOTIFY_PEER_CLOSED:
                 self._events.append(TcpEvent.PEER_CLOSED)
@@ -711,11 +750,11 @@ class Connection:
             # our SYN offers what is configured
             cfg = self.cfg
             self._emit(iss, SYN, syn=(cfg.mss, self._our_wscale if cfg.window_scaling else None,
-                                      cfg.timestamps))
+                                      cfg.timestamps, cfg.sack))
         else:
             # a SYN,ACK answers only what the peer's SYN offered (RFC 7323 §2.2, §3.2)
             self._emit(iss, SYN | ACK, syn=(self.cfg.mss, self.rcv_wscale if self.ws_ok else None,
-                                            self.ts_ok))
+                                            self.ts_ok, self.sack_ok))
         if self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto.rto
 
@@ -736,18 +775,24 @@ class Connection:
         return (int(now * 1000) + self.ts_offset) & sq.MASK
 
     def _emit(self, seq: int, flags: int, payload: bytes = b"",
-              syn: tuple[int, int | None, bool] | None = None) -> None:
-        """One segment out. `syn`: (MSS, our window shift or None, timestamps) for a SYN."""
+              syn: tuple[int, int | None, bool, bool] | None = None) -> None:
+        """One segment out. `syn`: (MSS, our window shift or None, timestamps, SACK-permitted)
+        for a SYN."""
         if flags & RST:
             self._out.append(OutSegment(self.local_port, self.remote_port, seq, 0, flags, 0))
             return
         free = self._free_window()
+        blocks: tuple = ()
         if syn is not None:
-            mss, wscale, ts_on = syn
+            mss, wscale, ts_on, sack_perm = syn
             field = min(free, MAX_WINDOW)           # RFC 7323 §2.2: a SYN's window is unscaled
             wnd = field
         else:
-            mss, wscale, ts_on = None, None, self.ts_ok
+            mss, wscale, ts_on, sack_perm = None, None, self.ts_ok, False
+            if self.ooo and self.sack_ok and flags & ACK:
+                # RFC 2018 §4: what we hold out of order; 3 blocks fit beside timestamps
+                blocks = receiver_blocks(self.ooo, self.rcv_nxt, self._sack_recent,
+                                         3 if ts_on else 4)
             shift = self.rcv_wscale
             field = free >> shift
             wnd = field << shift
@@ -771,61 +816,7 @@ class Connection:
             ts = None
         self._out.append(make_out_segment(self.local_port, self.remote_port, seq,
                                           self.rcv_nxt if flags & ACK else 0, flags, field,
-                                          payload, mss, wscale, False, ts, ()))
-
-    def _output(self, now: float, probe: bool = False) -> None:
-        """Send what the windows allow, then a bare ACK if one is owed and nothing carried it."""
-        if self._syn_acked() and self.state not in (S.CLOSED, S.TIME_WAIT, S.FIN_WAIT_2):
-            wnd = min(self.snd_wnd, self.cwnd)
-            if probe:
-                wnd = max(wnd, 1)
-            while True:
-                off = sq.diff(self.snd_nxt, self.snd_buf_seq)
-                avail = len(self.sndbuf) - off
-                room = sq.diff(sq.add(self.snd_una, wnd), self.snd_nxt)
-                n = max(0, min(avail, self.send_mss, room))
-                fin = self.fin_queued and off + n == len(self.sndbuf)
-                if n == 0 and not fin:
-                    break
-                if n < self.send_mss and not fin and not probe and self.snd_nxt == self.snd_max:
-                    if n < avail:
-                        # RFC 9293 §3.8.6.2.1 (sender SWS avoidance): the window allows
-                        # less than a segment and less than half the largest window the
-                        # peer offered: wait (the persist timer overrides a stall).
-                        if n < self.max_snd_wnd // 2:
-                            self.stats["sws_deferred"] += 1
-                            break
-                    elif not self.nodelay and self.snd_una != self.snd_max:
-                        # Nagle (RFC 9293 §3.7.4, RFC 896): one small segment in flight
-                        # at a time; the rest waits for the ACK or a full segment. A FIN
-                        # is never held back (as Linux).
-                        self.stats["nagle_deferred"] += 1
-                        break
-                seq = self.snd_nxt
-                payload = bytes(self.sndbuf[off:off + n])
-                flags = ACK | (PSH if n and n == avail else 0) | (FIN if fin else 0)
-                self._emit(seq, flags, payload)
-                new = sq.ge(seq, self.snd_max)
-                if not new:
-                    self.stats["segments_retransmitted"] += 1
-                self.snd_nxt = sq.add(seq, n + fin)
-                if sq.gt(self.snd_nxt, self.snd_max):
-                    self.snd_max = self.snd_nxt
-                if new and self.rtt_seq is None:
-                    self.rtt_seq, self.rtt_time = self.snd_nxt, now
-                if self.rtx_deadline is None:
-                    self.rtx_deadline = now + self.rto.rto   # RFC 6298 §5.1
-                if fin:
-                    break
-            if self.rtx_deadline is None and len(self.sndbuf) > sq.diff(self.snd_nxt, self.snd_buf_seq):
-                # Data waits behind a closed window with nothing in flight: without a timer
-                # a lost window update would stall us for good (RFC 9293 §3.8.6.1).
-                self.rtx_deadline = now + self.rto.rto
-        if self._ack_pending and self.state is not S.CLOSED:
-            # A bare ACK carries the next new sequence number, not the rewound SND.NXT of a
-            # go-back-N retransmission (as BSD does): the peer has seen up to snd_max, and an
-            # older number would be unacceptable to it and draw an ACK back, and so on.
-            self._emit(self.snd_max, ACK)
+                                          payload, mss, wscale, sack_perm, ts, blocks))
 
     # -- hand-over -------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -843,9 +834,37 @@ class Connection:
         return _snapshot.restore(cls, d, clock_shift, isn_key=isn_key, config=config)
 
     def _snapshot_extra(self) -> dict:
-        return {}
+        return {"congestion": {"name": self.congestion, "state": self.cc.snapshot()},
+                "sack_scoreboard": [list(b) for b in self.sb.blocks],
+                "sack_recent": list(self._sack_recent)}
 
     def _restore_extra(self, d: dict, shift: float, check) -> None:
+        cc = d["congestion"]
+        if not isinstance(cc, dict) or not isinstance(cc.get("name"), str):
+            raise ValueError("tcp snapshot: congestion")
+        self.congestion = cc["name"]
+        self.cc = make_congestion(self.congestion)
+        if not isinstance(cc.get("state"), dict):
+            raise ValueError("tcp snapshot: congestion state")
+        self.cc.restore(cc["state"], shift)
+        blocks = d["sack_scoreboard"]
+        if not isinstance(blocks, list) or len(blocks) > Scoreboard.MAX_BLOCKS:
+            raise ValueError("tcp snapshot: sack_scoreboard")
+        self.sb.clear()
+        prev = self.snd_una
+        for b in blocks:
+            if not isinstance(b, (list, tuple)) or len(b) != 2:
+                raise ValueError("tcp snapshot: SACK block")
+            lo, hi = (check("seq", x, "sack block", 0) for x in b)
+            if not (sq.le(prev, lo) and sq.lt(lo, hi) and sq.le(hi, self.snd_max)):
+                raise ValueError("tcp snapshot: SACK blocks out of order or outside the flight")
+            self.sb.blocks.append([lo, hi])
+            self.sb.sacked += sq.diff(hi, lo)
+            prev = hi
+        recent = d["sack_recent"]
+        if not isinstance(recent, list) or len(recent) > 4:
+            raise ValueError("tcp snapshot: sack_recent")
+        self._sack_recent = [check("seq", x, "sack_recent", 0) for x in recent]
         # TSval = ms clock + offset must not jump with the new process's clock (RFC 7323 §5.4)
         self.ts_offset = (self.ts_offset - round(shift * 1000)) & sq.MASK
 
