@@ -68,6 +68,15 @@ class TcpConfig:
     fin_timeout: float = 60.0       # Linux tcp_fin_timeout: an orphaned FIN-WAIT-2's life
 
 
+def window_shift(config: TcpConfig) -> int:
+    """RFC 7323 §2.3: the smallest shift that lets the window cover the largest buffer."""
+    shift = 0
+    while shift < MAX_WSCALE and MAX_WINDOW << shift < max(config.recv_buffer_max,
+                                                           config.recv_buffer):
+        shift += 1
+    return shift
+
+
 class TcpEvent(enum.Enum):
     CONNECTED = "connected"       # the handshake completed
     READABLE = "readable"         # new data waits in the receive buffer
@@ -90,12 +99,7 @@ class Connection(Sender):
         self.congestion = congestion or config.congestion
         make_congestion(self.congestion)            # ValueError now for an unknown name
         self._now = 0.0                  # the latest `now` we were given (recv() has none)
-        # RFC 7323 §2.3: the smallest shift that lets the window cover the largest buffer.
-        shift = 0
-        while shift < MAX_WSCALE and MAX_WINDOW << shift < max(config.recv_buffer_max,
-                                                               config.recv_buffer):
-            shift += 1
-        self._our_wscale = shift
+        self._our_wscale = window_shift(config)
         self.keepalive = config.keepalive
         self.keepalive_idle = config.keepalive_idle
         self.keepalive_interval = config.keepalive_interval
@@ -832,6 +836,53 @@ class Connection(Sender):
         if now_offset is not None:
             clock_shift = now_offset
         return _snapshot.restore(cls, d, clock_shift, isn_key=isn_key, config=config)
+
+    @classmethod
+    def from_cookie(cls, local_ip: IPv4Address | IPv6Address, local_port: int,
+                    remote_ip: IPv4Address | IPv6Address, remote_port: int, seg: TcpSegment,
+                    mss: int, now: float, *, isn_key: bytes, config: TcpConfig = TcpConfig(),
+                    congestion: str | None = None) -> "Connection":
+        """The ESTABLISHED connection a valid cookie-bearing ACK stands for (`mss` is what
+        syncookie.check returned). Window scaling and SACK come back only from the options
+        encoded in the echoed timestamp (syncookie.syn_ack); without timestamps they are
+        off. The ACK's data, if any, is taken in."""
+        c = cls(local_ip, local_port, remote_ip, remote_port, isn_key=isn_key, config=config,
+                congestion=congestion)
+        c._now = now
+        c.passive = True
+        c.syn_sent = True
+        c.iss = sq.add(seg.ack, -1)
+        c.irs = sq.add(seg.seq, -1)
+        c.snd_una = c.snd_nxt = c.snd_max = c.snd_buf_seq = seg.ack
+        c.rcv_nxt = seg.seq
+        c.rcv_adv = sq.add(seg.seq, min(config.recv_buffer, MAX_WINDOW))  # the SYN,ACK's offer
+        c.last_ack_sent = seg.seq
+        c.send_mss = min(mss, config.mss)
+        if seg.timestamp is not None and config.timestamps:
+            from .syncookie import decode_options
+            wscale, sack = decode_options(seg.timestamp[1])
+            c.ts_ok = True
+            c.ts_recent, c.ts_recent_time = seg.timestamp[0], now
+            if wscale is not None and config.window_scaling:
+                c.ws_ok = True
+                c.snd_wscale, c.rcv_wscale = min(wscale, MAX_WSCALE), c._our_wscale
+            c.sack_ok = sack and config.sack
+            rtt_ms = sq.diff(c._tsval(now), seg.timestamp[1])
+            if 0 <= rtt_ms < 120_000:
+                c.rto.sample(rtt_ms / 1000)     # RFC 7323 §4.1, from the SYN,ACK's TSval
+        c.snd_wnd = c.max_snd_wnd = seg.window << c.snd_wscale
+        c.snd_wl1, c.snd_wl2 = seg.seq, seg.ack
+        c.cwnd = min(4 * c.send_mss, max(2 * c.send_mss, 4380))   # RFC 5681 §3.1 eq. 1
+        c.recover = c.iss
+        c.state = S.ESTABLISHED
+        c.stats["to_established"] += 1
+        c.stats["from_syn_cookie"] += 1
+        c.last_heard = now
+        c._events.append(TcpEvent.CONNECTED)
+        c._arm_keepalive(now)
+        c._receive_text(seg.seq, seg.payload, seg.fin, now)
+        c._output(now)
+        return c
 
     def _snapshot_extra(self) -> dict:
         return {"congestion": {"name": self.congestion, "state": self.cc.snapshot()},
