@@ -177,6 +177,10 @@ class Connection(Sender):
         self.keepalive_probes = 0
         self._keepalive_sent = 0.0
         self.fin_wait_2_deadline: float | None = None
+        # delivery rate (info): bytes acknowledged over about one RTT
+        self.delivery_rate = 0.0
+        self._rate_time = 0.0
+        self._rate_bytes = 0
         self._ack_pending = False        # an ACK is owed now
         self._writable_wanted = False
         self.delack_deadline: float | None = None   # a delayed ACK is owed by then
@@ -953,21 +957,51 @@ class Connection(Sender):
 
     # -- observation -----------------------------------------------------------------------
     def info(self) -> dict:
-        """Per-connection figures in the spirit of Linux's TCP_INFO (for `qnet ss`)."""
+        """Per-connection figures in the spirit of Linux's TCP_INFO (for `qnet ss`): the
+        counters of `stats`, then these (which win on a name clash). Plain types only."""
+        st = self.stats
+        lost = 0
+        if self.recovery:
+            lost = sum(sq.diff(e, s) for s, e in self._lost_ranges())
+        options = [name for name, on in (("wscale", self.ws_ok), ("timestamps", self.ts_ok),
+                                         ("sack", self.sack_ok), ("nodelay", self.nodelay),
+                                         ("keepalive", self.keepalive)) if on]
         return {
+            **st,
             "state": self.state.value,
             "local": f"{self.local_ip}:{self.local_port}",
             "remote": f"{self.remote_ip}:{self.remote_port}",
-            "send_queue": len(self.sndbuf),
-            "recv_queue": len(self.rcvbuf),
+            "send_queue": len(self.sndbuf),          # unacknowledged + unsent (SIOCOUTQ)
+            "unsent": len(self.sndbuf) - max(0, sq.diff(self.snd_max, self.snd_buf_seq)),
+            "recv_queue": len(self.rcvbuf),          # SIOCINQ
+            "send_buffer": self.sndbuf_limit,
+            "recv_buffer": self.rcvbuf_limit,
             "snd_mss": self.send_mss,
+            "rcv_mss": self.rcv_mss,
             "rtt": self.rto.srtt,
             "rttvar": self.rto.rttvar,
             "rto": self.rto.rto,
+            "rcv_rtt": self.rcv_rtt,
             "cwnd": self.cwnd,
             "ssthresh": self.ssthresh,
+            "congestion": self.congestion,
+            "ca_state": ("open", "recovery", "loss")[self.recovery],
+            "flight": self.flight_size() if self._syn_acked() else 0,
+            "pipe": self._pipe() if self._syn_acked() else 0,
+            "sacked": self._sacked_bytes(),
+            "lost": lost,
+            "retransmits": self.retries,             # of the current segment (tcpi_retransmits)
+            "total_retrans": st["segments_retransmitted"],
+            "backoff": self.rto_backoff,
+            "probes": self.probes_out + self.keepalive_probes,
+            "delivery_rate": self.delivery_rate,     # bytes/s acknowledged over the last RTT
+            "bytes_acked": st["bytes_acked"],
+            "bytes_received": st["bytes_received"],
+            "bytes_retrans": st["bytes_retransmitted"],
             "snd_wnd": self.snd_wnd,
             "rcv_wnd": self._rcv_wnd(),
-            "retransmits": self.stats["rto_expired"],
-            **self.stats,
+            "snd_wscale": self.snd_wscale,
+            "rcv_wscale": self.rcv_wscale,
+            "options": options,
+            "ooo_bytes": self.ooo_bytes,
         }

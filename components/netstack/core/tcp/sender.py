@@ -163,7 +163,12 @@ class Sender:
         if sq.lt(self.high_rxt, ack):
             self.high_rxt = ack
         self.sb.advance(ack)
-        self.stats["bytes_acked"] += acked
+        st = self.stats
+        st["bytes_acked"] += acked
+        if now - self._rate_time >= (self.rto.srtt or 0.1):
+            if self._rate_time:
+                self.delivery_rate = (st["bytes_acked"] - self._rate_bytes) / (now - self._rate_time)
+            self._rate_time, self._rate_bytes = now, st["bytes_acked"]
         ts = seg.timestamp if seg is not None and self.ts_ok else None
         if ts is not None and ts[1] and not was_syn:
             # RFC 7323 §4.1: an ACK that advances the left edge gives an RTT sample from the

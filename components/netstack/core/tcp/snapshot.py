@@ -54,6 +54,7 @@ TCB_FIELDS: dict[str, str] = {
     "keepalive": "bool", "keepalive_idle": "f", "keepalive_interval": "f",
     "keepalive_count": "u", "orphaned": "bool", "last_heard": "t", "keepalive_deadline": "t?",
     "keepalive_probes": "u", "_keepalive_sent": "t", "fin_wait_2_deadline": "t?",
+    "delivery_rate": "f", "_rate_time": "t", "_rate_bytes": "u",
 }
 RTO_FIELDS: dict[str, str] = {"srtt": "f?", "rttvar": "f?", "rto": "f", "samples": "u"}
 

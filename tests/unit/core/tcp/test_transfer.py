@@ -136,3 +136,29 @@ def test_connect_to_a_closed_port_is_refused_by_its_rst():
     assert net.events["a"] == [TcpEvent.RESET, TcpEvent.CLOSED]
     assert [s.flags for s in net.sent("b")] == [RST | 0x10]    # <SEQ=0><ACK=ISS+1><RST,ACK>
     assert net.sent("b")[0].ack == (net.sent("a")[0].seq + 1) & 0xFFFFFFFF
+
+
+def test_info_reports_tcp_info_like_figures_in_plain_types():
+    import msgpack
+    a, b = pair()
+    b.listen()
+    net = Net(a, b, delay=0.02, loss=0.02, seed=1)
+    a.connect(net.now)
+    data = payload(300_000, 4)
+    sent = 0
+
+    def pump():
+        nonlocal sent
+        if a.state is S.ESTABLISHED and sent < len(data):
+            sent += a.send(data[sent:], net.now)
+        b.recv()
+        return b.stats["bytes_received"] >= 200_000
+    net.run(pump)
+    i = a.info()
+    msgpack.packb(i)
+    assert i["state"] == "ESTABLISHED" and i["congestion"] == "cubic"
+    assert set(i["options"]) >= {"wscale", "timestamps", "sack"}
+    assert i["rtt"] > 0.03 and i["cwnd"] > 0 and i["snd_wscale"] == 7
+    assert i["bytes_acked"] > 100_000 and i["delivery_rate"] > 0
+    assert i["total_retrans"] >= 1 and i["send_queue"] == len(a.sndbuf)
+    assert b.info()["bytes_received"] >= 200_000
