@@ -26,6 +26,7 @@ from ...wire.tcp import TcpSegment
 from ..errors import StackError
 from ..timers import Deadlines
 from . import seq as sq
+from . import syncookie
 from .conn import Connection, TcpConfig, TcpEvent
 from .segment import rst_for
 from .state import State
@@ -63,7 +64,7 @@ class TcpLayerConfig:
 
 class Listener:
     __slots__ = ("lid", "addr", "port", "backlog", "accept", "embryonic", "closed", "owner",
-                 "accepted", "dropped")
+                 "accepted", "dropped", "cookie_time")
 
     def __init__(self, lid: int, addr: int | None, port: int, backlog: int) -> None:
         self.lid = lid
@@ -76,6 +77,7 @@ class Listener:
         self.owner: str | None = None
         self.accepted = 0
         self.dropped = 0
+        self.cookie_time: float | None = None   # when it last answered a SYN with a cookie
 
     def info(self) -> dict:
         return {"lid": self.lid, "addr": self.addr, "port": self.port, "backlog": self.backlog,
@@ -265,6 +267,9 @@ class TcpLayer:
             return
         if lid is not None and seg.rst:
             return
+        if lid is not None and seg.ack_flag and not seg.syn and \
+                self._cookie_ack(self.listeners[lid], seg, src, dst, now):
+            return
         # RFC 9293 §3.10.7.1 (CLOSED) and §3.10.7.2 (LISTEN: an ACK gets a RST): the answer
         # is the same, <SEQ=SEG.ACK><CTL=RST> or <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
         reply = rst_for(seg)
@@ -279,9 +284,9 @@ class TcpLayer:
 
     def _syn_to_listener(self, lst: Listener, seg: TcpSegment, src, dst, now: float) -> None:
         c = self.c
-        if len(lst.embryonic) >= self.limits.max_syn_backlog or \
-                len(lst.accept) >= lst.backlog or len(self.conns) >= self.limits.max_connections:
-            # TODO(syncookies): answer with a cookie instead (core/tcp/syncookie.py).
+        if len(lst.accept) >= lst.backlog or len(self.conns) >= self.limits.max_connections:
+            # The accept queue is full: a completed handshake would have nowhere to go, so the
+            # SYN is dropped and the peer retransmits it (as Linux does).
             lst.dropped += 1
             c["listen_overflow"] += 1
             return
@@ -289,6 +294,18 @@ class TcpLayer:
             _src, mtu = self.ip.source_and_mtu(src, dst)
         except StackError:
             c["rx_syn_no_route"] += 1
+            return
+        if len(lst.embryonic) >= min(lst.backlog, self.limits.max_syn_backlog):
+            # The SYN queue is full (a flood, or a burst): answer with a SYN cookie and keep
+            # nothing (RFC 4987 §3.6); the ACK that completes the handshake brings it back.
+            out = syncookie.syn_ack(seg, self.isn_key, now, dst, src, isn_key=self.isn_key,
+                                    config=self._conn_cfg(mtu))
+            lst.cookie_time = now
+            c["syncookies_sent"] += 1
+            try:
+                self.ip.output(dst, src, out.build(dst, src), now)
+            except StackError:
+                c["tx_failed"] += 1
             return
         cid = self._new_id()
         conn = Connection(dst, seg.dst_port, src, seg.src_port, isn_key=self.isn_key,
@@ -323,6 +340,39 @@ class TcpLayer:
         else:
             # Soft errors (RFC 1122 §4.2.3.9): a connection does not abort on them.
             self.c["icmp_soft_errors"] += 1
+        return True
+
+    def _cookie_ack(self, lst: Listener, seg: TcpSegment, src, dst, now: float) -> bool:
+        """An ACK to a listener: True if it completed a SYN-cookie handshake (taken, or dropped
+        because the accept queue is full). Cookies are checked only while the listener has
+        sent some lately, so a guessed cookie cannot open a connection at other times."""
+        if lst.cookie_time is None or now - lst.cookie_time > syncookie.COUNTER_PERIOD * syncookie.MAX_AGE:
+            return False
+        mss = syncookie.check(self.isn_key, now, src, seg.src_port, dst, seg.dst_port,
+                              seg.ack, seg.seq)
+        if mss is None:
+            self.c["syncookies_failed"] += 1
+            return False
+        if len(lst.accept) >= lst.backlog or len(self.conns) >= self.limits.max_connections:
+            lst.dropped += 1
+            self.c["listen_overflow"] += 1
+            return True         # the peer retransmits; a later ACK may find room
+        try:
+            _src, mtu = self.ip.source_and_mtu(src, dst)
+        except StackError:
+            return True
+        conn = Connection.from_cookie(dst, seg.dst_port, src, seg.src_port, seg, mss, now,
+                                      isn_key=self.isn_key, config=self._conn_cfg(mtu))
+        cid = self._new_id()
+        self.conns[cid] = conn
+        self.demux[(int(dst), seg.dst_port, int(src), seg.src_port)] = cid
+        self.parent[cid] = lst.lid
+        lst.accept.append(cid)
+        self._events.append((lst.lid, ACCEPTABLE))
+        self.c["syncookies_recv"] += 1
+        self.c["passive_opens"] += 1
+        conn.take_events()      # CONNECTED: the acceptor learns of it by accept()
+        self._after(cid, conn, now)
         return True
 
     # -- timers ------------------------------------------------------------------------------

@@ -157,16 +157,53 @@ def test_listen_conflicts_and_unknown_ids():
         s.tcp4.accept(999)
 
 
-def test_backlog_full_drops_syns_and_counts():
+def test_full_syn_queue_answers_with_cookies_and_the_connections_complete():
     w = Wire()
-    w.b.tcp4.limits = TcpLayerConfig(max_syn_backlog=2)
     lid = w.b.tcp4.listen(None, 80, backlog=2)
     cids = [w.a.tcp4.connect(IPv4Address("10.0.0.2"), 80, w.now) for _ in range(4)]
     w.run(0.5)
     lst = w.b.tcp4.listeners[lid]
-    assert len(lst.accept) == 2 and lst.dropped >= 2
-    assert sum(1 for c in cids if w.a.tcp4.conns[c].state.value == "ESTABLISHED") == 2
+    assert w.b.counters()["tcp"]["syncookies_sent"] == 2     # the SYN queue held 2
+    assert all(w.a.tcp4.conns[c].state.value == "ESTABLISHED" for c in cids)
     assert ACCEPTABLE in [e for _i, e in w.b.tcp4.take_events()]
+    first = [w.b.tcp4.accept(lid), w.b.tcp4.accept(lid)]
+    assert None not in first and w.b.tcp4.accept(lid) is None
+    # The cookie connections' final ACKs met a full accept queue and were dropped; their
+    # data brings the cookie again, now with room.
+    for i, c in enumerate(cids):
+        w.a.tcp4.send(c, b"hello %d" % i, w.now)
+    w.run(5.0)
+    more = [w.b.tcp4.accept(lid), w.b.tcp4.accept(lid)]
+    assert None not in more
+    got = sorted(w.b.tcp4.recv(c, None, w.now) for c in first + more)
+    assert got == [b"hello 0", b"hello 1", b"hello 2", b"hello 3"]
+    assert w.b.counters()["tcp"]["syncookies_recv"] == 2
+
+
+def test_accept_queue_full_drops_syns():
+    w = Wire()
+    lid = w.b.tcp4.listen(None, 80, backlog=1)
+    w.a.tcp4.connect(IPv4Address("10.0.0.2"), 80, w.now)
+    w.run(0.5)
+    late = w.a.tcp4.connect(IPv4Address("10.0.0.2"), 80, w.now)
+    w.run(0.6)
+    assert w.b.tcp4.listeners[lid].dropped >= 1
+    assert w.a.tcp4.conns[late].state.value == "SYN-SENT"
+    assert w.b.tcp4.accept(lid) is not None
+    w.run(5.0)                                   # the SYN's retransmission finds room
+    assert w.a.tcp4.conns[late].state.value == "ESTABLISHED"
+
+
+def test_a_guessed_cookie_opens_nothing():
+    w = Wire()
+    w.b.tcp4.listen(None, 80)
+    s = w.b
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    ack = bytes(Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:0b") /
+                IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=4444, dport=80, seq=5, ack=12345, flags="A"))
+    s.receive("eth0", ack, 0.0)
+    assert not s.tcp4.conns and s.counters()["tcp"].get("syncookies_recv", 0) == 0
 
 
 def test_rst_to_scapy_syn_without_listener():
