@@ -1,4 +1,4 @@
-"""`qnet port|addr|route|neigh|ping|capture|stats`: the network commands.
+"""`qnet port|addr|route|neigh|ping|capture|ss|stats`: the network commands.
 
 Configuration (ports, addresses, routes) goes through the launcher, which owns
 it and re-asserts it to a restarted netstack; read-only views, ping and
@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from ipc.protocols.netstack import NETSTACK
+from ipc.protocols.netstack import NETSTACK, TCP
 from ipc.rpc import RpcClient
 
 from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, answer, call, out_json, table
@@ -63,6 +63,48 @@ def provider_call(args, protocol, what: str, method: str, call_timeout: float = 
 
 def netstack_call(args, method: str, timeout: float = 10.0, **kw):
     return provider_call(args, NETSTACK, "netstack", method, timeout, **kw)
+
+
+_SS_STATE = {"ESTABLISHED": "ESTAB", "SYN-SENT": "SYN-SENT", "SYN-RECEIVED": "SYN-RECV",
+             "FIN-WAIT-1": "FIN-WAIT-1", "FIN-WAIT-2": "FIN-WAIT-2", "TIME-WAIT": "TIME-WAIT",
+             "CLOSE-WAIT": "CLOSE-WAIT", "LAST-ACK": "LAST-ACK", "CLOSING": "CLOSING",
+             "CLOSED": "UNCONN", "LISTEN": "LISTEN"}
+
+
+def cmd_ss(args) -> int:
+    """TCP connections and listeners in the idiom of iproute2's `ss -t`."""
+    got = provider_call(args, TCP, "netstack", "list")
+    conns, listeners = got.get("connections", []), got.get("listeners", [])
+    rows = []
+    if args.listening or args.all:
+        for lst in listeners:
+            rows.append({"state": "LISTEN", "recv_q": lst.get("accept_queue", 0),
+                         "send_q": lst.get("backlog", 0),
+                         "local": f"{lst.get('addr') or '*'}:{lst.get('port')}", "peer": "*:*",
+                         "owner": lst.get("owner") or "", "kind": "listener", **lst})
+    if not args.listening or args.all:
+        for c in conns:
+            rows.append({**c, "kind": "connection", "state": _SS_STATE.get(c.get("state"), c.get("state")),
+                         "recv_q": c.get("recv_queue", 0), "send_q": c.get("send_queue", 0),
+                         "local": f"{c.get('local')}:{c.get('local_port')}",
+                         "peer": f"{c.get('remote')}:{c.get('remote_port')}", "owner": c.get("owner") or ""})
+    if args.json:
+        out_json(rows)
+        return 0
+    cols = [("state", "State"), ("recv_q", "Recv-Q"), ("send_q", "Send-Q"), ("local", "Local Address:Port"),
+            ("peer", "Peer Address:Port"), ("owner", "Process")]
+    if args.info:
+        for r in rows:
+            if r["kind"] != "connection":
+                continue
+            rtt, var = r.get("rtt"), r.get("rttvar")
+            r["rtt_txt"] = "-" if rtt is None else f"{rtt * 1000:.3g}/{(var or 0) * 1000:.3g}"
+            r["cwnd_txt"] = r.get("cwnd")
+            r["retrans_txt"] = f"{r.get('retransmits', 0)}/{r.get('total_retrans', 0)}"
+        cols += [("rtt_txt", "rtt(ms)"), ("cwnd_txt", "cwnd"), ("retrans_txt", "retrans"),
+                 ("congestion", "cc")]
+    print(table(rows, cols))
+    return 0
 
 
 def _iface(text: str) -> str:
@@ -358,6 +400,13 @@ def add_commands(sub) -> None:
     p.add_argument("-d", "--duration", type=_number_in(0, 10**9), default=0.0,
                    help="seconds (default: until Ctrl-C)")
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("ss", help="TCP connections and listeners (like iproute2's ss -t)")
+    p.add_argument("-l", "--listening", action="store_true", help="listeners only")
+    p.add_argument("-a", "--all", action="store_true", help="listeners and connections")
+    p.add_argument("-i", "--info", action="store_true", help="rtt, cwnd, retransmits, congestion control")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ss)
 
     p = sub.add_parser("stats", help="per-interface and per-protocol counters")
     p.add_argument("--json", action="store_true")

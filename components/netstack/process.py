@@ -173,6 +173,8 @@ class Netstack(Component):
                 "silent_ports": silent, "drops": drops,
                 "internal_errors": internal, "tables": self._tables(c),
                 "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
+                "tcp_channels": {**self.tcp.counters, "open": len(self.tcp.chans),
+                                 "bound": len(self.tcp.by_cid)},
                 "sockets": len(self.owners), "offloads": self.offload_status(), **self.counters}
 
     def _tables(self, c: dict) -> dict:

@@ -57,7 +57,7 @@ def _remote_error(e: StackError) -> errors.RemoteError:
 
 class ByteChannel:
     __slots__ = ("id", "sock", "fd", "cid", "to_client", "from_client", "reading", "writing",
-                 "eof_in", "shut_out", "status")
+                 "eof_in", "shut_out", "status", "owner")
 
     def __init__(self, chan_id: str, sock: socket.socket) -> None:
         self.id = chan_id
@@ -71,6 +71,7 @@ class ByteChannel:
         self.eof_in = False                 # the client shut its write side (we sent FIN)
         self.shut_out = False               # we shut ours (the peer's FIN reached the client)
         self.status = "unbound"
+        self.owner = ""
 
 
 class TcpService:
@@ -422,7 +423,8 @@ class TcpService:
         """The binding of every channel and the bytes in flight through us (hand-over only)."""
         return {"channels": {ch.id: {"cid": ch.cid, "to_client": bytes(ch.to_client),
                                      "from_client": ch.from_client, "eof_in": ch.eof_in,
-                                     "shut_out": ch.shut_out, "status": ch.status}
+                                     "shut_out": ch.shut_out, "status": ch.status,
+                                     "owner": ch.owner}
                              for ch in self.chans.values()},
                 "ended": dict(self.ended)}
 
@@ -452,6 +454,7 @@ class TcpService:
             ch.eof_in = bool(d.get("eof_in"))
             ch.shut_out = bool(d.get("shut_out"))
             ch.status = str(d.get("status", "established"))
+            ch.owner = str(d.get("owner", ""))
             self.by_cid[ch.cid] = ch
 
     # -- qnet.tcp handlers ------------------------------------------------------------------
@@ -478,10 +481,11 @@ class TcpService:
         self.ns.checkpoint()
         return True
 
-    def accept(self, listener, channel, wait=0.0):
+    def accept(self, listener, channel, wait=0.0, owner=""):
         if listener not in self.tcp.listeners:
             raise errors.RemoteError(f"no listener {listener}", code="not_found")
         ch = self._take_channel(channel)
+        ch.owner = owner
         cid = self.tcp.accept(listener)
         if cid is not None:
             self._bind(ch, cid)
@@ -497,8 +501,10 @@ class TcpService:
         q.append((token, ch, timer))
         return None
 
-    def connect(self, channel, address, port, local_address=None, local_port=0, timeout=0.0):
+    def connect(self, channel, address, port, local_address=None, local_port=0, timeout=0.0,
+                owner=""):
         ch = self._take_channel(channel)
+        ch.owner = owner
         now = time.monotonic()
         try:
             cid = self.tcp.connect(ipaddress.IPv4Address(address), port, now,
@@ -570,6 +576,7 @@ class TcpService:
             d = self.tcp.info(cid)
             ch = self.by_cid.get(cid)
             d["channel"] = ch.id if ch else None
+            d["owner"] = ch.owner if ch else ""
             conns.append(_plain(d))
         return {"connections": conns, "listeners": _plain(self.tcp.listener_info())}
 

@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import os
 import socket
+import sys
 from typing import Any
 
 from ipc import errors
@@ -52,6 +53,7 @@ class TcpClient:
         self.rpc = RpcClient(f"ipc://{os.path.join(runtime_dir, 'netstack.rpc')}", TCP,
                              timeout=timeout, retries=3)
         self._spare: list[tuple[str, socket.socket]] = []
+        self.owner = f"{os.path.basename(sys.argv[0] or 'python')[:40]}[{os.getpid()}]"
 
     def _channel(self) -> tuple[str, socket.socket]:
         if not self._spare:
@@ -92,13 +94,13 @@ class TcpClient:
         rpc_wait = (wait or 140.0) + 5.0
         return self._with_channel(lambda chan: self.rpc.call(
             "connect", rpc_wait, channel=chan, address=str(address), port=int(port),
-            local_address=local_address, local_port=local_port, timeout=wait))
+            local_address=local_address, local_port=local_port, timeout=wait, owner=self.owner))
 
     def listen(self, port: int, address: str | None = None, backlog: int = 128,
                owner: str = "") -> "TcpListener":
         try:
             r = self.rpc.call("listen", port=int(port), address=address, backlog=backlog,
-                              owner=owner or f"pid {os.getpid()}")
+                              owner=owner or self.owner)
         except errors.IpcError as e:
             raise os_error(e) from None
         return TcpListener(self, to_plain(r))
@@ -125,7 +127,7 @@ class TcpListener:
         def call(chan: str):
             try:
                 return self.client.rpc.call("accept", wait + 5.0, listener=self.id, channel=chan,
-                                            wait=wait)
+                                            wait=wait, owner=self.client.owner)
             except errors.RemoteError as e:
                 if e.code == "would_block" and wait > 0:
                     raise errors.RemoteError("accept timed out", code="timed_out") from None

@@ -320,3 +320,35 @@ def test_after_a_netstack_crash_the_client_sees_a_reset_promptly(tcp_graph, clie
         s.close()
     finally:
         stop_process(p)
+
+
+@pytest.mark.timeout(60)
+def test_qnet_ss_shows_listeners_and_connections_with_owner(tcp_graph, client):
+    g, a = tcp_graph
+    lst = client.listen(7100)
+    p = _peer(a, "echo", 5009)
+    try:
+        s = client.connect(a.linux_ip, 5009, timeout=10)
+        s.sendall(b"x")
+        s.settimeout(10)
+        assert s.recv(1) == b"x"
+        rows = g.qnet_json("ss", "-a", "-i")
+        mine = [r for r in rows if r.get("local_port") == s.local[1] and r["kind"] == "connection"]
+        assert len(mine) == 1, rows
+        r = mine[0]
+        assert r["state"] == "ESTAB" and r["peer"] == f"{a.linux_ip}:5009"
+        assert r["owner"].endswith(f"[{os.getpid()}]") and r["rtt"] is not None and r["cwnd"] > 0
+        assert any(x["kind"] == "listener" and x["local"] == "*:7100" for x in rows), rows
+        text = g.qnet("ss", "-i").stdout
+        assert "ESTAB" in text and f"{a.linux_ip}:5009" in text and "rtt(ms)" in text, text
+        assert "LISTEN" not in text
+        assert "LISTEN" in g.qnet("ss", "-l").stdout
+        s.close()
+    finally:
+        stop_process(p)
+        lst.close()
+    stats = g.qnet_json("stats")
+    tcp = stats["stack"]["tcp"]
+    assert tcp["active_opens"] >= 1 and tcp["rx_segments"] > 0
+    assert stats["binding"]["tcp_channels"]["bytes_to_clients"] > 0
+    assert "tcp: " in g.qnet("stats").stdout
