@@ -545,13 +545,23 @@ class TcpService:
         return True
 
     def set_option(self, conn, name, value):
-        c = self.tcp.conns.get(conn)
-        if c is None:
+        if conn not in self.tcp.conns:
             raise errors.RemoteError(f"no connection {conn}", code="not_connected")
-        setter = getattr(c, f"set_{name}", None)
-        if setter is None:
-            raise errors.RemoteError(f"option {name} is not supported yet", code="bad_argument")
-        setter(value)
+        if name in ("keepidle", "keepintvl", "keepcnt") and value < 1:
+            raise errors.RemoteError(f"{name} must be at least 1", code="bad_argument")
+        kw = {"nodelay": {"nodelay": bool(value)}, "keepalive": {"keepalive": bool(value)},
+              "keepidle": {"keepidle": float(value)}, "keepintvl": {"keepintvl": float(value)},
+              "keepcnt": {"keepcnt": int(value)}}[name]
+        try:
+            self.tcp.configure(conn, time.monotonic(), **kw)
+        except StackError as e:
+            raise _remote_error(e) from None
+        return True
+
+    def set_congestion(self, conn, name):
+        if conn not in self.tcp.conns:
+            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
+        self.tcp.configure(conn, time.monotonic(), congestion=name)
         return True
 
     def info(self, conn):

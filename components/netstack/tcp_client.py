@@ -208,6 +208,19 @@ class TcpStream:
     def info(self) -> dict:
         return to_plain(self.client.rpc.call("info", conn=self.id))
 
+    def set_option(self, name: str, value: int) -> None:
+        """nodelay, keepalive, keepidle, keepintvl (seconds), keepcnt."""
+        try:
+            self.client.rpc.call("set_option", conn=self.id, name=name, value=int(value))
+        except errors.IpcError as e:
+            raise os_error(e) from None
+
+    def set_congestion(self, name: str) -> None:
+        try:
+            self.client.rpc.call("set_congestion", conn=self.id, name=name)
+        except errors.IpcError as e:
+            raise os_error(e) from None
+
     def status(self) -> str:
         return self.client.rpc.call("status", channel=self.channel)
 

@@ -215,6 +215,8 @@ TCP = Protocol(
                doc="Reset the connection at once (SO_LINGER 0 then close)."),
         Method("set_option", args=(Field("conn", U32), Field("name", TCP_OPTION), Field("value", Int(0, 1 << 31))),
                result=BOOL, errors=TCP_ERRORS),
+        Method("set_congestion", args=(Field("conn", U32), Field("name", Enum("Congestion", ("cubic", "newreno")))),
+               result=BOOL, errors=TCP_ERRORS, doc="TCP_CONGESTION: CUBIC (the default) or NewReno."),
         Method("info", args=(Field("conn", U32),), result=ANY, errors=TCP_ERRORS, idempotent=True,
                doc="Like Linux's TCP_INFO: state, rtt, rttvar, cwnd, ssthresh, retransmits, queues..."),
         Method("status", args=(Field("channel", CHANNEL),), result=Str(max_len=32), errors=TCP_ERRORS,

@@ -517,16 +517,17 @@ def test_a_full_backlog_listener_answers_syns_with_cookies_and_the_connections_c
     try:
         first = TcpPeer(net.port, next(_sports), lport, mac=net.mac)
         peers.append(first)
-        first.connect()                  # completed, never accepted: the accept queue is full
-        time.sleep(0.1)
+        # A handshake left half-open fills the SYN queue (as Linux, it holds min(backlog, 256)).
+        first.send("S", options=first.syn_options())
+        first.expect(lambda x: x.has("S") and x.has("A"), 3.0, "the first SYN,ACK")
         pending = [TcpPeer(net.port, next(_sports), lport, mac=net.mac, ts=True, sack=True, wscale=7)
                    for _ in range(3)]
         peers += pending
         for q in pending:                # several handshakes pending at once
             q.send("S", options=q.syn_options())
         for q in pending:
-            # RFC 4987 §3.6: with its queue full, a listener answers with a SYN cookie rather
-            # than dropping the SYN.
+            # RFC 4987 §3.6: with its SYN queue full, a listener answers with a SYN cookie
+            # rather than dropping the SYN.
             try:
                 sa = q.expect(lambda x: x.has("S") and x.has("A"), 3.0,
                               f"a SYN,ACK (a cookie) from a backlog-1 listener with a full queue "

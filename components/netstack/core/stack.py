@@ -280,6 +280,10 @@ class Stack:
 
     def counters(self) -> dict[str, dict[str, int]]:
         out = self.ctr.to_dict()
+        # Connections fold their counters into the group when they end; live ones count too.
+        tcp = out.setdefault("tcp", {})
+        for k, v in self.tcp4.live_counters().items():
+            tcp[k] = tcp.get(k, 0) + v
         for d in self.devs.values():
             g = out.setdefault(f"dev:{d.name}", {})
             g["tx_queued"] = len(d.tx)

@@ -230,6 +230,26 @@ class TcpLayer:
         conn.close(now)
         self._after(cid, conn, now)
 
+    def configure(self, cid: int, now: float, *, nodelay: bool | None = None,
+                  keepalive: bool | None = None, keepidle: float | None = None,
+                  keepintvl: float | None = None, keepcnt: int | None = None,
+                  congestion: str | None = None) -> None:
+        """Socket options of one connection (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT,
+        TCP_CONGESTION). StackError bad_argument for a value out of range."""
+        conn = self.get(cid)
+        try:
+            if congestion is not None:
+                conn.set_congestion(congestion)
+            if nodelay is not None:
+                conn.set_nodelay(nodelay, now)
+            if keepalive is not None or keepidle is not None or keepintvl is not None \
+                    or keepcnt is not None:
+                conn.set_keepalive(conn.keepalive if keepalive is None else keepalive, now,
+                                   idle=keepidle, interval=keepintvl, count=keepcnt)
+        except ValueError as e:
+            raise StackError("bad_argument", str(e)) from None
+        self._after(cid, conn, now)
+
     def abort(self, cid: int, now: float) -> None:
         conn = self.conns.get(cid)
         if conn is None:
@@ -451,6 +471,15 @@ class TcpLayer:
         self.time_wait.pop(cid, None)
         for k, v in conn.stats.items():
             self.c[f"conn_{k}"] += v
+
+    def live_counters(self) -> dict[str, int]:
+        """The counters of the connections still in the table, as `conn_*` (those that ended
+        are in the layer's group already)."""
+        out: dict[str, int] = {}
+        for conn in self.conns.values():
+            for k, v in conn.stats.items():
+                out[f"conn_{k}"] = out.get(f"conn_{k}", 0) + v
+        return out
 
     def take_events(self) -> list[tuple[int, object]]:
         ev, self._events = self._events, []
