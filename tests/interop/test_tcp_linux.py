@@ -16,7 +16,8 @@ import time
 import pytest
 
 from components.netstack.tcp_client import TcpClient
-from tests.interop.util import NS_PYTHON, QnetGraph, missing_prerequisite, stop_process, wait_for
+from tests.interop.util import (NS_PYTHON, QnetGraph, capture_in_background, missing_prerequisite,
+                                stop_process, tshark_fields, wait_for)
 
 pytestmark = pytest.mark.interop
 
@@ -195,6 +196,34 @@ def test_a_reset_from_linux_reaches_the_client_as_econnreset(tcp_graph, client):
         assert s.status() == "reset"
     finally:
         stop_process(p)
+
+
+@pytest.mark.timeout(60)
+def test_qnet_capture_shows_a_connection_segment_by_segment(tcp_graph, client, tmp_path):
+    g, a = tcp_graph
+    pcap = str(tmp_path / "tcp.pcap")
+    p = _peer(a, "echo", 5010)
+    cap = capture_in_background(g, "p0", pcap, 4.0)
+    try:
+        s = client.connect(a.linux_ip, 5010, timeout=10)
+        s.sendall(b"captured")
+        s.settimeout(10)
+        assert s.recv(8) == b"captured"
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(1) == b""
+        port = s.local[1]
+        s.close()
+    finally:
+        stop_process(p)
+        out, err = cap.communicate(timeout=15)
+    assert cap.returncode == 0, err
+    rows = tshark_fields(pcap, "ip.src", "tcp.flags.syn", "tcp.flags.fin", "tcp.len",
+                         display_filter=f"tcp.port == {port}")
+    ours = [r for r in rows if r[0] == a.qnet_ip]
+    theirs = [r for r in rows if r[0] == a.linux_ip]
+    assert any(r[1] in ("1", "True") for r in ours) and any(r[1] in ("1", "True") for r in theirs)
+    assert any(r[2] in ("1", "True") for r in ours) and any(r[2] in ("1", "True") for r in theirs)
+    assert any(r[3] == "8" for r in ours) and any(r[3] == "8" for r in theirs)
 
 
 # -- restarts and crashes during transfers (last: they replace components) ----------------------

@@ -35,6 +35,7 @@ from .state import RECEIVING, SENDING, TRANSITIONS, Act, Event, State
 
 S, E, A = State, Event, Act
 
+TS_OPTION_SPACE = 12    # the timestamp option with its two NOPs (RFC 7323 Appendix A)
 MAX_WINDOW = 0xFFFF    # the 16-bit window field
 MAX_WSCALE = 14        # RFC 7323 §2.3
 TS_VALID = 24 * 86400  # RFC 7323 §5.5: TS.Recent older than 24 days is no longer valid
@@ -478,6 +479,9 @@ class Connection(Sender):
         if self.cfg.timestamps and seg.timestamp is not None:
             self.ts_ok = True
             self.ts_recent, self.ts_recent_time = seg.timestamp[0], now
+            # RFC 6691 §3 (and RFC 9293 §3.7.1): the MSS counts data only, so the option
+            # bytes every segment now carries come out of it, or full segments overrun the MTU.
+            self.send_mss -= TS_OPTION_SPACE
         else:
             self.ts_ok = False
 
@@ -798,9 +802,13 @@ class Connection(Sender):
         else:
             mss, wscale, ts_on, sack_perm = None, None, self.ts_ok, False
             if self.ooo and self.sack_ok and flags & ACK:
-                # RFC 2018 §4: what we hold out of order; 3 blocks fit beside timestamps
+                # RFC 2018 §4: what we hold out of order; 3 blocks fit beside timestamps.
+                # On a data segment only as many as the MSS leaves room for (RFC 6691 §3).
+                n_blocks = 3 if ts_on else 4
+                if payload:
+                    n_blocks = min(n_blocks, max(0, (self.send_mss - len(payload) - 4) // 8))
                 blocks = receiver_blocks(self.ooo, self.rcv_nxt, self._sack_recent,
-                                         3 if ts_on else 4)
+                                         n_blocks) if n_blocks else ()
             shift = self.rcv_wscale
             field = free >> shift
             wnd = field << shift
@@ -867,6 +875,7 @@ class Connection(Sender):
             wscale, sack = decode_options(seg.timestamp[1])
             c.ts_ok = True
             c.ts_recent, c.ts_recent_time = seg.timestamp[0], now
+            c.send_mss -= TS_OPTION_SPACE       # RFC 6691 §3, as in _take_syn
             if wscale is not None and config.window_scaling:
                 c.ws_ok = True
                 c.snd_wscale, c.rcv_wscale = min(wscale, MAX_WSCALE), c._our_wscale

@@ -27,7 +27,7 @@ from ..errors import StackError
 from ..timers import Deadlines
 from . import seq as sq
 from . import syncookie
-from .conn import Connection, TcpConfig, TcpEvent
+from .conn import TS_OPTION_SPACE, Connection, TcpConfig, TcpEvent
 from .segment import rst_for
 from .state import State
 
@@ -353,7 +353,7 @@ class TcpLayer:
             return True
         if icmp_type == 3 and code == 4 and mtu:
             # RFC 1191 §6.1 / RFC 9293 §3.7.3: "fragmentation needed" lowers the segment size.
-            mss = max(mtu - self.ip.header_len - 20, 88)
+            mss = max(mtu - self.ip.header_len - 20 - (TS_OPTION_SPACE if conn.ts_ok else 0), 88)
             if mss < conn.send_mss:
                 conn.send_mss = mss
                 self.c["pmtu_lowered"] += 1

@@ -37,7 +37,12 @@ class RtoEstimator:
             self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - r)  # type: ignore[operator]
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * r
         self.samples += 1
-        self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))  # type: ignore[operator]
+        # The minimum bounds the variance term, not the whole RTO (as Linux's tcp_rto_min
+        # bounds mdev): with timestamps RTTVAR falls to a fraction of a millisecond, and an
+        # RTO of SRTT + 1 ms would fire on every ACK the peer delays, a spurious time-out
+        # that collapses cwnd on a long path. A larger RTO is always within RFC 6298 §2.
+        self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar,  # type: ignore[operator]
+                                               self.minimum))
 
     def back_off(self) -> None:
         # RFC 6298 §5.5: the host MUST set RTO <- RTO * 2 ("back off the timer").

@@ -34,7 +34,17 @@ def test_rto_is_at_least_200ms_like_linux():
     e = RtoEstimator()
     for _ in range(20):
         e.sample(0.001)
-    assert e.rto == 0.2
+    assert e.rto == pytest.approx(0.201)
+
+
+def test_a_steady_long_path_keeps_200ms_of_slack_above_srtt():
+    # With timestamps RTTVAR decays to almost nothing on a steady 600 ms path; the RTO must
+    # still leave room for a delayed ACK, or every one of them is a spurious time-out.
+    e = RtoEstimator()
+    for _ in range(200):
+        e.sample(0.600)
+    assert e.rttvar < 0.001
+    assert e.rto == pytest.approx(0.8)
 
 
 def test_back_off_doubles_up_to_the_maximum_and_a_sample_recomputes():
