@@ -65,7 +65,7 @@ class ByteChannel:
         self.fd = sock.fileno()
         self.cid: int | None = None
         self.to_client = memoryview(b"")    # taken from the core, not yet in the channel
-        self.from_client = b""              # read from the channel, not yet taken by the core
+        self.from_client = memoryview(b"")  # read from the channel, not yet taken by the core
         self.reading = False
         self.writing = False
         self.eof_in = False                 # the client shut its write side (we sent FIN)
@@ -221,7 +221,7 @@ class TcpService:
                 self._pause_reading(ch)
                 return
             if n < len(data):
-                ch.from_client = data[n:]
+                ch.from_client = memoryview(data)[n:]
                 self._pause_reading(ch)
                 return
 
@@ -240,7 +240,7 @@ class TcpService:
             try:
                 n = self.tcp.send(ch.cid, ch.from_client, now)
             except StackError:
-                ch.from_client = b""
+                ch.from_client = memoryview(b"")
                 return
             ch.from_client = ch.from_client[n:]
             if ch.from_client:
@@ -422,7 +422,7 @@ class TcpService:
     def state(self) -> dict:
         """The binding of every channel and the bytes in flight through us (hand-over only)."""
         return {"channels": {ch.id: {"cid": ch.cid, "to_client": bytes(ch.to_client),
-                                     "from_client": ch.from_client, "eof_in": ch.eof_in,
+                                     "from_client": bytes(ch.from_client), "eof_in": ch.eof_in,
                                      "shut_out": ch.shut_out, "status": ch.status,
                                      "owner": ch.owner}
                              for ch in self.chans.values()},
@@ -450,7 +450,7 @@ class TcpService:
                 continue
             ch.cid = int(cid)
             ch.to_client = memoryview(bytes(d.get("to_client", b"")))
-            ch.from_client = bytes(d.get("from_client", b""))
+            ch.from_client = memoryview(bytes(d.get("from_client", b"")))
             ch.eof_in = bool(d.get("eof_in"))
             ch.shut_out = bool(d.get("shut_out"))
             ch.status = str(d.get("status", "established"))

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..wire.flat import (build_udp_frame, echo_reply_in_place, forward_in_place, icmp_checksum_ok,
-                         icmp_head, parse_plain_ipv4, udp_checksum_ok, udp_head)
+from ..wire.flat import (build_ipv4_frame, build_udp_frame, echo_reply_in_place, forward_in_place,
+                         icmp_checksum_ok, icmp_head, parse_plain_ipv4, udp_checksum_ok, udp_head)
 from .config import StackConfig
 from .device import ETHERNET, Device
 from .links import Links
@@ -47,7 +47,7 @@ class FastIp(Protocol):
 
 class FastPath:
     def __init__(self, cfg: StackConfig, links: Links, ip4: FastIp, neighbors: NeighborTable,
-                 udp: UdpSockets, icmp_counters) -> None:
+                 udp: UdpSockets, icmp_counters, tcp_established=None) -> None:
         """The tables of the layers whose work it does in one pass: the device layer's queues,
         IPv4's addresses, routes and ident, the neighbor table (read, and an entry's use
         noted), UDP's sockets, and ICMP's counters. Everything is bound here, once: none of
@@ -63,6 +63,9 @@ class FastPath:
         self._udp_deliver = udp.deliver
         self._udp_c = udp.counters
         self._icmp_c = icmp_counters
+        # TCP's own fast path for a segment of a known connection (tcp.layer.TcpLayer.
+        # established): it declines (False) anything else, for the general path.
+        self._tcp_established = tcp_established
         self._cfg = cfg
         # Device -> its counter group, so a counter name is not formatted per frame. Checked
         # by identity: a device removed and added again is a new Device with a new group.
@@ -110,6 +113,17 @@ class FastPath:
         if dst in local:
             if proto == 17:
                 return self._udp_local(dev, frame, total, src, dst)
+            if proto == 6:
+                tcp = self._tcp_established
+                if tcp is None or not tcp(src, dst, memoryview(frame)[34:14 + total], now):
+                    return False
+                dc = self._dev_counters(dev)
+                dc["rx_frames"] += 1
+                dc["rx_bytes"] += len(frame)
+                c = self._ipc
+                c["rx_packets"] += 1
+                c["rx_delivered"] += 1
+                return True
             if proto != 1 or total < 28:
                 return False
             icmp_type, icmp_code, icmp_csum = icmp_head(frame)
@@ -223,6 +237,36 @@ class FastPath:
         self._ipc["tx_packets"] += 1
         self._transmit(out, frame)
         self._udp_c["tx_datagrams"] += 1
+        return True
+
+    def ip_send(self, src: int, dst: int, proto: int, payload) -> bool:
+        """A transport's datagram (payload built, e.g. a TCP segment) from our address src to a
+        unicast dst reached whole through a resolved neighbor, in one buffer; False (and
+        nothing done) otherwise, for the general path (Ipv4Layer.send_via)."""
+        d1 = dst >> 24
+        if not 0 < d1 < 224 or d1 == 127:
+            return False
+        ip4 = self._ip4
+        if dst in ip4.local_ints or dst in ip4.broadcast_ints:
+            return False
+        hop = self._routes.cached_lookup(dst, self._usable)
+        if hop is None:
+            return False
+        out = self._devs.get(hop.device)
+        if out is None or out.kind != ETHERNET or not out.up or 20 + len(payload) > out.mtu:
+            return False
+        nh = hop.neighbor
+        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
+            return False
+        lladdr = self._send_lladdr(out.name, nh)
+        if lladdr is None:
+            return False
+        ident = ip4.next_ident
+        ip4.next_ident = (ident + 1) & 0xFFFF
+        frame = build_ipv4_frame(lladdr, out.mac, ident, self._cfg.default_ttl, src, dst, proto,
+                                 payload)
+        self._ipc["tx_packets"] += 1
+        self._transmit(out, frame)
         return True
 
     def _source(self, out: Device, next_hop: int) -> int | None:

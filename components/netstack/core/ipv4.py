@@ -391,12 +391,18 @@ class Ipv4ForTransport:
     def __init__(self, ip4: Ipv4Layer, proto: int) -> None:
         self._ip4 = ip4
         self._proto = proto
+        # FastPath.ip_send, set by the Stack once the fast path exists: the common case (a
+        # unicast to a resolved neighbor, whole) in one buffer; it declines the rest.
+        self.fast_send = None
 
     def source_and_mtu(self, remote: IPv4Address, local: IPv4Address | None):
         path = self._ip4.resolve(remote, src=local)
         return path.src, path.device.mtu
 
     def output(self, local: IPv4Address, remote: IPv4Address, segment: bytes, now: float) -> None:
+        fast = self.fast_send
+        if fast is not None and fast(int(local), int(remote), self._proto, segment):
+            return
         ip4 = self._ip4
         ip4.send_via(ip4.resolve(remote, src=local), self._proto, segment, now)
 

@@ -88,7 +88,9 @@ class Stack:
             send=ip4.send, is_local=ip4.is_local,
             is_directed_broadcast=ip4.broadcasts.__contains__, devices=self.devs,
             emit=self.emit, udp_sender=self.udp4.find_sender, tcp_error=self.tcp4.icmp_error))
-        self.fast = FastPath(cfg, self.links, ip4, self.arp_neighbors, self.udp4, icmp_c)
+        self.fast = FastPath(cfg, self.links, ip4, self.arp_neighbors, self.udp4, icmp_c,
+                             self.tcp4.established)
+        self.tcp4.ip.fast_send = self.fast.ip_send
         # The transports, by IP protocol number.
         ip4.protocols[PROTO_ICMP] = self.icmp.receive
         udp4_receive, send_error = self.udp4.receive, self.icmp.send_error
@@ -326,12 +328,17 @@ class Stack:
         # holds for the whole batch. Common frames take the fast path (fastpath.py); it
         # declines before doing anything, and the general path takes the rest.
         fast = self.fast.receive
-        for frame in frames:
-            try:
-                if not fast(dev, frame, now):
-                    self._receive_one(dev, frame, now)
-            except Exception as e:
-                self._internal_error(e)
+        tcp4 = self.tcp4
+        tcp4.begin_batch()
+        try:
+            for frame in frames:
+                try:
+                    if not fast(dev, frame, now):
+                        self._receive_one(dev, frame, now)
+                except Exception as e:
+                    self._internal_error(e)
+        finally:
+            tcp4.end_batch(now)
         self._drain_loopback(now)
 
     def _guarded(self, dev: Device, frame: bytes, now: float) -> None:

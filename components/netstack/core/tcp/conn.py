@@ -183,6 +183,10 @@ class Connection(Sender):
         self._rate_time = 0.0
         self._rate_bytes = 0
         self._ack_pending = False        # an ACK is owed now
+        # Set by the binding while it feeds one receive batch: in-order data is acknowledged
+        # once at the batch's end (release_acks), as Linux's GRO does; out-of-order data
+        # still gets its duplicate ACK at once.
+        self.hold_acks = False
         self._writable_wanted = False
         self.delack_deadline: float | None = None   # a delayed ACK is owed by then
         self.quickack = self.cfg.quickack
@@ -270,6 +274,12 @@ class Connection(Sender):
         self._emit(sq.add(self.snd_una, -1), ACK)
         self.keepalive_deadline = now + self.keepalive_interval
 
+    def release_acks(self, now: float) -> None:
+        """The end of a receive batch: send the ACK that hold_acks kept back."""
+        self.hold_acks = False
+        if self._ack_pending and self.state is not S.CLOSED:
+            self._output(now)
+
     def set_congestion(self, name: str) -> None:
         """Switch the congestion control ("cubic" or "newreno"), as TCP_CONGESTION does:
         cwnd and ssthresh stay, the algorithm's own state starts afresh."""
@@ -304,7 +314,7 @@ class Connection(Sender):
         if n < len(data):
             self.stats["send_buffer_full_bytes"] += len(data) - n
             self._writable_wanted = True
-        self.sndbuf += data[:n]
+        self.sndbuf += data if n == len(data) else memoryview(data)[:n]   # one copy, not two
         self._output(now)
         return n
 

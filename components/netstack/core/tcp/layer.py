@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import random
+import struct
 from collections import deque
 from typing import Protocol, Union
 
@@ -33,6 +34,7 @@ from .state import State
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
+_PORTS = struct.Struct("!HH")
 ACCEPTABLE = "acceptable"       # a listener event: accept() will return a connection
 
 
@@ -106,6 +108,7 @@ class TcpLayer:
         self.deadlines = Deadlines()
         self._events: list[tuple[int, object]] = []
         self._next_id = 1
+        self._held: set[int] | None = None       # cids holding ACKs for the batch's end
 
     # -- ids ---------------------------------------------------------------------------------
     def _new_id(self) -> int:
@@ -301,6 +304,46 @@ class TcpLayer:
             self.ip.output(dst, src, reply.build(dst, src), now)
         except StackError:
             c["tx_failed"] += 1
+
+    def established(self, src: int, dst: int, segment, now: float) -> bool:
+        """The fast path's entry (core/fastpath.py): a segment, addresses as ints, for a
+        connection in the table is handled and True returned; anything else (no connection,
+        bad checksum, too short) is declined with False and nothing done, for `receive`."""
+        if len(segment) < 20:
+            return False
+        sport, dport = _PORTS.unpack_from(segment)
+        cid = self.demux.get((dst, dport, src, sport))
+        if cid is None:
+            return False
+        try:
+            seg = TcpSegment.parse(segment, src, dst)
+        except ParseError:
+            return False
+        c = self.c
+        c["rx_segments"] += 1
+        conn = self.conns[cid]
+        if self._held is not None:
+            conn.hold_acks = True
+            self._held.add(cid)
+        conn.segment_arrives(seg, now)
+        self._after(cid, conn, now)
+        return True
+
+    def begin_batch(self) -> None:
+        """Segments of one receive batch follow: their connections acknowledge in-order data
+        once, at end_batch (RFC 9293 §3.8.6.3 lets a receiver delay ACKs; this stretches them
+        over a batch the way Linux's GRO does)."""
+        self._held = set()
+
+    def end_batch(self, now: float) -> None:
+        held, self._held = self._held, None
+        if not held:
+            return
+        for cid in held:
+            conn = self.conns.get(cid)
+            if conn is not None:
+                conn.release_acks(now)
+                self._after(cid, conn, now)
 
     def _syn_to_listener(self, lst: Listener, seg: TcpSegment, src, dst, now: float) -> None:
         c = self.c

@@ -387,4 +387,6 @@ class Sender:
                 # without a timer a lost window update would stall us for good.
                 self._arm_persist(now)
         if self._ack_pending and self.state is not S.CLOSED:
+            if self.hold_acks and not self.ooo:
+                return      # one ACK for the batch's in-order data (Connection.release_acks)
             self._emit(self.snd_max, ACK)

@@ -220,3 +220,44 @@ def test_rst_to_scapy_syn_without_listener():
     assert len(rst) == 1
     t = rst[0][TCP]
     assert t.flags == "RA" and t.ack == 1001 and t.seq == 0 and t.sport == 9 and t.dport == 1234
+
+
+def _transfer_frames(fast: bool) -> tuple[list[bytes], dict]:
+    w = Wire()
+    if not fast:
+        for s in (w.a, w.b):
+            s.tcp4.ip.fast_send = None
+            s.fast._tcp_established = None
+    sent: list[bytes] = []
+    real_step = w.step
+
+    def step() -> bool:
+        for st in (w.a, w.b):
+            for dev in st.devs.values():
+                sent.extend(bytes(f) for f in dev.tx)
+        return real_step()
+    w.step = step
+    lid = w.b.tcp4.listen(None, 80)
+    cid = w.a.tcp4.connect(IPv4Address("10.0.0.2"), 80, w.now)
+    w.run(1.0)
+    bcid = w.b.tcp4.accept(lid)
+    data = random.Random(9).randbytes(200_000)
+    sent_n = 0
+    got = bytearray()
+
+    def pump():
+        nonlocal sent_n
+        if sent_n < len(data):
+            sent_n += w.a.tcp4.send(cid, data[sent_n:sent_n + 65536], w.now)
+        got.extend(w.b.tcp4.recv(bcid, None, w.now))
+    w.run(20.0, pump)
+    assert bytes(got) == data
+    return sent, w.b.counters()["ipv4"]
+
+
+def test_the_fast_paths_send_and_take_exactly_what_the_general_path_does():
+    fast_frames, fast_ip = _transfer_frames(True)
+    slow_frames, slow_ip = _transfer_frames(False)
+    assert len(fast_frames) == len(slow_frames) > 100
+    assert fast_frames == slow_frames
+    assert fast_ip["rx_packets"] == slow_ip["rx_packets"] and fast_ip["rx_delivered"] == slow_ip["rx_delivered"]
