@@ -25,7 +25,8 @@ from components.netstack.core.offload import PortOffloads, to_plain_frames
 from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.tcp_binding import TcpService
 from components.netstack.wire.errors import ParseError
-from components.netstack.wire.virtio_net import VNET_HDR_SIZES, split_prefixed
+from components.netstack.wire.flat import parse_plain_ipv4
+from components.netstack.wire.virtio_net import GSO_TCPV4, VNET_HDR_SIZES, split_prefixed
 from components.netstack.wire.pcap import PcapWriter
 from components.runtime import Component, run_component
 from ipc.accounting import drops_of, table
@@ -226,11 +227,12 @@ class Netstack(Component):
         info = self.ports.get(port)
         if info is not None:
             info["heard"] = time.monotonic()
+        trusted = None
         if port in self.offloads:
-            frames = self._plain_frames(port, frames)
+            frames, trusted = self._plain_frames(port, frames)
         elif port in self.captures:
             self._capture(port, frames)
-        self.stack.receive_batch(port, frames, time.monotonic())
+        self.stack.receive_batch(port, frames, time.monotonic(), trusted)
         # Transmit after every received batch: what it caused leaves before the next is read.
         self._flush_transmit()
 
@@ -239,7 +241,8 @@ class Netstack(Component):
         if prefix:
             self.offloads[port] = (PortOffloads.from_names(names), int(prefix))
             self.offload_counters.setdefault(port, dict.fromkeys(
-                ("rx_gso_frames", "rx_gso_segments", "rx_csum_partial", "rx_bad_offload"), 0))
+                ("rx_gso_frames", "rx_gso_segments", "rx_gso_whole", "rx_csum_partial",
+                 "rx_bad_offload"), 0))
         else:
             self.offloads.pop(port, None)
 
@@ -247,11 +250,14 @@ class Netstack(Component):
         return {port: {"offloads": list(self.offloads[port][0].names()) if port in self.offloads else [],
                        **c} for port, c in self.offload_counters.items()}
 
-    def _plain_frames(self, port: str, frames: list[bytes]) -> list:
+    def _plain_frames(self, port: str, frames: list[bytes]) -> tuple[list, set[int] | None]:
         """The Ethernet frames in a batch from an offload port: the header stripped, a GSO
         super-frame cut into frames of the port's MTU and partial checksums completed
         (core/offload.to_plain_frames), so the stack's one path (TTL, fragmentation, ICMP,
-        filters) sees ordinary frames. What the header says wrongly is counted and dropped."""
+        filters) sees ordinary frames. What the header says wrongly is counted and dropped.
+        Except: a TCPv4 super-frame to one of our addresses goes whole to TCP, its checksum
+        trusted (offload.Treatment.DELIVER_WHOLE, as Linux's GRO); the second value holds
+        the indices of such frames in the first."""
         _offl, size = self.offloads[port]
         c = self.offload_counters[port]
         dev = self.stack.devs.get(port)
@@ -259,6 +265,8 @@ class Netstack(Component):
         zero = bytes(size)
         out: list = []
         whole: list = []   # as received, without the header: what a capture shows
+        trusted: set[int] = set()
+        local = self.stack.ip4.local_ints
         for raw in frames:
             if raw[:size] == zero:
                 frame = memoryview(raw)[size:]
@@ -269,6 +277,14 @@ class Netstack(Component):
                 if size not in VNET_HDR_SIZES:
                     raise ParseError(f"frame prefix of {size} bytes is no virtio-net header")
                 hdr, frame = split_prefixed(raw, size)
+                if hdr.gso_protocol == GSO_TCPV4:
+                    h = parse_plain_ipv4(frame)
+                    if h is not None and h[7] == 6 and h[10] in local:
+                        trusted.add(len(out))
+                        out.append(frame)
+                        whole.append(frame)
+                        c["rx_gso_whole"] += 1
+                        continue
                 plain = to_plain_frames(frame, hdr, mtu)
             except ParseError:
                 c["rx_bad_offload"] += 1
@@ -282,7 +298,7 @@ class Netstack(Component):
             whole.append(frame)
         if port in self.captures:
             self._capture(port, whole)
-        return out
+        return out, (trusted or None)
 
     def _on_device_event(self, peer: bytes, name: str, ev):
         port = peer.decode("utf-8", "replace")

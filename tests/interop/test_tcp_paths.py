@@ -32,10 +32,11 @@ def paths():
         pytest.skip(reason)
     g = QnetGraph.start()
     try:
-        xs = random.sample(range(1, 255), 3)
+        xs = random.sample(range(1, 255), 4)
         lossy = g.add_ns_port("p0", xs[0], "--fault", LOSSY)
         long = g.add_ns_port("p1", xs[1], "--fault", LONG)
         plain = g.add_ns_port("p2", xs[2])
+        g.offload_port = g.add_ns_port("p3", xs[3], "--offloads")
         yield g, lossy, long, plain
     finally:
         g.stop()
@@ -159,6 +160,22 @@ def test_600ms_rtt_path_from_linux_opens_our_window_wide(paths, client):
     # Receive-buffer auto-tuning let the buffer, and so the window, grow well past its
     # 128 KiB start.
     assert max(windows) >= 1 << 20, max(windows)
+
+
+# -- TAP offloads --------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_tcp_super_frames_from_linux_are_taken_whole_on_an_offload_port(paths, client):
+    g = paths[0]
+    port = g.offload_port
+    n = 30_000_000
+    got, digest = _receive(client, port, 6010, n, 26, 120)
+    assert got == n and digest == hashlib.sha256(_data(n, 26)).hexdigest()
+    off = g.qnet_json("stats")["binding"]["offloads"]["p3"]
+    # Linux's TSO super-frames went to TCP whole (as its GRO would), not cut into 1500s.
+    assert off["rx_gso_whole"] > 0, off
+    data = _data(10_000_000, 27)
+    out = _send(client, port, 6011, data, 120)
+    assert out == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
 
 
 # -- scale --------------------------------------------------------------------------------------------

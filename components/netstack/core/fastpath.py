@@ -239,6 +239,29 @@ class FastPath:
         self._udp_c["tx_datagrams"] += 1
         return True
 
+    def receive_trusted_tcp(self, dev: Device, frame, now: float) -> bool:
+        """A TCP super-frame to us whose checksum the sending device vouched for (offload
+        ports, Stack.receive_batch's `trusted`): to its connection whole; False if it is not
+        one of a known connection, or not a plain IPv4 frame."""
+        tcp = self._tcp_established
+        if tcp is None or not dev.up or dev.kind != ETHERNET:
+            return False
+        h = parse_plain_ipv4(frame)
+        if h is None:
+            return False
+        dmac, smac, _tos, total, _ident, _flags, _ttl, proto, _csum, src, dst = h
+        if proto != 6 or dmac != dev.mac or dst not in self._ip4.local_ints:
+            return False
+        if not tcp(src, dst, memoryview(frame)[34:14 + total], now, False):
+            return False
+        dc = self._dev_counters(dev)
+        dc["rx_frames"] += 1
+        dc["rx_bytes"] += len(frame)
+        c = self._ipc
+        c["rx_packets"] += 1
+        c["rx_delivered"] += 1
+        return True
+
     def ip_send(self, src: int, dst: int, proto: int, payload) -> bool:
         """A transport's datagram (payload built, e.g. a TCP segment) from our address src to a
         unicast dst reached whole through a resolved neighbor, in one buffer; False (and

@@ -316,8 +316,12 @@ class Stack:
         self._guarded(dev, frame, now)
         self._drain_loopback(now)
 
-    def receive_batch(self, device: str, frames: list[bytes | memoryview], now: float) -> None:
-        """Frames from device, each bytes or a memoryview (e.g. of one received buffer)."""
+    def receive_batch(self, device: str, frames: list[bytes | memoryview], now: float,
+                      trusted: set[int] | None = None) -> None:
+        """Frames from device, each bytes or a memoryview (e.g. of one received buffer).
+        `trusted`: indices of frames whose TCP checksum the sending device vouched for and
+        which may be longer than the MTU (an offload port's TCP super-frames to us); TCP of
+        a known connection takes them whole, anything else drops them (counted)."""
         dev = self.devs.get(device)
         if dev is None or dev.kind == LOOPBACK:
             if frames:      # lo is fed only by the stack itself
@@ -331,9 +335,12 @@ class Stack:
         tcp4 = self.tcp4
         tcp4.begin_batch()
         try:
-            for frame in frames:
+            for i, frame in enumerate(frames):
                 try:
-                    if not fast(dev, frame, now):
+                    if trusted and i in trusted:
+                        if not self.fast.receive_trusted_tcp(dev, frame, now):
+                            self.links.counters(device)["rx_drop_offload_unmatched"] += 1
+                    elif not fast(dev, frame, now):
                         self._receive_one(dev, frame, now)
                 except Exception as e:
                     self._internal_error(e)

@@ -305,7 +305,8 @@ class TcpLayer:
         except StackError:
             c["tx_failed"] += 1
 
-    def established(self, src: int, dst: int, segment, now: float) -> bool:
+    def established(self, src: int, dst: int, segment, now: float,
+                    verify_checksum: bool = True) -> bool:
         """The fast path's entry (core/fastpath.py): a segment, addresses as ints, for a
         connection in the table is handled and True returned; anything else (no connection,
         bad checksum, too short) is declined with False and nothing done, for `receive`."""
@@ -316,7 +317,7 @@ class TcpLayer:
         if cid is None:
             return False
         try:
-            seg = TcpSegment.parse(segment, src, dst)
+            seg = TcpSegment.parse(segment, src, dst, verify_checksum=verify_checksum)
         except ParseError:
             return False
         c = self.c

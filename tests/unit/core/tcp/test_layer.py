@@ -261,3 +261,29 @@ def test_the_fast_paths_send_and_take_exactly_what_the_general_path_does():
     assert len(fast_frames) == len(slow_frames) > 100
     assert fast_frames == slow_frames
     assert fast_ip["rx_packets"] == slow_ip["rx_packets"] and fast_ip["rx_delivered"] == slow_ip["rx_delivered"]
+
+
+def test_a_trusted_super_frame_goes_whole_to_its_connection_and_nothing_else_does():
+    w = Wire()
+    lid = w.b.tcp4.listen(None, 80)
+    cid = w.a.tcp4.connect(IPv4Address("10.0.0.2"), 80, w.now)
+    w.run(1.0)
+    bcid = w.b.tcp4.accept(lid)
+    conn_a, conn_b = w.a.tcp4.conns[cid], w.b.tcp4.conns[bcid]
+    big = random.Random(3).randbytes(6000)          # four MTUs' worth in one segment
+    # As a TSO sender leaves it: the TCP checksum only partial (here: zero), IP header good.
+    seg = bytes(Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:0b") /
+                IP(src="10.0.0.1", dst="10.0.0.2", flags="DF") /
+                TCP(sport=conn_a.local_port, dport=80, seq=conn_a.snd_nxt, ack=conn_a.rcv_nxt,
+                    flags="PA", window=1000, chksum=0,
+                    options=[("Timestamp", (conn_b.ts_recent + 1, 0))]) / big)
+    w.b.receive_batch("eth0", [seg], w.now)                       # untrusted: bad checksum
+    assert w.b.tcp4.recv(bcid, None, w.now) == b""
+    w.b.receive_batch("eth0", [seg], w.now, trusted={0})
+    assert w.b.tcp4.recv(bcid, None, w.now) == big
+    assert conn_b.rcv_nxt == (conn_a.snd_nxt + len(big)) & 0xFFFFFFFF
+    stranger = bytes(Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:0b") /
+                     IP(src="10.0.0.1", dst="10.0.0.2") /
+                     TCP(sport=999, dport=80, seq=1, flags="PA", chksum=0) / big)
+    w.b.receive_batch("eth0", [stranger], w.now, trusted={0})
+    assert w.b.counters()["dev:eth0"]["rx_drop_offload_unmatched"] == 1
