@@ -387,7 +387,7 @@ def render(res: dict) -> str:
         lines.append(f"offloads: not measured: `qnet port add --offloads` failed: {off['error']}")
     else:
         cnt = off.get("counters", {})
-        if not cnt.get("rx_gso_frames"):
+        if not cnt.get("rx_gso_frames") and not cnt.get("rx_gso_whole"):
             lines.append(f"offloads: the --offloads port received no super-frames (counters {cnt}): "
                          f"its figure is plain TCP on an offload-capable port")
         else:

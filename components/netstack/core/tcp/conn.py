@@ -48,7 +48,7 @@ class TcpConfig:
     send_buffer: int = 64 * 1024    # bytes the application may queue unacknowledged, at first
     recv_buffer: int = 128 * 1024   # bytes received and not yet read, at first (the window)
     send_buffer_max: int = 4 << 20  # auto-tuning grows the send buffer up to here (~2*cwnd)
-    recv_buffer_max: int = 4 << 20  # and the receive buffer (Linux's DRS); also sets our shift
+    recv_buffer_max: int = 6 << 20  # and the receive buffer (DRS); Linux tcp_rmem max; sets our shift
     window_scaling: bool = True     # RFC 7323 §2
     delayed_ack: float = 0.04       # RFC 9293 §3.8.6.3: <= 0.5 s; Linux's 40 ms; 0: ACK at once
     quickack: int = 16              # ACK the first segments at once (Linux's quick-ACK mode)
@@ -347,8 +347,13 @@ class Connection(Sender):
         self.rcv_space_time = now
         if copied <= self.rcv_space:
             return
+        want = 2 * copied + 16 * self.cfg.mss
+        if self.rcv_space:
+            # As Linux: a sender still in slow start doubles per RTT, so the window must grow
+            # by the rate it grew in the last RTT too, or it lags one step behind for good.
+            want += 2 * want * (copied - self.rcv_space) // self.rcv_space
         self.rcv_space = copied
-        want = min(2 * copied + 16 * self.cfg.mss, self.cfg.recv_buffer_max)
+        want = min(want, self.cfg.recv_buffer_max)
         if want > self.rcvbuf_limit:
             self.stats["rcvbuf_grown"] += 1
             self.rcvbuf_limit = want
