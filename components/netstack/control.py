@@ -70,6 +70,7 @@ class Control:
         try:
             # Link stays down until the driver attaches and reports carrier.
             self.stack.add_device(name, kind=kind, mac=mac_b, mtu=mtu, now=time.monotonic(), up=False)
+            self.ns._apply_tso(name)
         except StackError as exc:
             raise _err(exc) from None
         try:

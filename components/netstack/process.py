@@ -21,7 +21,7 @@ from typing import Any
 from components.netstack.control import Control, Datagrams
 from components.netstack.core import Stack, StackConfig, StackError
 from components.netstack.core.events import EchoReply, PingError
-from components.netstack.core.offload import PortOffloads, to_plain_frames
+from components.netstack.core.offload import PortOffloads, to_plain_frames, tso_frame
 from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.tcp_binding import TcpService
 from components.netstack.wire.errors import ParseError
@@ -242,9 +242,27 @@ class Netstack(Component):
             self.offloads[port] = (PortOffloads.from_names(names), int(prefix))
             self.offload_counters.setdefault(port, dict.fromkeys(
                 ("rx_gso_frames", "rx_gso_segments", "rx_gso_whole", "rx_csum_partial",
-                 "rx_bad_offload"), 0))
+                 "rx_bad_offload", "tx_tso_frames"), 0))
         else:
             self.offloads.pop(port, None)
+        self._apply_tso(port)
+
+    def _tso_frame(self, port: str, frame: bytes, mtu: int, size: int):
+        try:
+            out = tso_frame(frame, mtu, size)
+            self.offload_counters[port]["tx_tso_frames"] += 1
+            return out
+        except ParseError:
+            self.counters["tx_bad_super_frames"] = self.counters.get("tx_bad_super_frames", 0) + 1
+            return None
+
+    def _apply_tso(self, port: str) -> None:
+        """Tell the core whether the port's device segments TCP for us (tso4 with csum)."""
+        if port not in self.stack.devs:
+            return
+        offl = self.offloads.get(port)
+        on = offl is not None and offl[0].csum and offl[0].tso4
+        self.stack.set_tso(port, 65535 - 200 if on else 0)
 
     def offload_status(self) -> dict:
         return {port: {"offloads": list(self.offloads[port][0].names()) if port in self.offloads else [],
@@ -382,11 +400,16 @@ class Netstack(Component):
             if port == "lo":
                 continue
             if port in self.offloads:
-                # Every frame to an offload port carries a header; ours leave nothing undone.
-                # One join per frame (frames are at most an MTU): two iovecs per frame would
-                # need batch offsets that count header and frame as one.
-                zero = bytes(self.offloads[port][1])
-                frames = [zero + f for f in frames]
+                # Every frame to an offload port carries a header; ours leave nothing undone,
+                # except TCP super-segments (TSO), which the header has the device cut.
+                # One join per frame: two iovecs per frame would need batch offsets that
+                # count header and frame as one.
+                size = self.offloads[port][1]
+                zero = bytes(size)
+                limit = self.stack.devs[port].mtu + 14 if port in self.stack.devs else 1 << 30
+                frames = [zero + f if len(f) <= limit else self._tso_frame(port, f, limit - 14, size)
+                          for f in frames]
+                frames = [f for f in frames if f is not None]
             peer = port.encode()
             for i in range(0, len(frames), TX_BATCH):
                 chunk = frames[i:i + TX_BATCH]

@@ -176,6 +176,9 @@ def test_tcp_super_frames_from_linux_are_taken_whole_on_an_offload_port(paths, c
     data = _data(10_000_000, 27)
     out = _send(client, port, 6011, data, 120)
     assert out == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    # ... and ours went out as super-segments that Linux's TAP driver cut (TSO).
+    off = g.qnet_json("stats")["binding"]["offloads"]["p3"]
+    assert off["tx_tso_frames"] > 0, off
 
 
 # -- scale --------------------------------------------------------------------------------------------

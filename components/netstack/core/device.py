@@ -32,6 +32,9 @@ class Device:
     forwarding: bool = True
     addresses: list[ipaddress.IPv4Interface] = field(default_factory=list)
     tx: deque = field(default_factory=deque)
+    # TCP segmentation offload: the largest TCP payload the device cuts into MTU-sized
+    # segments for us (its driver took tso4 with checksum offload); 0: none.
+    tso_max: int = 0
     # RFC 5227 §2.4: when we last defended each address against a conflicting claim.
     last_defended: dict[ipaddress.IPv4Address, float] = field(default_factory=dict)
 

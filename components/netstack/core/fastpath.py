@@ -276,8 +276,9 @@ class FastPath:
         if hop is None:
             return False
         out = self._devs.get(hop.device)
-        if out is None or out.kind != ETHERNET or not out.up or 20 + len(payload) > out.mtu:
-            return False
+        if out is None or out.kind != ETHERNET or not out.up or (
+                20 + len(payload) > out.mtu and not (proto == 6 and out.tso_max)):
+            return False        # a TCP super-segment goes whole to a TSO device (its driver cuts it)
         nh = hop.neighbor
         if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
             return False

@@ -409,6 +409,13 @@ class Ipv4ForTransport:
     def is_local(self, addr: IPv4Address) -> bool:
         return self._ip4.is_local(addr)
 
+    def tso_max(self, remote: IPv4Address, local: IPv4Address | None) -> int:
+        """The TCP payload the egress device segments for us toward remote (0: none)."""
+        try:
+            return self._ip4.resolve(remote, src=local).device.tso_max
+        except StackError:
+            return 0
+
 
 __all__ = ["Ipv4Layer", "Ipv4ForTransport", "Ipv4Datagram", "is_martian", "LIMITED_BROADCAST", "UNSPECIFIED",
            "PROTO_ICMP"]

@@ -127,6 +127,30 @@ def treatment(hdr: VirtioNetHdr, to: PortOffloads | None) -> Treatment:
     return Treatment.SEGMENT if proto != GSO_NONE else Treatment.COMPLETE_CHECKSUM
 
 
+def tso_frame(frame: bytes, mtu: int, size: int) -> bytes:
+    """A TCPv4 super-frame of ours (longer than the MTU, a plain Ethernet + option-less IPv4
+    header) prefixed with the virtio-net header (of `size` bytes) that has the device cut it:
+    GSO_TCPV4 at gso_size = what fits the MTU beside its headers, NEEDS_CSUM, and the TCP
+    checksum field holding the pseudo-header sum the device completes per segment (as Linux's
+    own TSO frames carry it, __tcp_v4_send_check). Raises OffloadError if it is not one."""
+    if len(frame) < ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN or \
+            frame[12:14] != b"\x08\x00" or frame[14] != 0x45 or frame[23] != PROTO_TCP:
+        raise OffloadError("not a plain TCPv4 frame")
+    l4 = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN
+    thl = (frame[l4 + 12] >> 4) * 4
+    tcp_len = len(frame) - l4
+    gso_size = mtu - IPV4_HEADER_LEN - thl
+    if thl < TCP_HEADER_LEN or gso_size <= 0 or tcp_len - thl > MAX_SEGMENTS * gso_size:
+        raise OffloadError("TCP header or size out of range")
+    buf = bytearray(frame)
+    psum = ones_complement_sum(bytes(buf[26:34]), PROTO_TCP + tcp_len)
+    _pack_u16_into(buf, l4 + 16, psum)
+    from ..wire.virtio_net import F_NEEDS_CSUM, build_vnet_hdr
+    hdr = build_vnet_hdr(flags=F_NEEDS_CSUM, gso_type=GSO_TCPV4, hdr_len=l4 + thl,
+                         gso_size=gso_size, csum_start=l4, csum_offset=16, size=size)
+    return hdr + bytes(buf)
+
+
 # -- partial checksums ----------------------------------------------------------------------
 
 def complete_checksum(frame: bytes | memoryview, csum_start: int, csum_offset: int,

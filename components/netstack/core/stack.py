@@ -197,6 +197,12 @@ class Stack:
                 self.arp.announce(dev, iface.ip, now)
         self.emit(LinkChanged(name, dev.up))
 
+    def set_tso(self, name: str, max_payload: int) -> None:
+        """The device segments TCP super-segments of up to max_payload bytes (0: it does not)."""
+        if not isinstance(max_payload, int) or not 0 <= max_payload <= 0xFFFF - 120:
+            raise StackError("bad_argument", f"bad TSO size {max_payload!r}")
+        self._dev(name).tso_max = max_payload
+
     def set_forwarding(self, name: str, on: bool) -> None:
         self._dev(name).forwarding = bool(on)
 

@@ -352,3 +352,27 @@ def test_truncated_frame_is_refused_whatever_hdr_len_says():
     for cut in (12, 30, 40, 60):
         with pytest.raises(OffloadError):
             segment_gso(frame[:cut], _with(hdr, hdr_len=0), 1500)
+
+
+def test_our_tcp_super_frame_gets_the_header_that_has_the_device_cut_it_right():
+    from components.netstack.core.offload import tso_frame
+    from components.netstack.wire.virtio_net import split_prefixed
+    payload = bytes(range(256)) * 40                    # 10240 bytes
+    pkt = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+           IP(src="10.0.0.1", dst="10.0.0.2", id=7) /
+           TCP(sport=40000, dport=80, seq=1000, ack=5, flags="PA",
+               options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]) / payload)
+    out = tso_frame(bytes(pkt), 1500, 12)
+    hdr, frame = split_prefixed(out, 12)
+    assert hdr.gso_protocol == GSO_TCPV4 and hdr.needs_csum
+    assert hdr.gso_size == 1448 and hdr.hdr_len == 14 + 20 + 32          # 1500 - 20 - 32
+    assert (hdr.csum_start, hdr.csum_offset) == (34, 16)
+    # Cut as the kernel would (segment_gso mirrors tcp_gso_segment): every piece fits the MTU,
+    # carries a valid checksum, and together they are the payload.
+    pieces = segment_gso(frame, hdr, 1500)
+    assert all(len(p) - 14 <= 1500 for p in pieces)
+    got = b"".join(bytes(Ether(p)[TCP].payload) for p in pieces)
+    assert got == payload
+    assert all(checksums_agree(Ether(p), TCP) == (True, True) for p in pieces)
+    with pytest.raises(ParseError):
+        tso_frame(bytes(Ether() / IP() / UDP() / Raw(b"x" * 3000)), 1500, 12)

@@ -187,6 +187,9 @@ class Connection(Sender):
         # once at the batch's end (release_acks), as Linux's GRO does; out-of-order data
         # still gets its duplicate ACK at once.
         self.hold_acks = False
+        # TSO: the egress device cuts super-segments of up to this many bytes into segments
+        # of the path's MSS (layer.py sets it); 0, or a peer MSS below the path's: none.
+        self.tso_max = 0
         self._writable_wanted = False
         self.delack_deadline: float | None = None   # a delayed ACK is owed by then
         self.quickack = self.cfg.quickack

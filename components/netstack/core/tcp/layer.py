@@ -52,6 +52,9 @@ class TcpIp(Protocol):
 
     def is_local(self, addr: IPAddress) -> bool: ...
 
+    def tso_max(self, remote: IPAddress, local: IPAddress | None) -> int:
+        """The TCP payload the egress device segments itself (TSO), or 0."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TcpLayerConfig:
@@ -191,6 +194,7 @@ class TcpLayer:
             lport = self._ephemeral(la, ra, rport)
         cid = self._new_id()
         conn = Connection(src, lport, remote, rport, isn_key=self.isn_key, config=self._conn_cfg(mtu))
+        conn.tso_max = self.ip.tso_max(remote, src)
         self.conns[cid] = conn
         self.demux[(la, lport, ra, rport)] = cid
         conn.connect(now)
@@ -374,6 +378,7 @@ class TcpLayer:
         cid = self._new_id()
         conn = Connection(dst, seg.dst_port, src, seg.src_port, isn_key=self.isn_key,
                           config=self._conn_cfg(mtu))
+        conn.tso_max = self.ip.tso_max(src, dst)
         conn.listen()
         self.conns[cid] = conn
         self.demux[(int(dst), seg.dst_port, int(src), seg.src_port)] = cid
@@ -427,6 +432,7 @@ class TcpLayer:
             return True
         conn = Connection.from_cookie(dst, seg.dst_port, src, seg.src_port, seg, mss, now,
                                       isn_key=self.isn_key, config=self._conn_cfg(mtu))
+        conn.tso_max = self.ip.tso_max(src, dst)
         cid = self._new_id()
         self.conns[cid] = conn
         self.demux[(int(dst), seg.dst_port, int(src), seg.src_port)] = cid
@@ -584,7 +590,7 @@ class TcpLayer:
         conn = self.get(cid)
         d = conn.info()
         d.update(cid=cid, local=str(conn.local_ip), local_port=conn.local_port,
-                 remote=str(conn.remote_ip), remote_port=conn.remote_port)
+                 remote=str(conn.remote_ip), remote_port=conn.remote_port, tso_max=conn.tso_max)
         if conn.iss is not None:
             d.setdefault("bytes_acked", max(sq.diff(conn.snd_una, conn.iss) - 1, 0))
         if conn.irs is not None:

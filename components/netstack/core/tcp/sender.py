@@ -27,6 +27,7 @@ from . import seq as sq
 from .state import Event, State
 
 S, E = State, Event
+TS_SPACE = 12           # the timestamp option with its NOPs (conn.TS_OPTION_SPACE)
 
 DUPTHRESH = 3              # RFC 5681 §3.2, RFC 6675 §2
 NO_SEND = frozenset((S.CLOSED, S.LISTEN, S.SYN_SENT, S.SYN_RECEIVED, S.TIME_WAIT))
@@ -353,6 +354,13 @@ class Sender:
                     break
                 wnd_room = sq.diff(sq.add(self.snd_una, self.snd_wnd), self.snd_max)
                 want = min(avail, mss) if avail > 0 else 0
+                if want == mss and self.tso_max and not self.recovery and avail > mss \
+                        and mss == self.cfg.mss - (TS_SPACE if self.ts_ok else 0):
+                    # TSO: whole MSS-sized segments in one super-segment, within what cwnd
+                    # and the peer's window allow now (the device cuts it at the same MSS).
+                    fit = min(avail, self.tso_max, room, wnd_room)
+                    if fit >= 2 * mss:
+                        want = fit - fit % mss
                 n = 0
                 if want:
                     if room < want and not force:
