@@ -251,7 +251,8 @@ def offload_check(qnet: Qnet, port: str) -> dict:
     def walk(obj: Any, path: str) -> None:
         if isinstance(obj, dict):
             for k, v in obj.items():
-                if k in ("rx_gso_frames", "rx_gso_segments", "rx_csum_partial", "rx_bad_offload") \
+                if k in ("rx_gso_frames", "rx_gso_segments", "rx_gso_whole", "rx_csum_partial",
+                         "rx_bad_offload", "tx_tso_frames") \
                         and port in path:
                     found[k] = v
                 walk(v, f"{path}/{k}")
@@ -391,9 +392,10 @@ def render(res: dict) -> str:
             lines.append(f"offloads: the --offloads port received no super-frames (counters {cnt}): "
                          f"its figure is plain TCP on an offload-capable port")
         else:
-            lines.append(f"offloads: TCP does ride them: {cnt.get('rx_gso_frames')} super-frames from Linux cut "
-                         f"into {cnt.get('rx_gso_segments')} segments by netstack before its TCP; qnet -> Linux "
-                         f"sends plain frames (no TSO from qnet), so that row differs from plain only by the port")
+            lines.append(f"offloads: TCP rides them: {cnt.get('rx_gso_whole', 0)} super-frames from Linux went "
+                         f"whole to TCP ({cnt.get('rx_gso_frames', 0)} others cut into "
+                         f"{cnt.get('rx_gso_segments', 0)}); qnet sent {cnt.get('tx_tso_frames', 0)} TSO "
+                         f"super-segments for the TAP driver to cut")
     if not pyt_ok:
         lines.append(f"PyTCP: unavailable ({res['pytcp'].get('reason', 'unknown')})")
     for key in ("bulk_recv", "bulk_send", "rr", "cps"):
