@@ -832,9 +832,12 @@ class Connection(Sender):
             wnd = field << shift
             offered = sq.diff(self.rcv_adv, self.rcv_nxt)
             if wnd < offered and flags & ACK:
-                # RFC 9293 §3.8.6.2.2: the right edge never moves back. The shift's rounding
-                # could pull it back a little: offer the old edge (rounded up) again.
-                field = min(-(-offered >> shift), MAX_WINDOW)
+                # RFC 9293 §3.8.6.2.2: the right edge does not move back; we offer the old edge
+                # again, rounded *down* to the shift's granularity. Rounded up, every ACK could
+                # push the edge up to 2**shift - 1 bytes further, and over thousands of ACKs the
+                # peer may send far past the buffer (RFC 7323 Appendix F; Linux lets the window
+                # shrink by the rounding since b650d953, for the same reason).
+                field = min(offered >> shift, MAX_WINDOW)
                 wnd = field << shift
         if flags & ACK:
             self.rcv_adv = sq.add(self.rcv_nxt, wnd)
@@ -973,7 +976,8 @@ class Connection(Sender):
         # A window once offered is honoured (RFC 9293 §3.8.6.2.2), so the receive buffer may
         # run past its current limit by what was offered; the hard bound is recv_buffer_max.
         if len(self.sndbuf) > self.sndbuf_limit or len(self.rcvbuf) > rmax + slack:
-            raise ValueError("tcp snapshot: a buffer exceeds its bound")
+            raise ValueError(f"tcp snapshot: a buffer exceeds its bound (send {len(self.sndbuf)} of "
+                             f"{self.sndbuf_limit}, receive {len(self.rcvbuf)} of {rmax} + {slack})")
         if self.snd_wscale > MAX_WSCALE or self.rcv_wscale > MAX_WSCALE:
             raise ValueError("tcp snapshot: window shift above 14")
         for s, (data, _) in self.ooo.items():

@@ -73,8 +73,9 @@ def test_the_advertised_window_is_scaled_down_by_our_shift():
     c, p = handshake(TcpConfig(recv_buffer=1 << 20), wscale=2)
     out = send_opts(p, ACK | PSH, payload=b"x" * 1000, timestamp=None)
     free = (1 << 20) - 1000
-    # free >> 7 would pull the right edge back by the rounding: the old edge, rounded up
-    assert out[-1].window == -(-free >> 7) and c.rcv_adv == sq.add(c.rcv_nxt, -(-free >> 7) << 7)
+    # The old edge is offered again rounded down by the shift (RFC 7323 Appendix F): the edge
+    # may recede by less than 2**shift bytes, and never creeps past the buffer.
+    assert out[-1].window == free >> 7 and c.rcv_adv == sq.add(c.rcv_nxt, (free >> 7) << 7)
     c.recv()
     out = send_opts(p, ACK | PSH, seq=sq.add(p.seq, 1000), payload=b"x" * 1000, timestamp=None)
     assert out[-1].window == (1 << 20) - 1000 >> 7
@@ -164,3 +165,23 @@ def test_a_restored_connection_keeps_its_timestamp_clock_monotonic():
     before = c._tsval(10.0)
     c2 = Connection.from_snapshot(c.snapshot(), clock_shift=-9.0)   # new clock is behind
     assert c2._tsval(1.0) == before
+
+
+def test_a_receiver_that_stops_reading_never_holds_more_than_its_buffer():
+    # Thousands of ACKs while the buffer fills: rounding each offered edge up would let the
+    # edge creep past the buffer (it ran 178 KB past a 6 MiB buffer before the fix).
+    from .net import Net, pair
+    a, b = pair()
+    net = Net(a, b, delay=0.005)
+    b.listen()
+    a.connect(net.now)
+    net.run(max_time=1.0)
+    data = memoryview(bytes(12_000_000))
+    sent = 0
+    while net.now < 20 and sent < len(data):
+        sent += a.send(data[sent:sent + (1 << 20)], net.now)
+        if b.rcvbuf_limit < b.cfg.recv_buffer_max:
+            b.recv()                        # read until the buffer has grown to its maximum
+        net.run(max_time=0.01)
+        assert len(b.rcvbuf) <= b.rcvbuf_limit + (1 << b.rcv_wscale)
+    assert b.rcvbuf_limit == b.cfg.recv_buffer_max and len(b.rcvbuf) > b.rcvbuf_limit - 65536
