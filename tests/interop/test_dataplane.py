@@ -172,9 +172,11 @@ def test_netstack_killed_under_a_datagram_stream_loses_nothing_queued(graph, ns_
         assert got["missing"] == 0, got
         assert got["reordered"] == 0, got
     else:
-        # ZeroMQ's queues die with the process: the stream resumes, what was queued is gone.
+        # ZeroMQ's queues at netstack die with the process (the drivers' own queues hold what
+        # they send while it is down): the stream resumes; what is lost, if anything, is what
+        # netstack held, never the stream's start.
         assert got["received"] > stream.count // 2, got
-        assert got["first_missing"] and got["first_missing"][0] > 0, got
+        assert not got["missing"] or got["first_missing"][0] > 0, got
 
 
 @pytest.mark.timeout(90)
