@@ -16,45 +16,15 @@ import time
 import pytest
 
 from components.netstack.tcp_client import TcpClient
+from tests.interop.tcp_linux import finish as _finish
+from tests.interop.tcp_linux import random_bytes as _data
+from tests.interop.tcp_linux import receive_from_linux
+from tests.interop.tcp_linux import start_peer as _peer
 from tests.interop.util import (NS_PYTHON, QnetGraph, capture_in_background, missing_prerequisite,
                                 stop_process, tshark_fields, wait_for)
 
 pytestmark = pytest.mark.interop
 
-# A Linux-side peer: "sink PORT" counts and hashes what arrives, then prints "len sha256";
-# "source PORT N SEED" sends N pseudo-random bytes to the first connection and closes;
-# "echo PORT" echoes one connection. Each prints "ready" once listening.
-PEER = r"""
-import hashlib, random, socket, sys
-mode, port = sys.argv[1], int(sys.argv[2])
-ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind(("0.0.0.0", port)); ls.listen(16); print("ready", flush=True)
-c, _ = ls.accept()
-if mode == "sink":
-    h = hashlib.sha256(); n = 0
-    while True:
-        b = c.recv(1 << 20)
-        if not b: break
-        h.update(b); n += len(b)
-    print(n, h.hexdigest(), flush=True)
-elif mode == "source":
-    n, seed = int(sys.argv[3]), int(sys.argv[4])
-    data = random.Random(seed).randbytes(n)
-    c.sendall(data); c.shutdown(socket.SHUT_WR)
-    while c.recv(65536): pass
-    print("sent", flush=True)
-elif mode == "echo":
-    while True:
-        b = c.recv(65536)
-        if not b: break
-        c.sendall(b)
-    print("done", flush=True)
-c.close()
-"""
-
-
-def _data(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +49,6 @@ def client(tcp_graph):
         c.close()
 
 
-def _peer(ns, *args) -> "subprocess.Popen":  # noqa: F821
-    p = ns.popen([NS_PYTHON, "-c", PEER, *map(str, args)])
-    line = p.stdout.readline()
-    assert line.strip() == "ready", (line, p.stderr.read() if p.poll() is not None else "")
-    return p
-
-
-def _finish(p, timeout: float) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        stop_process(p)
-    assert p.returncode == 0, err
-    return out.strip()
-
-
 @pytest.mark.timeout(120)
 def test_qnet_client_sends_to_linux_sha256_exact(tcp_graph, client):
     g, a = tcp_graph
@@ -117,22 +71,8 @@ def test_qnet_client_sends_to_linux_sha256_exact(tcp_graph, client):
 def test_linux_sends_to_qnet_client_sha256_exact(tcp_graph, client):
     g, a = tcp_graph
     n = 20_000_000
-    p = _peer(a, "source", 5002, n, 2)
-    try:
-        s = client.connect(a.linux_ip, 5002, timeout=10)
-        h = hashlib.sha256()
-        got = 0
-        s.settimeout(30)
-        while True:
-            b = s.recv(1 << 20)
-            if not b:
-                break
-            h.update(b)
-            got += len(b)
-        s.close()
-    finally:
-        _finish(p, 60)
-    assert got == n and h.hexdigest() == hashlib.sha256(_data(n, 2)).hexdigest()
+    got, digest = receive_from_linux(client, a, 5002, n, 2, 60)
+    assert got == n and digest == hashlib.sha256(_data(n, 2)).hexdigest()
 
 
 @pytest.mark.timeout(120)

@@ -15,7 +15,11 @@ import time
 import pytest
 
 from components.netstack.tcp_client import TcpClient
-from tests.interop.test_tcp_linux import PEER, _data, _finish, _peer
+from tests.interop.tcp_linux import finish as _finish
+from tests.interop.tcp_linux import random_bytes as _data
+from tests.interop.tcp_linux import receive_from_linux as _receive
+from tests.interop.tcp_linux import send_to_linux as _send
+from tests.interop.tcp_linux import start_peer as _peer
 from tests.interop.util import NS_PYTHON, QnetGraph, missing_prerequisite, stop_process, wait_for
 
 pytestmark = pytest.mark.interop
@@ -49,41 +53,6 @@ def client(paths):
         yield c
     finally:
         c.close()
-
-
-def _send(client, ns, port: int, data: bytes, timeout: float) -> str:
-    p = _peer(ns, "sink", port)
-    try:
-        s = client.connect(ns.linux_ip, port, timeout=20)
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(timeout)
-        assert s.recv(1) == b""
-        s.close()
-    finally:
-        out = _finish(p, timeout)
-    return out
-
-
-def _receive(client, ns, port: int, n: int, seed: int, timeout: float, on_chunk=None) -> tuple[int, str]:
-    p = _peer(ns, "source", port, n, seed)
-    try:
-        s = client.connect(ns.linux_ip, port, timeout=20)
-        s.settimeout(timeout)
-        h = hashlib.sha256()
-        got = 0
-        while True:
-            b = s.recv(1 << 20)
-            if not b:
-                break
-            h.update(b)
-            got += len(b)
-            if on_chunk:
-                on_chunk(s)
-        s.close()
-    finally:
-        _finish(p, timeout)
-    return got, h.hexdigest()
 
 
 def _tcp_counters(g) -> dict:

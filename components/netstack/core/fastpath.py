@@ -117,12 +117,7 @@ class FastPath:
                 tcp = self._tcp_established
                 if tcp is None or not tcp(src, dst, memoryview(frame)[34:14 + total], now):
                     return False
-                dc = self._dev_counters(dev)
-                dc["rx_frames"] += 1
-                dc["rx_bytes"] += len(frame)
-                c = self._ipc
-                c["rx_packets"] += 1
-                c["rx_delivered"] += 1
+                self._delivered(dev, frame)
                 return True
             if proto != 1 or total < 28:
                 return False
@@ -134,16 +129,11 @@ class FastPath:
                 return False
             out, lladdr = hop
             # From here on the frame is ours: the general path's effects, in one pass.
-            dc = self._dev_counters(dev)
-            dc["rx_frames"] += 1
-            dc["rx_bytes"] += len(frame)
+            self._delivered(dev, frame)
             c = self._ipc
-            c["rx_packets"] += 1
-            c["rx_delivered"] += 1
             ic = self._icmp_c
             ic["rx_type_8"] += 1
-            ident = ip4.next_ident
-            ip4.next_ident = (ident + 1) & 0xFFFF
+            ident = self._next_ident()
             end = 14 + total
             buf = bytearray(frame) if len(frame) == end else bytearray(frame[:end])
             # RFC 1122 §3.2.2.6: the reply's source is the request's destination.
@@ -185,12 +175,7 @@ class FastPath:
         socks = self._udp_match(src, sport, dst, dport, dev.name, False)
         if not socks:
             return False
-        dc = self._dev_counters(dev)
-        dc["rx_frames"] += 1
-        dc["rx_bytes"] += len(frame)
-        c = self._ipc
-        c["rx_packets"] += 1
-        c["rx_delivered"] += 1
+        self._delivered(dev, frame)
         self._udp_c["rx_datagrams"] += 1
         # One socket: match() returns the best one for a unicast datagram.
         self._udp_deliver(socks[0], Datagram(src, sport, dst, dport, dev.name,
@@ -204,36 +189,17 @@ class FastPath:
         `device`: the call's or the socket's (SO_BINDTODEVICE)."""
         if not s.local_port:
             return False
-        d1 = dst >> 24
-        if not 0 < d1 < 224 or d1 == 127:
+        hop = self._unicast_egress(dst, 28 + len(payload), device, False)
+        if hop is None:
             return False
-        ip4 = self._ip4
-        if dst in ip4.local_ints or dst in ip4.broadcast_ints:
-            return False
-        total = 28 + len(payload)
-        hop = self._routes.cached_lookup(dst, self._usable)
-        # lookup(device=D) answers the first usable route through D in preference order: the
-        # cached best route when it leaves through D; otherwise the general path looks.
-        if hop is None or (device is not None and hop.device != device):
-            return False
-        out = self._devs.get(hop.device)
-        if out is None or out.kind != ETHERNET or not out.up or total > out.mtu:
-            return False
-        nh = hop.neighbor
-        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
-            return False
+        out, nh, lladdr = hop
         src = s.local_int
         if src is None:
             src = self._source(out, nh)
             if src is None:
                 return False
-        lladdr = self._send_lladdr(out.name, nh)
-        if lladdr is None:
-            return False
-        ident = ip4.next_ident
-        ip4.next_ident = (ident + 1) & 0xFFFF
-        frame = build_udp_frame(lladdr, out.mac, ident, self._cfg.default_ttl, src, dst,
-                                s.local_port, port, payload)
+        frame = build_udp_frame(lladdr, out.mac, self._next_ident(), self._cfg.default_ttl,
+                                src, dst, s.local_port, port, payload)
         self._ipc["tx_packets"] += 1
         self._transmit(out, frame)
         self._udp_c["tx_datagrams"] += 1
@@ -254,44 +220,66 @@ class FastPath:
             return False
         if not tcp(src, dst, memoryview(frame)[34:14 + total], now, False):
             return False
-        dc = self._dev_counters(dev)
-        dc["rx_frames"] += 1
-        dc["rx_bytes"] += len(frame)
-        c = self._ipc
-        c["rx_packets"] += 1
-        c["rx_delivered"] += 1
+        self._delivered(dev, frame)
         return True
 
     def ip_send(self, src: int, dst: int, proto: int, payload) -> bool:
         """A transport's datagram (payload built, e.g. a TCP segment) from our address src to a
         unicast dst reached whole through a resolved neighbor, in one buffer; False (and
         nothing done) otherwise, for the general path (Ipv4Layer.send_via)."""
-        d1 = dst >> 24
-        if not 0 < d1 < 224 or d1 == 127:
-            return False
-        ip4 = self._ip4
-        if dst in ip4.local_ints or dst in ip4.broadcast_ints:
-            return False
-        hop = self._routes.cached_lookup(dst, self._usable)
+        # A TCP super-segment goes whole to a TSO device (its driver cuts it).
+        hop = self._unicast_egress(dst, 20 + len(payload), None, proto == 6)
         if hop is None:
             return False
-        out = self._devs.get(hop.device)
-        if out is None or out.kind != ETHERNET or not out.up or (
-                20 + len(payload) > out.mtu and not (proto == 6 and out.tso_max)):
-            return False        # a TCP super-segment goes whole to a TSO device (its driver cuts it)
-        nh = hop.neighbor
-        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
-            return False
-        lladdr = self._send_lladdr(out.name, nh)
-        if lladdr is None:
-            return False
-        ident = ip4.next_ident
-        ip4.next_ident = (ident + 1) & 0xFFFF
-        frame = build_ipv4_frame(lladdr, out.mac, ident, self._cfg.default_ttl, src, dst, proto,
-                                 payload)
+        out, _nh, lladdr = hop
+        frame = build_ipv4_frame(lladdr, out.mac, self._next_ident(), self._cfg.default_ttl,
+                                 src, dst, proto, payload)
         self._ipc["tx_packets"] += 1
         self._transmit(out, frame)
         return True
+
+    def _delivered(self, dev: Device, frame) -> None:
+        """The general path's counts for a frame delivered to us."""
+        dc = self._dev_counters(dev)
+        dc["rx_frames"] += 1
+        dc["rx_bytes"] += len(frame)
+        c = self._ipc
+        c["rx_packets"] += 1
+        c["rx_delivered"] += 1
+
+    def _next_ident(self) -> int:
+        ip4 = self._ip4
+        ident = ip4.next_ident
+        ip4.next_ident = (ident + 1) & 0xFFFF
+        return ident
+
+    def _unicast_egress(self, dst: int, total: int, device: str | None, tso: bool):
+        """(device, next hop, its MAC) for an originated datagram of `total` bytes to a unicast
+        dst that leaves whole (or, `tso`, as a super-segment for a TSO device) to a resolved
+        neighbor; None when the general path must decide (it raises, routes to lo, broadcasts,
+        fragments or resolves). `device`: the sender's SO_BINDTODEVICE, or None."""
+        d1 = dst >> 24
+        if not 0 < d1 < 224 or d1 == 127:
+            return None
+        ip4 = self._ip4
+        if dst in ip4.local_ints or dst in ip4.broadcast_ints:
+            return None
+        hop = self._routes.cached_lookup(dst, self._usable)
+        # lookup(device=D) answers the first usable route through D in preference order: the
+        # cached best route when it leaves through D; otherwise the general path looks.
+        if hop is None or (device is not None and hop.device != device):
+            return None
+        out = self._devs.get(hop.device)
+        if out is None or out.kind != ETHERNET or not out.up or (
+                total > out.mtu and not (tso and out.tso_max)):
+            return None
+        nh = hop.neighbor
+        if nh >> 24 >= 224 or nh in ip4.broadcast_ints:
+            return None
+        lladdr = self._send_lladdr(out.name, nh)
+        if lladdr is None:
+            return None
+        return out, nh, lladdr
 
     def _source(self, out: Device, next_hop: int) -> int | None:
         """Device.source_for by int: the address on the next hop's subnet, else the first."""

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from ...wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
+from ...wire.tcp import ACK, RST, SYN, TcpSegment
 from ..errors import StackError
 from . import seq as sq
 from . import snapshot as _snapshot

@@ -99,7 +99,6 @@ def _list(v: Any, name: str) -> list:
 
 
 def take(c) -> dict:
-    from .segment import OutSegment  # noqa: F401  (documents what "out" holds)
     return {
         "format": FORMAT,
         "local": [str(c.local_ip), c.local_port],

@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 
 from components.netstack.core import Stack, StackConfig, StackError
 from components.netstack.core.tcp import TcpEvent
-from components.netstack.core.tcp.layer import ACCEPTABLE, TcpLayerConfig
+from components.netstack.core.tcp.layer import ACCEPTABLE
 
 LO = IPv4Address("127.0.0.1")
 
@@ -164,6 +164,7 @@ def test_full_syn_queue_answers_with_cookies_and_the_connections_complete():
     w.run(0.5)
     lst = w.b.tcp4.listeners[lid]
     assert w.b.counters()["tcp"]["syncookies_sent"] == 2     # the SYN queue held 2
+    assert len(lst.accept) == 2 and not lst.embryonic
     assert all(w.a.tcp4.conns[c].state.value == "ESTABLISHED" for c in cids)
     assert ACCEPTABLE in [e for _i, e in w.b.tcp4.take_events()]
     first = [w.b.tcp4.accept(lid), w.b.tcp4.accept(lid)]

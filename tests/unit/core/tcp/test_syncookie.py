@@ -5,10 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv6Address
 
 from components.netstack.core.tcp import Connection, State, TcpConfig, TcpEvent, syncookie
-from components.netstack.core.tcp import seq as sq
-from components.netstack.wire.tcp import ACK, PSH, SYN, TcpSegment
-
-from .net import A_IP, A_PORT, B_IP, B_PORT, KEY_A, KEY_B, Net, on_wire, pair
+from .net import A_IP, A_PORT, B_IP, B_PORT, KEY_B, Net, on_wire, pair
 from .test_transfer import converse, payload
 
 S = State
