@@ -135,6 +135,22 @@ def arg_parser(description: str, prog: str | None = None) -> argparse.ArgumentPa
     return p
 
 
+def main(name: str, description: str, run: Callable[[bool], dict], render: Callable[[dict], str],
+         argv: list[str] | None = None) -> int:
+    """A benchmark's command line: --quick, --json FILE; its table on stdout, a RuntimeError
+    (a missing peer, a failed set-up) as one line on stderr and exit 1."""
+    args = arg_parser(description).parse_args(argv)
+    try:
+        res = run(args.quick)
+    except RuntimeError as exc:
+        print(f"bench.{name}: {exc}", file=sys.stderr)
+        return 1
+    print(render(res))
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
 # -- endpoints and processes ------------------------------------------------------
 @contextlib.contextmanager
 def runtime_dir(prefix: str = "qnet-bench-") -> Iterator[str]:

@@ -413,16 +413,7 @@ def render(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    try:
-        res = run(args.quick)
-    except RuntimeError as exc:
-        print(f"bench.tcp: {exc}", file=sys.stderr)
-        return 1
-    print(render(res))
-    if args.json:
-        common.write_json(args.json, res)
-    return 0
+    return common.main("tcp", __doc__.splitlines()[0], run, render, argv)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,21 @@ class Wire:
             self.b.poll(self.now)
 
 
+def transfer(w: Wire, cid: int, bcid: int, data: bytes, until: float) -> bytearray:
+    """a's connection cid sends data, b's bcid reads it, until `until`; what b read."""
+    sent = 0
+    got = bytearray()
+
+    def pump():
+        nonlocal sent
+        if sent < len(data):
+            sent += w.a.tcp4.send(cid, data[sent:sent + 65536], w.now)
+        got.extend(w.b.tcp4.recv(bcid, None, w.now))
+
+    w.run(until, pump)
+    return got
+
+
 def test_handshake_transfer_and_close_between_two_stacks():
     w = Wire()
     lid = w.b.tcp4.listen(None, 80)
@@ -78,16 +93,7 @@ def test_handshake_transfer_and_close_between_two_stacks():
     assert info["remote"] == "10.0.0.1" and info["local_port"] == 80
     assert 32768 <= info["remote_port"] <= 60999       # the client's ephemeral port
     data = random.Random(7).randbytes(300_000)
-    sent = 0
-    got = bytearray()
-
-    def pump():
-        nonlocal sent
-        if sent < len(data):
-            sent += w.a.tcp4.send(cid, data[sent:sent + 65536], w.now)
-        got.extend(w.b.tcp4.recv(bcid, None, w.now))
-
-    w.run(30.0, pump)
+    got = transfer(w, cid, bcid, data, 30.0)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     w.a.tcp4.close(cid, w.now)
     w.run(31.0)
@@ -108,16 +114,7 @@ def test_lossy_transfer_completes():
     bcid = w.b.tcp4.accept(lid)
     assert bcid is not None
     data = random.Random(8).randbytes(100_000)
-    sent = 0
-    got = bytearray()
-
-    def pump():
-        nonlocal sent
-        if sent < len(data):
-            sent += w.a.tcp4.send(cid, data[sent:sent + 65536], w.now)
-        got.extend(w.b.tcp4.recv(bcid, None, w.now))
-
-    w.run(300.0, pump)
+    got = transfer(w, cid, bcid, data, 300.0)
     assert bytes(got) == data
 
 
@@ -243,15 +240,7 @@ def _transfer_frames(fast: bool) -> tuple[list[bytes], dict]:
     w.run(1.0)
     bcid = w.b.tcp4.accept(lid)
     data = random.Random(9).randbytes(200_000)
-    sent_n = 0
-    got = bytearray()
-
-    def pump():
-        nonlocal sent_n
-        if sent_n < len(data):
-            sent_n += w.a.tcp4.send(cid, data[sent_n:sent_n + 65536], w.now)
-        got.extend(w.b.tcp4.recv(bcid, None, w.now))
-    w.run(20.0, pump)
+    got = transfer(w, cid, bcid, data, 20.0)
     assert bytes(got) == data
     return sent, w.b.counters()["ipv4"]
 
