@@ -170,14 +170,18 @@ class Protocol:
     events: tuple[Event, ...] = ()
     streams: tuple[Stream, ...] = ()
     doc: str = ""
-    # Connections of this protocol carry bytes on launcher-held AF_UNIX stream socketpairs
-    # (byte channels, one per connection), asked of the launcher's broker.
-    byte_channels: bool = False
+    # Connections or sockets of this protocol carry their data on launcher-held AF_UNIX
+    # socketpairs, one per connection or socket, asked of the launcher's broker: True (or
+    # "stream") for SOCK_STREAM byte channels (TCP), "seqpacket" for SOCK_SEQPACKET datagram
+    # channels, one message per datagram (UDP).
+    byte_channels: bool | str = False
     method_by_name: dict = field(default_factory=dict)
     event_by_name: dict = field(default_factory=dict)
     stream_by_name: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.byte_channels not in (False, True, "stream", "seqpacket"):
+            raise ValueError(f"{self.name}: byte_channels must be False, True, 'stream' or 'seqpacket'")
         for m in self.methods:
             if m.name in self.method_by_name:
                 raise ValueError(f"{self.name}: method {m.name} declared twice")
@@ -190,6 +194,13 @@ class Protocol:
             if s.direction not in ("to_provider", "to_user"):
                 raise ValueError(f"{self.name}: stream {s.name}: bad direction {s.direction!r}")
             self.stream_by_name[s.name] = s
+
+    @property
+    def channel_kind(self) -> str | None:
+        """The socket type of this protocol's byte channels: "stream", "seqpacket" or None."""
+        if not self.byte_channels:
+            return None
+        return "stream" if self.byte_channels is True else str(self.byte_channels)
 
     @property
     def ref(self) -> str:

@@ -13,6 +13,7 @@ BUILTIN_MODULES = (
     "ipc.protocols.launcher",
     "ipc.protocols.device",
     "ipc.protocols.netstack",
+    "ipc.protocols.udp",
     "ipc.protocols.dhcpd",
     "ipc.protocols.vm",
 )

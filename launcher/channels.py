@@ -1,4 +1,5 @@
-"""The data channels the launcher creates and owns (ipc.seqpacket).
+"""The data channels the launcher creates and owns (ipc.seqpacket), and the byte channels
+of client connections and sockets (TCP: SOCK_STREAM pairs, UDP: SOCK_SEQPACKET pairs).
 
 One AF_UNIX SOCK_SEQPACKET socketpair per (provider, protocol, user) for every
 protocol that declares data streams (qnet.device, qnet.datagram): the user's
@@ -25,7 +26,7 @@ from typing import Any
 
 from ipc import errors, registry
 from ipc.decl import decode_raw, encode
-from ipc.seqpacket import make_pair, send_channel
+from ipc.seqpacket import make_pair, send_channel, size_buffers
 
 log = logging.getLogger("qnet.launcher")
 
@@ -39,6 +40,11 @@ def _data_protocols(refs) -> list[str]:
     return out
 
 
+def _channel_kind(protocol: str) -> str | None:
+    proto = registry.get(protocol)
+    return proto.channel_kind if proto is not None else None
+
+
 def _stream_protocols(refs) -> list[str]:
     out = []
     for name, _ver in refs:
@@ -50,10 +56,21 @@ def _stream_protocols(refs) -> list[str]:
 
 MAX_STREAMS = 8192          # byte channels held for one provider (each is one fd here and there)
 STREAM_BUFFER = 256 * 1024  # each end's kernel buffer: part of the connection's buffer budget
+# A datagram channel's buffers are the UDP socket's SO_RCVBUF and SO_SNDBUF: 1 MiB holds
+# 16 datagrams of 64 KiB or about 500 of 1,472 B (each message costs its skb's truesize).
+# As root forced past net.core.[rw]mem_max (SO_*BUFFORCE); otherwise capped there.
+DATAGRAM_BUFFER = 1 << 20
 
 
-def make_stream_pair() -> tuple[socket.socket, socket.socket]:
-    """One byte channel: (provider end, client end), both non-blocking."""
+def make_stream_pair(kind: str = "stream") -> tuple[socket.socket, socket.socket]:
+    """One byte channel: (provider end, client end), both non-blocking. kind "seqpacket":
+    a datagram channel (one message per datagram)."""
+    if kind == "seqpacket":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (a, b):
+            s.setblocking(False)
+            size_buffers(s, DATAGRAM_BUFFER)
+        return a, b
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for s in (a, b):
         s.setblocking(False)
@@ -107,6 +124,7 @@ class DataChannels:
         # client's end is handed out at once and not kept; the provider's end is kept until
         # the provider releases it, and handed to every incarnation, so a restart keeps them.
         self.streams: dict[str, dict[str, socket.socket]] = {}
+        self.stream_protocol: dict[str, str] = {}   # channel id -> its protocol's name
         self._stream_seq = 0
         self.loop = None            # the launcher's loop, to read providers' control sockets
 
@@ -139,6 +157,7 @@ class DataChannels:
         ctl = None
         provided = _data_protocols(spec.provides) if self.enabled else []
         streams: dict[str, int] = {}
+        streams_of: dict[str, dict[str, int]] = {}
         if provided or streamed:
             for proto in provided:
                 provide[proto] = {}
@@ -147,12 +166,18 @@ class DataChannels:
                     provide[proto][user] = pend.fileno()
                     fds.append(pend.fileno())
             for chan, pend in self.streams.get(inst.name, {}).items():
-                streams[chan] = pend.fileno()
+                proto = self.stream_protocol.get(chan, "")
+                streams_of.setdefault(proto, {})[chan] = pend.fileno()
+                if _channel_kind(proto) == "stream":
+                    streams[chan] = pend.fileno()
                 fds.append(pend.fileno())
             ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ctl[0].setblocking(False)
             fds.append(ctl[1].fileno())
-        env: dict[str, Any] = {"use": use, "provide": provide, "streams": streams}
+        # "streams": the SOCK_STREAM byte channels, as readers before datagram channels know
+        # it; "streams_of": every byte channel under its protocol's name.
+        env: dict[str, Any] = {"use": use, "provide": provide, "streams": streams,
+                               "streams_of": streams_of}
         if ctl is not None:
             env["ctl"] = ctl[1].fileno()
         return {"QNET_CHANNELS": json.dumps(env), **key_env}, fds, ctl
@@ -202,14 +227,17 @@ class DataChannels:
             pend = self.streams.get(name, {}).pop(m["peer"], None)
             if pend is not None:
                 pend.close()
+                self.stream_protocol.pop(m["peer"], None)
 
     # -- byte channels -------------------------------------------------------------------
     def new_streams(self, protocol: str, count: int) -> list[tuple[str, socket.socket]]:
         """count fresh byte channels of protocol: (id, the client's end) each; the provider
-        has been told of its ends. Raises LookupError."""
+        has been told of its ends. SOCK_SEQPACKET pairs for a protocol that declares
+        byte_channels="seqpacket" (datagram channels). Raises LookupError."""
         proto = registry.get(protocol)
         if proto is None or not proto.byte_channels:
             raise LookupError(f"no byte-channel protocol {protocol!r}")
+        kind = proto.channel_kind
         provider = self.graph.provider_of(protocol)
         if provider is None:
             raise LookupError(f"no component of this graph provides {protocol}")
@@ -219,9 +247,10 @@ class DataChannels:
         out = []
         for _ in range(count):
             self._stream_seq += 1
-            chan = f"b{self._stream_seq}"
-            pend, cend = make_stream_pair()
+            chan = f"{'d' if kind == 'seqpacket' else 'b'}{self._stream_seq}"
+            pend, cend = make_stream_pair(kind)
             held[chan] = pend
+            self.stream_protocol[chan] = protocol
             self._tell_provider(provider, "add", protocol, chan, pend.fileno())
             out.append((chan, cend))
         return out
@@ -262,6 +291,7 @@ class DataChannels:
             for s in held.values():
                 s.close()
         self.streams.clear()
+        self.stream_protocol.clear()
         self.owner.clear()
         for by_number in self.ctl.values():
             for s in by_number.values():
@@ -269,8 +299,11 @@ class DataChannels:
         self.ctl.clear()
 
     def status(self) -> dict[str, Any]:
+        held = [c for h in self.streams.values() for c in h]
+        datagram = sum(1 for c in held if _channel_kind(self.stream_protocol.get(c, "")) == "seqpacket")
         return {"transport": "socketpair" if self.enabled else "zmq", "channels": len(self.pairs),
-                "byte_channels": sum(len(h) for h in self.streams.values()), "errors": self.errors}
+                "byte_channels": len(held) - datagram, "datagram_channels": datagram,
+                "errors": self.errors}
 
 
 # -- channels for programs outside the graph ----------------------------------------------
@@ -389,8 +422,9 @@ class ChannelBroker:
         self.counters["granted"] += 1
 
     def _grant_streams(self, fd: int, conn: socket.socket, req: dict) -> None:
-        """{"streams": PROTOCOL, "count": N}: N byte channels, ids in the answer and the client
-        ends as fds in its order. They do not depend on this connection, which closes."""
+        """{"streams": PROTOCOL, "count": N}: N byte channels (datagram channels for qnet.udp),
+        ids in the answer and the client ends as fds in its order. They do not depend on this
+        connection, which closes."""
         self.loop.remove_reader(fd)
         del self.clients[fd]
         count = req.get("count", 1)
@@ -456,8 +490,8 @@ class ChannelBroker:
 
 def request_streams(runtime_dir: str, protocol: str, count: int = 1,
                     timeout: float = 5.0) -> list[tuple[str, socket.socket]]:
-    """Client side: count byte channels of protocol, (id, our end as a blocking socket) each.
-    Raises OSError or LookupError."""
+    """Client side: count byte channels of protocol, (id, our end as a blocking socket) each:
+    SOCK_STREAM for qnet.tcp, SOCK_SEQPACKET for qnet.udp. Raises OSError or LookupError."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.settimeout(timeout)
     try:

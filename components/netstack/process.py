@@ -24,6 +24,7 @@ from components.netstack.core.events import EchoReply, PingError
 from components.netstack.core.offload import PortOffloads, to_plain_frames, tso_frame
 from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.tcp_binding import TcpService
+from components.netstack.udp_binding import UdpService
 from components.netstack.wire.errors import ParseError
 from components.netstack.wire.flat import parse_plain_ipv4
 from components.netstack.wire.virtio_net import GSO_TCPV4, VNET_HDR_SIZES, split_prefixed
@@ -33,6 +34,7 @@ from ipc.accounting import drops_of, table
 from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK, TCP
+from ipc.protocols.udp import UDP
 
 DRIVER_SILENT = 5.0          # seconds without a batch or event from an attached port's driver
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
@@ -76,9 +78,10 @@ class Netstack(Component):
         self.offloads: dict[str, tuple[PortOffloads, int]] = {}
         self.offload_counters: dict[str, dict[str, int]] = {}
         self.tcp = TcpService(self)     # qnet.tcp and the byte channels of TCP connections
+        self.udp = UdpService(self)     # qnet.udp and the datagram channels of its sockets
 
     def implementations(self):
-        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self), TCP: self.tcp}
+        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self), TCP: self.tcp, UDP: self.udp}
 
     # -- lifecycle ----------------------------------------------------------------------
     def activate(self, state):
@@ -112,6 +115,7 @@ class Netstack(Component):
                                                      if k in self.offload_counters[n]})
             restored = True
         self.tcp.restore(state.get("tcp") if state else None, handover)
+        self.udp.restore(state.get("udp") if state else None)
         self._start_io()
         if handover:
             self.checkpoint()   # replaces the hand-over state as the launcher's crash fallback
@@ -125,6 +129,7 @@ class Netstack(Component):
         self.dev_chan.start(self.rt.loop, self._on_frames, self._on_device_event, PROCESS_BUDGET)
         self.dg_chan.start(self.rt.loop, self._on_dgram_batch, lambda peer, name, ev: None, PROCESS_BUDGET)
         self.tcp.start()
+        self.udp.start()
         if self._after_wakeup not in self.rt.loop.idle_hooks:
             self.rt.loop.idle_hooks.append(self._after_wakeup)
 
@@ -134,6 +139,7 @@ class Netstack(Component):
         self.dev_chan.stop()
         self.dg_chan.stop()
         self.tcp.stop()
+        self.udp.stop()
         self._flush()
         return self._state(handover=True)
 
@@ -151,7 +157,7 @@ class Netstack(Component):
                              for n, p in self.ports.items() if p.get("attached")},
                 "owners": {str(k): v for k, v in self.owners.items()},
                 "offloads": {n: [list(o.names()), prefix] for n, (o, prefix) in self.offloads.items()},
-                "offload_counters": self.offload_counters}
+                "offload_counters": self.offload_counters, "udp": self.udp.state()}
 
     def checkpoint(self):
         self.rt.checkpoint(self._state(), min_interval=0.0)
@@ -161,7 +167,7 @@ class Netstack(Component):
         # ipc/accounting.py: every loss counter of the core, the channels and the binding
         counted = {g: v for g, v in c.items() if not g.startswith("table:")}
         drops = drops_of(counted) + drops_of(self.dev_chan.counters) + drops_of(self.dg_chan.counters) \
-            + drops_of(self.counters) + drops_of(self.offload_counters)
+            + drops_of(self.counters) + drops_of(self.offload_counters) + drops_of(self.udp.stats())
         rpc = getattr(self.rt, "rpc", None)
         internal = c.get("stack", {}).get("internal_errors", 0) + self.rt.loop.errors \
             + (rpc.counters.get("internal_errors", 0) if rpc is not None else 0)
@@ -176,6 +182,7 @@ class Netstack(Component):
                 "device_channel": dict(self.dev_chan.counters), "datagram_channel": dict(self.dg_chan.counters),
                 "tcp_channels": {**self.tcp.counters, "open": len(self.tcp.chans),
                                  "bound": len(self.tcp.by_cid)},
+                "udp_channels": self.udp.stats(),
                 "sockets": len(self.owners), "offloads": self.offload_status(), **self.counters}
 
     def _tables(self, c: dict) -> dict:
@@ -390,6 +397,8 @@ class Netstack(Component):
         for ev in self.stack.take_events():
             self._on_core_event(ev)
         readable = self.stack.udp_readable()
+        if readable:
+            readable = self.udp.deliver(readable)   # qnet.udp's sockets take theirs
         if readable:
             self._deliver_datagrams(readable)
 
