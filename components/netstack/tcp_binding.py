@@ -18,14 +18,28 @@ core's TCP connection here, in chunks:
   it had written bytes we had not read) and `status` names the reason; a normal close closes
   it once both directions are done, while the TCB lingers in TIME-WAIT without it.
 
+A listener may have a readiness channel too (qnet.tcp 1.1, listen's `channel`): no bytes of
+any connection travel on it; we write one byte (b"!") whenever its accept queue is non-empty
+and the client has no unread byte (SIOCOUTQ of our end is 0) — on every ACCEPTABLE from the
+core, after every accept, and when a successor starts — so the client's fd is readable while
+a connection waits, with at most one byte queued. The client reads the bytes away, then
+accepts with wait=0 until would_block. EOF on it (the client closed every copy of its fd)
+closes the listener and releases the channel; close_listener does the same from our side
+(the client reads EOF). The listener names its channel in the core (Listener.channel), so
+the pairing travels in every snapshot and checkpoint, and survives a crash as well as a
+hand-over.
+
 Across a planned restart the hand-over state keeps each channel's binding and the bytes
 waiting in `to_client`/`from_client`; the core's snapshot keeps the connections. After a
 crash, channels whose connection is not known are closed and reported `reset`.
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import socket
+import struct
+import termios
 import time
 from collections import OrderedDict, deque
 from typing import Any
@@ -39,6 +53,9 @@ from ipc.protocols.netstack import TCP
 
 CHUNK = 256 * 1024          # bytes moved per read or write of a channel
 READS_PER_WAKEUP = 16       # chunks read from one channel before yielding to others
+SERVICE_ROUNDS = 64         # loopback drains and event rounds in one service() call
+READY = b"!"                # what a readiness channel carries
+_OUTQ = struct.Struct("i")
 ENDED_KEPT = 4096           # ended channels whose reason `status` still answers
 
 # States in which the peer's FIN has been received (RFC 9293 §3.3.2).
@@ -56,20 +73,22 @@ def _remote_error(e: StackError) -> errors.RemoteError:
 
 
 class ByteChannel:
-    __slots__ = ("id", "sock", "fd", "cid", "to_client", "from_client", "reading", "writing",
-                 "eof_in", "shut_out", "status", "owner")
+    __slots__ = ("id", "sock", "fd", "cid", "lid", "to_client", "from_client", "reading",
+                 "writing", "eof_in", "shut_out", "status", "owner", "tcb_closed")
 
     def __init__(self, chan_id: str, sock: socket.socket) -> None:
         self.id = chan_id
         self.sock = sock
         self.fd = sock.fileno()
         self.cid: int | None = None
+        self.lid: int | None = None         # a listener's readiness channel: its listener
         self.to_client = memoryview(b"")    # taken from the core, not yet in the channel
         self.from_client = memoryview(b"")  # read from the channel, not yet taken by the core
         self.reading = False
         self.writing = False
         self.eof_in = False                 # the client shut its write side (we sent FIN)
         self.shut_out = False               # we shut ours (the peer's FIN reached the client)
+        self.tcb_closed = False             # the core said CLOSED: the TCB is gone
         self.status = "unbound"
         self.owner = ""
 
@@ -82,12 +101,15 @@ class TcpService:
         self.rt = ns.rt
         self.chans: dict[str, ByteChannel] = {}
         self.by_cid: dict[int, ByteChannel] = {}
+        self.by_lid: dict[int, ByteChannel] = {}   # listeners' readiness channels
         self.connecting: dict[int, tuple[Any, ByteChannel, Any]] = {}   # cid -> (token, chan, timer)
         self.accepting: dict[int, deque] = {}      # lid -> waiters (token, chan, timer)
         self.ended: OrderedDict[str, str] = OrderedDict()
         self.active = False
         self.counters = {"channels_released": 0, "channel_errors": 0, "client_gone_resets": 0,
-                         "bytes_from_clients": 0, "bytes_to_clients": 0}
+                         "bytes_from_clients": 0, "bytes_to_clients": 0,
+                         "readiness_signals": 0, "listeners_client_gone": 0}
+        self._service_soon = None
         inherited = self.rt.byte_channels(TCP, self)
         for chan_id, fd in inherited.items():
             self._adopt(chan_id, fd)
@@ -115,6 +137,9 @@ class TcpService:
     def remove_peer(self, peer: bytes) -> None:
         ch = self.chans.get(peer.decode("ascii", "replace"))
         if ch is not None:
+            if ch.lid is not None:
+                self._listener_gone(ch, release=False)
+                return
             self._close_channel(ch, "closed", release=False)
 
     def _watch_unbound(self, ch: ByteChannel) -> None:
@@ -140,6 +165,8 @@ class TcpService:
             del self.chans[ch.id]
         if ch.cid is not None and self.by_cid.get(ch.cid) is ch:
             del self.by_cid[ch.cid]
+        if ch.lid is not None and self.by_lid.get(ch.lid) is ch:
+            del self.by_lid[ch.lid]
         loop = self.rt.loop
         if ch.reading:
             loop.remove_reader(ch.fd)
@@ -164,7 +191,7 @@ class TcpService:
         if ch is None:
             raise errors.RemoteError(f"no byte channel {chan_id!r} (ask the launcher's broker)",
                                      code="no_channel")
-        if ch.cid is not None or ch.id in self._waiting_channels():
+        if ch.cid is not None or ch.lid is not None or ch.id in self._waiting_channels():
             raise errors.RemoteError(f"byte channel {chan_id!r} is in use", code="busy")
         return ch
 
@@ -228,6 +255,14 @@ class TcpService:
     def _client_eof(self, ch: ByteChannel, now: float) -> None:
         if ch.from_client:
             return                  # the FIN follows once the rest is taken (_writable)
+        conn = self.tcp.conns.get(ch.cid)
+        if conn is not None and conn.state in _PEER_FIN and conn.rcvbuf:
+            # The peer sent all it will (its FIN is in), so flow control is over: our FIN
+            # may end the connection within this very drain (LAST-ACK -> CLOSED, at once
+            # over loopback), and the core forgets a closed connection with its receive
+            # buffer. What the client has not read yet waits here instead.
+            rest = self.tcp.recv(ch.cid, None, now)
+            ch.to_client = memoryview(bytes(ch.to_client) + rest)
         try:
             self.tcp.close(ch.cid, now)
         except StackError:
@@ -297,6 +332,9 @@ class TcpService:
                 pass
             if ch.status == "established":
                 ch.status = "peer_closed"
+        if ch.tcb_closed and self.chans.get(ch.id) is ch:
+            self._close_channel(ch, "closed")       # the TCB is gone, every byte delivered
+            return
         self._maybe_finished(ch)
 
     def _channel_writable(self, ch: ByteChannel) -> None:
@@ -307,16 +345,102 @@ class TcpService:
         if ch.eof_in and ch.shut_out and not ch.to_client and not ch.from_client:
             self._close_channel(ch, "closed")
 
+    # -- listeners' readiness channels ----------------------------------------------------
+    def _bind_listener(self, ch: ByteChannel, lid: int) -> None:
+        if ch.reading:
+            self.rt.loop.remove_reader(ch.fd)
+            ch.reading = False
+        lst = self.tcp.listeners[lid]
+        ch.lid = lid
+        ch.status = "listening"
+        ch.owner = lst.owner or ""
+        self.by_lid[lid] = ch
+        lst.channel = ch.id
+
+    def _watch_listener(self, ch: ByteChannel) -> None:
+        if not ch.reading and self.active:
+            self.rt.loop.add_reader(ch.fd, lambda: self._listener_channel_readable(ch))
+            ch.reading = True
+
+    def _listener_channel_readable(self, ch: ByteChannel) -> None:
+        # The client has nothing to say here: what it writes is read away unseen; only EOF
+        # (every copy of its fd closed: it is gone) means something.
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = ch.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._listener_gone(ch)
+                return
+
+    def _signal_ready(self, lid: int) -> None:
+        """A byte on lid's readiness channel if a connection waits and the client has read
+        every byte we wrote (so its fd is readable again, and at most one byte is queued)."""
+        ch = self.by_lid.get(lid)
+        lst = self.tcp.listeners.get(lid)
+        if ch is None or lst is None or not lst.accept or not self.active:
+            return
+        try:
+            unread = _OUTQ.unpack(fcntl.ioctl(ch.fd, termios.TIOCOUTQ, bytes(_OUTQ.size)))[0]
+            if unread:
+                return
+            ch.sock.send(READY, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            self.counters["readiness_signals"] += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._listener_gone(ch)         # EPIPE: the client closed its end
+
+    def _listener_gone(self, ch: ByteChannel, release: bool = True) -> None:
+        """The client of a readiness channel went away: its listener closes with it."""
+        lid = ch.lid
+        self._close_channel(ch, "closed", release=release)
+        if lid is not None and lid in self.tcp.listeners:
+            self.counters["listeners_client_gone"] += 1
+            self._close_listener(lid)
+            self.ns.checkpoint()
+
+    def _close_listener(self, lid: int) -> None:
+        self.tcp.close_listener(lid, time.monotonic())
+        for token, ch, timer in self.accepting.pop(lid, ()):
+            if timer is not None:
+                timer.cancel()
+            self.rt.rpc.reply_error(token, errors.RemoteError("the listener was closed",
+                                                              code="not_found"))
+        ready = self.by_lid.get(lid)
+        if ready is not None:
+            self._close_channel(ready, "closed")    # the client reads EOF
+
     # -- events from the core --------------------------------------------------------------
     def service(self) -> None:
-        """After every wake-up: the core's TCP events."""
-        evs = self.tcp.take_events()
-        if not evs:
-            return
-        now = time.monotonic()
+        """After every wake-up: what the stack looped back to itself, and the core's TCP
+        events. A connection to ourselves (127/8, our own addresses) makes its other end's
+        events in the same drain, and handling them (bytes into a channel, more taken from
+        one, a window update) sends again: rounds until quiet, at most SERVICE_ROUNDS, then
+        a zero-delay timer brings the loop (and this) back after the other I/O had its turn."""
+        stack = self.ns.stack
+        for _ in range(SERVICE_ROUNDS):
+            now = time.monotonic()
+            stack.drain(now)
+            evs = self.tcp.take_events()
+            if not evs:
+                return
+            self._handle_events(evs, now)
+        stack.drain(time.monotonic())
+        if self._service_soon is None or self._service_soon.cancelled:
+            self._service_soon = self.rt.loop.call_later(0.0, self._service_due)
+
+    def _service_due(self) -> None:
+        self._service_soon = None       # the idle hook that follows every wake-up services
+
+    def _handle_events(self, evs: list, now: float) -> None:
         for ident, ev in evs:
             if ev == ACCEPTABLE:
                 self._serve_acceptors(ident, now)
+                self._signal_ready(ident)
                 continue
             pending = self.connecting.get(ident)
             if pending is not None:
@@ -332,10 +456,8 @@ class TcpService:
             elif ev is TcpEvent.RESET or ev is TcpEvent.TIMED_OUT:
                 self._close_channel(ch, "reset" if ev is TcpEvent.RESET else "timed_out")
             elif ev is TcpEvent.CLOSED:
-                self._push(ch)
-                if self.chans.get(ch.id) is ch:
-                    self._close_channel(ch, "closed")
-        self.ns.stack.drain(now)
+                ch.tcb_closed = True
+                self._push(ch)      # closes the channel once the client has every byte
 
     def _connect_event(self, cid: int, ev, pending, now: float) -> None:
         token, ch, timer = pending
@@ -398,7 +520,11 @@ class TcpService:
     def start(self) -> None:
         self.active = True
         for ch in list(self.chans.values()):
-            if ch.cid is None:
+            if ch.lid is not None:
+                self._watch_listener(ch)
+                # A byte the predecessor wrote may have been read meanwhile, or never written.
+                self._signal_ready(ch.lid)
+            elif ch.cid is None:
                 if not ch.reading:
                     self._watch_unbound(ch)
             else:
@@ -424,6 +550,7 @@ class TcpService:
         return {"channels": {ch.id: {"cid": ch.cid, "to_client": bytes(ch.to_client),
                                      "from_client": bytes(ch.from_client), "eof_in": ch.eof_in,
                                      "shut_out": ch.shut_out, "status": ch.status,
+                                     "tcb_closed": ch.tcb_closed,
                                      "owner": ch.owner}
                              for ch in self.chans.values()},
                 "ended": dict(self.ended)}
@@ -436,7 +563,19 @@ class TcpService:
         state = state or {}
         known = state.get("channels", {}) if handover else {}
         self.ended.update({str(k): str(v) for k, v in state.get("ended", {}).items()})
+        # Listeners survive a crash too (checkpoints keep them), and with them the channels
+        # they name; a listener whose channel the launcher no longer holds lost its client.
+        ready = {lst.channel: lid for lid, lst in self.tcp.listeners.items() if lst.channel}
+        for chan_id, lid in ready.items():
+            ch = self.chans.get(chan_id)
+            if ch is None:
+                self.tcp.close_listener(lid, time.monotonic())
+                self.counters["listeners_client_gone"] += 1
+            else:
+                self._bind_listener(ch, lid)
         for ch in list(self.chans.values()):
+            if ch.lid is not None:
+                continue
             d = known.get(ch.id)
             if d is None:
                 if not handover:
@@ -445,9 +584,11 @@ class TcpService:
             cid = d.get("cid")
             if cid is None:
                 continue
-            if int(cid) not in self.tcp.conns:
+            closed = bool(d.get("tcb_closed"))     # only bytes for the client are left
+            if int(cid) not in self.tcp.conns and not closed:
                 self._close_channel(ch, "reset")
                 continue
+            ch.tcb_closed = closed
             ch.cid = int(cid)
             ch.to_client = memoryview(bytes(d.get("to_client", b"")))
             ch.from_client = memoryview(bytes(d.get("from_client", b"")))
@@ -458,26 +599,26 @@ class TcpService:
             self.by_cid[ch.cid] = ch
 
     # -- qnet.tcp handlers ------------------------------------------------------------------
-    def listen(self, port, address=None, backlog=128, owner=""):
+    def listen(self, port, address=None, backlog=128, owner="", channel=None):
         addr = None if address is None else ipaddress.IPv4Address(address)
+        ch = None if channel is None else self._take_channel(channel)
         try:
             lid = self.tcp.listen(addr, port, backlog)
         except StackError as e:
             raise _remote_error(e) from None
-        self.tcp.listeners[lid].owner = owner or None
-        self.ns.checkpoint()
         lst = self.tcp.listeners[lid]
-        return {"listener": lid, "address": address, "port": port, "backlog": lst.backlog}
+        lst.owner = owner or None
+        if ch is not None:
+            self._bind_listener(ch, lid)
+            self._watch_listener(ch)
+        self.ns.checkpoint()
+        return {"listener": lid, "address": address, "port": port, "backlog": lst.backlog,
+                "channel": channel}
 
     def close_listener(self, listener):
         if listener not in self.tcp.listeners:
             return False
-        now = time.monotonic()
-        self.tcp.close_listener(listener, now)
-        for token, ch, timer in self.accepting.pop(listener, ()):
-            if timer is not None:
-                timer.cancel()
-            self.rt.rpc.reply_error(token, errors.RemoteError("the listener was closed", code="not_found"))
+        self._close_listener(listener)
         self.ns.checkpoint()
         return True
 
@@ -489,6 +630,7 @@ class TcpService:
         cid = self.tcp.accept(listener)
         if cid is not None:
             self._bind(ch, cid)
+            self._signal_ready(listener)        # more wait: the client's fd stays readable
             return self._conn_result(cid)
         if not wait or wait <= 0:
             raise errors.RemoteError("no connection waits", code="would_block")
@@ -551,7 +693,8 @@ class TcpService:
             raise errors.RemoteError(f"{name} must be at least 1", code="bad_argument")
         kw = {"nodelay": {"nodelay": bool(value)}, "keepalive": {"keepalive": bool(value)},
               "keepidle": {"keepidle": float(value)}, "keepintvl": {"keepintvl": float(value)},
-              "keepcnt": {"keepcnt": int(value)}}[name]
+              "keepcnt": {"keepcnt": int(value)}, "ttl": {"ttl": int(value)},
+              "tos": {"tos": int(value)}}[name]
         try:
             self.tcp.configure(conn, time.monotonic(), **kw)
         except StackError as e:

@@ -5,6 +5,8 @@ provider.
     s = client.connect("10.0.0.2", 80, timeout=5)       # a TcpStream
     s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); s.recv(65536)
     lst = client.listen(8080); peer = lst.accept(timeout=10)
+    lst = client.listen(8081, readiness=True)           # lst.fileno() is readable while
+    select.select([lst], [], [], 5); peer = lst.accept(timeout=0)   # a connection waits
 
 A stream's bytes never pass through an RPC: `fileno()` is one end of an AF_UNIX stream
 socketpair whose other end netstack serves, so select/selectors/asyncio work on it and
@@ -97,13 +99,18 @@ class TcpClient:
             local_address=local_address, local_port=local_port, timeout=wait, owner=self.owner))
 
     def listen(self, port: int, address: str | None = None, backlog: int = 128,
-               owner: str = "") -> "TcpListener":
+               owner: str = "", readiness: bool = False) -> "TcpListener":
+        """readiness: the listener gets a readiness channel (qnet.tcp 1.1), and fileno():
+        readable while a connection waits; closing it (or exiting) closes the listener."""
+        chan, sock = self._channel() if readiness else (None, None)
         try:
             r = self.rpc.call("listen", port=int(port), address=address, backlog=backlog,
-                              owner=owner or self.owner)
+                              owner=owner or self.owner, channel=chan)
         except errors.IpcError as e:
+            if sock is not None:
+                sock.close()
             raise os_error(e) from None
-        return TcpListener(self, to_plain(r))
+        return TcpListener(self, to_plain(r), sock)
 
     def connections(self) -> Any:
         return to_plain(self.rpc.call("list"))
@@ -114,15 +121,36 @@ class TcpClient:
 
 
 class TcpListener:
-    def __init__(self, client: TcpClient, r: dict) -> None:
+    def __init__(self, client: TcpClient, r: dict, ready: socket.socket | None = None) -> None:
         self.client = client
         self.id = int(r["listener"])
         self.port = int(r["port"])
         self.address = r.get("address")
+        self.channel = r.get("channel")
+        self.ready = ready          # the readiness channel's end, if any
+
+    def fileno(self) -> int:
+        """The readiness channel: readable while a connection waits (or when netstack closed
+        the listener: EOF). Only for a listener made with readiness=True."""
+        if self.ready is None:
+            raise ValueError("this listener has no readiness channel (listen(readiness=True))")
+        return self.ready.fileno()
+
+    def _drain_ready(self) -> None:
+        # Read the readiness bytes away before asking, so that netstack writes the next one
+        # (it keeps at most one unread) and a later select waits for a new connection.
+        while True:
+            try:
+                if not self.ready.recv(256, socket.MSG_DONTWAIT):
+                    return              # EOF: the listener is gone; accept says not_found
+            except (BlockingIOError, InterruptedError):
+                return
 
     def accept(self, timeout: float | None = None) -> "TcpStream":
         """The next connection; BlockingIOError at once with timeout=0, TimeoutError after one."""
         wait = 3600.0 if timeout is None else float(timeout)
+        if self.ready is not None:
+            self._drain_ready()
 
         def call(chan: str):
             try:
@@ -139,6 +167,8 @@ class TcpListener:
             self.client.rpc.call("close_listener", listener=self.id)
         except errors.IpcError:
             pass
+        if self.ready is not None:
+            self.ready.close()
 
     def __enter__(self):
         return self
@@ -209,7 +239,8 @@ class TcpStream:
         return to_plain(self.client.rpc.call("info", conn=self.id))
 
     def set_option(self, name: str, value: int) -> None:
-        """nodelay, keepalive, keepidle, keepintvl (seconds), keepcnt."""
+        """nodelay, keepalive, keepidle, keepintvl (seconds), keepcnt, ttl (IP_TTL), tos
+        (IP_TOS; its ECN bits are TCP's and cleared)."""
         try:
             self.client.rpc.call("set_option", conn=self.id, name=name, value=int(value))
         except errors.IpcError as e:

@@ -173,21 +173,31 @@ TCP_LISTENER = struct(
     "TcpListener",
     Field("listener", U32), Field("address", Optional(IPV4)), Field("port", U16),
     Field("backlog", U32),
+    Field("channel", Optional(CHANNEL), default=None, doc="1.1: its readiness channel, if any"),
 )
 
-TCP_OPTION = Enum("TcpOption", ("nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt"))
+# 1.1: ttl (IP_TTL, 1..255) and tos (IP_TOS, 0..255; the ECN bits stay TCP's and are cleared).
+TCP_OPTION = Enum("TcpOption", ("nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt",
+                                "ttl", "tos"))
 
 TCP = Protocol(
-    "qnet.tcp", Version(1, 0),
+    "qnet.tcp", Version(1, 1),
     doc="TCP for clients. A connection's bytes never travel here: each connection has a byte "
         "channel, an AF_UNIX stream socket whose one end the client holds (asked of the "
         "launcher's broker, RUN/channels.sock, as {\"streams\": \"qnet.tcp\", \"count\": N}) and whose "
         "other end netstack serves. A client's read is a kernel read; EOF on it means the "
-        "peer's FIN, or an end that `status` names (reset, timed_out).",
+        "peer's FIN, or an end that `status` names (reset, timed_out). 1.1: a listener may "
+        "have a readiness channel (listen's `channel`): netstack writes a byte to it when "
+        "its accept queue becomes non-empty and after an accept that leaves it non-empty, "
+        "keeping at most one unread; the client reads the bytes away before accept(wait=0). "
+        "EOF from the client on it closes the listener; close_listener closes it (EOF).",
     methods=(
         Method("listen", args=(Field("port", U16), Field("address", Optional(IPV4), default=None),
                                Field("backlog", Int(1, 65535), default=128),
-                               Field("owner", Str(max_len=64), default="")),
+                               Field("owner", Str(max_len=64), default=""),
+                               Field("channel", Optional(CHANNEL), default=None,
+                                     doc="1.1: a fresh byte channel made the listener's readiness "
+                                         "channel (readable while a connection waits)")),
                result=TCP_LISTENER, errors=TCP_ERRORS,
                doc="Listen on address:port (every local address without one)."),
         Method("accept", args=(Field("listener", U32), Field("channel", CHANNEL),

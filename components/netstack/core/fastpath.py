@@ -54,6 +54,7 @@ class FastPath:
         these objects (counter groups included) is ever replaced in a stack's life."""
         self._devs = links.devices
         self._dev_counter = links.counters
+        self._loopback = links.loopback
         self._ip4 = ip4
         self._ipc = ip4.c
         self._routes = ip4.routes
@@ -184,11 +185,24 @@ class FastPath:
 
     def udp_send(self, s: UdpSocket, payload, dst: int, port: int, device: str | None) -> bool:
         """Stack.udp_sendto of a bound socket's datagram to a unicast address reached whole
-        through a resolved neighbor, built in one buffer; False (and nothing done) otherwise:
-        the general path then raises, binds, routes to lo, broadcasts, fragments or resolves.
+        through a resolved neighbor or to ourselves (looped back through lo), built in one
+        buffer; False (and nothing done) otherwise: the general path then raises, binds,
+        broadcasts, fragments or resolves.
         `device`: the call's or the socket's (SO_BINDTODEVICE)."""
         if not s.local_port:
             return False
+        if dst >> 24 == 127 or dst in self._ip4.local_ints:
+            # To ourselves, through lo. An unbound socket's source is the destination when
+            # that is one of our addresses (else lo's, which the general path chooses).
+            src = s.local_int
+            if src is None and dst in self._ip4.local_ints:
+                src = dst
+            if src is None or device is not None or 28 + len(payload) > 0xFFFF:
+                return False
+            self._to_self(build_udp_frame(b"", b"", self._next_ident(), self._cfg.default_ttl,
+                                          src, dst, s.local_port, port, payload))
+            self._udp_c["tx_datagrams"] += 1
+            return True
         hop = self._unicast_egress(dst, 28 + len(payload), device, False)
         if hop is None:
             return False
@@ -223,20 +237,38 @@ class FastPath:
         self._delivered(dev, frame)
         return True
 
-    def ip_send(self, src: int, dst: int, proto: int, payload) -> bool:
+    def ip_send(self, src: int, dst: int, proto: int, payload, ttl: int | None = None,
+                tos: int = 0) -> bool:
         """A transport's datagram (payload built, e.g. a TCP segment) from our address src to a
-        unicast dst reached whole through a resolved neighbor, in one buffer; False (and
-        nothing done) otherwise, for the general path (Ipv4Layer.send_via)."""
+        unicast dst reached whole through a resolved neighbor, or to ourselves (127/8 and
+        our own addresses: looped back through lo), in one buffer; False (and nothing done)
+        otherwise, for the general path (Ipv4Layer.send_via). `ttl` (None: the default) and
+        `tos` (the DSCP and ECN byte) are the sender's, checked by it."""
+        if ttl is None:
+            ttl = self._cfg.default_ttl
+        if dst >> 24 == 127 or dst in self._ip4.local_ints:
+            if 20 + len(payload) > 0xFFFF:
+                return False
+            self._to_self(build_ipv4_frame(b"", b"", self._next_ident(), ttl, src, dst, proto,
+                                           payload, tos))
+            return True
         # A TCP super-segment goes whole to a TSO device (its driver cuts it).
         hop = self._unicast_egress(dst, 20 + len(payload), None, proto == 6)
         if hop is None:
             return False
         out, _nh, lladdr = hop
-        frame = build_ipv4_frame(lladdr, out.mac, self._next_ident(), self._cfg.default_ttl,
-                                 src, dst, proto, payload)
+        frame = build_ipv4_frame(lladdr, out.mac, self._next_ident(), ttl, src, dst, proto,
+                                 payload, tos)
         self._ipc["tx_packets"] += 1
         self._transmit(out, frame)
         return True
+
+    def _to_self(self, frame: bytes) -> None:
+        """The general path's loopback (Ipv4Layer.link_output to lo): the IPv4 packet of a
+        frame built with blank MACs goes to the loopback queue, which Stack drains into our
+        own input (never recursively)."""
+        self._ipc["tx_packets"] += 1
+        self._loopback(self._devs["lo"], memoryview(frame)[14:])
 
     def _delivered(self, dev: Device, frame) -> None:
         """The general path's counts for a frame delivered to us."""

@@ -281,9 +281,14 @@ class Ipv4Layer:
                 # An unconfigured host broadcasts from 0.0.0.0 (RFC 2131 §4.1, DHCP).
                 src = out.source_for(dst) or UNSPECIFIED
         elif dst in self.local or dst.is_loopback:
+            # To ourselves (our own addresses, and all of 127/8, RFC 1122 §3.2.1.3): lo feeds
+            # the datagram back to our own input (Links.loopback, drained by Stack), as
+            # Linux's local routes do; it never reaches a device.
             out = devs["lo"]
             next_hop = dst
-            src = src or dst
+            if src is None:
+                # As Linux: our own address answers as itself, the rest of 127/8 from lo's.
+                src = dst if dst in self.local else out.source_for(dst) or dst
         else:
             hop = self.routes.lookup(dst, self.usable, device=device)
             if hop is None:
@@ -307,7 +312,8 @@ class Ipv4Layer:
         self.send_via(path, proto, payload, now, ttl=ttl, dont_fragment=dont_fragment)
 
     def send_via(self, path: OutputPath, proto: int, payload: bytes, now: float, *,
-                 ttl: int | None = None, dont_fragment: bool = False) -> None:
+                 ttl: int | None = None, dont_fragment: bool = False, tos: int = 0) -> None:
+        """`tos`: the DSCP and ECN byte (IP_TOS), checked by the caller."""
         if len(payload) > MAX_PAYLOAD:
             raise StackError("message_too_long", f"{len(payload)} bytes do not fit a datagram")
         out = path.device
@@ -315,7 +321,7 @@ class Ipv4Layer:
         ident = self.next_ident
         self.next_ident = (ident + 1) & 0xFFFF
         packet = build_ipv4(path.src, path.dst, proto, payload, ttl=ttl, ident=ident,
-                            dont_fragment=dont_fragment)
+                            dont_fragment=dont_fragment, dscp=tos >> 2, ecn=tos & 3)
         if len(packet) > out.mtu:
             if dont_fragment:
                 raise StackError("message_too_long", f"{len(packet)} bytes exceed MTU {out.mtu}")
@@ -399,12 +405,13 @@ class Ipv4ForTransport:
         path = self._ip4.resolve(remote, src=local)
         return path.src, path.device.mtu
 
-    def output(self, local: IPv4Address, remote: IPv4Address, segment: bytes, now: float) -> None:
+    def output(self, local: IPv4Address, remote: IPv4Address, segment: bytes, now: float,
+               ttl: int | None = None, tos: int = 0) -> None:
         fast = self.fast_send
-        if fast is not None and fast(int(local), int(remote), self._proto, segment):
+        if fast is not None and fast(int(local), int(remote), self._proto, segment, ttl, tos):
             return
         ip4 = self._ip4
-        ip4.send_via(ip4.resolve(remote, src=local), self._proto, segment, now)
+        ip4.send_via(ip4.resolve(remote, src=local), self._proto, segment, now, ttl=ttl, tos=tos)
 
     def is_local(self, addr: IPv4Address) -> bool:
         return self._ip4.is_local(addr)

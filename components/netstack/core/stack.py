@@ -477,6 +477,8 @@ class Stack:
         if addr.__class__ is int and port.__class__ is int and 0 < port <= 0xFFFF and \
                 self.fast.udp_send(s, payload, addr, port, device if device is not None
                                    else s.device):
+            if self.links.lo_queue:
+                self._drain_loopback(now)       # it went to ourselves
             return
         if addr is None:
             if s.remote_addr is None:

@@ -120,13 +120,13 @@ _pack_eth_ipv4_head = _ETH_IPV4.pack
 
 
 def build_ipv4_frame(dst_mac: bytes, src_mac: bytes, ident: int, ttl: int, src: int, dst: int,
-                     proto: int, payload: bytes | memoryview) -> bytes:
+                     proto: int, payload: bytes | memoryview, tos: int = 0) -> bytes:
     """An Ethernet frame carrying one originated, unfragmented IPv4 datagram whose payload is
-    built already (a TCP segment with its checksum), as build_ipv4 (TOS 0, no flags) and
-    build_ethernet make it, in one buffer."""
+    built already (a TCP segment with its checksum), as build_ipv4 (no flags; `tos` the
+    DSCP and ECN byte) and build_ethernet make it, in one buffer."""
     total = 20 + len(payload)
-    folded = (0x4500 + total + ident + (ttl << 8) + proto + src + dst) % 0xFFFF
-    return _pack_eth_ipv4_head(dst_mac, src_mac, 0x0800, 0x45, 0, total, ident, 0, ttl, proto,
+    folded = (0x4500 + tos + total + ident + (ttl << 8) + proto + src + dst) % 0xFFFF
+    return _pack_eth_ipv4_head(dst_mac, src_mac, 0x0800, 0x45, tos, total, ident, 0, ttl, proto,
                                0xFFFF - folded if folded else 0, src, dst) + payload
 
 

@@ -195,6 +195,10 @@ class Connection(Sender):
         self.quickack = self.cfg.quickack
         self.rcv_mss = min(536, self.cfg.mss)       # the peer's segment size, as seen
         self.nodelay = self.cfg.nodelay
+        # IP_TTL and IP_TOS of this connection's segments (None: the IP layer's default TTL).
+        # The layer hands them to IP with every segment; the TCB itself never reads them.
+        self.ip_ttl: int | None = None
+        self.ip_tos = 0
 
     # -- outputs ---------------------------------------------------------------------------
     def take_segments(self) -> list[OutSegment]:
@@ -240,6 +244,19 @@ class Connection(Sender):
         self.rcvbuf.clear()
         if self.state is S.FIN_WAIT_2 and self.fin_wait_2_deadline is None:
             self.fin_wait_2_deadline = now + self.cfg.fin_timeout
+
+    def set_ip_options(self, *, ttl: int | None = None, tos: int | None = None) -> None:
+        """IP_TTL (1..255) and IP_TOS (0..255) of the segments sent from now on."""
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 255:
+                raise ValueError(f"tcp: ttl must be 1..255, not {ttl!r}")
+            self.ip_ttl = ttl
+        if tos is not None:
+            if isinstance(tos, bool) or not isinstance(tos, int) or not 0 <= tos <= 255:
+                raise ValueError(f"tcp: tos must be 0..255, not {tos!r}")
+            # RFC 3168 §6.1.1: ECT goes only on the packets of a connection that negotiated
+            # ECN, which ours never do; the ECN bits stay TCP's (Linux masks them alike).
+            self.ip_tos = tos & 0xFC
 
     def _arm_keepalive(self, now: float) -> None:
         if self.keepalive and self.state in KEEPALIVE_STATES:
@@ -921,7 +938,8 @@ class Connection(Sender):
     def _snapshot_extra(self) -> dict:
         return {"congestion": {"name": self.congestion, "state": self.cc.snapshot()},
                 "sack_scoreboard": [list(b) for b in self.sb.blocks],
-                "sack_recent": list(self._sack_recent)}
+                "sack_recent": list(self._sack_recent),
+                "ip": [self.ip_ttl, self.ip_tos]}
 
     def _restore_extra(self, d: dict, shift: float, check) -> None:
         cc = d["congestion"]
@@ -950,6 +968,10 @@ class Connection(Sender):
         if not isinstance(recent, list) or len(recent) > 4:
             raise ValueError("tcp snapshot: sack_recent")
         self._sack_recent = [check("seq", x, "sack_recent", 0) for x in recent]
+        ip = d.get("ip", [None, 0])        # absent in a predecessor without IP options
+        if not isinstance(ip, (list, tuple)) or len(ip) != 2:
+            raise ValueError("tcp snapshot: ip")
+        self.set_ip_options(ttl=ip[0], tos=ip[1])
         # TSval = ms clock + offset must not jump with the new process's clock (RFC 7323 §5.4)
         self.ts_offset = (self.ts_offset - round(shift * 1000)) & sq.MASK
 

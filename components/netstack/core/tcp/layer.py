@@ -47,8 +47,10 @@ class TcpIp(Protocol):
     def source_and_mtu(self, remote: IPAddress, local: IPAddress | None) -> tuple[IPAddress, int]:
         """The source address and the egress MTU toward remote; StackError if unreachable."""
 
-    def output(self, local: IPAddress, remote: IPAddress, segment: bytes, now: float) -> None:
-        """Send one segment (StackError when it cannot leave: no route, link down)."""
+    def output(self, local: IPAddress, remote: IPAddress, segment: bytes, now: float,
+               ttl: int | None = None, tos: int = 0) -> None:
+        """Send one segment (StackError when it cannot leave: no route, link down), with the
+        connection's IP_TTL (None: the IP layer's default) and IP_TOS byte."""
 
     def is_local(self, addr: IPAddress) -> bool: ...
 
@@ -69,7 +71,7 @@ class TcpLayerConfig:
 
 class Listener:
     __slots__ = ("lid", "addr", "port", "backlog", "accept", "embryonic", "closed", "owner",
-                 "accepted", "dropped", "cookie_time")
+                 "channel", "accepted", "dropped", "cookie_time")
 
     def __init__(self, lid: int, addr: int | None, port: int, backlog: int) -> None:
         self.lid = lid
@@ -80,12 +82,16 @@ class Listener:
         self.embryonic: set[int] = set()    # SYN-RECEIVED (cids)
         self.closed = False
         self.owner: str | None = None
+        # The binding's names for who listens and for the listener's readiness channel: kept
+        # here so that they travel in every snapshot and checkpoint with the listener.
+        self.channel: str | None = None
         self.accepted = 0
         self.dropped = 0
         self.cookie_time: float | None = None   # when it last answered a SYN with a cookie
 
     def info(self) -> dict:
         return {"lid": self.lid, "addr": self.addr, "port": self.port, "backlog": self.backlog,
+                "owner": self.owner or "", "channel": self.channel,
                 "accept_queue": len(self.accept), "syn_recv": len(self.embryonic),
                 "accepted": self.accepted, "dropped": self.dropped}
 
@@ -240,11 +246,14 @@ class TcpLayer:
     def configure(self, cid: int, now: float, *, nodelay: bool | None = None,
                   keepalive: bool | None = None, keepidle: float | None = None,
                   keepintvl: float | None = None, keepcnt: int | None = None,
-                  congestion: str | None = None) -> None:
+                  congestion: str | None = None, ttl: int | None = None,
+                  tos: int | None = None) -> None:
         """Socket options of one connection (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT,
-        TCP_CONGESTION). StackError bad_argument for a value out of range."""
+        TCP_CONGESTION, IP_TTL, IP_TOS). StackError bad_argument for a value out of range."""
         conn = self.get(cid)
         try:
+            if ttl is not None or tos is not None:
+                conn.set_ip_options(ttl=ttl, tos=tos)
             if congestion is not None:
                 conn.set_congestion(congestion)
             if nodelay is not None:
@@ -463,9 +472,10 @@ class TcpLayer:
         if segs:
             local, remote = conn.local_ip, conn.remote_ip
             out = self.ip.output
+            ttl, tos = conn.ip_ttl, conn.ip_tos
             for s in segs:
                 try:
-                    out(local, remote, s.build(local, remote), now)
+                    out(local, remote, s.build(local, remote), now, ttl, tos)
                 except StackError:
                     self.c["tx_failed"] += 1
             self.c["tx_segments"] += len(segs)
@@ -543,7 +553,7 @@ class TcpLayer:
         moved past)."""
         d: dict = {"isn_key": self.isn_key, "next_id": self._next_id,
                    "listeners": [{"lid": l.lid, "addr": l.addr, "port": l.port,
-                                  "backlog": l.backlog, "owner": l.owner,
+                                  "backlog": l.backlog, "owner": l.owner, "channel": l.channel,
                                   "accept": list(l.accept), "embryonic": sorted(l.embryonic)}
                                  for l in self.listeners.values()],
                    "conns": []}
@@ -564,6 +574,8 @@ class TcpLayer:
             lst = Listener(int(ld["lid"]), None if ld["addr"] is None else int(ld["addr"]),
                            int(ld["port"]), int(ld["backlog"]))
             lst.owner = ld.get("owner")
+            channel = ld.get("channel")
+            lst.channel = None if channel is None else str(channel)
             self.listeners[lst.lid] = lst
             self.by_port[(lst.addr, lst.port)] = lst.lid
         for cd in d["conns"]:
@@ -590,7 +602,8 @@ class TcpLayer:
         conn = self.get(cid)
         d = conn.info()
         d.update(cid=cid, local=str(conn.local_ip), local_port=conn.local_port,
-                 remote=str(conn.remote_ip), remote_port=conn.remote_port, tso_max=conn.tso_max)
+                 remote=str(conn.remote_ip), remote_port=conn.remote_port, tso_max=conn.tso_max,
+                 ttl=conn.ip_ttl, tos=conn.ip_tos)
         if conn.iss is not None:
             d.setdefault("bytes_acked", max(sq.diff(conn.snd_una, conn.iss) - 1, 0))
         if conn.irs is not None:
