@@ -16,6 +16,7 @@ BUILTIN_MODULES = (
     "ipc.protocols.udp",
     "ipc.protocols.dhcpd",
     "ipc.protocols.vm",
+    "ipc.protocols.sockets",
 )
 _loaded = False
 
