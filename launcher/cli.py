@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import importlib
     from . import cli_net  # noqa: F401  (registers the network commands)
+    from . import cli_run  # noqa: F401  (registers qnet run)
     try:
         importlib.import_module("launcher.cli_vm")  # registers the VM commands
     except ModuleNotFoundError as exc:
