@@ -72,26 +72,43 @@ _SS_STATE = {"ESTABLISHED": "ESTAB", "SYN-SENT": "SYN-SENT", "SYN-RECEIVED": "SY
 
 
 def cmd_ss(args) -> int:
-    """TCP connections and listeners in the idiom of iproute2's `ss -t`."""
-    got = provider_call(args, TCP, "netstack", "list")
-    conns, listeners = got.get("connections", []), got.get("listeners", [])
+    """TCP and UDP sockets in the idiom of iproute2's `ss`: -t TCP, -u UDP, both without either."""
+    tcp = args.tcp or not args.udp
+    udp = args.udp or not args.tcp
     rows = []
-    if args.listening or args.all:
-        for lst in listeners:
-            rows.append({"state": "LISTEN", "recv_q": lst.get("accept_queue", 0),
-                         "send_q": lst.get("backlog", 0),
-                         "local": f"{lst.get('addr') or '*'}:{lst.get('port')}", "peer": "*:*",
-                         "owner": lst.get("owner") or "", "kind": "listener", **lst})
-    if not args.listening or args.all:
-        for c in conns:
-            rows.append({**c, "kind": "connection", "state": _SS_STATE.get(c.get("state"), c.get("state")),
-                         "recv_q": c.get("recv_queue", 0), "send_q": c.get("send_queue", 0),
-                         "local": f"{c.get('local')}:{c.get('local_port')}",
-                         "peer": f"{c.get('remote')}:{c.get('remote_port')}", "owner": c.get("owner") or ""})
+    if tcp:
+        got = provider_call(args, TCP, "netstack", "list")
+        conns, listeners = got.get("connections", []), got.get("listeners", [])
+        if args.listening or args.all:
+            for lst in listeners:
+                rows.append({"netid": "tcp", "state": "LISTEN", "recv_q": lst.get("accept_queue", 0),
+                             "send_q": lst.get("backlog", 0),
+                             "local": f"{lst.get('addr') or '*'}:{lst.get('port')}", "peer": "*:*",
+                             "owner": lst.get("owner") or "", "kind": "listener", **lst})
+        if not args.listening or args.all:
+            for c in conns:
+                rows.append({**c, "netid": "tcp", "kind": "connection",
+                             "state": _SS_STATE.get(c.get("state"), c.get("state")),
+                             "recv_q": c.get("recv_queue", 0), "send_q": c.get("send_queue", 0),
+                             "local": f"{c.get('local')}:{c.get('local_port')}",
+                             "peer": f"{c.get('remote')}:{c.get('remote_port')}", "owner": c.get("owner") or ""})
+    if udp:
+        from ipc.protocols.udp import UDP
+        got = provider_call(args, UDP, "netstack", "list")
+        for u in (got if isinstance(got, list) else got.get("sockets", [])):
+            connected = bool(u.get("remote")) and u.get("remote") != "0.0.0.0"
+            if args.listening and connected:
+                continue
+            addr = u.get("address")
+            rows.append({**u, "netid": "udp", "kind": "udp", "state": "ESTAB" if connected else "UNCONN",
+                         "recv_q": u.get("channel_bytes", u.get("queued", 0)), "send_q": 0,
+                         "local": f"{'*' if addr in (None, '0.0.0.0') else addr}:{u.get('port')}",
+                         "peer": f"{u.get('remote')}:{u.get('remote_port')}" if connected else "*:*",
+                         "owner": u.get("owner") or ""})
     if args.json:
         out_json(rows)
         return 0
-    cols = [("state", "State"), ("recv_q", "Recv-Q"), ("send_q", "Send-Q"), ("local", "Local Address:Port"),
+    cols = [("netid", "Netid"), ("state", "State"), ("recv_q", "Recv-Q"), ("send_q", "Send-Q"), ("local", "Local Address:Port"),
             ("peer", "Peer Address:Port"), ("owner", "Process")]
     if args.info:
         for r in rows:
@@ -401,8 +418,10 @@ def add_commands(sub) -> None:
                    help="seconds (default: until Ctrl-C)")
     p.set_defaults(func=cmd_capture)
 
-    p = sub.add_parser("ss", help="TCP connections and listeners (like iproute2's ss -t)")
-    p.add_argument("-l", "--listening", action="store_true", help="listeners only")
+    p = sub.add_parser("ss", help="TCP and UDP sockets, with their owners (like iproute2's ss)")
+    p.add_argument("-t", "--tcp", action="store_true", help="TCP only")
+    p.add_argument("-u", "--udp", action="store_true", help="UDP only")
+    p.add_argument("-l", "--listening", action="store_true", help="listeners (and unconnected UDP sockets) only")
     p.add_argument("-a", "--all", action="store_true", help="listeners and connections")
     p.add_argument("-i", "--info", action="store_true", help="rtt, cwnd, retransmits, congestion control")
     p.add_argument("--json", action="store_true")

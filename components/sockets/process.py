@@ -127,13 +127,12 @@ def _proc_name(pid: int) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie has gone for our purposes: its fds are closed)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
 
 
 class SocketProvider(Component):
@@ -370,7 +369,17 @@ class SocketProvider(Component):
                 self.counters["netstack_timeouts"] += 1
                 done(errors.Timeout("netstack did not answer in time"))
 
+    def _reap(self) -> None:
+        """Sockets of programs that went away without a word (their sessions closed while a
+        predecessor ran, or never opened one): dropped from the table."""
+        for pid in {s.pid for s in self.socks.values()} - set(self.pids):
+            if not _alive(pid):
+                self.counters["clients_gone"] += 1
+                for s in [s for s in self.socks.values() if s.pid == pid]:
+                    self._close_sock(s, abort=False)
+
     def _refresh_addresses(self) -> None:
+        self._reap()
         def got(r):
             if isinstance(r, errors.IpcError):
                 return
@@ -473,11 +482,12 @@ class SocketProvider(Component):
                        if overlaps(lst.get("address", lst.get("addr")))}
         used_conn = {int(cn.get("local_port", 0)) for cn in listing.get("connections", [])
                      if overlaps(cn.get("local"))}
+        # Listeners are netstack's to report; only binds not yet listening live here alone.
         bound = [o for o in self.socks.values() if o is not me and o.kind == "tcp"
-                 and o.state in ("bound", "listening") and overlaps(o.address)]
+                 and o.state == "bound" and overlaps(o.address)]
 
         def free(p: int) -> bool:
-            if p in used_listen or any(o.port == p and o.state == "listening" for o in bound):
+            if p in used_listen:
                 return False
             if p in used_conn and not reuse_address:
                 return False
