@@ -400,7 +400,8 @@ class Dhcpd(Component):
                 exp = lease.expires_at
                 out.append({"port": p, "role": "client", "mac": ":".join(f"{b:02x}" for b in c.core.mac),
                             "address": str(lease.address), "state": c.core.state.value,
-                            "expires_in": None if exp is None else int(exp - now), "hostname": None})
+                            "expires_in": None if exp is None else int(exp - now), "hostname": None,
+                            "dns": [str(d) for d in lease.dns], "domain": lease.domain})
         return out
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from components.runtime import Component, run_component
 from ipc import errors
 from ipc.decl import decode_raw, encode, to_plain
+from ipc.protocols.dhcpd import DHCPD
 from ipc.protocols.netstack import NETSTACK, TCP
 from ipc.protocols.sockets import SOCKET
 from ipc.rpc import AsyncRpcClient
@@ -146,6 +147,8 @@ class SocketProvider(Component):
         self.udp = AsyncRpcClient(udp_peer["rpc"], UDP) if udp_peer else None
         ns_peer = rt.spec.peers.get(NETSTACK.name)
         self.ns = AsyncRpcClient(ns_peer["rpc"], NETSTACK) if ns_peer else None
+        dhcp_peer = rt.spec.peers.get(DHCPD.name)
+        self.dhcpd = AsyncRpcClient(dhcp_peer["rpc"], DHCPD) if dhcp_peer else None
         a = rt.args
         self.max_sockets = int(a.get("max_sockets", MAX_SOCKETS))
         self.max_sockets = min(self.max_sockets, int(a.get("max_buffered", MAX_BUFFERED)) // CHANNEL_BYTES)
@@ -195,7 +198,7 @@ class SocketProvider(Component):
         self.listener.setblocking(False)
         loop = self.rt.loop
         loop.add_reader(self.listener.fileno(), self._accept)
-        for rpc in (self.tcp, self.udp, self.ns):
+        for rpc in (self.tcp, self.udp, self.ns, self.dhcpd):
             if rpc is not None:
                 loop.add_reader(rpc.socket, lambda rpc=rpc: self._replies(rpc))
         loop.call_every(0.25, self._expire_calls)
@@ -227,7 +230,7 @@ class SocketProvider(Component):
         for chans in self.pool.values():
             for _c, s in chans:
                 s.close()
-        for rpc in (self.tcp, self.udp, self.ns):
+        for rpc in (self.tcp, self.udp, self.ns, self.dhcpd):
             if rpc is not None:
                 rpc.close()
 
@@ -815,7 +818,20 @@ class SocketProvider(Component):
                              "limit": self.max_sockets, "sockets": mine})
 
     def do_resolver(self, c: Client, req_id: int) -> None:
-        self._ok(c, req_id, {"nameservers": self.dns, "search": self.search})
+        """The manifest's DNS servers; without them, those of the uplinks' DHCP leases."""
+        if self.dns or self.dhcpd is None:
+            return self._ok(c, req_id, {"nameservers": self.dns, "search": self.search})
+
+        def got(r):
+            servers, search = [], list(self.search)
+            if not isinstance(r, errors.IpcError):
+                for lease in r:
+                    if lease.get("role") == "client":
+                        servers += [str(d) for d in lease.get("dns") or [] if str(d) not in servers]
+                        if lease.get("domain") and lease["domain"] not in search:
+                            search.append(str(lease["domain"]))
+            self._ok(c, req_id, {"nameservers": servers[:3], "search": search})
+        self._call(self.dhcpd, "leases", got)
 
 
 def _cid(d: dict) -> int:

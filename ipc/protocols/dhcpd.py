@@ -13,10 +13,12 @@ LEASE = struct(
     Field("state", Str(max_len=16)),
     Field("expires_in", Optional(Int(-(1 << 40), 1 << 40)), doc="seconds; None for infinite"),
     Field("hostname", Optional(Str(max_len=255))),
+    Field("dns", List(IPV4, max_len=8), default=[], doc="1.1: a client lease's DNS servers (option 6)"),
+    Field("domain", Optional(Str(max_len=255)), default=None, doc="1.1: a client lease's domain (option 15)"),
 )
 
 DHCPD = Protocol(
-    "qnet.dhcpd", Version(1, 0),
+    "qnet.dhcpd", Version(1, 1),
     doc="DHCPv4: a server per guest-facing port, a client per uplink port.",
     methods=(
         Method("server_add",

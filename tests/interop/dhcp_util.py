@@ -208,12 +208,12 @@ class DhcpLab:
         self.procs.append(p)
         return p
 
-    def dnsmasq(self, n: Netns, first: str, last: str, *options: str, tag: str = "") -> str:
-        """dnsmasq serving DHCP (no DNS) on n's interface, with a lease file and log of its own per
-        `tag`; returns the path of its log."""
+    def dnsmasq(self, n: Netns, first: str, last: str, *options: str, tag: str = "", dns: bool = False) -> str:
+        """dnsmasq serving DHCP (and DNS on port 53 with `dns`) on n's interface, with a lease file
+        and log of its own per `tag`; returns the path of its log."""
         base = os.path.join(self.dir, f"{n.name}{tag}.dnsmasq")
         log = base + ".log"
-        p = n.popen([DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0", f"--interface={n.iface}",
+        p = n.popen([DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=53" if dns else "--port=0", f"--interface={n.iface}",
                      "--bind-interfaces", f"--dhcp-range={first},{last},2m", "--log-dhcp",
                      # No ICMP check before an offer: it costs 3 s and tests dnsmasq, not us.
                      "--no-ping",
