@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from components.runtime import Component, run_component
 from ipc import errors
+from ipc.accounting import drops_of, table
 from ipc.decl import decode_raw, encode, to_plain
 from ipc.protocols.dhcpd import DHCPD
 from ipc.protocols.netstack import NETSTACK, TCP
@@ -163,8 +164,9 @@ class SocketProvider(Component):
         self.pool: dict[str, list] = {"tcp": [], "udp": []}
         self.pending: dict[tuple[int, int], tuple[float, Callable]] = {}
         self.local_addresses: set[str] = set()
-        self.counters = {"sessions": 0, "calls": 0, "bad_requests": 0, "errors": 0, "refused_clients": 0,
-                         "limit_hits": 0, "denied": 0, "clients_gone": 0, "netstack_timeouts": 0}
+        self.counters = {"sessions": 0, "calls": 0, "bad_requests": 0, "errno_replies": 0, "refused_clients": 0,
+                         "limit_hits": 0, "denied": 0, "clients_gone": 0, "netstack_timeouts": 0,
+                         "handler_bugs": 0}
         self.listener = None
 
     @staticmethod
@@ -214,8 +216,11 @@ class SocketProvider(Component):
             by_kind[s.kind] = by_kind.get(s.kind, 0) + 1
         return {"clients": len(self.clients), "processes": len(self.pids), "sockets": by_kind,
                 "pool": {k: len(v) for k, v in self.pool.items()},
-                "tables": {"sessions": {"size": len(self.clients), "limit": MAX_CLIENTS},
-                           "sockets_per_client": {"limit": self.max_sockets}},
+                "tables": {"sessions": table(len(self.clients), MAX_CLIENTS, self.counters["refused_clients"]),
+                           "sockets": table(len(self.socks), self.max_sockets * MAX_CLIENTS,
+                                            self.counters["limit_hits"])},
+                "drops": drops_of(self.counters),
+                "internal_errors": self.counters["handler_bugs"] + self.rt.loop.errors,
                 **self.counters}
 
     def close(self):
@@ -317,9 +322,10 @@ class SocketProvider(Component):
             handler = getattr(self, "do_" + name)
             handler(c, req_id, **args)
         except SockError as e:
-            self.counters["errors"] += 1
+            self.counters["errno_replies"] += 1
             self._fail(c, req_id, e)
         except Exception as e:      # a bug here must cost one call, never the provider
+            self.counters["handler_bugs"] += 1
             self.log.exception("qnet.socket %s failed", name)
             self._fail(c, req_id, SockError("EIO", f"internal error in the socket provider: {e}"))
 
