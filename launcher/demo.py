@@ -4,7 +4,8 @@ It brings up the default graph in a private runtime directory, boots two
 guests on two ports (they get their addresses from qnet's DHCP server), has
 each ping the stack and the other guest through qnet's forwarding, restarts
 the first guest's driver, the DHCP component and netstack while a ping runs,
-shows that nothing was lost, and prints `qnet status`. It leaves nothing running unless
+shows that nothing was lost, serves both guests from an unmodified `python -m http.server`
+under `qnet run` (across a restart of the socket provider), and prints `qnet status`. It leaves nothing running unless
 asked (--keep).
 """
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run(args) -> int:
     run_dir = args.runtime_dir or tempfile.mkdtemp(prefix="qdemo", dir="/tmp")
     demo = Demo(run_dir, args.verbose)
     up = False
+    server = None
     try:
         demo.step("bring up qnet's default component graph")
         demo.qnet("up", "--detach")
@@ -105,6 +107,21 @@ def run(args) -> int:
         demo.qnet("vm", "exec", "vm2", f"ping -c 3 -W 2 {vm1}")
         demo.qnet("ping", "-c", "3", "-i", "0.2", vm2)
 
+        demo.step("an unmodified Python program serves both guests through qnet (qnet run -- python -m http.server)")
+        site = tempfile.mkdtemp(prefix="qdemo-www", dir="/tmp")
+        with open(os.path.join(site, "hello.txt"), "w") as f:
+            f.write("hello from python -m http.server, running on qnet's sockets\n")
+        server = demo.start_bg("run", "--", "python", "-m", "http.server", "8080", "-d", site)
+        gw2 = vm2.rsplit(".", 1)[0] + ".1"
+        deadline = time.monotonic() + 20
+        while "8080" not in demo.qnet("ss", "-l", show=False):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise DemoError("the http.server under qnet run did not start listening")
+            time.sleep(0.2)
+        demo.qnet("vm", "exec", "vm1", f"wget -q -O - http://{gw1}:8080/hello.txt")
+        demo.qnet("vm", "exec", "vm2", f"wget -q -O - http://{gw2}:8080/hello.txt")
+        demo.qnet("ss", "-a")
+
         demo.step("restart vm1's driver, the DHCP component and netstack while vm1 pings vm2 (100 pings, 0.1 s apart)")
         pinger = demo.start_bg("vm", "exec", "--timeout", "60", "vm1", f"ping -c 100 -i 0.1 -W 1 {vm2}")
         time.sleep(2.0)
@@ -120,6 +137,10 @@ def run(args) -> int:
         print(f"result: {sent} sent, {got} received, {sent - got} lost across three restarts")
         demo.qnet("vm", "exec", "vm1", "ip -4 addr show eth0 | grep inet")
 
+        demo.step("restart the socket provider; the program keeps its listening socket and serves on")
+        demo.qnet("restart", "sockets")
+        demo.qnet("vm", "exec", "vm2", f"wget -q -O - http://{gw2}:8080/hello.txt")
+
         demo.step("the graph after all that")
         demo.qnet("status")
         demo.qnet("stats", show=False)
@@ -132,6 +153,12 @@ def run(args) -> int:
             print(f"(logs: {run_dir}/logs)", file=sys.stderr)
         return 1
     finally:
+        if server is not None and not args.keep:
+            server.terminate()
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
         if up and not args.keep:
             demo.step("stop everything")
             try:
