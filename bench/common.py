@@ -152,6 +152,16 @@ def main(name: str, description: str, run: Callable[[bool], dict], render: Calla
 
 
 # -- endpoints and processes ------------------------------------------------------
+def require_root_and(*tools: str) -> None:
+    """RuntimeError unless this runs as root with every one of ``tools`` on PATH (the benchmarks
+    with peers in network namespaces)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"needs {tool}")
+    if os.geteuid() != 0:
+        raise RuntimeError("needs root (network namespaces and TAP devices)")
+
+
 @contextlib.contextmanager
 def runtime_dir(prefix: str = "qnet-bench-") -> Iterator[str]:
     """A private (0700) temporary directory for ipc:// endpoints, removed afterwards."""

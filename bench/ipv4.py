@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -360,11 +359,7 @@ def search_loss_free(lab: Lab, target: Target, size: int, duration: float, qnet:
 
 def run(quick: bool = False) -> dict:
     """Set up the three stacks, measure, tear everything down; the figures as a dict."""
-    for tool in ("ip", SYS_PY, "ping"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"needs {tool}")
-    if os.geteuid() != 0:
-        raise RuntimeError("needs root (network namespaces and TAP devices)")
+    common.require_root_and("ip", SYS_PY, "ping")
     rounds = 1 if quick else 3
     ping_count = 100 if quick else 200
     rr_rounds, rr_duration = (1, 1.0) if quick else (2, 2.0)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -171,8 +170,9 @@ class ConnectionWatch:
 
 
 # -- PyTCP ------------------------------------------------------------------------------
-def pytcp_target(lab: Lab, run_dir: str, x: int) -> Target:
-    """PyTCP's daemon on TAP 10.99.X.1, the server in a namespace at .2, its client in a process."""
+def pytcp_target(lab: Lab, run_dir: str, x: int, socket_module: str | None = None) -> Target:
+    """PyTCP's daemon on TAP 10.99.X.1, the server in a namespace at .2, its client in a process
+    (through PyTCP's client API, or through ``socket_module``: "pytcp.socket", its drop-in)."""
     tree = pytcp_setup.prepare()
     py = pytcp_setup.python()
     ns = lab.netns("pa")
@@ -189,6 +189,8 @@ def pytcp_target(lab: Lab, run_dir: str, x: int) -> Target:
     def run(mode: str, seconds: float, size: int, max_bytes: int) -> dict:
         cmd = [py, "-O", PEERS, "client", mode, f"10.99.{x}.2", str(PORT), "--duration", str(seconds),
                "--max-bytes", str(max_bytes), "--size", str(size), "--pytcp-tree", tree, "--ipc-socket", sock]
+        if socket_module:
+            cmd += ["--socket-module", socket_module]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
         if proc.returncode != 0:
             raise RuntimeError(f"PyTCP client {mode}: {(proc.stderr or proc.stdout).strip()[-300:]}")
@@ -217,7 +219,7 @@ def kernel_delay_targets(lab: Lab, x: int) -> list[Target]:
 
 # -- measurements ---------------------------------------------------------------------------
 def measure(targets: list[Target], mode: str, rounds: int, seconds: float, size: int, key: str,
-            label: str, max_bytes: int = MAX_BYTES) -> dict:
+            label: str, max_bytes: int = MAX_BYTES, bench: str = "tcp") -> dict:
     """``rounds`` interleaved rounds per target; the median of ``key`` and every round's figures."""
     runs: dict[str, list[dict]] = {t.name: [] for t in targets}
     errors: dict[str, str] = {}
@@ -225,15 +227,15 @@ def measure(targets: list[Target], mode: str, rounds: int, seconds: float, size:
         for t in targets:
             if t.name in errors:
                 continue
-            common.log(f"tcp: {label}: {t.name}, round {r + 1}/{rounds} ...")
+            common.log(f"{bench}: {label}: {t.name}, round {r + 1}/{rounds} ...")
             t0 = time.monotonic()
             try:
                 got = t.run(mode, seconds, size, max_bytes)
                 runs[t.name].append(got)
-                common.log(f"tcp:   {key} {got[key]:,.2f} ({time.monotonic() - t0:.1f} s)")
+                common.log(f"{bench}:   {key} {got[key]:,.2f} ({time.monotonic() - t0:.1f} s)")
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
                 errors[t.name] = f"{type(exc).__name__}: {exc}"
-                common.log(f"tcp: {label}: {t.name} failed: {errors[t.name]}")
+                common.log(f"{bench}: {label}: {t.name} failed: {errors[t.name]}")
     out = {}
     for name, rs in runs.items():
         vals = [r[key] for r in rs]
@@ -262,11 +264,7 @@ def offload_check(qnet: Qnet, port: str) -> dict:
 
 def run(quick: bool = False) -> dict:
     """Set up the stacks, measure, tear everything down; the figures as a dict."""
-    for tool in ("ip", SYS_PY):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"needs {tool}")
-    if os.geteuid() != 0:
-        raise RuntimeError("needs root (network namespaces and TAP devices)")
+    common.require_root_and("ip", SYS_PY)
     rounds = 1 if quick else 3
     bulk_s = 2.0 if quick else 5.0
     rr_s = 1.0 if quick else 3.0

@@ -8,6 +8,7 @@ ClientTcpSocket are timed by the same code. Each subcommand prints one JSON line
 
     serve --port P [--buf B]                      a kernel TCP server (thread per connection)
     client MODE DST PORT [--duration S] ...       one measurement from a kernel socket or PyTCP
+                                                  (--socket-module M: through M, shaped like socket)
     relay --tap-a A --tap-b B --delay S           a user-space delay line between two TAPs
 
 A connection to the server starts with one command line:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib
 import json
 import os
 import select
@@ -268,20 +270,22 @@ def run_client(mode: str, connect, seconds: float, max_bytes: int, size: int) ->
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def kernel_connector(dst: str, port: int, buf: int):
-    def connect() -> socket.socket:
-        s = socket.socket()
+def socket_connector(module, dst: str, port: int, buf: int = 0):
+    """Connections made through ``module``, anything shaped like the socket module: the kernel's
+    ``socket``, ``qnet.socket``, PyTCP's drop-in ``pytcp.socket``. The same calls for every one."""
+    def connect():
+        s = module.socket(module.AF_INET, module.SOCK_STREAM)
         if buf:
             _set_buffers(s, buf)  # before connect: the window scale is fixed by the SYN
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(module.IPPROTO_TCP, module.TCP_NODELAY, 1)
         s.settimeout(10.0)
         s.connect((dst, port))
         return s
     return connect
 
 
-def pytcp_connector(tree: str, ipc_socket: str, dst: str, port: int):
-    sys.path.insert(0, tree)
+def pytcp_connector(ipc_socket: str, dst: str, port: int):
+    """PyTCP's own client API (ClientStack.socket), its tree already on sys.path."""
     from pytcp.client import connect as pytcp_connect
     from pytcp.socket import AddressFamily, SocketType
     client = pytcp_connect(socket_path=ipc_socket).__enter__()
@@ -353,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--buf", type=int, default=0)
     a.add_argument("--pytcp-tree", help="measure PyTCP: its back-ported tree ...")
     a.add_argument("--ipc-socket", help="... and its daemon's socket")
+    a.add_argument("--socket-module", help="connect through this module instead (socket, qnet.socket, "
+                                           "pytcp.socket: PyTCP's drop-in)")
     a = sub.add_parser("relay")
     a.add_argument("--tap-a", required=True)
     a.add_argument("--tap-b", required=True)
@@ -366,9 +372,15 @@ def main(argv: list[str] | None = None) -> None:
         relay(args.tap_a, args.tap_b, args.delay, args.limit, args.duration)
     else:
         if args.pytcp_tree:
-            connect = pytcp_connector(args.pytcp_tree, args.ipc_socket, args.dst, args.port)
+            sys.path.insert(0, args.pytcp_tree)
+        if args.socket_module:
+            if args.ipc_socket:
+                os.environ["PYTCP_DAEMON_SOCKET"] = args.ipc_socket  # where pytcp.socket finds its daemon
+            connect = socket_connector(importlib.import_module(args.socket_module), args.dst, args.port, args.buf)
+        elif args.pytcp_tree:
+            connect = pytcp_connector(args.ipc_socket, args.dst, args.port)
         else:
-            connect = kernel_connector(args.dst, args.port, args.buf)
+            connect = socket_connector(socket, args.dst, args.port, args.buf)
         out = run_client(args.mode, connect, args.duration, args.max_bytes, args.size)
         print(json.dumps(out), flush=True)
         os._exit(0)  # PyTCP's client keeps threads; the figure is out
