@@ -20,7 +20,7 @@ from typing import Any
 
 from components.netstack.control import Control, Datagrams
 from components.netstack.core import Stack, StackConfig, StackError
-from components.netstack.core.events import EchoReply, PingError
+from components.netstack.core.events import EchoReply, IcmpErrorForSocket, PingError
 from components.netstack.core.offload import PortOffloads, to_plain_frames, tso_frame
 from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.tcp_binding import TcpService
@@ -458,6 +458,8 @@ class Netstack(Component):
                 p.replies[ev.seq] = {"seq": ev.seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
                                      "error": _icmp_error_text(ev.type, ev.code), "src": str(ev.src)}
                 self._ping_maybe_done(p)
+        elif isinstance(ev, IcmpErrorForSocket):
+            self.udp.icmp_error(ev.sid, ev.type, ev.code, ev.dst, ev.dst_port)
         else:
             d = ev.to_dict()
             kind = d.get("event")

@@ -32,7 +32,8 @@ import time
 from components.netstack.core import StackError
 from components.netstack.wire import PROTO_UDP, build_udp
 from ipc import errors
-from ipc.protocols.udp import UDP, UDP_MAX_MESSAGE, UDP_MAX_PAYLOAD, UDP_RECV_HEAD, UDP_SEND_HEAD
+from ipc.protocols.udp import (UDP, UDP_ERROR_HEAD, UDP_MAX_MESSAGE, UDP_MAX_PAYLOAD, UDP_RECV_HEAD,
+                               UDP_SEND_HEAD)
 
 READS_PER_WAKEUP = 64           # messages read from one channel before yielding to others
 BYTES_PER_WAKEUP = 1 << 20      # ... or this many bytes (16 datagrams of 64 KiB, 720 fragments)
@@ -49,7 +50,8 @@ _STACK_TO_UDP = {"address_in_use": "address_in_use", "address_not_available": "a
                  "bad_argument": "bad_argument"}
 
 # Per-socket counters (also the sum over sockets in `stats`).
-SOCKET_COUNTERS = ("rx_datagrams", "rx_dropped_full", "tx_datagrams", "tx_errors", "rx_bad_messages")
+SOCKET_COUNTERS = ("rx_datagrams", "rx_dropped_full", "tx_datagrams", "tx_errors", "rx_bad_messages",
+                   "rx_icmp_errors")
 
 
 def _remote_error(e: StackError) -> errors.RemoteError:
@@ -339,10 +341,7 @@ class UdpService:
                 idx = ifindex.get(d.device)
                 if idx is None:
                     idx = ifindex[d.device] = max(ifindex.values()) + 1
-                # The core's Datagram carries TTL and TOS once its receive path records them;
-                # until then the head says 0 (not known).
-                head = recv_head(d.src_int, d.src_port, d.dst_int, getattr(d, "ttl", 0) or 0,
-                                 getattr(d, "tos", 0) or 0, idx)
+                head = recv_head(d.src_int, d.src_port, d.dst_int, d.ttl, d.tos, idx)
                 try:
                     sock.sendmsg((head, d.payload))
                     c["rx_datagrams"] += 1
@@ -354,6 +353,22 @@ class UdpService:
                     self._close_channel(ch)
                     break
         return sids.difference(ours)
+
+    def icmp_error(self, sid: int, icmp_type: int, code: int, dst, dst_port: int) -> bool:
+        """An ICMP error quoting a datagram of socket sid: a notice on its channel when Linux
+        would report it (a connected socket, a hard error: protocol or port unreachable)."""
+        ch = self.by_sid.get(sid)
+        if ch is None:
+            return False
+        s = self.stack.udp4.get(sid)
+        if s.remote_int is None or icmp_type != 3 or code not in (2, 3):
+            return True
+        try:
+            ch.sock.send(UDP_ERROR_HEAD.pack(int(dst).to_bytes(4, "big"), dst_port, icmp_type, code))
+            ch.c["rx_icmp_errors"] += 1
+        except OSError:
+            ch.c["rx_dropped_full"] += 1
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

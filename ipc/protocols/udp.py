@@ -10,6 +10,10 @@ then on one SEQPACKET message is one datagram, both ways, with a small fixed hea
         source address (4 bytes, network order), source port, destination address (the
         packet's IP destination, for IP_PKTINFO), TTL, TOS (0 when not known), the receiving
         port's ifindex (1-based, 0 unknown)
+    netstack -> client  UDP_ERROR_HEAD alone (8 bytes, shorter than any datagram's head):
+        an ICMP error for a connected socket's datagram, Linux's rule without IP_RECVERR
+        (udp_err): the quoted destination address and port, ICMP type and code. Only
+        protocol and port unreachable are sent (ENOPROTOOPT, ECONNREFUSED on the next call).
     client -> netstack  UDP_SEND_HEAD, then the payload (0..65507 bytes)
         destination address (4 bytes; 0.0.0.0 with port 0: the connected destination),
         destination port, ttl (-1: the socket's), tos (-1: the socket's)
@@ -27,6 +31,7 @@ from ..types import ANY, BOOL, IPV4, NAME, Enum, Field, Int, Optional, Str, U16,
 
 UDP_RECV_HEAD = struct_.Struct("<4sH4sBBH")     # 14 bytes: src, sport, dst, ttl, tos, ifindex
 UDP_SEND_HEAD = struct_.Struct("<4sHhh")        # 10 bytes: dst, dport, ttl, tos
+UDP_ERROR_HEAD = struct_.Struct("<4sHBB")       # 8 bytes: dst, dport, ICMP type, ICMP code
 UDP_MAX_PAYLOAD = 65507                         # 65535 - 20 (IPv4 header) - 8 (UDP header)
 UDP_MAX_MESSAGE = UDP_SEND_HEAD.size + UDP_MAX_PAYLOAD
 

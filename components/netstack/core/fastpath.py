@@ -97,7 +97,7 @@ class FastPath:
         h = parse_plain_ipv4(frame)
         if h is None:
             return False
-        dmac, smac, _tos, total, _ident, _flags, ttl, proto, csum, src, dst = h
+        dmac, smac, tos, total, _ident, _flags, ttl, proto, csum, src, dst = h
         mac = dev.mac
         if dmac != mac or smac[0] & 1 or smac == mac:
             return False
@@ -113,7 +113,7 @@ class FastPath:
             return False
         if dst in local:
             if proto == 17:
-                return self._udp_local(dev, frame, total, src, dst)
+                return self._udp_local(dev, frame, total, src, dst, ttl, tos)
             if proto == 6:
                 tcp = self._tcp_established
                 if tcp is None or not tcp(src, dst, memoryview(frame)[34:14 + total], now):
@@ -162,7 +162,8 @@ class FastPath:
         self._transmit(out, buf)
         return True
 
-    def _udp_local(self, dev: Device, frame, total: int, src: int, dst: int) -> bool:
+    def _udp_local(self, dev: Device, frame, total: int, src: int, dst: int, ttl: int,
+                   tos: int) -> bool:
         """A plain UDP datagram to one of our addresses, for a bound socket (the general
         path: ipv4.receive, Stack._udp_input). No socket (port unreachable), a bad length or
         checksum: declined, for the general path to answer and count."""
@@ -180,7 +181,7 @@ class FastPath:
         self._udp_c["rx_datagrams"] += 1
         # One socket: match() returns the best one for a unicast datagram.
         self._udp_deliver(socks[0], Datagram(src, sport, dst, dport, dev.name,
-                                       bytes(frame[42:34 + length])))
+                                             bytes(frame[42:34 + length]), 4, ttl, tos))
         return True
 
     def udp_send(self, s: UdpSocket, payload, dst: int, port: int, device: str | None) -> bool:

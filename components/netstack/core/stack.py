@@ -96,7 +96,9 @@ class Stack:
         udp4_receive, send_error = self.udp4.receive, self.icmp.send_error
 
         def udp4_input(rx: Ipv4Datagram, now: float) -> None:
-            if not udp4_receive(rx.src, rx.dst, rx.payload, rx.device, rx.broadcast):
+            h = rx.header
+            if not udp4_receive(rx.src, rx.dst, rx.payload, rx.device, rx.broadcast, h.ttl,
+                                h.dscp << 2 | h.ecn):
                 # RFC 1122 §4.1.3.1: port unreachable, never for a broadcast (send_error checks).
                 send_error(rx, ICMP_DEST_UNREACH, UNREACH_PORT, now)
         ip4.protocols[PROTO_UDP] = udp4_input

@@ -29,12 +29,15 @@ class Datagram:
 
     Addresses are kept as ints (`src_int`, `dst_int`): the per-frame path never builds an
     `ipaddress` object, and `src`/`dst` build one only when asked. The constructor takes
-    either form; ints are IPv4 unless `version` says otherwise.
+    either form; ints are IPv4 unless `version` says otherwise. `ttl` and `tos` are the IP
+    header's (TTL or hop limit; the DSCP and ECN byte), for IP_RECVTTL and IP_RECVTOS.
     """
-    __slots__ = ("version", "src_int", "src_port", "dst_int", "dst_port", "device", "payload")
+    __slots__ = ("version", "src_int", "src_port", "dst_int", "dst_port", "device", "payload",
+                 "ttl", "tos")
 
     def __init__(self, src: IPAddress | int, src_port: int, dst: IPAddress | int,
-                 dst_port: int, device: str, payload: bytes, version: int = 4) -> None:
+                 dst_port: int, device: str, payload: bytes, version: int = 4,
+                 ttl: int = 0, tos: int = 0) -> None:
         if src.__class__ is not int:
             version = src.version
             src, dst = int(src), int(dst)
@@ -45,6 +48,8 @@ class Datagram:
         self.dst_port = dst_port
         self.device = device
         self.payload = payload
+        self.ttl = ttl
+        self.tos = tos
 
     @property
     def src(self) -> IPAddress:
@@ -70,13 +75,14 @@ class Datagram:
 
     def to_dict(self) -> dict:
         return {"src": str(self.src), "src_port": self.src_port, "dst": str(self.dst),
-                "dst_port": self.dst_port, "device": self.device, "payload": self.payload}
+                "dst_port": self.dst_port, "device": self.device, "payload": self.payload,
+                "ttl": self.ttl, "tos": self.tos}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Datagram":
         return cls(ipaddress.ip_address(d["src"]), int(d["src_port"]),
                    ipaddress.ip_address(d["dst"]), int(d["dst_port"]), str(d["device"]),
-                   bytes(d["payload"]))
+                   bytes(d["payload"]), ttl=int(d.get("ttl", 0)), tos=int(d.get("tos", 0)))
 
 
 @dataclass
@@ -199,7 +205,7 @@ class UdpSockets:
 
     # -- receive path -----------------------------------------------------------------------
     def receive(self, src: IPAddress, dst: IPAddress, payload: bytes | memoryview, device: str,
-                broadcast: bool) -> bool:
+                broadcast: bool, ttl: int = 0, tos: int = 0) -> bool:
         """A datagram from the IP layer of this version, for the sockets it is meant for.
         False: no socket has its port, and the caller answers with its version's port
         unreachable (RFC 1122 §4.1.3.1) unless the datagram was a broadcast."""
@@ -218,7 +224,7 @@ class UdpSockets:
         data = bytes(d.payload)
         for sock in socks:
             self.deliver(sock, Datagram(s, d.src_port, t, d.dst_port, device, data,
-                                        self.version))
+                                        self.version, ttl, tos))
         return True
 
     def match(self, src: int, src_port: int, dst: int, dst_port: int, device: str,

@@ -270,6 +270,15 @@ def test_udp_to_a_bound_socket_takes_the_fast_path_and_queues_what_the_general_p
     assert fast["counters"]["udp"]["rx_no_port"] == 4
 
 
+def test_received_datagram_records_ttl_and_tos_on_both_paths():
+    # IP_RECVTTL and IP_RECVTOS: the core's Datagram keeps the IP header's TTL and TOS byte.
+    frame = ip_frame(HOST_A, MAC0, IP(src=A, dst=IP0, ttl=33, tos=0x2A) / UDP(sport=1000, dport=53) / b"m")
+    fast, general = run_both_udp([("eth0", frame)])
+    for got in (fast, general):
+        (d,) = got["queued"]["any"]
+        assert (d.ttl, d.tos) == (33, 0x2A)
+
+
 def test_full_socket_queue_is_counted_alike():
     frames = [("eth0", udp_frame(HOST_A, MAC0, A, IP0, 1000, 53, b"z" * 100))] * 12
     fast, general = run_both_udp(frames, udp_recv_queue_datagrams=5)
