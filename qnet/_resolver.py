@@ -12,7 +12,7 @@ import socket as _std
 import struct
 import time
 
-HOSTS = os.environ.get("QNET_HOSTS", "/etc/hosts")
+DEFAULT_HOSTS = "/etc/hosts"
 DNS_TIMEOUT = 2.0           # seconds per server and attempt
 DNS_ATTEMPTS = 2
 _CACHE_MAX = 256
@@ -30,10 +30,16 @@ def _numeric(host: str) -> str | None:
         return None
 
 
+def hosts_path() -> str:
+    """QNET_HOSTS, read at each look-up (as /etc/hosts is read at each one): a program may set it
+    after importing the module."""
+    return os.environ.get("QNET_HOSTS") or DEFAULT_HOSTS
+
+
 def _hosts() -> list[tuple[str, list[str]]]:
     out = []
     try:
-        with open(HOSTS) as f:
+        with open(hosts_path()) as f:
             for line in f:
                 fields = line.split("#", 1)[0].split()
                 if len(fields) >= 2 and _numeric(fields[0]):
@@ -102,7 +108,7 @@ def _dns(name: str) -> list[str]:
     servers = [s for s in cfg.get("nameservers", []) if _numeric(s)]
     if not servers:
         raise _gai(_std.EAI_NONAME, f"Name or service not known (qnet: {name!r} is not numeric, not in "
-                                    f"{HOSTS}, and no DNS server is configured for qnet)")
+                                    f"{hosts_path()}, and no DNS server is configured for qnet)")
     candidates = [name] if "." in name else [f"{name}.{d}" for d in cfg.get("search", [])] + [name]
     from qnet import socket as qsocket
     for cand in candidates:

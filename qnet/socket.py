@@ -48,6 +48,8 @@ TCP_INFO = getattr(_std, "TCP_INFO", 11)
 TCP_CONGESTION = getattr(_std, "TCP_CONGESTION", 13)
 UDP_RECV_HEAD = _struct.Struct("<4sH4sBBH")     # ipc/protocols/udp.py
 UDP_SEND_HEAD = _struct.Struct("<4sHhh")
+UDP_ERROR_HEAD = _struct.Struct("<4sHBB")       # an ICMP error for a connected socket
+_ICMP_UNREACH_ERRNO = {2: _errno.ENOPROTOOPT, 3: _errno.ECONNREFUSED}
 MAX_DATAGRAM = 65507
 DEFAULT_BUFFER = 256 * 1024                     # a channel's kernel buffer (launcher/channels.py)
 # Options kept here, read back by getsockopt; the provider hears of those that reach netstack.
@@ -67,7 +69,8 @@ def _unsupported(call: str, what: str, code: int = _errno.EOPNOTSUPP) -> OSError
 
 class _State:
     """What a qnet socket is, shared by its dups."""
-    __slots__ = ("sock", "kind", "state", "local", "peer", "options", "shut_rd", "connect_timeout")
+    __slots__ = ("sock", "kind", "state", "local", "peer", "options", "shut_rd", "connect_timeout",
+                 "eof")
 
     def __init__(self, sock: str, kind: str) -> None:
         self.sock = sock
@@ -78,6 +81,7 @@ class _State:
         self.options: dict[tuple[int, int], object] = {}
         self.shut_rd = False
         self.connect_timeout = 0.0
+        self.eof = False                # the channel's EOF was seen and its cause reported
 
 
 def _host(call: str, address) -> tuple[str, int]:
@@ -175,9 +179,13 @@ class socket(_STD_SOCKET):
         q.state = "listening"
 
     def _drain(self) -> None:
+        """Empty the listener's readiness channel. A plain read after a zero-time poll: the
+        socket's recv would first wait out its timeout, whatever the flags say."""
+        fd = self.fileno()
         try:
-            while _STD_SOCKET.recv(self, 4096, MSG_DONTWAIT):
-                pass
+            while _select.select([fd], [], [], 0)[0]:
+                if not _os.read(fd, 4096):
+                    return
         except (BlockingIOError, InterruptedError):
             pass
 
@@ -248,7 +256,9 @@ class socket(_STD_SOCKET):
             try:
                 r, _ = self._call("connect", {**args, "timeout": wait},
                                   retry=("connect_result", {"sock": q.sock, "wait": wait or 3600.0}))
-            except TimeoutError as e:
+            except (TimeoutError, BlockingIOError) as e:
+                # ETIMEDOUT from netstack, or EINPROGRESS from the provider when the wait ended
+                # first: either way the socket's timeout has passed.
                 q.state = "new" if q.local is None else "bound"
                 if timeout is not None:
                     raise _std.timeout("timed out") from e
@@ -397,7 +407,7 @@ class socket(_STD_SOCKET):
         return 0
 
     # -- data ------------------------------------------------------------------------------
-    def _check_stream(self) -> None:
+    def _check_stream(self, sending: bool = False) -> None:
         q = self._q
         if q.state == "connecting":
             try:
@@ -405,10 +415,18 @@ class socket(_STD_SOCKET):
             except BlockingIOError:
                 raise BlockingIOError(_errno.EAGAIN, "Resource temporarily unavailable") from None
         if q.state != "connected":
+            if sending:
+                # Linux's sk_stream_wait_connect: a send on a socket that is not connecting
+                # (never connected, listening, failed) is EPIPE, not ENOTCONN.
+                raise BrokenPipeError(_errno.EPIPE, "Broken pipe")
             raise OSError(_errno.ENOTCONN, "Transport endpoint is not connected")
 
     def _eof(self) -> None:
-        """EOF on the channel: the peer's FIN, or an end that netstack names (reset)."""
+        """EOF on the channel: the peer's FIN, or an end that netstack names (reset), reported
+        once as Linux reports sk_err once; later reads are plain EOF."""
+        if self._q.eof:
+            return
+        self._q.eof = True
         try:
             r, _ = self._call("getsockopt", {"level": SOL_SOCKET, "name": SO_ERROR})
         except OSError:
@@ -455,7 +473,7 @@ class socket(_STD_SOCKET):
         if q.kind == "udp":
             return self._send_datagram(data, None, flags)
         if q.state != "connected":
-            self._check_stream()
+            self._check_stream(sending=True)
         return _STD_SOCKET.send(self, data, flags)
 
     def sendall(self, data, flags=0):
@@ -466,7 +484,7 @@ class socket(_STD_SOCKET):
             self._send_datagram(data, None, flags)
             return None
         if q.state != "connected":
-            self._check_stream()
+            self._check_stream(sending=True)
         return _STD_SOCKET.sendall(self, data, flags)
 
     def shutdown(self, how):
@@ -525,6 +543,10 @@ class socket(_STD_SOCKET):
             # Linux: recv on an unbound UDP socket binds it to an ephemeral port, then waits.
             self.bind(("0.0.0.0", 0))
         msg = _STD_SOCKET.recv(self, UDP_RECV_HEAD.size + MAX_DATAGRAM, flags & ~MSG_TRUNC)
+        if len(msg) == UDP_ERROR_HEAD.size and q.state == "connected":
+            # Linux reports it once, on the next call (sk_err); the datagram is gone.
+            code = _ICMP_UNREACH_ERRNO.get(UDP_ERROR_HEAD.unpack(msg)[3], _errno.EHOSTUNREACH)
+            raise _os_error(_errno.errorcode[code], "")
         if len(msg) < UDP_RECV_HEAD.size:
             raise OSError(_errno.EIO, "qnet: malformed datagram from netstack")
         src, sport, dst, ttl, tos, ifindex = UDP_RECV_HEAD.unpack_from(msg)
@@ -592,7 +614,9 @@ class socket(_STD_SOCKET):
     def recv_many(self, count: int, bufsize: int = MAX_DATAGRAM) -> list[tuple[bytes, tuple[str, int]]]:
         """Like recvmmsg: up to `count` datagrams waiting now (at least one, waiting as recv would)."""
         out = [self.recvfrom(bufsize)]
-        while len(out) < count:
+        fd = self.fileno()
+        # Polled first: with a timeout set, recv waits it out before reading, MSG_DONTWAIT or not.
+        while len(out) < count and _select.select([fd], [], [], 0)[0]:
             try:
                 out.append(self.recvfrom(bufsize, MSG_DONTWAIT))
             except (BlockingIOError, InterruptedError):
@@ -671,6 +695,11 @@ def _tcp_info(d: dict) -> bytes:
 
 # -- module functions that build on socket.socket / getaddrinfo: the standard module's own
 # code, run against this module's names (so they make qnet sockets and resolve through qnet).
+# The globals those functions read that this module names otherwise (create_server: os, _socket).
+os = _os
+_socket = _csocket
+
+
 def _rebind(fn):
     f = _types.FunctionType(fn.__code__, globals(), fn.__name__, fn.__defaults__, fn.__closure__)
     f.__kwdefaults__ = fn.__kwdefaults__
