@@ -114,6 +114,14 @@ class socket(_STD_SOCKET):
             kind = "tcp"
         elif kind_type == SOCK_DGRAM:
             kind = "udp"
+        elif kind_type == SOCK_RAW:
+            # As on Linux, a raw socket is a privilege first (the manifest's raw_icmp grant).
+            status, _ = _session().call("status", {})
+            if "raw_icmp" not in status.get("grants", ()):
+                raise PermissionError(_errno.EPERM, "qnet: socket.socket(SOCK_RAW) needs the raw_icmp grant "
+                                                    "(manifest: [components.sockets.args] grants)")
+            raise _unsupported("socket.socket", "SOCK_RAW (raw ICMP sockets are not built yet)",
+                               _errno.EPROTONOSUPPORT)
         else:
             raise _unsupported("socket.socket", f"socket type {kind_type} (only SOCK_STREAM and SOCK_DGRAM)",
                                _errno.EPROTONOSUPPORT)
@@ -392,6 +400,26 @@ class socket(_STD_SOCKET):
         if buflen:
             return v.to_bytes(4, _sys.byteorder, signed=True).ljust(buflen, b"\0")[:buflen]
         return v
+
+    def set_mark(self, domain: int, value: int) -> None:
+        """Set the socket's mark in one of its independent mark domains (1..4; SO_MARK is
+        domain 1), for firewall and routing rules to match. Needs the manifest's mark grant."""
+        q = self._q
+        if q is None:
+            raise _unsupported("set_mark", "a kernel socket's mark domains")
+        self._closed_check("set_mark")
+        self._call("setsockopt", {"level": SOL_SOCKET, "name": SO_MARK, "value": [int(domain), int(value)]})
+        q.options[("mark", int(domain))] = int(value)
+        if domain == 1:
+            q.options[(SOL_SOCKET, SO_MARK)] = int(value)
+
+    def get_mark(self, domain: int) -> int:
+        q = self._q
+        if q is None:
+            raise _unsupported("get_mark", "a kernel socket's mark domains")
+        if domain == 1:
+            return int(q.options.get((SOL_SOCKET, SO_MARK), 0))
+        return int(q.options.get(("mark", int(domain)), 0))
 
     def _so_error(self) -> int:
         """SO_ERROR: after a non-blocking connect, its outcome (waiting for it if needed:

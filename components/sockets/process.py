@@ -50,6 +50,7 @@ POOL = 16                       # channels asked of the launcher at once
 NETSTACK_CALL_TIMEOUT = 5.0
 EPHEMERAL = (32768, 60999)      # RFC 6056, as netstack's TCP
 GRANTS = ("low_ports", "mark", "raw_icmp")
+MARK_DOMAINS = 4                # independent marks per socket (netstack3 has two)
 TCP_OPTIONS = {  # (level, name) -> qnet.tcp set_option name
     (socket.IPPROTO_TCP, socket.TCP_NODELAY): "nodelay",
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE): "keepalive",
@@ -118,6 +119,7 @@ class Sock:
     error: str | None = None
     options: dict = field(default_factory=dict)     # "level:name" -> value, applied on connect
     waiters: list = field(default_factory=list)     # (client, req_id, timer) of connect_result
+    marks: dict = field(default_factory=dict)       # mark domain -> value (SO_MARK is domain 1)
 
 
 def _proc_name(pid: int) -> str:
@@ -781,6 +783,16 @@ class SocketProvider(Component):
             if "mark" not in c.grants:
                 self.counters["denied"] += 1
                 raise SockError("EPERM", "SO_MARK needs the mark grant (manifest: [components.sockets.args] grants)")
+            # Marks live in independent domains, as netstack3's do: SO_MARK sets domain 1;
+            # [domain, value] sets any of them. Firewall and routing rules match them.
+            domain, mark = (1, value) if isinstance(value, int) else (value if isinstance(value, list) and
+                                                                      len(value) == 2 else (0, -1))
+            if not (isinstance(domain, int) and 1 <= domain <= MARK_DOMAINS and isinstance(mark, int)
+                    and 0 <= mark <= 0xFFFFFFFF):
+                raise SockError("EINVAL", f"a mark is [domain 1..{MARK_DOMAINS}, value 0..2**32-1]")
+            s = self._sock(c, sock)
+            s.marks[domain] = mark
+            return self._ok(c, req_id, True)
         if s.state == "unknown":
             return self._find_tcp(c, s, lambda: self.do_setsockopt(c, req_id, sock, level, name, value),
                                   lambda e: self._fail(c, req_id, e))
@@ -816,10 +828,13 @@ class SocketProvider(Component):
                 return self._call(self.tcp, "status", st, channel=s.chan)
             err, s.error = s.error, (None if s.state != "failed" else s.error)
             return self._ok(c, req_id, {"error": err})
+        if (level, name) == (socket.SOL_SOCKET, SO_MARK):
+            return self._ok(c, req_id, {"value": s.marks.get(1, 0), "marks": s.marks})
         self._ok(c, req_id, {"value": s.options.get(f"{level}:{name}")})
 
     def do_status(self, c: Client, req_id: int) -> None:
-        mine = [{"sock": s.chan, "kind": s.kind, "state": s.state} for s in self.socks.values() if s.pid == c.pid]
+        mine = [{"sock": s.chan, "kind": s.kind, "state": s.state, "marks": s.marks}
+                for s in self.socks.values() if s.pid == c.pid]
         self._ok(c, req_id, {"pid": c.pid, "uid": c.uid, "owner": c.owner, "grants": sorted(c.grants),
                              "limit": self.max_sockets, "sockets": mine})
 

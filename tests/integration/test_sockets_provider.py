@@ -248,3 +248,36 @@ def test_grants_low_ports_and_marks(run):
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert out.strip() == "['bound', 'EPERM', 'high ok']"
+
+
+def test_marks_in_independent_domains_and_raw_sockets_need_their_grant(run):
+    from qnet import socket as qs
+    with qs.socket() as s:
+        s.set_mark(1, 10)
+        s.set_mark(2, 20)
+        s.setsockopt(qs.SOL_SOCKET, qs.SO_MARK, 11)      # SO_MARK is domain 1
+        assert (s.get_mark(1), s.get_mark(2), s.get_mark(3)) == (11, 20, 0)
+        assert s.getsockopt(qs.SOL_SOCKET, qs.SO_MARK) == 11
+        mine = _status_sockets(run, s._q.sock)
+        assert mine["marks"] == {1: 11, 2: 20}
+        with pytest.raises(OSError) as e:
+            s.set_mark(9, 1)
+        assert e.value.errno == errno.EINVAL
+    # root holds raw_icmp: the socket type itself is what is missing
+    with pytest.raises(OSError) as e:
+        qs.socket(qs.AF_INET, qs.SOCK_RAW, qs.IPPROTO_ICMP)
+    assert e.value.errno == errno.EPROTONOSUPPORT and "SOCK_RAW" in str(e.value)
+    code = ("from qnet import socket as s\nimport errno\n"
+            "try:\n    s.socket(s.AF_INET, s.SOCK_RAW, s.IPPROTO_ICMP)\n"
+            "except OSError as e: print(errno.errorcode[e.errno])\n")
+    p = _child(run, code, uid=65534)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert out.strip() == "EPERM"
+
+
+def _status_sockets(run: str, sock: str) -> dict:
+    """This process's socket `sock` as the provider sees it (asked over a session of our own)."""
+    from qnet._session import session
+    r, _ = session().call("status", {})
+    return next(x for x in r["sockets"] if x["sock"] == sock)
