@@ -170,6 +170,7 @@ class SocketProvider(Component):
                          "limit_hits": 0, "denied": 0, "clients_gone": 0, "netstack_timeouts": 0,
                          "handler_bugs": 0}
         self.listener = None
+        self.bound_file: tuple[int, int] | None = None
 
     @staticmethod
     def _parse_grants(spec: Any) -> dict[int | str, frozenset]:
@@ -198,6 +199,8 @@ class SocketProvider(Component):
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(self.path)
         os.chmod(self.path, self.mode)
+        st = os.stat(self.path)
+        self.bound_file = (st.st_dev, st.st_ino)
         self.listener.listen(64)
         self.listener.setblocking(False)
         loop = self.rt.loop
@@ -228,8 +231,12 @@ class SocketProvider(Component):
     def close(self):
         if self.listener is not None:
             self.listener.close()
+            # A successor started before we stop (make-before-break) has bound the path anew:
+            # the file is ours to remove only if it is still the one we bound.
             try:
-                os.unlink(self.path)
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self.bound_file:
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass
         for c in list(self.clients.values()):
