@@ -182,7 +182,7 @@ def cmd_down(args) -> int:
     raise CliError(f"the launcher (pid {pid}) did not stop within {args.timeout:g} s; killed it")
 
 
-_ENDPOINT_NAME = re.compile(r"^(launcher\.(ctl|sup)|channels\.sock|[A-Za-z0-9_.-]+?(\.\d+)?\.(rpc|data|pub|dgram))$")
+_ENDPOINT_NAME = re.compile(r"^(launcher\.(ctl|sup)|channels\.sock|sockets\.sock|[A-Za-z0-9_.-]+?(\.\d+)?\.(rpc|data|pub|dgram))$")
 
 
 def _remove_endpoints(run: str) -> None:
