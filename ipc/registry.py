@@ -17,6 +17,8 @@ BUILTIN_MODULES = (
     "ipc.protocols.dhcpd",
     "ipc.protocols.vm",
     "ipc.protocols.sockets",
+    "ipc.protocols.filter",
+    "ipc.protocols.firewall",
 )
 _loaded = False
 

@@ -32,7 +32,7 @@ ACTION, exactly one, ends the rule:
     log, mark [D:]N                do not: evaluation goes on with the next rule
     masquerade, snat ADDR[:PORT]   egress only (source NAT, after routing)
     dnat ADDR[:PORT]               ingress or output only (destination NAT, before routing)
-    redirect PORT                  ingress or output only; needs proto tcp or udp
+    redirect PORT                  ingress only (to this host); needs proto tcp or udp
     (a NAT action ends the hook, the packet going on translated; a NAT port needs proto tcp
     or udp; ADDR is a unicast address: not in 0/8, not multicast or above; PORT is 1-65535)
 
@@ -94,7 +94,7 @@ ACTIONS = ("accept", "drop", "reject", "log", "mark", "masquerade", "snat", "dna
 # Source NAT happens after routing, destination NAT before it (as a packet arrives, or as our
 # own sockets send it).
 ACTION_HOOKS = {"masquerade": ("egress",), "snat": ("egress",),
-                "dnat": ("ingress", "output"), "redirect": ("ingress", "output")}
+                "dnat": ("ingress", "output"), "redirect": ("ingress",)}
 
 _DEC = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,16}")

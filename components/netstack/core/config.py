@@ -52,6 +52,8 @@ class StackConfig:
 
     # UDP.
     max_sockets: int = 4096
+    # Connection tracking (filter.py): tracked connections at most; new ones beyond are refused.
+    conntrack_max: int = 65536
     udp_recv_queue_datagrams: int = 256
     udp_recv_queue_bytes: int = 1024 * 1024
     ephemeral_port_min: int = 49152        # RFC 6056 §2.1: the IANA dynamic range

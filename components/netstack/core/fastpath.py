@@ -20,6 +20,7 @@ received one patched in place (RFC 1624 checksums) rather than parsed and rebuil
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 from ..wire.flat import (build_ipv4_frame, build_udp_frame, echo_reply_in_place, forward_in_place,
@@ -32,6 +33,7 @@ from .route import RoutingTable
 from .udp import Datagram, UdpSocket, UdpSockets
 
 _ECHO_REQUEST = 8
+_UDP_HEAD = struct.Struct("!HHHH")
 
 
 class FastIp(Protocol):
@@ -76,6 +78,10 @@ class FastPath:
         # every address change and device removal, binds a new one.
         self._sources: dict[str, list[tuple[int, int, int]]] = {}
         self._sources_of = None
+        # The packet filter (filter.py), set by the Stack. While it is active the fast path
+        # runs its hooks at the point where nothing is left to decline; while it translates
+        # (NAT) the fast path declines every packet.
+        self._filter = None
 
     def _dev_counters(self, dev: Device):
         hit = self._ctr.get(dev.name)
@@ -111,12 +117,27 @@ class FastPath:
         broadcasts = ip4.broadcast_ints
         if src in local or src in broadcasts:
             return False
+        filt = self._filter
+        if filt is not None and not filt.active:
+            filt = None
+        elif filt is not None and filt.nat:
+            return False
         if dst in local:
             if proto == 17:
-                return self._udp_local(dev, frame, total, src, dst, ttl, tos)
+                return self._udp_local(dev, frame, total, src, dst, ttl, tos, filt, now)
             if proto == 6:
                 tcp = self._tcp_established
-                if tcp is None or not tcp(src, dst, memoryview(frame)[34:14 + total], now):
+                if tcp is None:
+                    return False
+                seg = memoryview(frame)[34:14 + total]
+                if filt is not None:
+                    m = self._filter_in(filt, dev, frame, src, dst, proto, total, now)
+                    if m is None:
+                        return True
+                    if not tcp(src, dst, seg, now):
+                        filt.carry = m      # the general path goes on after the input hook
+                        return False
+                elif not tcp(src, dst, seg, now):
                     return False
                 self._delivered(dev, frame)
                 return True
@@ -130,6 +151,13 @@ class FastPath:
                 return False
             out, lladdr = hop
             # From here on the frame is ours: the general path's effects, in one pass.
+            if filt is not None:
+                if self._filter_in(filt, dev, frame, src, dst, proto, total, now) is None:
+                    return True
+                if not self._filter_out(filt, out, dst, src, 1, memoryview(frame)[34:14 + total],
+                                        total, now, reply_type=0):
+                    self._delivered(dev, frame)
+                    return True
             self._delivered(dev, frame)
             c = self._ipc
             ic = self._icmp_c
@@ -150,6 +178,9 @@ class FastPath:
         if hop is None:
             return False
         out, lladdr = hop
+        if filt is not None and not self._filter_forward(filt, dev, out, frame, src, dst, proto,
+                                                         total, now):
+            return True
         dc = self._dev_counters(dev)
         dc["rx_frames"] += 1
         dc["rx_bytes"] += len(frame)
@@ -162,8 +193,57 @@ class FastPath:
         self._transmit(out, buf)
         return True
 
+    # -- the filter's hooks, for the frames the fast path takes -----------------------------
+    def _filter_in(self, filt, dev: Device, frame, src: int, dst: int, proto: int, total: int,
+                   now: float):
+        """Ingress and input hooks of a frame to us, and its connection's confirmation: its
+        Meta, or None when the filter dropped it (counted as received, as the general path
+        counts it)."""
+        l4 = memoryview(frame)[34:14 + total]
+        m = filt.meta(dev.name, src, dst, proto, l4, total, memoryview(frame)[14:14 + total])
+        filt.track(m, l4, now)
+        if filt.run(0, m, now) == 0 and filt.run(1, m, now) == 0 and filt.confirm(m, now):
+            return m
+        self._dropped_in(dev, frame)
+        return None
+
+    def _filter_forward(self, filt, dev: Device, out: Device, frame, src: int, dst: int,
+                        proto: int, total: int, now: float) -> bool:
+        """Ingress, forward and egress hooks of a frame to forward; False: dropped."""
+        l4 = memoryview(frame)[34:14 + total]
+        m = filt.meta(dev.name, src, dst, proto, l4, total, memoryview(frame)[14:14 + total])
+        filt.track(m, l4, now)
+        if filt.run(0, m, now) == 0:
+            m.oif = out.name
+            if filt.run(2, m, now) == 0 and filt.run(4, m, now) == 0 and filt.confirm(m, now):
+                return True
+        self._dropped_in(dev, frame)
+        return False
+
+    def _filter_out(self, filt, out: Device, src: int, dst: int, proto: int, l4, total: int,
+                    now: float, reply_type: int = -1) -> bool:
+        """Output and egress hooks of a packet we send (l4: its transport header and
+        payload, or for an echo reply the request's, whose type byte is then reply_type);
+        False: dropped (counted)."""
+        if reply_type >= 0:
+            l4 = bytes([reply_type]) + bytes(l4[1:])
+        m = filt.meta(None, src, dst, proto, l4, total, None)
+        filt.track(m, l4, now)
+        if filt.run(3, m, now) == 0:
+            m.oif = out.name
+            if filt.run(4, m, now) == 0 and filt.confirm(m, now):
+                return True
+        self._ipc["tx_drop_filter"] += 1
+        return False
+
+    def _dropped_in(self, dev: Device, frame) -> None:
+        dc = self._dev_counters(dev)
+        dc["rx_frames"] += 1
+        dc["rx_bytes"] += len(frame)
+        self._ipc["rx_packets"] += 1
+
     def _udp_local(self, dev: Device, frame, total: int, src: int, dst: int, ttl: int,
-                   tos: int) -> bool:
+                   tos: int, filt, now: float) -> bool:
         """A plain UDP datagram to one of our addresses, for a bound socket (the general
         path: ipv4.receive, Stack._udp_input). No socket (port unreachable), a bad length or
         checksum: declined, for the general path to answer and count."""
@@ -177,6 +257,9 @@ class FastPath:
         socks = self._udp_match(src, sport, dst, dport, dev.name, False)
         if not socks:
             return False
+        if filt is not None and self._filter_in(filt, dev, frame, src, dst, 17, total,
+                                                now) is None:
+            return True
         self._delivered(dev, frame)
         self._udp_c["rx_datagrams"] += 1
         # One socket: match() returns the best one for a unicast datagram.
@@ -184,7 +267,8 @@ class FastPath:
                                              bytes(frame[42:34 + length]), 4, ttl, tos))
         return True
 
-    def udp_send(self, s: UdpSocket, payload, dst: int, port: int, device: str | None) -> bool:
+    def udp_send(self, s: UdpSocket, payload, dst: int, port: int, device: str | None,
+                 now: float = 0.0) -> bool:
         """Stack.udp_sendto of a bound socket's datagram to a unicast address reached whole
         through a resolved neighbor or to ourselves (looped back through lo), built in one
         buffer; False (and nothing done) otherwise: the general path then raises, binds,
@@ -204,6 +288,9 @@ class FastPath:
                                           src, dst, s.local_port, port, payload))
             self._udp_c["tx_datagrams"] += 1
             return True
+        filt = self._filter
+        if filt is not None and filt.active and filt.nat:
+            return False
         hop = self._unicast_egress(dst, 28 + len(payload), device, False)
         if hop is None:
             return False
@@ -213,6 +300,11 @@ class FastPath:
             src = self._source(out, nh)
             if src is None:
                 return False
+        if filt is not None and filt.active and not self._filter_out(
+                filt, out, src, dst, 17, _UDP_HEAD.pack(s.local_port, port, 8 + len(payload), 0),
+                28 + len(payload), now):
+            self._udp_c["tx_datagrams"] += 1
+            return True
         frame = build_udp_frame(lladdr, out.mac, self._next_ident(), self._cfg.default_ttl,
                                 src, dst, s.local_port, port, payload)
         self._ipc["tx_packets"] += 1
@@ -239,7 +331,7 @@ class FastPath:
         return True
 
     def ip_send(self, src: int, dst: int, proto: int, payload, ttl: int | None = None,
-                tos: int = 0) -> bool:
+                tos: int = 0, now: float = 0.0) -> bool:
         """A transport's datagram (payload built, e.g. a TCP segment) from our address src to a
         unicast dst reached whole through a resolved neighbor, or to ourselves (127/8 and
         our own addresses: looped back through lo), in one buffer; False (and nothing done)
@@ -253,11 +345,17 @@ class FastPath:
             self._to_self(build_ipv4_frame(b"", b"", self._next_ident(), ttl, src, dst, proto,
                                            payload, tos))
             return True
+        filt = self._filter
+        if filt is not None and filt.active and filt.nat:
+            return False
         # A TCP super-segment goes whole to a TSO device (its driver cuts it).
         hop = self._unicast_egress(dst, 20 + len(payload), None, proto == 6)
         if hop is None:
             return False
         out, _nh, lladdr = hop
+        if filt is not None and filt.active and not self._filter_out(
+                filt, out, src, dst, proto, payload, 20 + len(payload), now):
+            return True
         frame = build_ipv4_frame(lladdr, out.mac, self._next_ident(), ttl, src, dst, proto,
                                  payload, tos)
         self._ipc["tx_packets"] += 1

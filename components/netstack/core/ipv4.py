@@ -20,6 +20,7 @@ from ..wire.ipv4 import IPV4_HEADER_LEN, Ipv4Packet
 from .config import StackConfig
 from .device import ETHERNET, LOOPBACK, Device, multicast_mac
 from .errors import StackError
+from .filter import ACCEPT, EGRESS, FORWARD, INGRESS, INPUT, OUTPUT
 from .fragment import Reassembler, fragment_ipv4
 from .links import Links
 from .route import CONNECTED, Route, RoutingTable
@@ -107,6 +108,8 @@ class Ipv4Layer:
         self.broadcast_ints: dict[int, str] = {}
         self.next_ident = ident
         self.protocols: dict[int, Callable[[Ipv4Datagram, float], None]] = {}
+        # The packet filter (filter.py), set by the Stack; its hooks run while it is active.
+        self.filter = None
 
     # -- addresses ---------------------------------------------------------------------------
     def add_address(self, dev: Device, iface: IPv4Interface) -> None:
@@ -174,18 +177,53 @@ class Ipv4Layer:
         if not on_lo and src in self.local:
             c["rx_drop_own_source"] += 1        # our own address from outside: spoofed or a loop
             return
+        meta = None
+        filt = self.filter
+        if filt is not None and filt.active and not on_lo:
+            meta = filt.carry
+            if meta is not None:
+                filt.carry = None               # the fast path ran ingress and input already
+            else:
+                meta, pkt = self._ingress(filt, dev, pkt, buf, now)
+                if meta is None:
+                    return
+                dst, d1 = pkt.dst, int(pkt.dst) >> 24
         if dst in self.local or (on_lo and d1 == 127):
-            self._local_in(dev, pkt, link_broadcast, now)
+            self._local_in(dev, pkt, link_broadcast, now, meta)
         elif dst == LIMITED_BROADCAST or dst in self.broadcasts or dst == ALL_HOSTS:
-            self._local_in(dev, pkt, True, now)
+            self._local_in(dev, pkt, True, now, meta)
         elif 224 <= d1 <= 239:
             c["rx_drop_multicast_not_joined"] += 1
         elif d1 == 0 or d1 >= 240:
             c["rx_drop_martian"] += 1
         else:
-            self._forward(dev, pkt, link_broadcast, now)
+            self._forward(dev, pkt, link_broadcast, now, meta)
 
-    def _local_in(self, dev: Device, pkt: Ipv4Packet, broadcast: bool, now: float) -> None:
+    def _ingress(self, filt, dev: Device, pkt: Ipv4Packet, buf, now: float):
+        """The ingress hook: (meta, packet) to go on with, the packet translated when its
+        connection's destination is; (None, pkt) when the rules dropped it. Connections are
+        tracked on whole datagrams only; a fragment is matched on its addresses alone."""
+        whole = not pkt.is_fragment
+        m = filt.meta(dev.name, int(pkt.src), int(pkt.dst), pkt.proto, pkt.payload,
+                      pkt.total_length, buf, pkt.frag_offset == 0)
+        if whole:
+            filt.track(m, pkt.payload, now)
+        if filt.run(INGRESS, m, now) != ACCEPT:
+            return None, pkt
+        e = m.entry
+        if e is not None and e.rewrite[m.dir] is not None:
+            b = bytearray(buf[:pkt.total_length])
+            if filt.translate(b, 0, m, True):
+                pkt = Ipv4Packet.parse(b, verify_checksum=False)
+                m.raw = b
+        return m, pkt
+
+    def _local_in(self, dev: Device, pkt: Ipv4Packet, broadcast: bool, now: float,
+                  meta=None) -> None:
+        if meta is not None:
+            filt = self.filter
+            if filt.run(INPUT, meta, now) != ACCEPT or not filt.confirm(meta, now):
+                return
         payload = pkt.payload
         if pkt.is_fragment:
             done = self.reassembly.add((pkt.src, pkt.dst, pkt.proto, pkt.ident), pkt.src,
@@ -212,7 +250,8 @@ class Ipv4Layer:
                 self._send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY, now)
 
     # -- forwarding --------------------------------------------------------------------------
-    def _forward(self, dev: Device, pkt: Ipv4Packet, link_broadcast: bool, now: float) -> None:
+    def _forward(self, dev: Device, pkt: Ipv4Packet, link_broadcast: bool, now: float,
+                 meta=None) -> None:
         c = self.c
         if not dev.forwarding:
             c["forward_drop_disabled"] += 1
@@ -234,6 +273,19 @@ class Ipv4Layer:
             self._send_error(rx, ICMP_DEST_UNREACH, UNREACH_NET, now)
             return
         out = self._devs[hop.device]
+        if meta is not None:
+            filt = self.filter
+            meta.oif = out.name
+            if filt.run(FORWARD, meta, now) != ACCEPT or filt.run(EGRESS, meta, now) != ACCEPT \
+                    or not filt.confirm(meta, now):
+                return
+            e = meta.entry
+            if e is not None and e.rewrite[meta.dir] is not None:
+                # Source NAT, on the whole datagram (before any fragmenting).
+                b = bytearray(pkt.header) + bytes(pkt.payload)
+                b[2:4] = len(b).to_bytes(2, "big")
+                if filt.translate(b, 0, meta, False):
+                    pkt = Ipv4Packet.parse(b, verify_checksum=False)
         ttl = pkt.ttl - 1
         if pkt.header_len + len(pkt.payload) > out.mtu:
             if pkt.dont_fragment:
@@ -317,11 +369,35 @@ class Ipv4Layer:
         if len(payload) > MAX_PAYLOAD:
             raise StackError("message_too_long", f"{len(payload)} bytes do not fit a datagram")
         out = path.device
+        filt = self.filter
+        meta = None
+        if filt is not None and filt.active and out.kind != LOOPBACK and not filt.bypass:
+            meta = filt.meta(None, int(path.src), int(path.dst), proto, payload,
+                             20 + len(payload), None)
+            filt.track(meta, payload, now)
+            if filt.run(OUTPUT, meta, now) != ACCEPT:
+                self.c["tx_drop_filter"] += 1
+                return
+            e = meta.entry
+            rw = e.rewrite[meta.dir] if e is not None else None
+            if rw is not None and rw[2] != int(path.dst):
+                # Destination NAT of our own packet: routed anew to where it now goes.
+                path = self.resolve(IPv4Address(rw[2]), src=path.src)
+                out = path.device
+            meta.oif = out.name
+            if filt.run(EGRESS, meta, now) != ACCEPT or not filt.confirm(meta, now):
+                self.c["tx_drop_filter"] += 1
+                return
         ttl = self.cfg.default_ttl if ttl is None else ttl
         ident = self.next_ident
         self.next_ident = (ident + 1) & 0xFFFF
         packet = build_ipv4(path.src, path.dst, proto, payload, ttl=ttl, ident=ident,
                             dont_fragment=dont_fragment, dscp=tos >> 2, ecn=tos & 3)
+        if meta is not None and meta.entry is not None and meta.entry.rewrite[meta.dir] is not None:
+            b = bytearray(packet)
+            filt.translate(b, 0, meta, True)
+            filt.translate(b, 0, meta, False)
+            packet = bytes(b)
         if len(packet) > out.mtu:
             if dont_fragment:
                 raise StackError("message_too_long", f"{len(packet)} bytes exceed MTU {out.mtu}")
@@ -408,7 +484,7 @@ class Ipv4ForTransport:
     def output(self, local: IPv4Address, remote: IPv4Address, segment: bytes, now: float,
                ttl: int | None = None, tos: int = 0) -> None:
         fast = self.fast_send
-        if fast is not None and fast(int(local), int(remote), self._proto, segment, ttl, tos):
+        if fast is not None and fast(int(local), int(remote), self._proto, segment, ttl, tos, now):
             return
         ip4 = self._ip4
         ip4.send_via(ip4.resolve(remote, src=local), self._proto, segment, now, ttl=ttl, tos=tos)

@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
-def take(stack: "Stack", connections: bool = True) -> dict:
+def take(stack: "Stack", connections: bool = True, now: float = 0.0) -> dict:
     snap = {"format": FORMAT, "devices": stack.links.snapshot()}
     snap.update(stack.ip4.snapshot())           # addresses, routes, ip4_ident
     snap["neighbors"] = stack.arp.snapshot()
     snap["udp"] = stack.udp4.snapshot()
     snap["counters"] = stack.ctr.to_dict()
     snap["tcp4"] = stack.tcp4.snapshot(connections)
+    snap["filter"] = stack.filter.snapshot(now)
     return snap
 
 
@@ -50,6 +51,8 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
         stack.udp4.restore(snap.get("udp", {}))
         if "tcp4" in snap:
             stack.tcp4.restore(snap["tcp4"])
+        if snap.get("filter"):
+            stack.filter.restore(snap["filter"], now)
     except (KeyError, TypeError, ValueError) as e:
         raise StackError("bad_argument", f"malformed snapshot: {e!r}") from None
     return stack

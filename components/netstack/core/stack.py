@@ -26,6 +26,7 @@ from .device import (ETHERNET, IP, LOOPBACK, MAX_MTU, MIN_MTU, AddressInfo, Devi
 from .errors import StackError
 from .events import DeviceRemoved, LinkChanged
 from .fastpath import FastPath
+from .filter import Filter, FilterContext
 from .icmp import IcmpContext, Icmpv4
 from .ipv4 import (LIMITED_BROADCAST, LO_ADDRESS, IpContext, Ipv4Datagram, Ipv4ForTransport,
                    Ipv4Layer)
@@ -33,6 +34,9 @@ from .links import Links
 from .neighbor import NeighborInfo
 from .route import STATIC, Route, RouteInfo
 from .tcp.layer import TcpLayer
+from .tcp.segment import rst_for
+from ..wire.ipv4 import Ipv4Packet
+from ..wire.tcp import TcpSegment
 from .udp import Datagram, UdpSockets
 
 UDP_MAX_PAYLOAD = 65507     # 65535 - 20 (IPv4 header) - 8 (UDP header)
@@ -91,6 +95,13 @@ class Stack:
         self.fast = FastPath(cfg, self.links, ip4, self.arp_neighbors, self.udp4, icmp_c,
                              self.tcp4.established)
         self.tcp4.ip.fast_send = self.fast.ip_send
+        # The packet filter and connection tracking (filter.py): idle until a rule set is
+        # installed, then run by IPv4's receive, forward and output and by the fast path.
+        self.filter = Filter(g("filter"), g("conntrack"), FilterContext(
+            source_of=self._filter_source, address_of=self._filter_address,
+            reject=self._filter_reject), cfg.conntrack_max)
+        ip4.filter = self.filter
+        self.fast._filter = self.filter
         # The transports, by IP protocol number.
         ip4.protocols[PROTO_ICMP] = self.icmp.receive
         udp4_receive, send_error = self.udp4.receive, self.icmp.send_error
@@ -107,6 +118,46 @@ class Stack:
             rx.src, rx.dst, rx.payload, rx.broadcast, now)
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
         ip4.add_address(self.devs["lo"], LO_ADDRESS)
+
+    # -- the filter's context ----------------------------------------------------------------
+    def _filter_source(self, device: str | None, dst: int) -> int | None:
+        dev = self.devs.get(device) if device is not None else None
+        if dev is None:
+            return None
+        a = dev.source_for(IPv4Address(dst))
+        return None if a is None else int(a)
+
+    def _filter_address(self, device: str | None) -> int | None:
+        dev = self.devs.get(device) if device is not None else None
+        if dev is None or not dev.addresses:
+            return None
+        return int(dev.addresses[0].ip)
+
+    def _filter_reject(self, m, now: float) -> None:
+        """A rejected packet's answer: a TCP RST (RFC 9293 §3.10.7.1's fields) for a TCP
+        segment, ICMP port unreachable for anything else (send_error's rules apply: never
+        about an ICMP error, a broadcast or a non-first fragment)."""
+        if m.raw is None:
+            return
+        try:
+            pkt = Ipv4Packet.parse(bytes(m.raw), verify_checksum=False)
+        except ParseError:
+            return
+        if pkt.proto == PROTO_TCP and pkt.frag_offset == 0 and not pkt.more_fragments:
+            try:
+                seg = TcpSegment.parse(pkt.payload, pkt.src, pkt.dst, verify_checksum=False)
+            except ParseError:
+                return
+            reply = rst_for(seg)
+            if reply is None:
+                return
+            try:
+                self.ip4.send(pkt.src, PROTO_TCP, reply.build(pkt.dst, pkt.src), now, src=pkt.dst)
+            except StackError:
+                pass
+            return
+        self.icmp.send_error(Ipv4Datagram(pkt, pkt.payload, m.iif or "", False),
+                             ICMP_DEST_UNREACH, UNREACH_PORT, now)
 
     # -- plumbing ----------------------------------------------------------------------------
     def emit(self, event) -> None:
@@ -350,6 +401,7 @@ class Stack:
                             self.links.counters(device)["rx_drop_offload_unmatched"] += 1
                     elif not fast(dev, frame, now):
                         self._receive_one(dev, frame, now)
+                        self.filter.carry = None
                 except Exception as e:
                     self._internal_error(e)
         finally:
@@ -360,6 +412,7 @@ class Stack:
         try:
             if not self.fast.receive(dev, frame, now):
                 self._receive_one(dev, frame, now)
+                self.filter.carry = None
         except Exception as e:
             self._internal_error(e)
 
@@ -427,6 +480,7 @@ class Stack:
         self.arp.poll(now)
         self.ip4.expire_reassembly(now)
         self.tcp4.poll(now)
+        self.filter.poll(now)
         self._drain_loopback(now)
 
     def drain(self, now: float) -> None:
@@ -478,7 +532,7 @@ class Stack:
         s = self.udp4.get(sid)
         if addr.__class__ is int and port.__class__ is int and 0 < port <= 0xFFFF and \
                 self.fast.udp_send(s, payload, addr, port, device if device is not None
-                                   else s.device):
+                                   else s.device, now):
             if self.links.lo_queue:
                 self._drain_loopback(now)       # it went to ourselves
             return
@@ -513,9 +567,10 @@ class Stack:
         self.udp4.close(sid)
 
     # -- restart -----------------------------------------------------------------------------
-    def snapshot(self, connections: bool = True) -> dict:
-        """connections=False for a checkpoint: TCP connections travel only in a hand-over."""
-        return _snapshot.take(self, connections)
+    def snapshot(self, connections: bool = True, now: float = 0.0) -> dict:
+        """connections=False for a checkpoint: TCP connections travel only in a hand-over.
+        `now`: the clock that conntrack's deadlines are taken against."""
+        return _snapshot.take(self, connections, now)
 
     @classmethod
     def restore(cls, snapshot: dict, config: StackConfig | None = None,

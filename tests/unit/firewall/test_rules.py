@@ -90,7 +90,6 @@ GOOD = [
      {"action": "dnat", "to_address": "10.0.0.2", "to_port": 8080}, None),
     ("output dnat 10.0.0.2", {"action": "dnat", "to_address": "10.0.0.2"}, None),
     ("ingress proto tcp dport 80 redirect 8080", {"action": "redirect", "to_port": 8080}, None),
-    ("output proto udp redirect 53", {"action": "redirect", "to_port": 53}, None),
     # Words are read left to right: a value is never taken for a keyword.
     ("input iif mark accept", {"iif": "mark", "action": "accept"}, None),
     ("input iif mark mark 5", {"iif": "mark", "action": "mark", "mark": None}, None),
@@ -206,6 +205,7 @@ BAD = [
     ("input snat 192.0.2.1", "snat"),
     ("egress dnat 192.0.2.1", "dnat"),
     ("forward proto tcp redirect 80", "redirect"),
+    ("output proto udp redirect 53", "redirect"),
     ("ingress redirect 8080", "redirect"),
     ("ingress proto icmp redirect 8080", "redirect"),
     ("ingress proto tcp redirect 0", "redirect"),
@@ -301,7 +301,7 @@ PLACEMENT = [
     ("proto udp snat 192.0.2.1:5000", ("egress",), "snat"),
     ("dnat 10.0.0.2", ("ingress", "output"), "dnat"),
     ("proto tcp dnat 10.0.0.2:80", ("ingress", "output"), "dnat"),
-    ("proto tcp redirect 8080", ("ingress", "output"), "redirect"),
+    ("proto tcp redirect 8080", ("ingress",), "redirect"),
     ("accept", HOOKS, None),
     ("reject", HOOKS, None),
     ("log", HOOKS, None),
@@ -668,7 +668,7 @@ def _rule_words(draw, set_names):
         actions += [["masquerade"], ["snat", address + port]]
     if hook in ("ingress", "output"):
         actions += [["dnat", address + port]]
-        if ported:
+        if ported and hook == "ingress":
             actions += [["redirect", str(draw(st.integers(1, 65535)))]]
     words = [hook]
     for part in draw(st.permutations(parts)):
