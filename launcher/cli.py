@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
     from . import cli_net  # noqa: F401  (registers the network commands)
     from . import cli_run  # noqa: F401  (registers qnet run)
+    from . import cli_fw  # noqa: F401  (registers qnet fw)
     try:
         importlib.import_module("launcher.cli_vm")  # registers the VM commands
     except ModuleNotFoundError as exc:

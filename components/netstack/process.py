@@ -35,6 +35,8 @@ from ipc.events import Publisher
 from ipc.protocols.device import DEVICE
 from ipc.protocols.netstack import DATAGRAM, NETSTACK, TCP
 from ipc.protocols.udp import UDP
+from ipc.protocols.filter import FILTER
+from components.netstack.filter_service import FilterService
 
 DRIVER_SILENT = 5.0          # seconds without a batch or event from an attached port's driver
 PROCESS_BUDGET = 64          # messages per wake-up per channel before yielding
@@ -81,7 +83,8 @@ class Netstack(Component):
         self.udp = UdpService(self)     # qnet.udp and the datagram channels of its sockets
 
     def implementations(self):
-        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self), TCP: self.tcp, UDP: self.udp}
+        return {NETSTACK: Control(self), DATAGRAM: Datagrams(self), TCP: self.tcp, UDP: self.udp,
+                FILTER: FilterService(self)}
 
     # -- lifecycle ----------------------------------------------------------------------
     def activate(self, state):
@@ -151,7 +154,8 @@ class Netstack(Component):
         # from a checkpoint they would be stale (core/tcp/layer.py).
         extra = {"handover": True, "from_incarnation": self.rt.incarnation,
                  "tcp": self.tcp.state()} if handover else {}
-        return {**extra, "stack": self.stack.snapshot(connections=handover), "ports": list(self.ports),
+        stack = self.stack.snapshot(connections=handover, now=time.monotonic())
+        return {**extra, "stack": stack, "ports": list(self.ports),
                 "admin_down": [n for n, p in self.ports.items() if p.get("admin_up") is False],
                 "attached": {n: [p.get("incarnation", 0), bool(p.get("carrier", False))]
                              for n, p in self.ports.items() if p.get("attached")},
