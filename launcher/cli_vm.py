@@ -51,13 +51,68 @@ def _find(args, name: str) -> dict | None:
 
 
 # -- start: wait for the guest, showing its progress -----------------------------------------------
+def _nat_rules(port: str, uplink: str) -> list[list[str]]:
+    """What `--nat UPLINK` asks of the firewall for a guest port: its connections leave on the
+    uplink masqueraded, and the uplink side cannot open connections to it (a port forward
+    needs its own `forward ... accept` before these rules, as with Linux)."""
+    return [["forward", "iif", uplink, "oif", port, "ct", "state", "new,invalid", "drop"],
+            ["egress", "iif", port, "oif", uplink, "masquerade"]]
+
+
+def _check_nat(args) -> None:
+    from .cli_fw import fw_call
+    from .cli_net import netstack_call
+    ports = [p["name"] for p in netstack_call(args, "port_list")]
+    if args.nat not in ports:
+        raise CliError(f"qnet vm start --nat: there is no port {args.nat!r} "
+                       f"(ports: {', '.join(ports) or 'none'})", EXIT_USAGE)
+    fw_call(args, "list")       # says so now if the graph has no firewall, before QEMU starts
+
+
+def _add_nat(args, port: str) -> None:
+    from .cli_fw import fw_call
+    for tokens in _nat_rules(port, args.nat):
+        try:
+            row = fw_call(args, "add", tokens=tokens, position=None)
+        except CliError as e:
+            raise CliError(f"vm {args.name} runs on port {port} without NAT: {e}") from None
+        if not args.json:
+            print(f"  firewall rule {row['number']}: {row['text']}", flush=True)
+
+
+def _remove_nat(args, port: str) -> None:
+    """Delete the rules `--nat` added for a guest port (a graph without firewall has none)."""
+    from .cli_fw import fw_call
+    graph = call(args, "graph")
+    if not any(p.startswith("qnet.firewall@") for c in graph["components"] for p in c["provides"]):
+        return
+    for number, text in sorted(_nat_rows(fw_call(args, "list")["rules"], port), reverse=True):
+        fw_call(args, "delete", number=number)
+        print(f"  firewall rule {number} removed: {text}")
+
+
+def _nat_rows(rows: list[dict], port: str) -> list[tuple[int, str]]:
+    found = []
+    for r in rows:
+        w = r["text"].split()
+        if (w[:3] == ["egress", "iif", port] and w[3:4] == ["oif"] and w[5:] == ["masquerade"]) \
+                or (w[:2] == ["forward", "iif"] and w[3:5] == ["oif", port]
+                    and w[5:] == ["ct", "state", "new,invalid", "drop"]):
+            found.append((r["number"], r["text"]))
+    return found
+
+
 def cmd_start(args) -> int:
     t0 = time.monotonic()
+    if args.nat:
+        _check_nat(args)
     info = vm_call(args, "start", wait=60.0, name=args.name, mem_mb=args.mem, backend=args.backend,
                    image=os.path.abspath(args.image) if args.image else None, mac=args.mac.lower() if args.mac else None, smp=args.smp)
     if not args.json:
         print(f"vm {info['name']}: QEMU pid {info['pid']}, {info['backend']} port {info['port']} "
               f"({info['address']}), MAC {info['mac']}", flush=True)
+    if args.nat:
+        _add_nat(args, info["port"])
     if args.no_wait:
         if args.json:
             out_json(info)
@@ -124,6 +179,8 @@ def _duration(s: float) -> str:
 def cmd_stop(args) -> int:
     info = vm_call(args, "stop", wait=args.timeout + 15.0, name=args.name, timeout=args.timeout)
     print(f"vm {info['name']}: {info['exit'] or info['state']}")
+    if info.get("port"):
+        _remove_nat(args, info["port"])
     return 0
 
 
@@ -237,6 +294,9 @@ def add_commands(sub) -> None:
     a.add_argument("--backend", choices=("stream", "dgram", "tap"), default="stream")
     a.add_argument("--image", metavar="DIR", help="vmlinuz and initramfs.gz (default: images/out)")
     a.add_argument("--mac", help="the guest NIC's MAC (default: 52:54:00:xx:xx:xx from the name)")
+    a.add_argument("--nat", metavar="UPLINK", help="NAT router for the guest: masquerade its connections "
+                   "leaving on port UPLINK, refuse new ones from there (firewall rules, removed "
+                   "with the VM)")
     a.add_argument("--no-wait", action="store_true", help="return once QEMU runs; do not wait for the lease")
     a.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the lease")
     a.add_argument("--json", action="store_true")
