@@ -29,7 +29,10 @@ HOOK is ingress, input, forward, output or egress. MATCHes, each at most once, i
 ACTION, exactly one, ends the rule:
 
     accept, drop, reject           end the hook for the packet
-    log, mark [D:]N                do not: evaluation goes on with the next rule
+    log, mark [D:]N, table N       do not: evaluation goes on with the next rule
+    table N                        ingress or output only (before routing): route the packet by
+                                   routing table N (1-252, `qnet route add ... table N`) where
+                                   it has a route, by main where not; a later one overrides it
     masquerade, snat ADDR[:PORT]   egress only (source NAT, after routing)
     dnat ADDR[:PORT]               ingress or output only (destination NAT, before routing)
     redirect PORT                  ingress only (to this host); needs proto tcp or udp
@@ -78,6 +81,7 @@ MAX_PREFIXES = _bound(RULE, "saddr")         # prefixes listed in one saddr or d
 MAX_TEXT = _bound(RULE, "text")              # the listing text of one rule
 MAX_SOURCE = _bound(RULESET, "source")
 MAX_RATE = _bound(RULE, "limit_rate")        # limit N and burst B
+MAX_TABLE = _bound(RULE, "table")            # routing tables 1-MAX_TABLE
 # Elements per `set` line that format_ruleset writes: 128 x 19 characters stays under MAX_LINE.
 SET_LINE = 128
 HEADER = "# qnet firewall rules (the format of components/firewall/rules.py)"
@@ -90,11 +94,13 @@ ICMP_TYPES = {"echo-reply": 0, "destination-unreachable": 3, "redirect": 5, "ech
 _ICMP_NAMES = {v: k for k, v in ICMP_TYPES.items()}
 LIMIT_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _UNIT_NAMES = {v: k for k, v in LIMIT_UNITS.items()}
-ACTIONS = ("accept", "drop", "reject", "log", "mark", "masquerade", "snat", "dnat", "redirect")
-# Source NAT happens after routing, destination NAT before it (as a packet arrives, or as our
-# own sockets send it).
+ACTIONS = ("accept", "drop", "reject", "log", "mark", "table", "masquerade", "snat", "dnat",
+           "redirect")
+# Source NAT happens after routing, destination NAT and the choice of a routing table before it
+# (as a packet arrives, or as our own sockets send it).
 ACTION_HOOKS = {"masquerade": ("egress",), "snat": ("egress",),
-                "dnat": ("ingress", "output"), "redirect": ("ingress",)}
+                "dnat": ("ingress", "output"), "redirect": ("ingress",),
+                "table": ("ingress", "output")}
 
 _DEC = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
@@ -357,6 +363,12 @@ def _read_action(name: str, w: _Words, rule: dict) -> None:
     rule["action"] = name
     if name == "mark":
         rule["set_mark"] = _parse_mark("mark", w.take("mark", "[DOMAIN:]VALUE"))
+    elif name == "table":
+        text = w.take(name, "a routing table")
+        table = _uint(text, 1, MAX_TABLE)
+        if table is None:
+            raise RuleError(name, f"{_q(text)} is not a routing table (1-{MAX_TABLE})")
+        rule["table"] = table
     elif name in ("snat", "dnat"):
         rule["to_address"], rule["to_port"] = _parse_nat_target(
             name, w.take(name, "an address a.b.c.d[:PORT]"))
@@ -483,6 +495,8 @@ def format_rule(rule: dict) -> str:
     words.append(action)
     if action == "mark" and r("set_mark") is not None:
         words.append(_show_mark(r("set_mark")))
+    elif action == "table" and r("table") is not None:
+        words.append(str(r("table")))
     elif action in ("snat", "dnat") and r("to_address") is not None:
         port = r("to_port")
         words.append(str(r("to_address")) + (f":{port}" if port is not None else ""))

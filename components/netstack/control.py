@@ -143,22 +143,22 @@ class Control:
         self.ns.checkpoint()
         return True
 
-    def route_add(self, prefix, gateway, device, metric):
-        for r in self.stack.routes():
+    def route_add(self, prefix, gateway, device, metric, table=None):
+        for r in self.stack.routes(table):
             rd = r.to_dict() if hasattr(r, "to_dict") else dict(r.__dict__)
             if (str(rd.get("prefix")) == str(prefix) and str(rd.get("gateway")) == str(gateway)
                     and rd.get("device") == device and rd.get("metric") == metric):
                 return True
         try:
-            self.stack.add_route(prefix, gateway, device, metric)
+            self.stack.add_route(prefix, gateway, device, metric, table)
         except StackError as exc:
             raise _err(exc) from None
         self.ns.checkpoint()
         return True
 
-    def route_del(self, prefix, gateway, device):
+    def route_del(self, prefix, gateway, device, table=None):
         try:
-            self.stack.del_route(prefix, gateway, device)
+            self.stack.del_route(prefix, gateway, device, table)
         except StackError as exc:
             if exc.code == "not_found":
                 return False
@@ -166,13 +166,15 @@ class Control:
         self.ns.checkpoint()
         return True
 
-    def route_list(self):
+    def route_list(self, table=None):
+        """table: absent for main, N for table N, 0 for every table."""
         out = []
-        for r in self.stack.routes():
+        for r in self.stack.routes(table or None, every=table == 0):
             rd = r.to_dict() if hasattr(r, "to_dict") else dict(r.__dict__)
             out.append({"prefix": str(rd["prefix"]), "gateway": None if rd.get("gateway") in (None, "None") else str(rd["gateway"]),
                         "device": rd.get("device"), "metric": int(rd.get("metric", 0)),
-                        "origin": str(rd.get("kind", "static")) + ("" if rd.get("active", True) else " (inactive)")})
+                        "origin": str(rd.get("kind", "static")) + ("" if rd.get("active", True) else " (inactive)"),
+                        "table": rd.get("table")})
         return out
 
     def neigh_list(self):

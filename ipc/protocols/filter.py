@@ -11,12 +11,16 @@ evaluates it in its own process at five hooks — never an IPC per packet:
     egress    every IPv4 packet leaving on a port, after routing (source NAT here)
 
 Within a hook, rules apply in order; the first accept, drop, reject or NAT verdict ends the
-hook, `log` and `mark` go on to the next rule, and the hook's policy decides a packet no
-rule ended. `install` replaces the whole rule set between two packets: never neither.
+hook, `log`, `mark` and `table` go on to the next rule, and the hook's policy decides a packet
+no rule ended. `install` replaces the whole rule set between two packets: never neither.
+
+`table N` (1.1; ingress and output only) picks the routing table (qnet.netstack's numbered
+tables) that the packet's destination is looked up in first; main where it has no route.
 """
 from ..decl import Method, Protocol, Version
 from ..types import (ANY, BOOL, IPV4, NAME, Enum, Field, Int, List, Map, Optional, Str, U8, U16,
                      U32, U64, struct)
+from .netstack import ROUTE_TABLE
 
 HOOK = Enum("FilterHook", ("ingress", "input", "forward", "output", "egress"))
 HOOKS = ("ingress", "input", "forward", "output", "egress")
@@ -24,7 +28,7 @@ VERDICT = Enum("FilterPolicy", ("accept", "drop"))
 L4 = Enum("FilterProto", ("tcp", "udp", "icmp"))
 CT_STATE = Enum("CtState", ("new", "established", "related", "invalid"))
 ACTION = Enum("FilterAction", ("accept", "drop", "reject", "log", "mark", "masquerade", "snat",
-                               "dnat", "redirect"))
+                               "dnat", "redirect", "table"))
 # Socket marks: four independent domains (qnet.socket's set_mark; SO_MARK is domain 1).
 MARK_DOMAINS = 4
 MARK_DOMAIN = Int(1, MARK_DOMAINS)
@@ -69,6 +73,7 @@ RULE = struct(
     Field("set_mark", Optional(MARK_MATCH), default=None, doc="action mark: the mark to set"),
     Field("to_address", Optional(IPV4), default=None, doc="snat/dnat: the new address"),
     Field("to_port", Optional(U16), default=None, doc="snat/dnat/redirect: the new port"),
+    Field("table", Optional(ROUTE_TABLE), default=None, doc="1.1: action table: the routing table"),
     Field("text", Str(max_len=1024), default="", doc="the rule as written, for listings"),
 )
 
@@ -109,7 +114,7 @@ CONNECTION = struct(
 FILTER_ERRORS = ("bad_argument", "unknown_set", "limit")
 
 FILTER = Protocol(
-    "qnet.filter", Version(1, 0),
+    "qnet.filter", Version(1, 1),
     doc="netstack's packet filter and connection tracking: the compiled rule set its data path "
         "enforces at five hooks (ingress, input, forward, output, egress), installed whole by the "
         "firewall component. Kept across netstack's restarts (in its snapshot).",

@@ -7,6 +7,9 @@ from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME,
                      List, Optional, Str, U16, U32, struct)
 
 PORT_KIND = Enum("PortKind", ("ethernet", "ip"))
+# Policy routing (1.2): numbered routing tables beside main, picked by the firewall's `table N`
+# (ipc/protocols/filter.py). Linux's numbers: 253-255 are its default, main and local tables.
+ROUTE_TABLE = Int(1, 252)
 
 PORT = struct(
     "Port",
@@ -29,6 +32,7 @@ ROUTE = struct(
     Field("device", Optional(NAME)),
     Field("metric", U32),
     Field("origin", Str(max_len=32), doc="connected | static, with ' (inactive)' while its port is down"),
+    Field("table", Optional(ROUTE_TABLE), default=None, doc="1.2: its routing table; absent: main"),
 )
 
 NEIGHBOR = struct(
@@ -63,7 +67,7 @@ STACK_ERRORS = ("not_found", "exists", "no_route", "bad_argument", "no_device", 
                 "message_too_long", "busy", "failed")
 
 NETSTACK = Protocol(
-    "qnet.netstack", Version(1, 1),
+    "qnet.netstack", Version(1, 2),
     doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics.",
     methods=(
         Method("port_add", args=(Field("name", NAME), Field("kind", PORT_KIND, default="ethernet"),
@@ -83,12 +87,18 @@ NETSTACK = Protocol(
         Method("addr_del", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
                errors=STACK_ERRORS, idempotent=True),
         Method("route_add", args=(Field("prefix", IPV4_PREFIX), Field("gateway", Optional(IPV4), default=None),
-                                  Field("device", Optional(NAME), default=None), Field("metric", U32, default=0)),
+                                  Field("device", Optional(NAME), default=None), Field("metric", U32, default=0),
+                                  Field("table", Optional(ROUTE_TABLE), default=None,
+                                        doc="1.2: created by its first route; absent: main")),
                result=BOOL, errors=STACK_ERRORS, idempotent=True),
         Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("gateway", Optional(IPV4), default=None),
-                                  Field("device", Optional(NAME), default=None)),
+                                  Field("device", Optional(NAME), default=None),
+                                  Field("table", Optional(ROUTE_TABLE), default=None, doc="1.2: absent: main")),
                result=BOOL, errors=STACK_ERRORS, idempotent=True),
-        Method("route_list", result=List(ROUTE, max_len=65536), idempotent=True),
+        Method("route_list", args=(Field("table", Optional(Int(0, 252)), default=None,
+                                         doc="1.2: absent: main's routes; 0: every table's (Linux's "
+                                             "`table all`)"),),
+               result=List(ROUTE, max_len=65536), idempotent=True),
         Method("neigh_list", result=List(NEIGHBOR, max_len=65536), idempotent=True),
         Method("stats", result=ANY, idempotent=True, doc="Per-interface and per-protocol counters, table sizes and drops."),
         Method("ping", args=(Field("dst", IPV4), Field("count", Int(1, 10000), default=3),

@@ -80,7 +80,7 @@ class FastPath:
         self._sources_of = None
         # The packet filter (filter.py), set by the Stack. While it is active the fast path
         # runs its hooks at the point where nothing is left to decline; while it translates
-        # (NAT) the fast path declines every packet.
+        # (NAT) or routes by `table N` rules, the fast path declines every packet.
         self._filter = None
 
     def _dev_counters(self, dev: Device):
@@ -120,7 +120,7 @@ class FastPath:
         filt = self._filter
         if filt is not None and not filt.active:
             filt = None
-        elif filt is not None and filt.nat:
+        elif filt is not None and (filt.nat or filt.tables):
             return False
         if dst in local:
             if proto == 17:
@@ -289,7 +289,7 @@ class FastPath:
             self._udp_c["tx_datagrams"] += 1
             return True
         filt = self._filter
-        if filt is not None and filt.active and filt.nat:
+        if filt is not None and filt.active and (filt.nat or filt.tables):
             return False
         hop = self._unicast_egress(dst, 28 + len(payload), device, False)
         if hop is None:
@@ -346,7 +346,7 @@ class FastPath:
                                            payload, tos))
             return True
         filt = self._filter
-        if filt is not None and filt.active and filt.nat:
+        if filt is not None and filt.active and (filt.nat or filt.tables):
             return False
         # A TCP super-segment goes whole to a TSO device (its driver cuts it).
         hop = self._unicast_egress(dst, 20 + len(payload), None, proto == 6)

@@ -16,14 +16,20 @@ Hooks, and where the IPv4 layer and the fast path call them:
 
 Within a hook rules apply in order. accept, drop and reject end the hook (reject answers a
 TCP segment with a RST and anything else with ICMP port unreachable, RFC 1812 §5.2.7.1),
-and so do the NAT actions (the packet goes on translated); `log` and `mark` go on to the
-next rule; a packet no rule ended gets the hook's policy. NAT rules see only a connection's
+and so do the NAT actions (the packet goes on translated); `log`, `mark` and `table` go on
+to the next rule; a packet no rule ended gets the hook's policy. NAT rules see only a connection's
 first packet (as Linux's nat table): the rest of the connection follows the translation
 recorded in its conntrack entry, un-done for replies.
 
 Traffic through lo is neither filtered nor tracked, and neither are IP fragments past the
 first (they match no port and no ct state). Marks belong to the connection (conntrack entry):
 `mark D:N` sets one, `mark D:N` as a match reads it, so a reply carries its request's marks.
+
+Policy routing: `table N` (ingress and output only, before routing) records in the packet's
+Meta the routing table IPv4 looks its destination up in first (route.py RoutingTables; a later
+`table` rule overrides an earlier one). It belongs to the packet, not the connection: to route
+a whole connection by a table, match what its packets share (`mark`, which is the
+connection's). While any `table` rule is installed the fast path declines every packet.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Callable
 from .conntrack import ESTABLISHED, INVALID, NEW, ORIGINAL, RELATED, Conntrack
 from .errors import StackError
 from .nat import error_translation, rewrite_icmp_error, rewrite_ipv4
+from .route import MAX_TABLE
 
 INGRESS, INPUT, FORWARD, OUTPUT, EGRESS = range(5)
 HOOK_NAMES = ("ingress", "input", "forward", "output", "egress")
@@ -47,23 +54,25 @@ MARK_DOMAINS = 4
 
 # Verdicts of a hook.
 ACCEPT, DROP, REJECT = 0, 1, 2
-# Actions, as compiled.
-A_ACCEPT, A_DROP, A_REJECT, A_LOG, A_MARK, A_MASQ, A_SNAT, A_DNAT, A_REDIRECT = range(9)
+# Actions, as compiled (the NAT actions last: run() tells them apart by `>= A_MASQ`).
+A_ACCEPT, A_DROP, A_REJECT, A_LOG, A_MARK, A_TABLE, A_MASQ, A_SNAT, A_DNAT, A_REDIRECT = range(10)
 _ACTION = {"accept": A_ACCEPT, "drop": A_DROP, "reject": A_REJECT, "log": A_LOG, "mark": A_MARK,
-           "masquerade": A_MASQ, "snat": A_SNAT, "dnat": A_DNAT, "redirect": A_REDIRECT}
+           "table": A_TABLE, "masquerade": A_MASQ, "snat": A_SNAT, "dnat": A_DNAT,
+           "redirect": A_REDIRECT}
 _NAT_ACTIONS = (A_MASQ, A_SNAT, A_DNAT, A_REDIRECT)
 # Where each action may stand (the firewall's parser says so too; this is the last word).
 # redirect only at ingress: our own traffic through lo is not tracked, so a redirect of it
 # could not be un-done for the reply.
+# table before routing: at ingress (forwarded packets) and output (our own).
 _ACTION_HOOKS = {A_MASQ: (EGRESS,), A_SNAT: (EGRESS,), A_DNAT: (INGRESS, OUTPUT),
-                 A_REDIRECT: (INGRESS,)}
+                 A_REDIRECT: (INGRESS,), A_TABLE: (INGRESS, OUTPUT)}
 LOG_LINES = 1024
 
 
 class Meta:
     """One packet as the rules see it, built once per packet and carried across its hooks."""
     __slots__ = ("iif", "oif", "src", "dst", "proto", "sport", "dport", "itype", "length",
-                 "entry", "dir", "ct", "marks", "raw")
+                 "entry", "dir", "ct", "marks", "raw", "table")
 
     def __init__(self, iif, src, dst, proto, sport, dport, itype, length, raw) -> None:
         self.iif = iif
@@ -80,6 +89,7 @@ class Meta:
         self.ct = -1            # no ct state: untracked (matches no `ct state`)
         self.marks = None
         self.raw = raw          # the IP packet (for reject and log), not to be kept
+        self.table = None       # the routing table a `table N` rule picked (None: main)
 
 
 def l4_fields(proto: int, l4) -> tuple[int, int, int]:
@@ -157,7 +167,7 @@ class _Limit:
 
 class Rule:
     __slots__ = ("index", "hook", "checks", "limit", "action", "mark_domain", "mark_value",
-                 "to_address", "to_port", "text", "packets", "bytes", "key")
+                 "table", "to_address", "to_port", "text", "packets", "bytes", "key")
 
 
 class _Hook:
@@ -271,7 +281,7 @@ def _compile_rule(i: int, d: dict, sets: dict[str, PrefixSet]) -> Rule:
                          int(d.get("limit_burst") or 5))
     r.checks = tuple(checks)
     r.mark_domain = r.mark_value = 0
-    r.to_address = r.to_port = None
+    r.table = r.to_address = r.to_port = None
     if action == A_MARK:
         sm = d.get("set_mark")
         if sm is None:
@@ -279,6 +289,11 @@ def _compile_rule(i: int, d: dict, sets: dict[str, PrefixSet]) -> Rule:
         r.mark_domain, r.mark_value = int(sm.get("domain", 1)), int(sm["value"])
         if not 1 <= r.mark_domain <= MARK_DOMAINS:
             bad("set_mark", f"domain {r.mark_domain} is not 1-{MARK_DOMAINS}")
+    if action == A_TABLE:
+        t = d.get("table")
+        if not isinstance(t, int) or not 1 <= t <= MAX_TABLE:
+            bad("table", f"{t!r} is not a routing table (1-{MAX_TABLE})")
+        r.table = t
     if action in (A_SNAT, A_DNAT):
         if d.get("to_address") is None:
             bad("to_address", f"{d['action']} needs an address")
@@ -315,6 +330,8 @@ class Filter:
         self.active = False         # any rule or a drop policy: the hooks run
         self.nat = False            # NAT rules, or connections with a translation: the
         #                             fast path leaves every packet to the general path
+        self.tables = False         # `table N` rules: so does it (only the general path
+        #                             routes by them)
         self.generation = 0
         self.ruleset: dict = {"policies": {}, "sets": {}, "rules": [], "source": ""}
         self._hooks: tuple[_Hook, ...] = tuple(_Hook([], ACCEPT) for _ in HOOK_NAMES)
@@ -362,6 +379,7 @@ class Filter:
         self.active = bool(rules) or DROP in pol
         self._nat_entries = self._nat_entries or any(r.action in _NAT_ACTIONS for r in rules)
         self.nat = self._nat_entries
+        self.tables = any(r.action == A_TABLE for r in rules)
         return self.generation, len(rules), sum(s.size for s in sets.values())
 
     def rule_counters(self) -> list[tuple[int, int, int]]:
@@ -417,6 +435,8 @@ class Filter:
                     return REJECT
                 if a == A_LOG:
                     self._log(hook, r, m, now)
+                elif a == A_TABLE:
+                    m.table = r.table
                 else:   # A_MARK
                     if m.marks is None:
                         m.marks = [0] * MARK_DOMAINS

@@ -23,7 +23,7 @@ from .errors import StackError
 from .filter import ACCEPT, EGRESS, FORWARD, INGRESS, INPUT, OUTPUT
 from .fragment import Reassembler, fragment_ipv4
 from .links import Links
-from .route import CONNECTED, Route, RoutingTable
+from .route import CONNECTED, Route, RoutingTable, RoutingTables
 
 UNSPECIFIED = IPv4Address("0.0.0.0")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -67,6 +67,7 @@ class OutputPath:
     src: IPv4Address
     dst: IPv4Address
     lladdr: bytes | None       # fixed link address for broadcast/multicast, else None
+    pinned: bool = False       # the sender named the device (a re-route keeps to it)
 
 
 class SendIcmpError(Protocol):
@@ -99,7 +100,8 @@ class Ipv4Layer:
         self._devs = ctx.links.devices
         self._neighbor_send = ctx.neighbor_send
         self._send_error = ctx.send_error
-        self.routes = RoutingTable(4, self.cfg.max_routes)
+        self.routes = RoutingTable(4, self.cfg.max_routes)    # main
+        self.tables = RoutingTables(self.routes)              # main and tables 1-252
         self.reassembly = Reassembler(self.cfg, reassembly_counters)
         self.local: dict[IPv4Address, str] = {}        # our addresses -> their device
         self.broadcasts: dict[IPv4Address, str] = {}   # directed broadcasts -> device
@@ -267,7 +269,8 @@ class Ipv4Layer:
             c["forward_drop_ttl"] += 1             # RFC 1812 §5.3.1
             self._send_error(rx, ICMP_TIME_EXCEEDED, TIME_EXCEEDED_TTL, now)
             return
-        hop = self.routes.lookup(pkt.dst, self.usable)
+        # Policy routing: the table an ingress `table N` rule picked, then main.
+        hop = self.tables.lookup(pkt.dst, self.usable, None if meta is None else meta.table)
         if hop is None:
             c["forward_drop_no_route"] += 1
             self._send_error(rx, ICMP_DEST_UNREACH, UNREACH_NET, now)
@@ -309,8 +312,9 @@ class Ipv4Layer:
 
     # -- output ------------------------------------------------------------------------------
     def resolve(self, dst: IPv4Address, *, src: IPv4Address | None = None,
-                device: str | None = None) -> OutputPath:
-        """Where a datagram from us to dst goes, and from which source address.
+                device: str | None = None, table: int | None = None) -> OutputPath:
+        """Where a datagram from us to dst goes, and from which source address; routed in
+        `table` (an output `table N` rule's choice) and, where it has no route, in main.
 
         Raises StackError (no_device, no_route, no_address, link_down) for a local sender.
         """
@@ -322,7 +326,7 @@ class Ipv4Layer:
             if device is None:
                 device = self.broadcasts.get(dst)
             if device is None:
-                hop = self.routes.lookup(dst, self.usable)
+                hop = self.tables.lookup(dst, self.usable, table)
                 if hop is None:
                     raise StackError("no_route", f"no route to {dst}")
                 device = hop.device
@@ -342,7 +346,7 @@ class Ipv4Layer:
                 # As Linux: our own address answers as itself, the rest of 127/8 from lo's.
                 src = dst if dst in self.local else out.source_for(dst) or dst
         else:
-            hop = self.routes.lookup(dst, self.usable, device=device)
+            hop = self.tables.lookup(dst, self.usable, table, device)
             if hop is None:
                 raise StackError("no_route", f"no route to {dst}" +
                                  (f" via {device}" if device else ""))
@@ -354,7 +358,7 @@ class Ipv4Layer:
                 raise StackError("no_address", f"no source address to reach {dst}")
         if not out.up:
             raise StackError("link_down", f"{out.name} is down")
-        return OutputPath(out, next_hop, src, dst, lladdr)
+        return OutputPath(out, next_hop, src, dst, lladdr, device is not None)
 
     def send(self, dst: IPv4Address, proto: int, payload: bytes, now: float, *,
              src: IPv4Address | None = None, ttl: int | None = None, device: str | None = None,
@@ -382,7 +386,13 @@ class Ipv4Layer:
             rw = e.rewrite[meta.dir] if e is not None else None
             if rw is not None and rw[2] != int(path.dst):
                 # Destination NAT of our own packet: routed anew to where it now goes.
-                path = self.resolve(IPv4Address(rw[2]), src=path.src)
+                path = self.resolve(IPv4Address(rw[2]), src=path.src, table=meta.table)
+                out = path.device
+            elif meta.table is not None and path.lladdr is None:
+                # A `table N` choice: routed anew in that table, from the source already
+                # chosen (as Linux re-routes after its output hook, keeping the address).
+                path = self.resolve(path.dst, src=path.src, table=meta.table,
+                                    device=out.name if path.pinned else None)
                 out = path.device
             meta.oif = out.name
             if filt.run(EGRESS, meta, now) != ACCEPT or not filt.confirm(meta, now):
@@ -449,11 +459,13 @@ class Ipv4Layer:
     def snapshot(self) -> dict:
         """This layer's keys of Stack.snapshot(): addresses (not lo's own 127.0.0.1/8, which
         every stack starts with), static routes (connected ones follow from the addresses)
-        and the IP ident, so a successor does not reuse recent idents (RFC 6864 §4)."""
+        with the numbered tables' (route_tables), and the IP ident, so a successor does not
+        reuse recent idents (RFC 6864 §4)."""
         return {"addresses": [{"device": d.name, "address": str(a)}
                               for d in self._devs.values() for a in d.addresses
                               if not (d.kind == LOOPBACK and a == LO_ADDRESS)],
                 "routes": self.routes.snapshot(),
+                "route_tables": self.tables.snapshot(),
                 "ip4_ident": self.next_ident}
 
     def restore(self, snap: dict) -> None:
@@ -461,6 +473,7 @@ class Ipv4Layer:
         for a in snap["addresses"]:
             self.add_address(self._devs[a["device"]], IPv4Interface(a["address"]))
         self.routes.restore(snap["routes"])
+        self.tables.restore(snap.get("route_tables", []))   # absent before policy routing
         self.next_ident = int(snap.get("ip4_ident", 0)) & 0xFFFF
 
 

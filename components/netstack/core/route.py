@@ -10,6 +10,13 @@ order), probed longest first: a lookup costs one dict probe per distinct length,
 test per route. cached_lookup() remembers answers per destination int for the per-frame
 path; any change to the table, and invalidate() (the owner's call when a device comes, goes
 or changes link state), forgets them.
+
+Policy routing (as Linux's `ip rule` + `ip route ... table N`): beside main, numbered tables
+(1-252) that the firewall's `table N` action picks for a packet. RoutingTables holds them: a
+lookup in a picked table that finds no route falls back to main, as Linux's rule list ends in
+main's rule. A numbered table holds static routes only (connected routes follow addresses, in
+main); a gateway without a device resolves through the table's own on-link routes, then
+main's, as Linux checks a gateway in the route's table and then by a full lookup.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ STATIC = "static"
 # wire, so hostile input must not grow it without bound).
 CACHE_LIMIT = 4096
 _MISS = object()
+# Numbered tables are 1-252, Linux's numbers: 253-255 are its default, main and local tables.
+MAX_TABLE = 252
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class RouteInfo:
     metric: int
     kind: str
     active: bool
+    table: int | None = None    # None: main
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,8 +78,17 @@ class NextHop:
     neighbor: int               # the same address as an int (neighbor tables are keyed so)
 
 
+def _static_route(d: dict) -> Route:
+    """A route as snapshot() wrote it."""
+    return Route(ipaddress.ip_network(d["prefix"]),
+                 None if d["gateway"] is None else ipaddress.ip_address(d["gateway"]),
+                 d["device"], int(d["metric"]), STATIC)
+
+
 class RoutingTable:
-    def __init__(self, version: int, max_routes: int) -> None:
+    def __init__(self, version: int, max_routes: int, onlink: "RoutingTable | None" = None) -> None:
+        """`onlink`: where a gateway none of this table's on-link routes holds is looked
+        for next (main, for a numbered table)."""
         if version not in (4, 6):
             raise ValueError(f"IP version {version!r}")
         self.version = version
@@ -82,6 +101,7 @@ class RoutingTable:
         self._cache: dict[int, NextHop | None] = {}
         self._addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
         self.dropped = 0                 # add_route refused because the table was full
+        self._onlink = onlink
 
     def _reindex(self) -> None:
         bits = self.bits
@@ -168,9 +188,11 @@ class RoutingTable:
         if r.device is not None:
             return NextHop(r, r.device, r.gateway, int(r.gateway)) if usable(r.device) else None
         # Gateway without device: one level of recursion, through on-link routes only.
-        for c in self._routes:
-            if c.gateway is None and r.gateway in c.prefix and usable(c.device):  # type: ignore[arg-type]
-                return NextHop(r, c.device, r.gateway, int(r.gateway))  # type: ignore[arg-type]
+        # A numbered table looks in main's too (its `onlink`).
+        for table in (self, self._onlink):
+            for c in table._routes if table is not None else ():
+                if c.gateway is None and r.gateway in c.prefix and usable(c.device):  # type: ignore[arg-type]
+                    return NextHop(r, c.device, r.gateway, int(r.gateway))  # type: ignore[arg-type]
         return None
 
     def snapshot(self) -> list[dict]:
@@ -179,14 +201,101 @@ class RoutingTable:
 
     def restore(self, snap: list[dict]) -> None:
         for r in snap:
-            self.add(Route(ipaddress.ip_network(r["prefix"]),
-                           None if r["gateway"] is None else ipaddress.ip_address(r["gateway"]),
-                           r["device"], int(r["metric"]), STATIC))
+            self.add(_static_route(r))
 
-    def info(self, usable: Callable[[str], bool]) -> list[RouteInfo]:
+    def info(self, usable: Callable[[str], bool], table: int | None = None) -> list[RouteInfo]:
         out = []
         for r in self._routes:
             dst = r.prefix.network_address
+            active = self._resolve(r, dst, usable) is not None
             out.append(RouteInfo(str(r.prefix), None if r.gateway is None else str(r.gateway),
-                                 r.device, r.metric, r.kind, self._resolve(r, dst, usable) is not None))
+                                 r.device, r.metric, r.kind, active, table))
         return out
+
+
+class RoutingTables:
+    """Main and the numbered tables. A numbered table exists while it holds a route; their
+    routes together are bounded by main's max_routes (a second bound, not one per table, so
+    252 tables cannot hold 252 times the routes). Numbered tables are looked up uncached: only
+    the general path reads them (the fast path declines while `table N` rules exist)."""
+
+    def __init__(self, main: RoutingTable) -> None:
+        self.main = main
+        self._numbered: dict[int, RoutingTable] = {}
+        self.dropped = 0                 # routes refused because the numbered tables were full
+
+    def numbers(self) -> list[int]:
+        return sorted(self._numbered)
+
+    def routes(self) -> int:
+        """Routes in the numbered tables."""
+        return sum(len(t) for t in self._numbered.values())
+
+    def get(self, table: int | None) -> RoutingTable | None:
+        return self.main if table is None else self._numbered.get(table)
+
+    def add(self, route: Route, table: int | None = None) -> None:
+        if table is None:
+            self.main.add(route)
+            return
+        if not isinstance(table, int) or not 1 <= table <= MAX_TABLE:
+            raise StackError("bad_argument", f"routing table {table!r} is not 1-{MAX_TABLE}")
+        t = self._numbered.get(table)
+        if t is None:
+            t = RoutingTable(self.main.version, self.main.max_routes, onlink=self.main)
+        if self.routes() >= self.main.max_routes:
+            self.dropped += 1
+            raise StackError("limit", f"routing tables 1-{MAX_TABLE} full ({self.main.max_routes})")
+        t.add(route)
+        self._numbered[table] = t
+
+    def remove(self, prefix: IPNetwork, gateway: IPAddress | None = None, device: str | None = None,
+               kind: str | None = None, table: int | None = None) -> list[Route]:
+        t = self.get(table)
+        if t is None:
+            raise StackError("not_found", f"no route {prefix} in table {table}")
+        gone = t.remove(prefix, gateway, device, kind)
+        if table is not None and not len(t):
+            del self._numbered[table]
+        return gone
+
+    def remove_device(self, device: str) -> int:
+        n = self.main.remove_device(device)
+        for number, t in list(self._numbered.items()):
+            n += t.remove_device(device)
+            if not len(t):
+                del self._numbered[number]
+        return n
+
+    def invalidate(self) -> None:
+        self.main.invalidate()
+
+    def lookup(self, dst: IPAddress, usable: Callable[[str], bool], table: int | None = None,
+               device: str | None = None) -> NextHop | None:
+        """The best route in `table` (a `table N` choice) and, when it has none, in main."""
+        if table is not None:
+            t = self._numbered.get(table)
+            hop = t.lookup(dst, usable, device) if t is not None else None
+            if hop is not None:
+                return hop
+        return self.main.lookup(dst, usable, device)
+
+    def info(self, usable: Callable[[str], bool], table: int | None = None,
+             every: bool = False) -> list[RouteInfo]:
+        """Main's routes or table N's; with `every`, main's then each numbered table's."""
+        if every:
+            out = self.main.info(usable)
+            for number in self.numbers():
+                out += self._numbered[number].info(usable, number)
+            return out
+        t = self.get(table)
+        return [] if t is None else t.info(usable, table)
+
+    def snapshot(self) -> list[dict]:
+        """The numbered tables (main's routes are under their own key)."""
+        return [{"table": n, "routes": self._numbered[n].snapshot()} for n in self.numbers()]
+
+    def restore(self, snap: list[dict]) -> None:
+        for t in snap:
+            for r in t["routes"]:
+                self.add(_static_route(r), int(t["table"]))

@@ -1,11 +1,13 @@
 """State hand-over between two incarnations of the netstack process.
 
 A snapshot holds plain msgpack types only, one key (or a few) per layer, each written and
-read by its layer: devices (Links), addresses, static routes and the IP ident (Ipv4Layer;
-connected routes follow from the addresses), resolved neighbor entries (Arp; restored STALE:
-the new process has not confirmed them itself, RFC 4861 §7.3.3), UDP sockets with their
-queues (UdpSockets), TCP's ISN key and listeners, and its connections in a hand-over
-(`connections=True`) but not in a checkpoint (tcp/layer.py says why), and the counters.
+read by its layer: devices (Links), addresses, static routes (main's under `routes`, the
+numbered policy-routing tables' under `route_tables`, absent from older snapshots) and the IP
+ident (Ipv4Layer; connected routes follow from the addresses), resolved neighbor entries
+(Arp; restored STALE: the new process has not confirmed them itself, RFC 4861 §7.3.3), UDP
+sockets with their queues (UdpSockets), TCP's ISN key and listeners, and its connections in a
+hand-over (`connections=True`) but not in a checkpoint (tcp/layer.py says why), and the
+counters.
 What it drops: frames not yet taken, INCOMPLETE neighbor entries and their queues, reassembly
 buffers, pending events and announcements — all of which senders recover from as from
 ordinary loss.
@@ -26,7 +28,7 @@ FORMAT = 1
 
 def take(stack: "Stack", connections: bool = True, now: float = 0.0) -> dict:
     snap = {"format": FORMAT, "devices": stack.links.snapshot()}
-    snap.update(stack.ip4.snapshot())           # addresses, routes, ip4_ident
+    snap.update(stack.ip4.snapshot())           # addresses, routes, route_tables, ip4_ident
     snap["neighbors"] = stack.arp.snapshot()
     snap["udp"] = stack.udp4.snapshot()
     snap["counters"] = stack.ctr.to_dict()

@@ -226,7 +226,7 @@ class Stack:
         dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
         dev.tx.clear()
         del self.devs[name]
-        self.ip4.routes.remove_device(name)
+        self.ip4.tables.remove_device(name)
         self.ip4.reindex()
         self.arp.cancel_announcements(name)
         self._c["device_removed_frames_dropped"] += dropped
@@ -238,7 +238,7 @@ class Stack:
         if dev.kind == LOOPBACK or dev.up == bool(up):
             return
         dev.up = bool(up)
-        self.ip4.routes.invalidate()    # cached lookups skipped or chose this device
+        self.ip4.tables.invalidate()    # cached lookups skipped or chose this device
         if not up:
             dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
             dev.tx.clear()
@@ -301,7 +301,8 @@ class Stack:
         self.arp.cancel_announcements(name, iface.ip)
 
     def add_route(self, prefix: IPv4Network, gateway: IPv4Address | None = None,
-                  device: str | None = None, metric: int = 0) -> None:
+                  device: str | None = None, metric: int = 0, table: int | None = None) -> None:
+        """`table`: 1-252, created by its first route (route.py RoutingTables); None: main."""
         try:
             prefix = IPv4Network(prefix)
         except (ValueError, TypeError):
@@ -312,16 +313,16 @@ class Stack:
             self._dev(device)
         if not isinstance(metric, int) or not 0 <= metric <= 0xFFFFFFFF:
             raise StackError("bad_argument", f"bad metric {metric!r}")
-        self.ip4.routes.add(Route(prefix, gateway, device, metric, STATIC))
+        self.ip4.tables.add(Route(prefix, gateway, device, metric, STATIC), table)
 
     def del_route(self, prefix: IPv4Network, gateway: IPv4Address | None = None,
-                  device: str | None = None) -> None:
+                  device: str | None = None, table: int | None = None) -> None:
         try:
             prefix = IPv4Network(prefix)
         except (ValueError, TypeError):
             raise StackError("bad_argument", f"not an IPv4 prefix: {prefix!r}") from None
-        self.ip4.routes.remove(prefix, None if gateway is None else _addr(gateway, "gateway"),
-                               device, kind=STATIC)
+        self.ip4.tables.remove(prefix, None if gateway is None else _addr(gateway, "gateway"),
+                               device, kind=STATIC, table=table)
 
     # -- views -------------------------------------------------------------------------------
     def devices(self) -> list[DeviceInfo]:
@@ -330,8 +331,9 @@ class Stack:
     def addresses(self) -> list[AddressInfo]:
         return [AddressInfo(d.name, str(a)) for d in self.devs.values() for a in d.addresses]
 
-    def routes(self) -> list[RouteInfo]:
-        return self.ip4.routes.info(self.ip4.usable)
+    def routes(self, table: int | None = None, every: bool = False) -> list[RouteInfo]:
+        """Main's routes, or table N's; with `every`, main's then each numbered table's."""
+        return self.ip4.tables.info(self.ip4.usable, table, every)
 
     def neighbors(self) -> list[NeighborInfo]:
         return self.arp_neighbors.info()
@@ -354,8 +356,10 @@ class Stack:
         out["table:reassembly"] = self.ip4.reassembly.stats()
         out["table:udp"] = self.udp4.stats()
         out["table:tcp"] = self.tcp4.stats()
+        tables = self.ip4.tables
         out["table:routes"] = {"routes": len(routes), "limit": routes.max_routes,
-                               "dropped": routes.dropped}
+                               "dropped": routes.dropped, "tables": len(tables.numbers()),
+                               "table_routes": tables.routes(), "table_dropped": tables.dropped}
         out["table:devices"] = {"devices": len(self.devs), "limit": self.cfg.max_devices}
         out["table:events"] = {"queued": len(self._events), "limit": self.cfg.max_events}
         out["table:loopback"] = {"queued": len(self.links.lo_queue),

@@ -90,6 +90,11 @@ GOOD = [
      {"action": "dnat", "to_address": "10.0.0.2", "to_port": 8080}, None),
     ("output dnat 10.0.0.2", {"action": "dnat", "to_address": "10.0.0.2"}, None),
     ("ingress proto tcp dport 80 redirect 8080", {"action": "redirect", "to_port": 8080}, None),
+    ("ingress iif lan table 10", {"iif": "lan", "action": "table", "table": 10}, None),
+    ("ingress mark 0x5 table 1", {"mark": {"domain": 1, "value": 5}, "table": 1},
+     "ingress mark 5 table 1"),
+    ("output saddr 10.0.0.5 table 252", {"saddr": ["10.0.0.5/32"], "table": 252}, None),
+    ("ingress iif table table 7", {"iif": "table", "table": 7}, None),
     # Words are read left to right: a value is never taken for a keyword.
     ("input iif mark accept", {"iif": "mark", "action": "accept"}, None),
     ("input iif mark mark 5", {"iif": "mark", "action": "mark", "mark": None}, None),
@@ -221,6 +226,16 @@ BAD = [
     ("egress snat", "snat"),
     ("ingress dnat 300.1.1.1", "dnat"),
     ("ingress dnat 10.0.0.2:", "dnat"),
+    ("ingress table 0", "table"),
+    ("ingress table 253", "table"),
+    ("ingress table 254", "table"),
+    ("ingress table main", "table"),
+    ("ingress table -1", "table"),
+    ("ingress table", "table"),
+    ("ingress table 10 accept", "accept"),
+    ("input table 10", "table"),
+    ("forward table 10", "table"),
+    ("egress table 10", "table"),
 ]
 
 
@@ -302,6 +317,7 @@ PLACEMENT = [
     ("dnat 10.0.0.2", ("ingress", "output"), "dnat"),
     ("proto tcp dnat 10.0.0.2:80", ("ingress", "output"), "dnat"),
     ("proto tcp redirect 8080", ("ingress",), "redirect"),
+    ("table 10", ("ingress", "output"), "table"),
     ("accept", HOOKS, None),
     ("reject", HOOKS, None),
     ("log", HOOKS, None),
@@ -667,7 +683,7 @@ def _rule_words(draw, set_names):
     if hook == "egress":
         actions += [["masquerade"], ["snat", address + port]]
     if hook in ("ingress", "output"):
-        actions += [["dnat", address + port]]
+        actions += [["dnat", address + port], ["table", str(draw(st.integers(1, 252)))]]
         if ported and hook == "ingress":
             actions += [["redirect", str(draw(st.integers(1, 65535)))]]
     words = [hook]
