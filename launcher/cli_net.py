@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from ipc.protocols.netstack import NETSTACK, TCP
+from ipc.protocols.netstack import NETSTACK, ROUTE_TABLE, TCP
 from ipc.rpc import RpcClient
 
 from .cli import COMMAND_MODULES, CliError, EXIT_USAGE, answer, call, out_json, table
@@ -239,19 +239,38 @@ def cmd_route(args) -> int:
         if args.route_cmd == "add" and via is None and args.dev is None:
             raise CliError("qnet route add: say 'via GATEWAY' or 'dev PORT'", EXIT_USAGE)
         if args.route_cmd == "add":
-            call(args, "route_add", prefix=prefix, via=via, dev=args.dev, metric=args.metric)
+            call(args, "route_add", prefix=prefix, via=via, dev=args.dev, metric=args.metric, table=args.table)
         else:
-            call(args, "route_del", prefix=prefix, via=via, dev=args.dev)
-        print(f"route {prefix}{' via ' + via if via else ''}{' dev ' + args.dev if args.dev else ''}: "
+            call(args, "route_del", prefix=prefix, via=via, dev=args.dev, table=args.table)
+        print(f"route {prefix}{' via ' + via if via else ''}{' dev ' + args.dev if args.dev else ''}"
+              f"{f' table {args.table}' if args.table else ''}: "
               f"{'added' if args.route_cmd == 'add' else 'removed'}")
         return 0
-    rows = netstack_call(args, "route_list")
+    rows = netstack_call(args, "route_list", table=args.table)
     if args.json:
         out_json(rows)
     else:
-        print(table(rows, [("prefix", "PREFIX"), ("gateway", "VIA"), ("device", "DEV"), ("metric", "METRIC"),
-                           ("origin", "ORIGIN")]))
+        columns = [("prefix", "PREFIX"), ("gateway", "VIA"), ("device", "DEV"), ("metric", "METRIC"),
+                   ("origin", "ORIGIN")]
+        if args.table is not None:
+            for r in rows:
+                r["table"] = r["table"] or "main"
+            columns.insert(0, ("table", "TABLE"))
+        print(table(rows, columns))
     return 0
+
+
+def _table_word(verb: str, text: str, every: bool) -> int | None:
+    """`table N|main` (and, listing, `all`) as route_list and route_add take it: None is main,
+    0 every table."""
+    if text == "main":
+        return None
+    if every and text == "all":
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= ROUTE_TABLE.hi:
+        raise CliError(f"qnet route {verb}: table must be 1-{ROUTE_TABLE.hi} or main"
+                       + (" or all" if every else "") + f", not {text!r}", EXIT_USAGE)
+    return int(text)
 
 
 def cmd_neigh(args) -> int:
@@ -384,12 +403,13 @@ def add_commands(sub) -> None:
     p = sub.add_parser("route", help="routes: add, del, list")
     ps = p.add_subparsers(dest="route_cmd", metavar="add|del|list", parser_class=_Parser)
     for verb in ("add", "del"):
-        x = ps.add_parser(verb, help=f"{verb} PREFIX [via GW] [dev PORT] [metric N]")
+        x = ps.add_parser(verb, help=f"{verb} PREFIX [via GW] [dev PORT] [metric N] [table N]")
         x.add_argument("prefix", help="A.B.C.D/LEN or 'default'")
-        x.add_argument("rest", nargs="*", help="via GW | dev PORT | metric N")
-    ls = ps.add_parser("list")
+        x.add_argument("rest", nargs="*", help="via GW | dev PORT | metric N | table N (1-252; default main)")
+    ls = ps.add_parser("list", help="list [table N|main|all]")
+    ls.add_argument("rest", nargs="*", help="table N|main|all (default main)")
     ls.add_argument("--json", action="store_true")
-    p.set_defaults(func=_route_entry, route_cmd="list", json=False)
+    p.set_defaults(func=_route_entry, route_cmd="list", json=False, rest=[])
 
     p = sub.add_parser("neigh", help="the neighbor (ARP) table")
     ps = p.add_subparsers(dest="neigh_cmd", metavar="list", parser_class=_Parser)
@@ -433,6 +453,13 @@ def add_commands(sub) -> None:
 
 
 def _route_entry(args) -> int:
+    args.table = None
+    if args.route_cmd == "list":
+        rest = list(args.rest)
+        if rest and (len(rest) != 2 or rest[0] != "table"):
+            raise CliError("qnet route list: say nothing, or 'table N|main|all'", EXIT_USAGE)
+        if rest:
+            args.table = _table_word("list", rest[1], True)
     if args.route_cmd in ("add", "del"):
         rest = list(args.rest)
         args.via = args.dev = None
@@ -451,8 +478,11 @@ def _route_entry(args) -> int:
                     args.metric = int(val)
                 except ValueError:
                     raise CliError(f"metric must be a number, not {val!r}", EXIT_USAGE) from None
+            elif key == "table":
+                args.table = _table_word(args.route_cmd, val, False)
             else:
-                raise CliError(f"qnet route {args.route_cmd}: unknown word {key!r} (via, dev, metric)", EXIT_USAGE)
+                raise CliError(f"qnet route {args.route_cmd}: unknown word {key!r} (via, dev, metric, table)",
+                               EXIT_USAGE)
     return cmd_route(args)
 
 

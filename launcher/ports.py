@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from ipc import errors
-from ipc.protocols.netstack import NETSTACK
+from ipc.protocols.netstack import NETSTACK, ROUTE_TABLE
 
 from .manifest import ComponentSpec, HandleSpec, ManifestError
 from .supervisor import Call, Instance, Sleep, StartFailed, Steps, run_blocking
@@ -129,7 +129,15 @@ def validate_route(r: dict[str, Any]) -> dict[str, Any]:
     metric = int(r.get("metric", 0))
     if not 0 <= metric <= 0xFFFFFFFF:
         raise ValueError(f"route {prefix}: bad metric")
-    return {"prefix": prefix, "via": via, "dev": dev, "metric": metric}
+    table = r.get("table")
+    if table is not None and (type(table) is not int or not 1 <= table <= ROUTE_TABLE.hi):
+        raise ValueError(f"route {prefix}: table must be 1-{ROUTE_TABLE.hi} (absent: main)")
+    return {"prefix": prefix, "via": via, "dev": dev, "metric": metric, "table": table}
+
+
+def _route_key(r: dict) -> tuple:
+    """What tells two routes apart (the metric does not: a second add replaces it)."""
+    return r.get("prefix"), r.get("via"), r.get("dev"), r.get("table")
 
 
 def _line_of(graph, header: str) -> str:
@@ -466,13 +474,15 @@ class PortManager:
         r = validate_route(r)
         if present:
             yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
-                                metric=r["metric"])
+                                metric=r["metric"], table=r["table"])
         else:
-            ok = yield from self._ns("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"])
+            ok = yield from self._ns("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
+                                     table=r["table"])
             if not ok:
-                raise errors.RemoteError(f"no route {r['prefix']}", code="not_found")
-        key = (r["prefix"], r["via"], r["dev"])
-        self.routes = [x for x in self.routes if (x["prefix"], x["via"], x["dev"]) != key]
+                raise errors.RemoteError(f"no route {r['prefix']}"
+                                         + (f" in table {r['table']}" if r["table"] else ""), code="not_found")
+        key = _route_key(r)
+        self.routes = [x for x in self.routes if _route_key(x) != key]
         if present:
             self.routes.append(r)
         self.save()
@@ -493,7 +503,7 @@ class PortManager:
                     yield from self._ns("addr_add", port=name, address=a)
             for r in list(self.routes):
                 yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
-                                    metric=r["metric"])
+                                    metric=r["metric"], table=r.get("table"))
         except errors.IpcError as exc:
             log.warning("reconciling netstack failed: %s", exc)
 
@@ -539,8 +549,8 @@ class PortManager:
         for r in left.get("routes") or []:
             if not isinstance(r, dict) or r.get("dev") in vm_ports:
                 continue
-            key = (r.get("prefix"), r.get("via"), r.get("dev"))
-            if any((x["prefix"], x["via"], x["dev"]) == key for x in self.routes):
+            key = _route_key(r)
+            if any(_route_key(x) == key for x in self.routes):
                 continue
             try:
                 run_blocking(self.route(r, True))

@@ -464,13 +464,13 @@ class _Control:
     def addr_del(self, port, address):
         return self._answer_later(self.l.ports.addr(port, str(address), False))
 
-    def route_add(self, prefix, via, dev, metric):
+    def route_add(self, prefix, via, dev, metric, table=None):
         return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
-                                                      "dev": dev, "metric": metric}, True))
+                                                      "dev": dev, "metric": metric, "table": table}, True))
 
-    def route_del(self, prefix, via, dev):
+    def route_del(self, prefix, via, dev, table=None):
         return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
-                                                      "dev": dev}, False))
+                                                      "dev": dev, "table": table}, False))
 
     def dhcp_pool(self, port, start, end):
         return self._answer_later(self.l.ports.set_pool(port, str(start), str(end)))

@@ -2,6 +2,7 @@
 from ..decl import Method, Protocol, Version
 from ..types import (ANY, BOOL, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Enum, Field, Int, List, Optional, Str,
                      U32, struct)
+from .netstack import ROUTE_TABLE
 
 PORT_ERRORS = ("not_found", "exists", "bad_argument", "failed", "no_route", "no_device", "address_in_use")
 
@@ -44,7 +45,7 @@ LOG_CHUNK = struct(
 )
 
 LAUNCHER = Protocol(
-    "qnet.launcher", Version(1, 2),
+    "qnet.launcher", Version(1, 3),
     doc="Control of the component graph: status, restarts, logs, shutdown.",
     methods=(
         Method("status", result=List(COMPONENT_STATUS), idempotent=True),
@@ -83,12 +84,15 @@ LAUNCHER = Protocol(
         Method("addr_del", args=(Field("port", NAME), Field("address", IPV4_IFACE)), result=BOOL,
                errors=PORT_ERRORS, idempotent=True),
         Method("route_add", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),
-                                  Field("dev", Optional(NAME), default=None), Field("metric", U32, default=0)),
+                                  Field("dev", Optional(NAME), default=None), Field("metric", U32, default=0),
+                                  Field("table", Optional(ROUTE_TABLE), default=None,
+                                        doc="1.3: a numbered routing table; absent: main")),
                result=BOOL, errors=PORT_ERRORS, idempotent=True),
         Method("dhcp_pool", args=(Field("port", NAME), Field("start", IPV4), Field("end", IPV4)),
                result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="Set the DHCP server's pool on a port."),
         Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),
-                                  Field("dev", Optional(NAME), default=None)),
+                                  Field("dev", Optional(NAME), default=None),
+                                  Field("table", Optional(ROUTE_TABLE), default=None, doc="1.3: absent: main")),
                result=BOOL, errors=PORT_ERRORS, idempotent=True),
     ),
 )
