@@ -644,14 +644,14 @@ class TcpService:
         return None
 
     def connect(self, channel, address, port, local_address=None, local_port=0, timeout=0.0,
-                owner=""):
+                owner="", marks=()):
         ch = self._take_channel(channel)
         ch.owner = owner
         now = time.monotonic()
         try:
             cid = self.tcp.connect(ipaddress.IPv4Address(address), port, now,
                                    None if local_address is None else ipaddress.IPv4Address(local_address),
-                                   local_port)
+                                   local_port, tuple(marks))
         except StackError as e:
             raise _remote_error(e) from None
         token = self.rt.rpc.defer()

@@ -526,6 +526,15 @@ class UdpService:
         self.ns.checkpoint()
         return True
 
+    def set_mark(self, sock, domain, value):
+        self._sock(sock)
+        try:
+            self.stack.udp_set_mark(sock, domain, value)
+        except StackError as e:
+            raise _remote_error(e) from None
+        self.ns.checkpoint()
+        return True
+
     def get_option(self, sock, name):
         ch = self._sock(sock)
         if name == "broadcast":

@@ -471,7 +471,7 @@ class SocketProvider(Component):
                     return self._fail(c, req_id, _errno_of(r))
                 s.udp, s.state = int(r["sock"]), "bound"
                 s.address, s.port = str(r["address"]), int(r["port"])
-                self._ok(c, req_id, {"address": s.address, "port": s.port})
+                self._push_marks(s, lambda: self._ok(c, req_id, {"address": s.address, "port": s.port}))
             self._call(self.udp, "bind", bound, channel=sock, address=None if address == "0.0.0.0" else address,
                        port=port, reuse_address=reuse_address, reuse_port=reuse_port, broadcast=broadcast,
                        owner=c.owner)
@@ -649,7 +649,9 @@ class SocketProvider(Component):
                 self._connect_ended(s, _conn_result(r), None)
         self._call(self.tcp, "connect", done, call_timeout=(timeout or 140.0) + 10.0, channel=sock, address=address,
                    port=port, local_address=local_address or (None if s.address == "0.0.0.0" else s.address),
-                   local_port=local_port or s.port, timeout=timeout, owner=c.owner)
+                   local_port=local_port or s.port, timeout=timeout, owner=c.owner,
+                   **({"marks": [s.marks.get(d, 0) for d in range(1, MARK_DOMAINS + 1)]}
+                      if any(s.marks.values()) else {}))
         if nonblocking:
             raise SockError("EINPROGRESS", "the connection is under way")
         self.do_connect_result(c, req_id, sock, wait=(timeout or 3600.0))
@@ -726,7 +728,8 @@ class SocketProvider(Component):
             if isinstance(r, errors.IpcError):
                 return self._fail(c, req_id, _errno_of(r))
             s.udp, s.address, s.port, s.state = int(r["sock"]), str(r["address"]), int(r["port"]), "bound"
-            self._call(self.udp, "connect", connected, sock=s.udp, address=address, port=port)
+            self._push_marks(s, lambda: self._call(self.udp, "connect", connected, sock=s.udp,
+                                                   address=address, port=port))
         s.kind = "udp"
         if s.udp is None:
             self._call(self.udp, "bind", bound, channel=s.chan, address=None, port=0, owner=c.owner)
@@ -762,6 +765,18 @@ class SocketProvider(Component):
             self._fail(c, req_id, SockError("EBADF", "the socket was closed"))
 
     # -- options ---------------------------------------------------------------------------------
+    def _push_marks(self, s: Sock, then: Callable[[], None]) -> None:
+        """Give a freshly bound UDP socket's marks to netstack, then go on (`then`): the
+        datagrams it sends from then on carry them."""
+        todo = [(d, v) for d, v in sorted(s.marks.items()) if v]
+
+        def step(r=None):
+            if not todo or s.udp is None:
+                return then()
+            d, v = todo.pop(0)
+            self._call(self.udp, "set_mark", step, sock=s.udp, domain=d, value=v)
+        step()
+
     def _apply_options(self, s: Sock) -> None:
         for key, value in s.options.items():
             level, name = (int(x) for x in key.split(":"))
@@ -799,6 +814,10 @@ class SocketProvider(Component):
                 raise SockError("EINVAL", f"a mark is [domain 1..{MARK_DOMAINS}, value 0..2**32-1]")
             s = self._sock(c, sock)
             s.marks[domain] = mark
+            if s.kind == "udp" and s.udp is not None:
+                return self._call(self.udp, "set_mark", lambda r: self._ok(c, req_id, True)
+                                  if not isinstance(r, errors.IpcError) else self._fail(c, req_id, _errno_of(r)),
+                                  sock=s.udp, domain=domain, value=mark)
             return self._ok(c, req_id, True)
         if s.state == "unknown":
             return self._find_tcp(c, s, lambda: self.do_setsockopt(c, req_id, sock, level, name, value),

@@ -191,7 +191,7 @@ TCP_OPTION = Enum("TcpOption", ("nodelay", "keepalive", "keepidle", "keepintvl",
                                 "ttl", "tos"))
 
 TCP = Protocol(
-    "qnet.tcp", Version(1, 1),
+    "qnet.tcp", Version(1, 2),
     doc="TCP for clients. A connection's bytes never travel here: each connection has a byte "
         "channel, an AF_UNIX stream socket whose one end the client holds (asked of the "
         "launcher's broker, RUN/channels.sock, as {\"streams\": \"qnet.tcp\", \"count\": N}) and whose "
@@ -223,7 +223,10 @@ TCP = Protocol(
                                 Field("timeout", FLOAT, default=0.0,
                                       doc="seconds; 0: until the handshake succeeds or fails (SYN retries)"),
                                 Field("owner", Str(max_len=64), default="",
-                                      doc="who holds the channel (shown by `qnet ss`)")),
+                                      doc="who holds the channel (shown by `qnet ss`)"),
+                                Field("marks", List(U32, max_len=4), default=(),
+                                      doc="1.2: the socket's marks, domains 1..4 in order: the "
+                                          "connection's conntrack entry takes them with its SYN")),
                result=TCP_CONN, errors=TCP_ERRORS,
                doc="Open a connection served on the given (fresh) byte channel; answers once established."),
         Method("close_listener", args=(Field("listener", U32),), result=BOOL, errors=TCP_ERRORS,

@@ -58,7 +58,7 @@ UDP_CONNECTED = struct(
 UDP_OPTION = Enum("UdpOption", ("broadcast", "ttl", "tos", "recv_pktinfo", "recv_ttl", "recv_tos"))
 
 UDP = Protocol(
-    "qnet.udp", Version(1, 0),
+    "qnet.udp", Version(1, 1),
     doc="UDP sockets for clients. Datagrams never travel here: each socket has a datagram "
         "channel, an AF_UNIX SOCK_SEQPACKET socket whose one end the client holds (asked of the "
         "launcher's broker, RUN/channels.sock, as {\"streams\": \"qnet.udp\", \"count\": N}), one "
@@ -88,6 +88,10 @@ UDP = Protocol(
                result=BOOL, errors=UDP_ERRORS,
                doc="broadcast (SO_BROADCAST), ttl (IP_TTL, 1..255), tos (IP_TOS); recv_pktinfo, "
                    "recv_ttl, recv_tos only record the client's choice (every head carries them)."),
+        Method("set_mark", args=(Field("sock", U32), Field("domain", Int(1, 4)), Field("value", U32)),
+               result=BOOL, errors=UDP_ERRORS,
+               doc="1.1: a socket mark (SO_MARK is domain 1): the flows the socket opens from "
+                   "now on carry it, for the firewall's `mark` matches."),
         Method("get_option", args=(Field("sock", U32), Field("name", UDP_OPTION)),
                result=Int(0, 255), errors=UDP_ERRORS, idempotent=True),
         Method("close", args=(Field("sock", U32),), result=BOOL, errors=UDP_ERRORS, idempotent=True,

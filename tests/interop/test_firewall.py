@@ -257,3 +257,55 @@ egress oif up masquerade
     assert curl(lan, f"http://{up.linux_ip}:8000/").stdout == up.qnet_ip
     rows = g.qnet_json("fw", "conntrack")["connections"]
     assert any(r["dport"] == 8080 and r["reply_sport"] == 8000 for r in rows), rows
+
+
+MARKED_CLIENT = r"""
+import sys
+from qnet import socket
+dst = sys.argv[1]
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+a.set_mark(2, 9)
+a.sendto(b"marked", (dst, 9999))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.sendto(b"plain", (dst, 9999))
+t = socket.socket()
+t.set_mark(2, 9)
+t.settimeout(2)
+try:
+    t.connect((dst, 8001))
+    print("marked tcp connected")
+except (socket.timeout, TimeoutError):
+    print("marked tcp timed out")
+u = socket.create_connection((dst, 8001), timeout=10)
+print("plain tcp connected", flush=True)
+"""
+
+UDP_SINK = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+print("ready", flush=True)
+while True:
+    print(s.recv(100).decode(), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_socket_marks_set_with_qnet_socket_are_matched_by_rules(fw):
+    import sys
+    g, lan, up, procs = fw
+    sink = up.popen([NS_PYTHON, "-c", UDP_SINK])
+    procs.append(sink)
+    wait_line(sink, "ready", 20)
+    server = up.popen([NS_PYTHON, "-c", HTTP_WHO, "8001"])
+    procs.append(server)
+    fw_load(g, "output mark 2:9 drop\n")
+    wait_for(lambda: up.sh(["ss", "-ltn", "sport = :8001"]).stdout.count("LISTEN") == 1, 10, 0.1,
+             "the namespace's server listening")
+    res = subprocess.run([sys.executable, "-c", MARKED_CLIENT, up.linux_ip], env=g.env,
+                         capture_output=True, text=True, timeout=40)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["marked tcp timed out", "plain tcp connected"], res.stdout
+    # The marked datagram went first: had it left, it would be the first line.
+    assert wait_line(sink, "", 10).strip() == "plain"
+    assert g.qnet_json("fw", "list")["rules"][0]["packets"] >= 2     # a datagram and SYNs

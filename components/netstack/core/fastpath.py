@@ -228,7 +228,7 @@ class FastPath:
         if reply_type >= 0:
             l4 = bytes([reply_type]) + bytes(l4[1:])
         m = filt.meta(None, src, dst, proto, l4, total, None)
-        filt.track(m, l4, now)
+        filt.track(m, l4, now, True)
         if filt.run(3, m, now) == 0:
             m.oif = out.name
             if filt.run(4, m, now) == 0 and filt.confirm(m, now):

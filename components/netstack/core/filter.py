@@ -320,6 +320,8 @@ class FilterContext:
     address_of: Callable[[str], int | None]
     # Answer a rejected packet (its Meta): a TCP RST or ICMP port unreachable.
     reject: Callable[[Meta, float], None]
+    # The marks of our socket that sends a flow (proto, src, sport, dst, dport), or None.
+    socket_marks: Callable[[int, int, int, int, int], tuple | None] = lambda *a: None
 
 
 class Filter:
@@ -394,13 +396,18 @@ class Filter:
             sport = dport = itype = -1
         return Meta(iif, src, dst, proto, sport, dport, itype, length, raw)
 
-    def track(self, m: Meta, l4, now: float) -> None:
+    def track(self, m: Meta, l4, now: float, local: bool = False) -> None:
         """Connection tracking of a packet entering the stack (ingress) or leaving our own
-        sockets (output)."""
+        sockets (output, `local`). The first packet of a flow our socket opens takes the
+        socket's marks (as netstack3's socket marks); its entry keeps them once confirmed."""
         entry, direction, state = self.conntrack.track(m.src, m.dst, m.proto, l4, m.length, now)
         m.entry, m.dir, m.ct = entry, direction, state
         if entry is not None:
             m.marks = entry.marks
+            if local and state == NEW and not entry.confirmed and m.sport >= 0:
+                marks = self.ctx.socket_marks(m.proto, m.src, m.sport, m.dst, m.dport)
+                if marks:
+                    m.marks = [marks[i] if i < len(marks) else 0 for i in range(MARK_DOMAINS)]
 
     def run(self, hook: int, m: Meta, now: float) -> int:
         """Evaluate a hook's rules on a packet: ACCEPT, DROP or REJECT (answered here)."""

@@ -378,7 +378,7 @@ class Ipv4Layer:
         if filt is not None and filt.active and out.kind != LOOPBACK and not filt.bypass:
             meta = filt.meta(None, int(path.src), int(path.dst), proto, payload,
                              20 + len(payload), None)
-            filt.track(meta, payload, now)
+            filt.track(meta, payload, now, True)
             if filt.run(OUTPUT, meta, now) != ACCEPT:
                 self.c["tx_drop_filter"] += 1
                 return

@@ -99,7 +99,7 @@ class Stack:
         # installed, then run by IPv4's receive, forward and output and by the fast path.
         self.filter = Filter(g("filter"), g("conntrack"), FilterContext(
             source_of=self._filter_source, address_of=self._filter_address,
-            reject=self._filter_reject), cfg.conntrack_max)
+            reject=self._filter_reject, socket_marks=self._socket_marks), cfg.conntrack_max)
         ip4.filter = self.filter
         self.fast._filter = self.filter
         # The transports, by IP protocol number.
@@ -120,6 +120,15 @@ class Stack:
         ip4.add_address(self.devs["lo"], LO_ADDRESS)
 
     # -- the filter's context ----------------------------------------------------------------
+    def _socket_marks(self, proto: int, src: int, sport: int, dst: int,
+                      dport: int) -> tuple | None:
+        if proto == 6:
+            return self.tcp4.marks_of(src, sport, dst, dport)
+        if proto == 17:
+            s = self.udp4.find_sender(IPv4Address(src), sport, IPv4Address(dst), dport)
+            return s.marks if s is not None else None
+        return None
+
     def _filter_source(self, device: str | None, dst: int) -> int | None:
         dev = self.devs.get(device) if device is not None else None
         if dev is None:
@@ -528,6 +537,15 @@ class Stack:
 
     def udp_set_broadcast(self, sid: int, on: bool) -> None:
         self.udp4.get(sid).broadcast = bool(on)
+
+    def udp_set_mark(self, sid: int, domain: int, value: int) -> None:
+        """A socket mark (domain 1..4) for the filter's `mark` matches of the flows it opens."""
+        if not 1 <= domain <= 4 or not 0 <= value <= 0xFFFFFFFF:
+            raise StackError("bad_argument", "a mark is domain 1..4, value 0..2**32-1")
+        s = self.udp4.get(sid)
+        marks = list(s.marks) + [0] * (4 - len(s.marks))
+        marks[domain - 1] = value
+        s.marks = tuple(marks) if any(marks) else ()
 
     def udp_sendto(self, sid: int, payload: bytes, addr: IPv4Address | None, port: int | None,
                    now: float, device: str | None = None) -> None:

@@ -94,6 +94,7 @@ class UdpSocket:
     remote_addr: IPAddress | None = None    # set by connect
     remote_port: int = 0
     broadcast: bool = False                 # SO_BROADCAST: may send to broadcast addresses
+    marks: tuple = ()                       # socket marks by domain (1..4), for the filter
     queue: deque = field(default_factory=deque)
     queued_bytes: int = 0
     dropped: int = 0                        # datagrams lost to a full receive queue
@@ -108,6 +109,7 @@ class UdpSocket:
                 "local_port": self.local_port, "device": self.device,
                 "remote_addr": None if self.remote_addr is None else str(self.remote_addr),
                 "remote_port": self.remote_port, "broadcast": self.broadcast,
+                "marks": list(self.marks),
                 "queued": len(self.queue), "queued_bytes": self.queued_bytes,
                 "dropped": self.dropped}
 
@@ -319,6 +321,7 @@ class UdpSockets:
             s.local_int = None if s.local_addr is None else int(s.local_addr)
             s.remote_int = None if s.remote_addr is None else int(s.remote_addr)
             s.broadcast = bool(d["broadcast"])
+            s.marks = tuple(int(x) for x in d.get("marks", ()))
             s.dropped = int(d.get("dropped", 0))
             for q in d.get("queue", ()):
                 dg = Datagram.from_dict(q)

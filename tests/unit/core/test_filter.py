@@ -233,3 +233,37 @@ def test_rules_and_connections_survive_a_snapshot(stack):
     assert len(out(s2, "eth0")) == 1
     s2.receive("eth1", b_to_a_udp(sport=54), 2.0)
     assert out(s2, "eth0") == []
+
+
+# -- socket marks (qnet.socket set_mark / SO_MARK) ---------------------------------------------
+def test_a_udp_sockets_marks_reach_its_flows_and_their_replies(stack):
+    from ipaddress import IPv4Address
+    stack.filter.install({"policies": {"input": "drop"}, "rules": [
+        rule("output", "drop", mark={"domain": 2, "value": 9}),
+        rule("input", "accept", mark={"domain": 2, "value": 7})]})
+    marked, plain, blocked = stack.udp_open(), stack.udp_open(), stack.udp_open()
+    for sid, port in ((marked, 5001), (plain, 5002), (blocked, 5003)):
+        stack.udp_bind(sid, None, port)
+    stack.udp_set_mark(marked, 2, 7)
+    stack.udp_set_mark(blocked, 2, 9)
+    for sid in (marked, plain, blocked):
+        stack.udp_sendto(sid, b"q", IPv4Address(B), 53, 1.0)
+    sent = out(stack, "eth1")
+    assert sorted(p[UDP].sport for p in sent) == [5001, 5002]     # mark 2:9 dropped at output
+    # The replies: only the marked socket's flow carries mark 2:7 and passes input.
+    for port in (5001, 5002):
+        stack.receive("eth1", udp_frame(HOST_B, MAC1, B, IP1, 53, port, b"r"), 1.1)
+    assert len(stack.udp_recv(marked, 8)) == 1
+    assert stack.udp_recv(plain, 8) == []
+    entry = next(e for e in stack.filter.conntrack._entries if e.orig[1] == 5001)
+    assert entry.marks[1] == 7
+
+
+def test_a_tcp_connections_marks_are_its_syns(stack):
+    from ipaddress import IPv4Address
+    stack.filter.install({"rules": [rule("output", "drop", mark={"domain": 1, "value": 5})]})
+    stack.tcp4.connect(IPv4Address(B), 80, 1.0, marks=(5, 0, 0, 0))
+    stack.tcp4.connect(IPv4Address(B), 81, 1.0)
+    stack.drain(1.0)
+    syns = [p for p in out(stack, "eth1") if TCP in p]
+    assert [p[TCP].dport for p in syns] == [81]

@@ -118,6 +118,10 @@ class TcpLayer:
         self._events: list[tuple[int, object]] = []
         self._next_id = 1
         self._held: set[int] | None = None       # cids holding ACKs for the batch's end
+        # Socket marks of connections we open (qnet.socket set_mark / SO_MARK), by cid: the
+        # filter gives them to the connection's conntrack entry when its SYN leaves
+        # (`marks_of`); from then on the entry carries them.
+        self.marks: dict[int, tuple[int, ...]] = {}
 
     # -- ids ---------------------------------------------------------------------------------
     def _new_id(self) -> int:
@@ -127,6 +131,11 @@ class TcpLayer:
             i = self._next_id
             self._next_id += 1
         return i
+
+    def marks_of(self, src: int, sport: int, dst: int, dport: int) -> tuple[int, ...] | None:
+        """The socket marks of the connection that sends src:sport -> dst:dport, if any."""
+        cid = self.demux.get((src, sport, dst, dport))
+        return None if cid is None else self.marks.get(cid)
 
     def get(self, cid: int) -> Connection:
         conn = self.conns.get(cid)
@@ -185,7 +194,7 @@ class TcpLayer:
                 self._forget(cid)
 
     def connect(self, remote: IPAddress, rport: int, now: float, local: IPAddress | None = None,
-                lport: int = 0) -> int:
+                lport: int = 0, marks: tuple[int, ...] | None = None) -> int:
         if not 0 < rport <= 0xFFFF or remote.is_unspecified or remote.is_multicast:
             raise StackError("bad_argument", f"cannot connect to {remote}:{rport}")
         src, mtu = self.ip.source_and_mtu(remote, local)
@@ -203,6 +212,8 @@ class TcpLayer:
         conn.tso_max = self.ip.tso_max(remote, src)
         self.conns[cid] = conn
         self.demux[(la, lport, ra, rport)] = cid
+        if marks and any(marks):
+            self.marks[cid] = tuple(marks)
         conn.connect(now)
         self._after(cid, conn, now)
         self.c["active_opens"] += 1
@@ -518,6 +529,7 @@ class TcpLayer:
         conn = self.conns.pop(cid, None)
         if conn is None:
             return
+        self.marks.pop(cid, None)
         self.demux.pop(self.key(conn), None)
         self.deadlines.cancel(cid)
         lid = self.parent.pop(cid, None)
