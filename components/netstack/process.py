@@ -206,6 +206,11 @@ class Netstack(Component):
                                       g("reassembly").get("dropped_memory_limit", 0)),
             "udp_sockets": table(us.get("sockets", 0), us.get("sockets_limit"), drops_of(g("udp"))),
             "routes": table(rt_.get("routes", 0), rt_.get("limit"), rt_.get("dropped", 0)),
+            # routes of the numbered tables (policy routing), under one shared bound
+            "policy_routes": table(rt_.get("table_routes", 0), rt_.get("limit"),
+                                   rt_.get("table_dropped", 0)),
+            "conntrack": table(g("conntrack").get("entries", 0), cfg.conntrack_max,
+                               g("conntrack").get("refused_full", 0)),
             "devices": table(g("table:devices").get("devices", 0), g("table:devices").get("limit"),
                              g("stack").get("add_device_refused_limit", 0)),
             "events": table(g("table:events").get("queued", 0), g("table:events").get("limit"),

@@ -55,7 +55,7 @@ def rule_line(draw) -> str:
     if hook == "egress":
         actions += ["masquerade", f"snat {IP1}", f"snat {IP0}" + (":2000" if ported else "")]
     if hook in ("ingress", "output"):
-        actions += [f"dnat {B}" + (":80" if ported else "")]
+        actions += [f"dnat {B}" + (":80" if ported else ""), "table 10", "table 11"]
     if hook == "ingress" and ported:
         actions += ["redirect 7"]
     return " ".join(words + [draw(st.sampled_from(actions))])
@@ -98,6 +98,7 @@ def test_random_rule_sets_and_frames_never_raise_and_conntrack_stays_bounded(tex
     learn(s, "eth1", HOST_B, B, IP1)
     s.set_forwarding("eth0", True)
     s.set_forwarding("eth1", True)
+    s.add_route("0.0.0.0/0", gateway=A, table=10)      # table 11 does not exist: main's
     s.filter.install(parse_text(text).to_wire("fuzz.rules"))
     now = 1.0
     for (dev, frame), dt in batch:
