@@ -217,11 +217,12 @@ class Qnet:
             raise RuntimeError(f"qnet {' '.join(args)}: {(proc.stderr or proc.stdout).strip()}")
         return proc.stdout
 
-    def setup(self) -> Target:
-        """QA --tap-- [qnet p0 | p1] --tap-- QB; qnet answers ping, echoes UDP, forwards."""
+    def setup(self, manifest: str | None = None) -> Target:
+        """QA --tap-- [qnet p0 | p1] --tap-- QB; qnet answers ping, echoes UDP, forwards.
+        `manifest`: a graph file instead of the embedded default graph."""
         lab = self.lab
         qa, qb = lab.netns("qa"), lab.netns("qb")
-        self.cli("up", "--detach")
+        self.cli("up", "--detach", *(("-f", manifest) if manifest else ()))
         self.up = True
         tap_a, tap_b = f"qtA{lab.tag}", f"qtB{lab.tag}"
         self.cli("port", "add", "p0", "--tap", tap_a, "--addr", "10.99.0.1/24")

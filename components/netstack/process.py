@@ -52,12 +52,30 @@ class _Ping:
         self.next_seq = 0
 
 
+CONNTRACK_MAX_LIMIT = 1 << 22
+
+
+def _config(args: dict) -> StackConfig:
+    """The core's configuration from the manifest's [components.netstack.args]: today only
+    conntrack_max (the connection-tracking table's bound, default 65,536)."""
+    unknown = sorted(k for k in args if k != "conntrack_max" and not k.startswith("_"))
+    if unknown:
+        raise SystemExit(f"netstack: [components.netstack.args]: unknown field {unknown[0]!r} "
+                         f"(known: conntrack_max)")
+    n = args.get("conntrack_max", StackConfig.conntrack_max)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= CONNTRACK_MAX_LIMIT:
+        raise SystemExit(f"netstack: [components.netstack.args] conntrack_max: {n!r} is not "
+                         f"a number of connections 1..{CONNTRACK_MAX_LIMIT}")
+    return StackConfig(conntrack_max=n)
+
+
 class Netstack(Component):
     STATE_SCHEMA = 1
 
     def __init__(self, rt):
         super().__init__(rt)
-        self.stack = Stack(StackConfig())
+        self.cfg = _config(rt.args)
+        self.stack = Stack(self.cfg)
         self.ports: dict[str, dict] = {}        # name -> {"attached": bool, "incarnation": int}
         self.owners: dict[int, str] = {}        # UDP socket id -> owner channel identity
         self.captures: dict[str, tuple[PcapWriter, Any, int]] = {}
@@ -99,7 +117,7 @@ class Netstack(Component):
                 and isinstance(state["stack"].get("tcp4"), dict):
             state["stack"]["tcp4"]["conns"] = []
         if state:
-            self.stack = Stack.restore(state["stack"], StackConfig(), now=time.monotonic())
+            self.stack = Stack.restore(state["stack"], self.cfg, now=time.monotonic())
             self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
             # A port's driver stays attached across our restart (its channel is the launcher's):
             # show it so at once instead of "detached" until its next attach event.
