@@ -5,7 +5,8 @@ guests on two ports (they get their addresses from qnet's DHCP server), has
 each ping the stack and the other guest through qnet's forwarding, restarts
 the first guest's driver, the DHCP component and netstack while a ping runs,
 shows that nothing was lost, serves both guests from an unmodified `python -m http.server`
-under `qnet run` (across a restart of the socket provider), and prints `qnet status`. It leaves nothing running unless
+under `qnet run` (across a restart of the socket provider), blocks one guest with a firewall
+rule that holds across a restart of the firewall, and prints `qnet status`. It leaves nothing running unless
 asked (--keep).
 """
 from __future__ import annotations
@@ -139,6 +140,19 @@ def run(args) -> int:
 
         demo.step("restart the socket provider; the program keeps its listening socket and serves on")
         demo.qnet("restart", "sockets")
+        demo.qnet("vm", "exec", "vm2", f"wget -q -O - http://{gw2}:8080/hello.txt")
+
+        demo.step("the firewall: vm2 may no longer reach the program; the rule holds while the firewall restarts")
+        port2 = next(r["port"] for r in json.loads(demo.qnet("vm", "list", "--json", show=False))
+                     if r["name"] == "vm2")
+        demo.qnet("fw", "add", "input", "iif", port2, "proto", "tcp", "dport", "8080", "reject")
+        demo.qnet("restart", "firewall")
+        if "hello" in demo.qnet("vm", "exec", "vm2", f"wget -q -T 5 -O - http://{gw2}:8080/hello.txt",
+                                check=False):
+            raise DemoError("vm2 reached the program through the reject rule")
+        demo.qnet("vm", "exec", "vm1", f"wget -q -O - http://{gw1}:8080/hello.txt")
+        demo.qnet("fw", "list")
+        demo.qnet("fw", "del", "1")
         demo.qnet("vm", "exec", "vm2", f"wget -q -O - http://{gw2}:8080/hello.txt")
 
         demo.step("the graph after all that")
