@@ -200,7 +200,7 @@ def _parse_options(kind: int, header: memoryview, base: int) -> tuple[Ipv6Option
                     f"ipv6: unrecognised {name} option {opt:#04x} (action {action})",
                     PARAM_PROBLEM_OPTION, base + i, send_icmp=action != ACTION_DISCARD,
                     unless_multicast=action == ACTION_DISCARD_SEND_ICMP_UNLESS_MULTICAST)
-        if opt == OPT_ROUTER_ALERT and end - i != 4:
+        if opt == OPT_ROUTER_ALERT and kind == NEXT_HEADER_HOP_BY_HOP and end - i != 4:
             raise ParseError(f"ipv6: router alert option length {header[i + 1]}, not 2")
         if opt != OPT_PADN:
             options.append(Ipv6Option(opt, bytes(header[i + 2:end]), base + i))
