@@ -306,6 +306,8 @@ def walk_extensions(next_header: int, payload: bytes | memoryview
 def build_options_header(next_header: int, options: tuple[Ipv6Option, ...] | list[Ipv6Option] = ()
                          ) -> bytes:
     """A Hop-by-Hop or Destination Options header, padded with Pad1/PadN to 8n bytes (§4.2)."""
+    if any(o.type in (OPT_PAD1, OPT_PADN) for o in options):
+        raise ValueError("ipv6: padding options are added by the builder, not passed in")
     body = b"".join(bytes((o.type, len(o.data))) + o.data for o in options)
     pad = -(2 + len(body)) % 8
     if pad == 1:
