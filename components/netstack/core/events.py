@@ -59,8 +59,16 @@ class AddressConflict(_Event):
 class NeighborUnreachable(_Event):
     """Address resolution of address on device failed (entry went FAILED)."""
     device: str
-    address: ipaddress.IPv4Address
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
     dropped: int
+
+
+@dataclass(frozen=True)
+class DuplicateAddress(_Event):
+    """RFC 4862 §5.4.5: Duplicate Address Detection found `address` in use on device (an NA
+    for it, or another node's DAD probe); the stack does not use it."""
+    device: str
+    address: ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -88,4 +96,4 @@ class IcmpErrorForSocket(_Event):
 
 
 Event = EchoReply | PingError | AddressConflict | NeighborUnreachable | LinkChanged | \
-    DeviceRemoved | IcmpErrorForSocket
+    DeviceRemoved | IcmpErrorForSocket | DuplicateAddress

@@ -4,7 +4,7 @@ Everything that decides a neighbor entry's state lives in this module: TRANSITIO
 whole machine, read top to bottom (state, event) -> (next state, actions). The states are those
 of RFC 4861 §7.3.2, which Linux also applies to ARP; RFC 826 itself only says "merge and
 answer". The table knows nothing of frames: it asks its sink to solicit, transmit or report
-failure, so the ARP module and a future NDP module plug in the same way.
+failure, so the ARP module (arp.py) and the NDP module (ndp.py) plug in the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Ev(enum.Enum):
     CONFIRM = "confirm"             # solicited reply: proof of two-way reachability
     LEARN_SAME = "learn_same"       # unsolicited sighting carrying the link address we have
     LEARN_NEW = "learn_new"         # unsolicited sighting with a different (or first) address
+    # A different link address that may not replace ours (RFC 4861 §7.2.5: an NA with the
+    # Override flag clear); only NDP sends it.
+    CONTRADICT = "contradict"
 
 
 class Act(enum.Enum):
@@ -67,6 +70,7 @@ TRANSITIONS: dict[tuple[State, Ev], tuple[State, tuple[Act, ...]]] = {
     (S.REACHABLE, E.CONFIRM):       (S.REACHABLE, (A.SET_LLADDR, A.RESTART_TIMER)),
     (S.REACHABLE, E.LEARN_SAME):    (S.REACHABLE, ()),
     (S.REACHABLE, E.LEARN_NEW):     (S.STALE, (A.SET_LLADDR,)),
+    (S.REACHABLE, E.CONTRADICT):    (S.STALE, ()),                  # keep the address, doubt it
 
     (S.STALE, E.SEND):              (S.DELAY, (A.TRANSMIT,)),
     (S.STALE, E.TIMEOUT):           (S.NONE, (A.DELETE,)),          # unused for stale_gc_time
@@ -176,6 +180,10 @@ class NeighborTable:
         return S.NONE if e is None else e.state
 
     # -- the four inputs -------------------------------------------------------------------
+    def lladdr_of(self, device: str, address: Hashable) -> bytes | None:
+        e = self._entries.get((device, address))
+        return None if e is None else e.lladdr
+
     def send(self, device: str, address: Hashable, packet: bytes, now: float) -> None:
         """Transmit packet to a neighbor, resolving its link address first if needed."""
         key = (device, address)
@@ -204,6 +212,13 @@ class NeighborTable:
               create: bool) -> None:
         """An unsolicited sighting (RFC 826 merge); create=True when we were the target."""
         self._sighting(device, address, lladdr, None, now, create=create)
+
+    def contradict(self, device: str, address: Hashable, now: float) -> None:
+        """A sighting with another link address that may not override the one we have
+        (an NA with O clear): a REACHABLE entry goes STALE, keeping its address."""
+        e = self._entries.get((device, address))
+        if e is not None:
+            self._step((device, address), e, Ev.CONTRADICT, None, None, now)
 
     def poll(self, now: float) -> None:
         for key in self._timers.pop_due(now):

@@ -4,7 +4,9 @@ A snapshot holds plain msgpack types only, one key (or a few) per layer, each wr
 read by its layer: devices (Links), addresses, static routes (main's under `routes`, the
 numbered policy-routing tables' under `route_tables`, absent from older snapshots) and the IP
 ident (Ipv4Layer; connected routes follow from the addresses), resolved neighbor entries
-(Arp; restored STALE: the new process has not confirmed them itself, RFC 4861 §7.3.3), UDP
+(Arp; restored STALE: the new process has not confirmed them itself, RFC 4861 §7.3.3), the
+IPv6 addresses with their DAD state (Ipv6Layer, `ipv6_addresses`; a tentative one is probed
+again from the restore) and IPv6 neighbors (Ndp, `neighbors6`, STALE likewise), UDP
 sockets with their queues (UdpSockets), TCP's ISN key and listeners, and its connections in a
 hand-over (`connections=True`) but not in a checkpoint (tcp/layer.py says why), and the
 counters.
@@ -30,6 +32,8 @@ def take(stack: "Stack", connections: bool = True, now: float = 0.0) -> dict:
     snap = {"format": FORMAT, "devices": stack.links.snapshot()}
     snap.update(stack.ip4.snapshot())           # addresses, routes, route_tables, ip4_ident
     snap["neighbors"] = stack.arp.snapshot()
+    snap.update(stack.ip6.snapshot())           # ipv6_addresses
+    snap["neighbors6"] = stack.ndp.snapshot()
     snap["udp"] = stack.udp4.snapshot()
     snap["counters"] = stack.ctr.to_dict()
     snap["tcp4"] = stack.tcp4.snapshot(connections)
@@ -50,6 +54,10 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
         stack.links.restore(snap["devices"])
         stack.ip4.restore(snap)
         stack.arp.restore(snap["neighbors"], now)
+        if stack.cfg.ipv6:
+            # Absent before IPv6: Ethernet devices then get their link-local addresses anew.
+            stack.ip6.restore(snap)
+            stack.ndp.restore(snap.get("neighbors6", []), now)
         stack.udp4.restore(snap.get("udp", {}))
         if "tcp4" in snap:
             stack.tcp4.restore(snap["tcp4"])

@@ -2,7 +2,8 @@
 
 It builds the layers and wires them together: each layer gets, at construction, a narrow
 context naming what it may touch (ipv4.IpContext, arp.ArpContext, icmp.IcmpContext, the
-tables FastPath reads, tcp.layer.TcpIp), never the Stack. Ethernet demux, the loopback
+tables FastPath reads, tcp.layer.TcpIp; ipv6.Ipv6Context, ndp.NdpContext,
+icmpv6.Icmpv6Context), never the Stack. Ethernet demux, the loopback
 drain and the control calls' argument checks live here. Every entry point takes `now`;
 frames come out of take_transmit(), events out of take_events(), and the next timer out of
 next_deadline().
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 
 from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
                     EthernetFrame, MacAddr, ParseError, build_echo, build_udp)
@@ -28,6 +29,11 @@ from .events import DeviceRemoved, LinkChanged
 from .fastpath import FastPath
 from .filter import Filter, FilterContext
 from .icmp import IcmpContext, Icmpv4
+from .icmpv6 import Icmpv6, Icmpv6Context
+from .ipv6 import (Ipv6AddressInfo, Ipv6Addresses, Ipv6Context, Ipv6Layer,
+                   link_local_for)
+from .ndp import Ndp, NdpContext
+from ..wire.ipv6 import NEXT_HEADER_ICMPV6
 from .ipv4 import (LIMITED_BROADCAST, LO_ADDRESS, IpContext, Ipv4Datagram, Ipv4ForTransport,
                    Ipv4Layer)
 from .links import Links
@@ -116,6 +122,24 @@ class Stack:
         tcp4_receive = self.tcp4.receive
         ip4.protocols[PROTO_TCP] = lambda rx, now: tcp4_receive(
             rx.src, rx.dst, rx.payload, rx.broadcast, now)
+        # IPv6 on Ethernet devices (ipv6.py): the address table is shared by IPv6 (what is
+        # ours, which source) and NDP (which targets it answers, DAD's verdicts). IPv6 sends
+        # through NDP's neighbor table, and ICMPv6 through IPv6: as for IPv4, the layer
+        # built first reaches ICMPv6 through a lambda, on error paths only.
+        self.ip6_addresses = Ipv6Addresses(cfg.max_ipv6_addresses)
+        self.ndp = Ndp(cfg, g("ndp"), g("neighbor6"), NdpContext(
+            links=self.links, addresses=self.ip6_addresses, emit=self.emit,
+            is_router=lambda device: False))    # no IPv6 forwarding yet: R stays clear
+        self.ip6_neighbors = self.ndp.neighbors
+        self.ip6 = Ipv6Layer(cfg, g("ipv6"), Ipv6Context(
+            links=self.links, addresses=self.ip6_addresses,
+            neighbor_send=self.ip6_neighbors.send,
+            send_error=lambda orig, type, code, now, **kw: self.icmp6.send_error(
+                orig, type, code, now, **kw)))
+        self.icmp6 = Icmpv6(cfg, g("icmpv6"), Icmpv6Context(
+            send=self.ip6.send, source_for=self.ip6_addresses.source_for,
+            nd_receive=self.ndp.receive))
+        self.ip6.protocols[NEXT_HEADER_ICMPV6] = self.icmp6.receive
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
         ip4.add_address(self.devs["lo"], LO_ADDRESS)
 
@@ -225,6 +249,12 @@ class Stack:
             mac = None
         dev = self.devs[name] = Device(name, kind, mac, mtu, up=up)
         self.links.counters(name)
+        if kind == ETHERNET and self.cfg.ipv6:
+            # RFC 4862 §5.3: a link-local address from the MAC, tentative until DAD passes.
+            try:
+                self._add_ipv6(dev, link_local_for(mac), now)
+            except StackError:
+                self._c["link_local_refused"] += 1      # the address table is full
         return dev.info()
 
     def remove_device(self, name: str, now: float = 0.0) -> None:
@@ -232,9 +262,12 @@ class Stack:
         if dev.kind == LOOPBACK:
             raise StackError("bad_argument", "lo cannot be removed")
         # Device churn is ordinary: everything that named the device lets go of it here.
-        dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
+        dropped = len(dev.tx) + self.arp_neighbors.flush_device(name) \
+            + self.ip6_neighbors.flush_device(name)
         dev.tx.clear()
         del self.devs[name]
+        self.ndp.link_down(name)
+        self.ip6.remove_device(name)
         self.ip4.tables.remove_device(name)
         self.ip4.reindex()
         self.arp.cancel_announcements(name)
@@ -248,15 +281,19 @@ class Stack:
             return
         dev.up = bool(up)
         self.ip4.tables.invalidate()    # cached lookups skipped or chose this device
+        self.ip6.routes.invalidate()
         if not up:
-            dropped = len(dev.tx) + self.arp_neighbors.flush_device(name)
+            dropped = len(dev.tx) + self.arp_neighbors.flush_device(name) \
+                + self.ip6_neighbors.flush_device(name)
             dev.tx.clear()
             self.links.counters(name)["tx_drop_link_down"] += dropped
             self.arp.cancel_announcements(name)
+            self.ndp.link_down(name)
         else:
             # RFC 5227 §2.3: announce our addresses again when the link comes back.
             for iface in dev.addresses:
                 self.arp.announce(dev, iface.ip, now)
+            self.ndp.link_up(dev, now)      # RFC 4862 §5.4: and probe the IPv6 ones again
         self.emit(LinkChanged(name, dev.up))
 
     def set_tso(self, name: str, max_payload: int) -> None:
@@ -333,6 +370,49 @@ class Stack:
         self.ip4.tables.remove(prefix, None if gateway is None else _addr(gateway, "gateway"),
                                device, kind=STATIC, table=table)
 
+    # -- IPv6 addresses ----------------------------------------------------------------------
+    def _add_ipv6(self, dev: Device, iface: IPv6Interface, now: float) -> None:
+        a = self.ip6.add_address(dev, iface)
+        self.ip6_neighbors.flush_address(dev.name, int(iface.ip))
+        self.ndp.start_dad(dev, a, now)
+
+    @staticmethod
+    def _ipv6_iface(iface) -> IPv6Interface:
+        try:
+            return IPv6Interface(iface)
+        except (ValueError, TypeError):
+            raise StackError("bad_argument", f"not an IPv6 interface address: {iface!r}") from None
+
+    def add_address6(self, name: str, iface: IPv6Interface, now: float = 0.0) -> None:
+        """An IPv6 address on an Ethernet device, tentative until DAD (RFC 4862 §5.4) passes;
+        a DuplicateAddress event says when it does not."""
+        dev = self._dev(name)
+        iface = self._ipv6_iface(iface)
+        if not self.cfg.ipv6:
+            raise StackError("bad_argument", "IPv6 is off (StackConfig.ipv6)")
+        if dev.kind != ETHERNET:
+            raise StackError("bad_argument", f"IPv6 needs an Ethernet device; {name} is {dev.kind}")
+        ip = iface.ip
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.ipv4_mapped is not None:
+            raise StackError("bad_argument", f"{ip} cannot be an interface address")
+        self._add_ipv6(dev, iface, now)
+
+    def del_address6(self, name: str, iface: IPv6Interface) -> None:
+        dev = self._dev(name)
+        iface = self._ipv6_iface(iface)
+        a = self.ip6_addresses.get(name, int(iface.ip))
+        if a is None or a.iface != iface:
+            raise StackError("not_found", f"{iface} is not on {name}")
+        self.ip6.remove_address(dev, iface)
+        self.ndp.forget(name, int(iface.ip))
+
+    def addresses6(self) -> list[Ipv6AddressInfo]:
+        """Every IPv6 address with its DAD state (TENTATIVE, PREFERRED, DUPLICATE)."""
+        return self.ip6_addresses.info()
+
+    def neighbors6(self) -> list[NeighborInfo]:
+        return self.ip6_neighbors.info()
+
     # -- views -------------------------------------------------------------------------------
     def devices(self) -> list[DeviceInfo]:
         return [d.info() for d in self.devs.values()]
@@ -362,6 +442,10 @@ class Stack:
             g["tx_queue_limit"] = self.cfg.tx_queue_frames
         routes = self.ip4.routes
         out["table:neighbor"] = self.arp_neighbors.stats()
+        out["table:neighbor6"] = self.ip6_neighbors.stats()
+        out["table:ipv6_addresses"] = {"addresses": len(self.ip6_addresses),
+                                       "limit": self.ip6_addresses.limit,
+                                       "dropped": self.ip6_addresses.dropped}
         out["table:reassembly"] = self.ip4.reassembly.stats()
         out["table:udp"] = self.udp4.stats()
         out["table:tcp"] = self.tcp4.stats()
@@ -472,7 +556,10 @@ class Stack:
         elif eth.ethertype == ETHERTYPE_ARP:
             self.arp.receive(dev, eth, now)
         elif eth.ethertype == ETHERTYPE_IPV6:
-            c["rx_drop_ipv6_unsupported"] += 1
+            if self.cfg.ipv6:
+                self.ip6.receive(dev, eth.payload, eth.dst.is_multicast, now)
+            else:
+                c["rx_drop_ipv6_unsupported"] += 1
         else:
             c["rx_drop_unknown_ethertype"] += 1
 
@@ -491,6 +578,8 @@ class Stack:
     def poll(self, now: float) -> None:
         self.arp_neighbors.poll(now)
         self.arp.poll(now)
+        self.ip6_neighbors.poll(now)
+        self.ndp.poll(now)
         self.ip4.expire_reassembly(now)
         self.tcp4.poll(now)
         self.filter.poll(now)
@@ -502,6 +591,7 @@ class Stack:
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.arp_neighbors.next_deadline(), self.arp.next_deadline(),
+                          self.ip6_neighbors.next_deadline(), self.ndp.next_deadline(),
                           self.ip4.reassembly.next_deadline(), self.tcp4.next_deadline())
               if d is not None]
         return min(ds) if ds else None
