@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import subprocess
-import tempfile
-import time
 
 import pytest
 
-from tests.interop.util import (NS_PYTHON, QNET, QnetGraph, missing_prerequisite, run,
-                                stop_process, wait_for)
+from tests.interop.util import (NS_PYTHON, QNET, QnetGraph, missing_prerequisite,
+                                stop_process, wait_for, wait_line)
 
 pytestmark = pytest.mark.interop
 
@@ -47,20 +44,6 @@ def fw():
 def qnet_run(g: QnetGraph, *argv: str) -> subprocess.Popen:
     return subprocess.Popen([QNET, "run", "--", *argv], env=g.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_line(p: subprocess.Popen, word: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.2)
-        if r:
-            line = p.stdout.readline()
-            if word in line:
-                return line
-            if not line and p.poll() is not None:
-                break
-    raise AssertionError(f"no line with {word!r} within {timeout} s; stderr: "
-                         f"{p.stderr.read() if p.poll() is not None else '(running)'}")
 
 
 def fw_load(g: QnetGraph, text: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import random
-import select
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 
 from tests.interop.tcp_linux import finish, random_bytes, start_peer
 from tests.interop.util import (NS_PYTHON, QNET, NsPort, QnetGraph, missing_prerequisite, run,
-                                stop_process, wait_for)
+                                stop_process, wait_for, wait_line)
 
 pytestmark = pytest.mark.interop
 
@@ -96,25 +95,6 @@ def qnet_run(g: QnetGraph, *argv: str) -> subprocess.Popen:
 
 def qnet_run_wait(g: QnetGraph, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return run([QNET, "run", "--", *argv], timeout=timeout, check=False, env=g.env)
-
-
-def wait_line(p: subprocess.Popen, word: str, timeout: float) -> str:
-    """The first line of p's stdout that holds ``word``; AssertionError (with stderr) when p
-    exits or ``timeout`` passes first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.2)
-        if r:
-            line = p.stdout.readline()
-            if word in line:
-                return line
-            if line == "":
-                break
-        elif p.poll() is not None:
-            break
-    stop_process(p)
-    raise AssertionError(f"no {word!r} from {p.args} within {timeout:g} s; rc {p.returncode}, "
-                         f"stderr: {p.stderr.read()[-2000:]}")
 
 
 def wait_http(a: NsPort, url: str, timeout: float) -> None:

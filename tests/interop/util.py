@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -315,3 +316,22 @@ def capture_in_background(graph: QnetGraph, port: str, pcap: str, seconds: float
         stop_process(p)
         raise
     return p
+
+
+def wait_line(p: subprocess.Popen, word: str, timeout: float) -> str:
+    """The first line of p's stdout that holds ``word``; AssertionError (with stderr) when p
+    exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([p.stdout], [], [], 0.2)
+        if r:
+            line = p.stdout.readline()
+            if word in line:
+                return line
+            if line == "":
+                break
+        elif p.poll() is not None:
+            break
+    stop_process(p)
+    raise AssertionError(f"no {word!r} from {p.args} within {timeout:g} s; rc {p.returncode}, "
+                         f"stderr: {p.stderr.read()[-2000:]}")
