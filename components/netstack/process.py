@@ -56,17 +56,20 @@ CONNTRACK_MAX_LIMIT = 1 << 22
 
 
 def _config(args: dict) -> StackConfig:
-    """The core's configuration from the manifest's [components.netstack.args]: today only
-    conntrack_max (the connection-tracking table's bound, default 65,536)."""
-    unknown = sorted(k for k in args if k != "conntrack_max" and not k.startswith("_"))
+    """The core's configuration from the manifest's [components.netstack.args]: conntrack_max
+    (the connection-tracking table's bound, default 65,536) and ipv6 (default true)."""
+    unknown = sorted(k for k in args if k not in ("conntrack_max", "ipv6") and not k.startswith("_"))
     if unknown:
         raise SystemExit(f"netstack: [components.netstack.args]: unknown field {unknown[0]!r} "
-                         f"(known: conntrack_max)")
+                         f"(known: conntrack_max, ipv6)")
+    ipv6 = args.get("ipv6", True)
+    if not isinstance(ipv6, bool):
+        raise SystemExit(f"netstack: [components.netstack.args] ipv6: {ipv6!r} is not true or false")
     n = args.get("conntrack_max", StackConfig.conntrack_max)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= CONNTRACK_MAX_LIMIT:
         raise SystemExit(f"netstack: [components.netstack.args] conntrack_max: {n!r} is not "
                          f"a number of connections 1..{CONNTRACK_MAX_LIMIT}")
-    return StackConfig(conntrack_max=n)
+    return StackConfig(conntrack_max=n, ipv6=ipv6)
 
 
 class Netstack(Component):

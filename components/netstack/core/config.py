@@ -35,11 +35,10 @@ class StackConfig:
     announce_interval: float = 2.0
     defend_interval: float = 10.0
 
-    # IPv6 on Ethernet devices (ipv6.py, ndp.py, icmpv6.py). Off until the binding (the
-    # netstack process, drivers, CLI) speaks it: then every Ethernet device gets a link-local
-    # address and probes it (a DAD solicitation when added or brought up). Off, IPv6 frames
-    # are counted as rx_drop_ipv6_unsupported, as before.
-    ipv6: bool = False
+    # IPv6 on Ethernet devices (ipv6.py, ndp.py, icmpv6.py): every Ethernet device gets a
+    # link-local address and probes it (a DAD solicitation when added or brought up). Off
+    # (netstack's `ipv6 = false`), IPv6 frames are counted as rx_drop_ipv6_unsupported.
+    ipv6: bool = True
     # IPv6 addresses (RFC 4862). Neighbor Discovery shares the neighbor settings above: one
     # table per version, each of neighbor_table_size, and RETRANS_TIMER is arp_retrans_time.
     max_ipv6_addresses: int = 1024

@@ -174,8 +174,14 @@ def test_global_address_is_probed_listed_and_removed():
         s.del_address6("eth0", G0 + "/64")
 
 
-def test_ipv6_is_off_by_default_and_ipv4_stacks_see_no_ipv6_frames():
+def test_ipv6_is_on_by_default():
     s = Stack(StackConfig(strict=True, random_seed=1))
+    s.add_device("eth0", mac=mac(MAC0))
+    assert [a.state for a in s.addresses6()] == ["TENTATIVE"] and len(sent(s)) == 1
+
+
+def test_with_ipv6_off_ipv4_stacks_see_no_ipv6_frames():
+    s = Stack(StackConfig(strict=True, random_seed=1, ipv6=False))
     s.add_device("eth0", mac=mac(MAC0))
     assert sent(s) == [] and s.addresses6() == [] and s.next_deadline() is None
     s.receive("eth0", echo(), 0.0)

@@ -30,7 +30,7 @@ def busy_stack():
 
 def roundtrip(s: Stack, now: float = 100.0) -> Stack:
     blob = msgpack.packb(s.snapshot(), use_bin_type=True)
-    return Stack.restore(msgpack.unpackb(blob, raw=False), StackConfig(strict=True), now=now)
+    return Stack.restore(msgpack.unpackb(blob, raw=False), StackConfig(strict=True, ipv6=False), now=now)
 
 
 def test_restored_stack_has_same_tables():

@@ -29,6 +29,9 @@ def make_stack(now: float = 0.0, **cfg) -> Stack:
     cfg.setdefault("strict", True)
     cfg.setdefault("random_seed", 1)
     cfg.setdefault("announce_num", 1)   # no second announcement timer muddling the tests
+    # IPv6 is on in every real stack; these helpers serve the IPv4 tests, which count IPv4's
+    # frames (test_ipv6.py and its own helpers cover IPv6 beside IPv4).
+    cfg.setdefault("ipv6", False)
     s = Stack(StackConfig(**cfg))
     s.add_device("eth0", mac=mac(MAC0), now=now)
     s.add_device("eth1", mac=mac(MAC1), now=now)
