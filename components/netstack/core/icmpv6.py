@@ -1,8 +1,9 @@
 """ICMPv6 (RFC 4443): echo, the errors the stack sends, and the hand-off of ND to ndp.py.
 
 The rules for *not* sending an error (RFC 4443 §2.4 (e)) and its rate limit (§2.4 (f)) live
-in `send_error`, so every error the stack emits passes them. Errors received are counted;
-delivering them to sockets and pings comes with IPv6 transports.
+in `send_error`, so every error the stack emits passes them. Errors received go to what sent
+the quoted packet (RFC 4443 §2.4 (d)): a UDP socket, a TCP connection, a ping; a Packet Too
+Big also lowers the destination's path MTU (RFC 8201).
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import Callable, Protocol
 
+import struct
+
 from ..wire import ParseError
 from ..wire.icmpv6 import (ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG,
                            Icmpv6Message, build_echo6, build_icmpv6_error)
-from ..wire.ipv6 import NEXT_HEADER_ICMPV6
+from ..wire.ipv6 import (NEXT_HEADER_ICMPV6, NEXT_HEADER_TCP, NEXT_HEADER_UDP, Ipv6Packet,
+                         walk_extensions)
 from ..wire.ndp import ND_REDIRECT
 from .config import StackConfig
 from .errors import StackError
+from .events import EchoReply, IcmpErrorForSocket, PingError
 from .icmp import TokenBucket
 from .ipv6 import Ipv6Datagram
 from .ndp import ND_TYPES
 
+UNREACH_PORT6 = 4       # RFC 4443 §3.1 code 4
 _RX_TYPE = tuple(f"rx_type_{t}" for t in range(256))    # counter names, formatted once
 
 
@@ -40,6 +46,16 @@ class Icmpv6Context:
     source_for: Callable[[str, IPv6Address], IPv6Address | None]
     # Neighbor Discovery's receive (Ndp.receive), for the ND types.
     nd_receive: Callable[[Ipv6Datagram, Icmpv6Message, float], None]
+    # Whether an address (int) is ours and usable (Ipv6Addresses.is_preferred).
+    is_local: Callable[[int], bool]
+    # Events for the binding: EchoReply, PingError, IcmpErrorForSocket.
+    emit: Callable[[object], None]
+    # The UDP socket that sent local:port -> remote:port (UdpSockets.find_sender of udp6).
+    udp_sender: Callable
+    # TCP's icmp_error (tcp6): True when a connection took the error.
+    tcp_error: Callable
+    # Ipv6Layer.packet_too_big(dst, mtu, now): the path MTU cache.
+    packet_too_big: Callable[[IPv6Address, int, float], None]
 
 
 class Icmpv6:
@@ -49,6 +65,11 @@ class Icmpv6:
         self._send = ctx.send
         self._source_for = ctx.source_for
         self._nd_receive = ctx.nd_receive
+        self._is_local = ctx.is_local
+        self._emit = ctx.emit
+        self._udp_sender = ctx.udp_sender
+        self._tcp_error = ctx.tcp_error
+        self._packet_too_big = ctx.packet_too_big
         # §2.4 (f): a token bucket, the same figures as ICMPv4's.
         self.bucket = TokenBucket(cfg.icmp_error_rate, cfg.icmp_error_burst)
 
@@ -70,9 +91,13 @@ class Icmpv6:
         if msg.type == ICMPV6_ECHO_REQUEST:
             self._echo_request(rx, msg, now)
         elif msg.type == ICMPV6_ECHO_REPLY:
-            c["rx_echo_reply"] += 1         # no ping6 yet
+            c["rx_echo_reply"] += 1
+            if not rx.multicast:
+                self._emit(EchoReply(rx.src, msg.ident, msg.seq, rx.header.hop_limit,
+                                     len(msg.payload)))
         elif msg.is_error:
             c["rx_error"] += 1
+            self._error(rx, msg, now)
         else:
             c["rx_ignored"] += 1            # MLD queries and reports among them
 
@@ -99,6 +124,41 @@ class Icmpv6:
             c["tx_echo_reply"] += 1
         except StackError:      # no route back
             c["tx_echo_reply_failed"] += 1
+
+    def _error(self, rx: Ipv6Datagram, msg: Icmpv6Message, now: float) -> None:
+        """An error quoting a packet of ours: to its sender (RFC 4443 §2.4 (d)), by the
+        upper-layer header found behind the quote's extension headers."""
+        c = self.c
+        try:
+            q = Ipv6Packet.parse(msg.payload, check_length=False)
+            proto, offset, _ = walk_extensions(q.next_header, q.payload)
+        except ParseError:
+            c["rx_error_bad_quote"] += 1
+            return
+        if not self._is_local(int(q.src)):
+            c["rx_error_not_ours"] += 1
+            return
+        mtu = msg.mtu if msg.type == ICMPV6_PACKET_TOO_BIG else 0
+        if mtu:
+            self._packet_too_big(q.dst, mtu, now)
+        upper = q.payload[offset:]
+        if proto in (NEXT_HEADER_UDP, NEXT_HEADER_TCP) and len(upper) >= 4:
+            sport, dport = struct.unpack_from("!HH", upper)
+            if proto == NEXT_HEADER_UDP:
+                sock = self._udp_sender(q.src, sport, q.dst, dport)
+                if sock is not None:
+                    self._emit(IcmpErrorForSocket(sock.sid, rx.src, msg.type, msg.code, q.dst,
+                                                  dport, mtu))
+                    return
+            else:
+                seq = struct.unpack_from("!I", upper, 4)[0] if len(upper) >= 8 else None
+                if self._tcp_error(q.src, sport, q.dst, dport, msg.type, msg.code, mtu, seq):
+                    return
+        elif proto == NEXT_HEADER_ICMPV6 and len(upper) >= 8 and upper[0] == ICMPV6_ECHO_REQUEST:
+            ident, seq = struct.unpack_from("!HH", upper, 4)
+            self._emit(PingError(rx.src, msg.type, msg.code, q.dst, ident, seq))
+            return
+        c["rx_error_unmatched"] += 1
 
     # -- send --------------------------------------------------------------------------------
     def send_error(self, orig: Ipv6Datagram, type: int, code: int, now: float, *,
@@ -127,8 +187,9 @@ class Icmpv6:
             c["error_rate_limited"] += 1
             return False
         # About a datagram to one of our addresses: from that address, so the sender can
-        # match it; otherwise the receiving interface's address toward the sender.
-        src = orig.dst if not orig.dst.is_multicast else self._source_for(orig.device, orig.src)
+        # match it; otherwise (a multicast, a forwarded packet) the receiving interface's
+        # address toward the sender.
+        src = orig.dst if self._is_local(int(orig.dst)) else self._source_for(orig.device, orig.src)
         if src is None:
             c["error_no_source"] += 1
             return False

@@ -1,12 +1,14 @@
 """The IPv6 layer (RFC 8200) on Ethernet devices: our addresses with their DAD state, receive
 and local delivery, and output.
 
-What this first step does: link-local and global unicast addresses (RFC 4291), each
-TENTATIVE until Duplicate Address Detection (ndp.py, RFC 4862 §5.4) makes it PREFERRED or
-DUPLICATE; reception for our unicast addresses, ff02::1 and our solicited-node groups; the
-extension-header walk (wire/ipv6.py) with its Parameter Problems; output to on-link
-destinations through NDP's neighbor table. Not yet: forwarding, fragmentation and
-reassembly, routes other than the connected ones, transports (UDP, TCP) and loopback.
+Link-local and global unicast addresses (RFC 4291), each TENTATIVE until Duplicate Address
+Detection (ndp.py, RFC 4862 §5.4) makes it PREFERRED or DUPLICATE, and DEPRECATED when SLAAC
+says so; reception for our unicast addresses, ff02::1 and our solicited-node groups; the
+extension-header walk (wire/ipv6.py) with its Parameter Problems; reassembly (RFC 8200 §4.5,
+overlaps drop the datagram, RFC 5722); forwarding between devices (hop limit, Packet Too
+Big, no fragmenting on the way, RFC 8200 §5); output through the routing table with
+fragmentation at the path MTU (RFC 8201). Not yet: loopback (our own addresses as
+destinations), the firewall's hooks, Redirects.
 """
 
 from __future__ import annotations
@@ -16,23 +18,41 @@ from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Callable, Protocol
 
 from ..wire import ETHERTYPE_IPV6, ParseError, build_ethernet, build_ipv6
-from ..wire.ipv6 import (NEXT_HEADER_ICMPV6, NEXT_HEADER_NONE, PARAM_PROBLEM_NEXT_HEADER, PARAM_PROBLEM_OPTION,
-                         ExtensionHeaderProblem, Ipv6Packet, walk_extensions)
-from ..wire.icmpv6 import ICMPV6_PARAM_PROBLEM
+from ..wire.ipv6 import (IPV6_MIN_MTU, NEXT_HEADER_ICMPV6, NEXT_HEADER_NONE, PARAM_PROBLEM_NEXT_HEADER,
+                         PARAM_PROBLEM_OPTION, ExtensionHeaderProblem, Ipv6Packet, build_fragments,
+                         walk_extensions)
+from ..wire.icmpv6 import (ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_PARAM_PROBLEM,
+                           ICMPV6_TIME_EXCEEDED)
 from ..wire.ndp import ALL_NODES, link_local_from_mac, multicast_mac, solicited_node_address
 from .config import StackConfig
-from .device import ETHERNET, Device
+from .device import ETHERNET, LOOPBACK, Device
 from .errors import StackError
+from .fragment import Reassembler
 from .links import Links
-from .route import CONNECTED, Route, RoutingTable
+from .route import CONNECTED, STATIC, Route, RoutingTable, route_from_dict
 
 TENTATIVE = "TENTATIVE"     # DAD running: only ND for it is received, nothing is sent from it
-PREFERRED = "PREFERRED"     # usable (no lifetimes yet, so never DEPRECATED)
+PREFERRED = "PREFERRED"     # usable
+DEPRECATED = "DEPRECATED"   # RFC 4862 §5.5.4: still ours and answered, not chosen for new traffic
 DUPLICATE = "DUPLICATE"     # DAD failed: kept so `qnet status` shows it, never used
-STATES = (TENTATIVE, PREFERRED, DUPLICATE)
+STATES = (TENTATIVE, PREFERRED, DEPRECATED, DUPLICATE)
+USABLE = (PREFERRED, DEPRECATED)
+
+# ICMPv6 codes (RFC 4443 §3.1, §3.3).
+UNREACH_NO_ROUTE = 0
+UNREACH_BEYOND_SCOPE = 2
+UNREACH_ADDRESS = 3
+UNREACH_PORT = 4
+TIME_EXCEEDED_HOP_LIMIT = 0
+TIME_EXCEEDED_REASSEMBLY = 1
+# RFC 8201 §4: a learned path MTU is kept at least 5 minutes (10 is the suggested value),
+# then tried at the link's MTU again. The cache is bounded.
+PMTU_TIMEOUT = 600.0
+PMTU_CACHE_LIMIT = 4096
 
 LINK_LOCAL = IPv6Network("fe80::/10")
 ALL_NODES_INT = int(ALL_NODES)
+LOOPBACK_IFACE = IPv6Interface("::1/128")    # lo's, in every stack (not in snapshots)
 
 
 def link_local_for(mac: bytes) -> IPv6Interface:
@@ -112,6 +132,13 @@ class Ipv6Addresses:
     def get(self, device: str, ip: int) -> Ipv6Addr | None:
         return self._by_key.get((device, ip))
 
+    def device_of(self, ip: int) -> str | None:
+        """The device holding address ip (for a link-local one, its zone)."""
+        for (device, a) in self._by_key:
+            if a == ip:
+                return device
+        return None
+
     def of_device(self, device: str) -> list[Ipv6Addr]:
         return [a for a in self._by_key.values() if a.device == device]
 
@@ -121,9 +148,9 @@ class Ipv6Addresses:
 
     def reindex(self) -> None:
         self.global_ints = {int(a.ip): a.device for a in self._by_key.values()
-                            if a.state == PREFERRED and a.ip not in LINK_LOCAL}
+                            if a.state in USABLE and a.ip not in LINK_LOCAL}
         self.preferred_ints = frozenset(k[1] for k, a in self._by_key.items()
-                                        if a.state == PREFERRED)
+                                        if a.state in USABLE)
         groups: dict[str, set[int]] = {}
         for a in self._by_key.values():
             g = groups.setdefault(a.device, {ALL_NODES_INT})
@@ -140,21 +167,30 @@ class Ipv6Addresses:
         return a
 
     def is_preferred(self, ip: int) -> bool:
+        """Ours and usable (PREFERRED or DEPRECATED): answered, and a valid source."""
         return ip in self.preferred_ints
 
     def source_for(self, device: str, dst: IPv6Address) -> IPv6Address | None:
-        """RFC 6724 §5, cut to what this step needs: a preferred address of device, of the
-        destination's scope (link-local for link-local and link-scope multicast), in the
-        destination's prefix first."""
-        mine = [a for a in self._by_key.values() if a.device == device and a.state == PREFERRED]
-        if dst in LINK_LOCAL or (dst.is_multicast and (dst.packed[1] & 0x0F) <= 2):
-            scoped = [a for a in mine if a.ip in LINK_LOCAL]
-        else:
-            scoped = [a for a in mine if a.ip not in LINK_LOCAL]
-        for a in scoped:
-            if dst in a.iface.network:
-                return a.ip
-        return scoped[0].ip if scoped else None
+        """RFC 6724 §5, cut to what qnet needs: an address of device of the destination's
+        scope (link-local for link-local and link-scope multicast; rule 2), preferred over
+        deprecated (rule 3), then the longest prefix shared with the destination (rule 8);
+        a global destination takes another device's global address when device has none
+        (the weak host model, as IPv4)."""
+        if dst.is_loopback:
+            return dst
+        link_scope = dst in LINK_LOCAL or (dst.is_multicast and (dst.packed[1] & 0x0F) <= 2)
+        mine = [a for a in self._by_key.values() if a.state in USABLE
+                and (a.ip in LINK_LOCAL) == link_scope and not a.ip.is_loopback
+                and (a.device == device or (not link_scope and device is None))]
+        if not mine and not link_scope:
+            mine = [a for a in self._by_key.values() if a.state in USABLE
+                    and a.ip not in LINK_LOCAL and not a.ip.is_loopback]
+        if not mine:
+            return None
+        d = int(dst)
+        best = max(mine, key=lambda a: (a.device == device, a.state == PREFERRED,
+                                        128 - (int(a.ip) ^ d).bit_length()))
+        return best.ip
 
     def info(self) -> list[Ipv6AddressInfo]:
         return [Ipv6AddressInfo(a.device, str(a.iface), a.state) for a in self._by_key.values()]
@@ -203,7 +239,8 @@ class Ipv6Context:
 class Ipv6Layer:
     version = 6
 
-    def __init__(self, cfg: StackConfig, counters, ctx: Ipv6Context) -> None:
+    def __init__(self, cfg: StackConfig, counters, reassembly_counters, ident: int,
+                 ctx: Ipv6Context) -> None:
         self.cfg = cfg
         self.c = counters
         self._links = ctx.links
@@ -211,8 +248,12 @@ class Ipv6Layer:
         self.addresses = ctx.addresses
         self._neighbor_send = ctx.neighbor_send
         self._send_error = ctx.send_error
-        self.routes = RoutingTable(6, cfg.max_routes)     # connected routes of global addresses
+        self.routes = RoutingTable(6, cfg.max_routes)
         self.protocols: dict[int, Callable[[Ipv6Datagram, float], None]] = {}
+        self.reassembly = Reassembler(cfg, reassembly_counters)
+        self.next_ident = ident
+        # RFC 8201: destination int -> (path MTU, when it is forgotten).
+        self.pmtu: dict[int, tuple[int, float]] = {}
 
     # -- addresses ---------------------------------------------------------------------------
     def add_address(self, dev: Device, iface: IPv6Interface, state: str = TENTATIVE) -> Ipv6Addr:
@@ -238,6 +279,19 @@ class Ipv6Layer:
         self.addresses.remove_device(name)
         self.routes.remove_device(name)
 
+    def add_route(self, prefix: IPv6Network, gateway: IPv6Address | None, device: str | None,
+                  metric: int = 0, kind: str = STATIC) -> None:
+        """A route the caller has checked. A link-local gateway needs its device (its zone)."""
+        if gateway is not None and gateway in LINK_LOCAL and device is None:
+            raise StackError("bad_argument", f"a link-local gateway ({gateway}) needs a device")
+        if device is not None and device not in self._devs:
+            raise StackError("no_device", f"no device {device}")
+        self.routes.add(Route(prefix, gateway, device, metric, kind))
+
+    def remove_route(self, prefix: IPv6Network, gateway: IPv6Address | None = None,
+                     device: str | None = None, kind: str = STATIC) -> None:
+        self.routes.remove(prefix, gateway, device, kind=kind)
+
     def usable(self, name: str) -> bool:
         d = self._devs.get(name)
         return d is not None and d.up
@@ -253,6 +307,15 @@ class Ipv6Layer:
         c["rx_packets"] += 1
         src, dst = pkt.src, pkt.dst
         addrs = self.addresses
+        on_lo = dev.kind == LOOPBACK
+        if on_lo:
+            # Our own datagram, looped back by link_output: to one of our addresses, any zone.
+            a = addrs.get("lo", int(dst)) or addrs.get(addrs.device_of(int(dst)) or "", int(dst))
+            if a is None:
+                c["rx_drop_not_ours"] += 1
+                return
+            self._deliver(dev, pkt, memoryview(buf)[:40 + pkt.payload_length], False, False, now)
+            return
         # RFC 4291 §2.5.2, §2.5.3, §2.7: no multicast or loopback source, no unspecified or
         # loopback destination, on a wire.
         if src.is_multicast or src.is_loopback or dst.is_unspecified or dst.is_loopback:
@@ -260,24 +323,31 @@ class Ipv6Layer:
             return
         d = int(dst)
         tentative = False
+        a = None
         if dst.is_multicast:
             if d not in addrs.groups.get(dev.name, ()):
                 c["rx_drop_multicast_not_joined"] += 1
                 return
         else:
             a = addrs.local(dev.name, d)
-            if a is None:
-                c["rx_drop_not_ours"] += 1      # no IPv6 forwarding yet
-                return
-            if a.state == DUPLICATE:
-                c["rx_drop_duplicate_address"] += 1
-                return
-            tentative = a.state == TENTATIVE
+            if a is not None:
+                if a.state == DUPLICATE:
+                    c["rx_drop_duplicate_address"] += 1
+                    return
+                tentative = a.state == TENTATIVE
         if not src.is_unspecified and addrs.is_preferred(int(src)):
             c["rx_drop_own_source"] += 1        # our own address from outside: spoofed or a loop
             return
         packet = memoryview(buf)[:40 + pkt.payload_length]
-        multicast = dst.is_multicast or link_multicast
+        if a is None and not dst.is_multicast:
+            self._forward(dev, pkt, packet, link_multicast, now)
+            return
+        self._deliver(dev, pkt, packet, dst.is_multicast or link_multicast, tentative, now)
+
+    def _deliver(self, dev: Device, pkt: Ipv6Packet, packet: memoryview, multicast: bool,
+                 tentative: bool, now: float) -> None:
+        """A datagram for us: the extension headers, reassembly, the upper protocol."""
+        c = self.c
         try:
             proto, offset, ext = walk_extensions(pkt.next_header, pkt.payload)
         except ExtensionHeaderProblem as e:
@@ -293,17 +363,22 @@ class Ipv6Layer:
         except ParseError:
             c["rx_bad_extension"] += 1
             return
+        payload = pkt.payload[offset:]
         if ext.fragment is not None and not ext.fragment.is_atomic:
-            c["rx_drop_fragment"] += 1          # reassembly comes with the next step
-            return
+            if tentative:
+                c["rx_drop_tentative"] += 1
+                return
+            done = self._reassemble(dev, pkt, packet, ext.fragment, payload, multicast, now)
+            if done is None:
+                return
+            pkt, packet, proto, payload = done
         if proto == NEXT_HEADER_NONE:
             c["rx_no_next_header"] += 1
             return
         if tentative and proto != NEXT_HEADER_ICMPV6:
             c["rx_drop_tentative"] += 1     # RFC 4862 §5.4: only ND reaches a tentative address
             return
-        rx = Ipv6Datagram(pkt, pkt.payload[offset:], proto, dev.name, multicast, tentative,
-                          packet)
+        rx = Ipv6Datagram(pkt, payload, proto, dev.name, multicast, tentative, packet)
         handler = self.protocols.get(proto)
         if handler is None:
             c["rx_unknown_next_header"] += 1
@@ -314,35 +389,191 @@ class Ipv6Layer:
         c["rx_delivered"] += 1
         handler(rx, now)
 
+    def _reassemble(self, dev: Device, pkt: Ipv6Packet, packet, frag, data, multicast: bool,
+                    now: float):
+        """RFC 8200 §4.5: fragments are kept per (source, destination, identification) until
+        the datagram is whole; the Reassembler drops a datagram with overlapping fragments
+        (RFC 5722) and bounds memory. Returns (header, packet, protocol, payload) of the
+        whole datagram, walked anew past the headers that followed the Fragment header."""
+        key = (int(pkt.src), int(pkt.dst), frag.identification)
+        first = (bytes(packet), dev.name, multicast) if frag.offset == 0 else None
+        done = self.reassembly.add(key, int(pkt.src), frag.offset, bytes(data),
+                                   frag.more_fragments, first, now, 0xFFFF)
+        if done is None:
+            return None
+        (first_packet, _, _), payload = done
+        header = Ipv6Packet.parse(first_packet)
+        try:
+            # The unfragmentable part was walked with the first fragment; what follows the
+            # Fragment header (destination options, the upper layer) is walked now.
+            proto, offset, _ = walk_extensions(frag.next_header, payload)
+        except ParseError:
+            self.c["rx_bad_extension"] += 1
+            return None
+        self.c["rx_reassembled"] += 1
+        return header, memoryview(first_packet), proto, memoryview(payload)[offset:]
+
+    def expire_reassembly(self, now: float) -> None:
+        for first in self.reassembly.poll(now):
+            # RFC 8200 §4.5: Time Exceeded code 1, only if the first fragment arrived.
+            if first is not None:
+                packet, device, multicast = first
+                pkt = Ipv6Packet.parse(packet)
+                self._send_error(Ipv6Datagram(pkt, pkt.payload, pkt.next_header, device,
+                                              multicast, False, packet),
+                                 ICMPV6_TIME_EXCEEDED, TIME_EXCEEDED_REASSEMBLY, now)
+
+    # -- forwarding --------------------------------------------------------------------------
+    def _forward(self, dev: Device, pkt: Ipv6Packet, packet: memoryview, link_multicast: bool,
+                 now: float) -> None:
+        c = self.c
+        if not dev.forwarding:
+            c["rx_drop_not_ours"] += 1
+            return
+        if link_multicast:
+            c["forward_drop_link_multicast"] += 1
+            return
+        src, dst = pkt.src, pkt.dst
+        if src.is_unspecified:
+            c["forward_drop_unspecified_source"] += 1
+            return
+        if dst in LINK_LOCAL:
+            c["forward_drop_link_local"] += 1   # RFC 4291 §2.5.6: never forwarded
+            return
+        if src in LINK_LOCAL:
+            # RFC 4291 §2.5.6 and RFC 4443 §3.1: beyond the scope of the source address.
+            c["forward_drop_link_local"] += 1
+            self._send_error(self._about(dev, pkt, packet), ICMPV6_DEST_UNREACH,
+                             UNREACH_BEYOND_SCOPE, now)
+            return
+        if pkt.hop_limit <= 1:
+            c["forward_drop_hop_limit"] += 1    # RFC 8200 §3, RFC 4443 §3.3
+            self._send_error(self._about(dev, pkt, packet), ICMPV6_TIME_EXCEEDED,
+                             TIME_EXCEEDED_HOP_LIMIT, now)
+            return
+        hop = self.routes.lookup(dst, self.usable)
+        if hop is None:
+            c["forward_drop_no_route"] += 1
+            self._send_error(self._about(dev, pkt, packet), ICMPV6_DEST_UNREACH,
+                             UNREACH_NO_ROUTE, now)
+            return
+        out = self._devs[hop.device]
+        if len(packet) > out.mtu:
+            # RFC 8200 §5: routers do not fragment; the source learns the MTU (RFC 8201).
+            c["forward_drop_too_big"] += 1
+            self._send_error(self._about(dev, pkt, packet), ICMPV6_PACKET_TOO_BIG, 0, now,
+                             mtu=out.mtu)
+            return
+        b = bytearray(packet)
+        b[7] -= 1                               # the hop limit; IPv6 has no header checksum
+        c["forwarded"] += 1
+        self.link_output(out, hop.address, bytes(b), now)
+
+    def _about(self, dev: Device, pkt: Ipv6Packet, packet) -> Ipv6Datagram:
+        """A forwarded packet as an error's subject: its upper protocol found by walking its
+        headers, so that RFC 4443 §2.4 (e.1) sees an ICMPv6 error behind extension headers."""
+        try:
+            proto, offset, _ = walk_extensions(pkt.next_header, pkt.payload)
+            payload = pkt.payload[offset:]
+        except ParseError:
+            proto, payload = -1, b""
+        return Ipv6Datagram(pkt, payload, proto, dev.name, False, False, packet)
+
+    def neighbor_failed(self, device: str, packets: list[bytes], now: float) -> None:
+        """Address resolution failed: address unreachable (RFC 4443 §3.1 code 3) to each
+        waiting packet's sender, ourselves excepted."""
+        for p in packets:
+            try:
+                pkt = Ipv6Packet.parse(p)
+            except ParseError:
+                continue
+            if self.addresses.is_preferred(int(pkt.src)):
+                continue
+            dev = self._devs.get(device)
+            if dev is not None:
+                self._send_error(self._about(dev, pkt, memoryview(p)), ICMPV6_DEST_UNREACH,
+                                 UNREACH_ADDRESS, now)
+
+    # -- path MTU (RFC 8201) -----------------------------------------------------------------
+    def path_mtu(self, dst: int, link_mtu: int, now: float | None = None) -> int:
+        """The MTU toward dst: the link's, or less where a Packet Too Big said so."""
+        e = self.pmtu.get(dst)
+        if e is None:
+            return link_mtu
+        if now is not None and e[1] <= now:
+            del self.pmtu[dst]
+            return link_mtu
+        return min(e[0], link_mtu)
+
+    def packet_too_big(self, dst: IPv6Address, mtu: int, now: float) -> None:
+        """A Packet Too Big about a packet of ours: RFC 8201 §4, never below 1280 (RFC 8200
+        §5; RFC 8021: no atomic fragments when a smaller MTU is reported)."""
+        mtu = max(mtu, IPV6_MIN_MTU)
+        d = int(dst)
+        if d not in self.pmtu and len(self.pmtu) >= PMTU_CACHE_LIMIT:
+            self.pmtu.pop(next(iter(self.pmtu)))
+        old = self.pmtu.get(d)
+        if old is None or mtu < old[0] or old[1] <= now:
+            self.pmtu[d] = (mtu, now + PMTU_TIMEOUT)
+            self.c["pmtu_updates"] += 1
+
     # -- output ------------------------------------------------------------------------------
-    def send(self, dst: IPv6Address, next_header: int, payload: bytes, now: float, *,
-             src: IPv6Address, device: str | None = None, hop_limit: int | None = None) -> None:
-        """One datagram from us. Link-local and link-scope multicast destinations need the
-        device (their zone); global ones are routed. Raises StackError (no_route, no_device,
-        message_too_long) when it cannot leave."""
+    def resolve(self, dst: IPv6Address, device: str | None = None,
+                src: IPv6Address | None = None):
+        """(device, next hop) for a datagram from us; StackError no_route when none. Our
+        own addresses (and ::1) go to lo; a link-local destination leaves through `device`,
+        or the zone of a link-local `src`."""
+        if dst.is_loopback or self.addresses.is_preferred(int(dst)):
+            return self._devs["lo"], dst
         if dst in LINK_LOCAL or dst.is_multicast:
+            if device is None and src is not None and src in LINK_LOCAL:
+                device = self.addresses.device_of(int(src))
             dev = self._devs.get(device) if device is not None else None
             if dev is None or not dev.up or dev.kind != ETHERNET:
-                self.c["tx_drop_no_route"] += 1
-                raise StackError("no_route", f"no device for {dst}")
-            next_hop = dst
+                raise StackError("no_route", f"no device for {dst}" if device is None
+                                 else f"no route to {dst} via {device}")
+            return dev, dst
+        hop = self.routes.lookup(dst, self.usable, device)
+        if hop is None:
+            raise StackError("no_route", f"no route to {dst}" + (f" via {device}" if device else ""))
+        return self._devs[hop.device], hop.address
+
+    def send(self, dst: IPv6Address, next_header: int, payload: bytes, now: float, *,
+             src: IPv6Address, device: str | None = None, hop_limit: int | None = None,
+             traffic_class: int = 0) -> None:
+        """One datagram from us. Link-local and link-scope multicast destinations need the
+        device (their zone); global ones are routed (through `device` only, when given).
+        Raises StackError (no_route, message_too_long) when it cannot leave."""
+        try:
+            dev, next_hop = self.resolve(dst, device, src)
+        except StackError:
+            self.c["tx_drop_no_route"] += 1
+            raise
+        hop_limit = hop_limit or self.cfg.default_ttl
+        mtu = self.path_mtu(int(dst), dev.mtu, now)
+        if 40 + len(payload) <= mtu:
+            packets = [build_ipv6(src, dst, next_header, payload, hop_limit=hop_limit,
+                                  traffic_class=traffic_class)]
         else:
-            hop = self.routes.lookup(dst, self.usable)
-            if hop is None:
-                self.c["tx_drop_no_route"] += 1
-                raise StackError("no_route", f"no route to {dst}")
-            dev = self._devs[hop.device]
-            next_hop = hop.address
-        packet = build_ipv6(src, dst, next_header, payload,
-                            hop_limit=hop_limit or self.cfg.default_ttl)
-        if len(packet) > dev.mtu:
-            self.c["tx_drop_too_big"] += 1      # fragmentation comes with the next step
-            raise StackError("message_too_long", f"{len(packet)} bytes exceed the MTU {dev.mtu}")
+            # RFC 8200 §4.5: the source fragments, at the path MTU.
+            ident = self.next_ident
+            self.next_ident = (ident + 1) & 0xFFFFFFFF
+            try:
+                packets = build_fragments(src, dst, next_header, payload, mtu=max(mtu, IPV6_MIN_MTU),
+                                          identification=ident, hop_limit=hop_limit,
+                                          traffic_class=traffic_class)
+            except ValueError as e:
+                self.c["tx_drop_too_big"] += 1
+                raise StackError("message_too_long", str(e)) from None
+            self.c["tx_fragments"] += len(packets)
         self.c["tx_packets"] += 1
-        self.link_output(dev, next_hop, packet, now)
+        for p in packets:
+            self.link_output(dev, next_hop, p, now)
 
     def link_output(self, out: Device, next_hop: IPv6Address, packet: bytes, now: float) -> None:
-        if next_hop.is_multicast:
+        if out.kind == LOOPBACK:
+            self._links.loopback(out, packet)
+        elif next_hop.is_multicast:
             # RFC 2464 §7: a group's frames go to 33:33 and its low 32 bits.
             self._links.enqueue_tx(out, build_ethernet(multicast_mac(next_hop), out.mac,
                                                        ETHERTYPE_IPV6, packet))
@@ -351,9 +582,14 @@ class Ipv6Layer:
 
     # -- restart -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
-        """This layer's key of Stack.snapshot(): every IPv6 address with its DAD state."""
+        """This layer's keys of Stack.snapshot(): every IPv6 address with its DAD state,
+        the static routes (connected ones follow from the addresses) and the fragment
+        identification (so a successor does not reuse recent ones)."""
         return {"ipv6_addresses": [{"device": a.device, "address": str(a.iface),
-                                    "state": a.state} for a in self.addresses]}
+                                    "state": a.state} for a in self.addresses
+                                   if a.device != "lo"],
+                "routes6": [r.to_dict() for r in self.routes if r.kind != CONNECTED],
+                "ip6_ident": self.next_ident}
 
     def restore(self, snap: dict) -> None:
         """Into a new layer whose devices Links has restored. A snapshot from before IPv6
@@ -368,7 +604,41 @@ class Ipv6Layer:
             if state not in STATES:
                 raise ValueError(f"bad IPv6 address state {state!r}")
             self.add_address(self._devs[a["device"]], IPv6Interface(a["address"]), state)
+        for r in snap.get("routes6", []):
+            self.routes.add(route_from_dict(r))
+        self.next_ident = int(snap.get("ip6_ident", 0)) & 0xFFFFFFFF
 
 
-__all__ = ["DUPLICATE", "Ipv6Addr", "Ipv6AddressInfo", "Ipv6Addresses", "Ipv6Context",
-           "Ipv6Datagram", "Ipv6Layer", "PREFERRED", "TENTATIVE", "link_local_for"]
+class Ipv6ForTransport:
+    """The IPv6 side of tcp.layer.TcpIp: all a transport protocol may ask of this layer."""
+    version = 6
+    header_len = 40
+    default_send_mss = 1220         # RFC 9293 §3.7.1: 1280 - 40 - 20
+
+    def __init__(self, ip6: Ipv6Layer, proto: int) -> None:
+        self._ip6 = ip6
+        self._proto = proto
+
+    def source_and_mtu(self, remote: IPv6Address, local: IPv6Address | None):
+        ip6 = self._ip6
+        dev, _ = ip6.resolve(remote, src=local)
+        if local is None:
+            local = remote if dev.kind == LOOPBACK else ip6.addresses.source_for(dev.name, remote)
+            if local is None:
+                raise StackError("no_address", f"no source address to reach {remote}")
+        return local, ip6.path_mtu(int(remote), dev.mtu)
+
+    def output(self, local: IPv6Address, remote: IPv6Address, segment: bytes, now: float,
+               ttl: int | None = None, tos: int = 0) -> None:
+        self._ip6.send(remote, self._proto, segment, now, src=local, hop_limit=ttl,
+                       traffic_class=tos)
+
+    def is_local(self, addr: IPv6Address) -> bool:
+        return addr.is_loopback or self._ip6.addresses.is_preferred(int(addr))
+
+    def tso_max(self, remote: IPv6Address, local: IPv6Address | None) -> int:
+        return 0        # TSO for IPv6 segments: not yet
+
+
+__all__ = ["DEPRECATED", "DUPLICATE", "Ipv6Addr", "Ipv6AddressInfo", "Ipv6Addresses", "Ipv6Context",
+           "Ipv6Datagram", "Ipv6ForTransport", "Ipv6Layer", "LOOPBACK_IFACE", "PREFERRED", "TENTATIVE", "link_local_for"]

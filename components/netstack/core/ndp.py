@@ -47,6 +47,8 @@ class NdpContext:
     emit: Callable[[object], None]
     # Whether we act as a router on a device (the R flag of our advertisements).
     is_router: Callable[[str], bool]
+    # IPv6's answer to a failed resolution: address unreachable to the packets' senders.
+    unreachable: Callable[[str, list[bytes], float], None] | None = None
 
 
 class Ndp:
@@ -60,6 +62,7 @@ class Ndp:
         self.addresses = ctx.addresses
         self._emit = ctx.emit
         self._is_router = ctx.is_router
+        self._unreachable = ctx.unreachable
         self.neighbors = NeighborTable(cfg, self, neighbor_counters,
                                        format_address=lambda a: str(IPv6Address(a)))
         # DAD's retransmissions, keyed (device, address int).
@@ -196,8 +199,9 @@ class Ndp:
         self._enqueue_tx(dev, build_ethernet(lladdr, dev.mac, ETHERTYPE_IPV6, packet))
 
     def unreachable(self, device: str, address: int, packets: list[bytes], now: float) -> None:
-        # ICMPv6 address unreachable to the packets' senders comes with forwarding.
         self._emit(NeighborUnreachable(device, IPv6Address(address), len(packets)))
+        if self._unreachable is not None and packets:
+            self._unreachable(device, packets, now)
 
     # -- Duplicate Address Detection (RFC 4862 §5.4) -----------------------------------------
     def start_dad(self, dev: Device, a: Ipv6Addr, now: float) -> None:

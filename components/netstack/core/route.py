@@ -78,11 +78,11 @@ class NextHop:
     neighbor: int               # the same address as an int (neighbor tables are keyed so)
 
 
-def _static_route(d: dict) -> Route:
-    """A route as snapshot() wrote it."""
+def route_from_dict(d: dict) -> Route:
+    """A route as snapshot() (or Route.to_dict) wrote it; its kind when one is given."""
     return Route(ipaddress.ip_network(d["prefix"]),
                  None if d["gateway"] is None else ipaddress.ip_address(d["gateway"]),
-                 d["device"], int(d["metric"]), STATIC)
+                 d["device"], int(d["metric"]), str(d.get("kind", STATIC)))
 
 
 class RoutingTable:
@@ -201,7 +201,7 @@ class RoutingTable:
 
     def restore(self, snap: list[dict]) -> None:
         for r in snap:
-            self.add(_static_route(r))
+            self.add(route_from_dict(r))
 
     def info(self, usable: Callable[[str], bool], table: int | None = None) -> list[RouteInfo]:
         out = []
@@ -298,4 +298,4 @@ class RoutingTables:
     def restore(self, snap: list[dict]) -> None:
         for t in snap:
             for r in t["routes"]:
-                self.add(_static_route(r), int(t["table"]))
+                self.add(route_from_dict(r), int(t["table"]))

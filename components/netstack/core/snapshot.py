@@ -35,8 +35,10 @@ def take(stack: "Stack", connections: bool = True, now: float = 0.0) -> dict:
     snap.update(stack.ip6.snapshot())           # ipv6_addresses
     snap["neighbors6"] = stack.ndp.snapshot()
     snap["udp"] = stack.udp4.snapshot()
+    snap["udp6"] = stack.udp6.snapshot()
     snap["counters"] = stack.ctr.to_dict()
     snap["tcp4"] = stack.tcp4.snapshot(connections)
+    snap["tcp6"] = stack.tcp6.snapshot(connections)
     snap["filter"] = stack.filter.snapshot(now)
     return snap
 
@@ -59,8 +61,11 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
             stack.ip6.restore(snap)
             stack.ndp.restore(snap.get("neighbors6", []), now)
         stack.udp4.restore(snap.get("udp", {}))
+        stack.udp6.restore(snap.get("udp6", {}))
         if "tcp4" in snap:
             stack.tcp4.restore(snap["tcp4"])
+        if "tcp6" in snap:
+            stack.tcp6.restore(snap["tcp6"])
         if snap.get("filter"):
             stack.filter.restore(snap["filter"], now)
     except (KeyError, TypeError, ValueError) as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from ..wire import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
                     EthernetFrame, MacAddr, ParseError, build_echo, build_udp)
@@ -29,11 +29,13 @@ from .events import DeviceRemoved, LinkChanged
 from .fastpath import FastPath
 from .filter import Filter, FilterContext
 from .icmp import IcmpContext, Icmpv4
-from .icmpv6 import Icmpv6, Icmpv6Context
-from .ipv6 import (Ipv6AddressInfo, Ipv6Addresses, Ipv6Context, Ipv6Layer,
-                   link_local_for)
+from .icmpv6 import UNREACH_PORT6, Icmpv6, Icmpv6Context
+from .ipv6 import (LOOPBACK_IFACE, PREFERRED, Ipv6Addresses, Ipv6Context, Ipv6ForTransport,
+                   Ipv6Layer, link_local_for)
 from .ndp import Ndp, NdpContext
-from ..wire.ipv6 import NEXT_HEADER_ICMPV6
+from .stack6 import Ipv6Api
+from ..wire.icmpv6 import ICMPV6_DEST_UNREACH
+from ..wire.ipv6 import NEXT_HEADER_ICMPV6, NEXT_HEADER_TCP, NEXT_HEADER_UDP
 from .ipv4 import (LIMITED_BROADCAST, LO_ADDRESS, IpContext, Ipv4Datagram, Ipv4ForTransport,
                    Ipv4Layer)
 from .links import Links
@@ -62,7 +64,13 @@ def _port(p, allow_zero: bool) -> int:
     return p
 
 
-class Stack:
+# Socket and connection ids of the IPv6 tables start here (the IPv4 ones below), so the
+# bindings serve both versions through one id space.
+UDP6_FIRST_SID = 1 << 30
+TCP4_IDS, TCP6_IDS = (1, (1 << 30) - 1), (1 << 30, 0x7FFFFFFF)
+
+
+class Stack(Ipv6Api):
     def __init__(self, config: StackConfig | None = None) -> None:
         cfg = self.cfg = config or StackConfig()
         rng = self.rng = random.Random(cfg.random_seed)
@@ -93,7 +101,7 @@ class Stack:
         self.udp4 = UdpSockets(4, cfg, udp_c, rng)
         # RFC 6528: the ISN key is secret and random; a seeded stack (tests) derives it.
         isn_key = rng.randbytes(16) if cfg.random_seed is not None else secrets.token_bytes(16)
-        self.tcp4 = TcpLayer(Ipv4ForTransport(ip4, PROTO_TCP), tcp_c, rng, isn_key)
+        self.tcp4 = TcpLayer(Ipv4ForTransport(ip4, PROTO_TCP), tcp_c, rng, isn_key, ids=TCP4_IDS)
         self.icmp = Icmpv4(cfg, icmp_c, IcmpContext(
             send=ip4.send, is_local=ip4.is_local,
             is_directed_broadcast=ip4.broadcasts.__contains__, devices=self.devs,
@@ -126,22 +134,46 @@ class Stack:
         # ours, which source) and NDP (which targets it answers, DAD's verdicts). IPv6 sends
         # through NDP's neighbor table, and ICMPv6 through IPv6: as for IPv4, the layer
         # built first reaches ICMPv6 through a lambda, on error paths only.
+        # UDP and TCP over IPv6 are the same layers as IPv4's, one table per version.
         self.ip6_addresses = Ipv6Addresses(cfg.max_ipv6_addresses)
         self.ndp = Ndp(cfg, g("ndp"), g("neighbor6"), NdpContext(
             links=self.links, addresses=self.ip6_addresses, emit=self.emit,
-            is_router=lambda device: False))    # no IPv6 forwarding yet: R stays clear
+            is_router=lambda device: self.devs[device].forwarding if device in self.devs
+            else False,
+            unreachable=lambda device, packets, now: self.ip6.neighbor_failed(device, packets,
+                                                                              now)))
         self.ip6_neighbors = self.ndp.neighbors
-        self.ip6 = Ipv6Layer(cfg, g("ipv6"), Ipv6Context(
+        self.ip6 = Ipv6Layer(cfg, g("ipv6"), g("reassembly6"), rng.randrange(1 << 32), Ipv6Context(
             links=self.links, addresses=self.ip6_addresses,
             neighbor_send=self.ip6_neighbors.send,
             send_error=lambda orig, type, code, now, **kw: self.icmp6.send_error(
                 orig, type, code, now, **kw)))
+        ip6 = self.ip6
+        self.udp6 = UdpSockets(6, cfg, g("udp6"), rng, first_sid=UDP6_FIRST_SID)
+        self.tcp6 = TcpLayer(Ipv6ForTransport(ip6, NEXT_HEADER_TCP), g("tcp6"), rng, isn_key,
+                             ids=TCP6_IDS)
         self.icmp6 = Icmpv6(cfg, g("icmpv6"), Icmpv6Context(
-            send=self.ip6.send, source_for=self.ip6_addresses.source_for,
-            nd_receive=self.ndp.receive))
-        self.ip6.protocols[NEXT_HEADER_ICMPV6] = self.icmp6.receive
+            send=ip6.send, source_for=self.ip6_addresses.source_for,
+            nd_receive=self.ndp.receive, is_local=self.ip6_addresses.is_preferred,
+            emit=self.emit, udp_sender=self.udp6.find_sender, tcp_error=self.tcp6.icmp_error,
+            packet_too_big=ip6.packet_too_big))
+        ip6.protocols[NEXT_HEADER_ICMPV6] = self.icmp6.receive
+        udp6_receive, send_error6 = self.udp6.receive, self.icmp6.send_error
+
+        def udp6_input(rx, now: float) -> None:
+            h = rx.header
+            if not udp6_receive(rx.src, rx.dst, rx.payload, rx.device, rx.multicast,
+                                h.hop_limit, h.traffic_class):
+                # RFC 4443 §3.1: port unreachable (never for a multicast; send_error checks).
+                send_error6(rx, ICMPV6_DEST_UNREACH, UNREACH_PORT6, now)
+        ip6.protocols[NEXT_HEADER_UDP] = udp6_input
+        tcp6_receive = self.tcp6.receive
+        ip6.protocols[NEXT_HEADER_TCP] = lambda rx, now: tcp6_receive(
+            rx.src, rx.dst, rx.payload, rx.multicast, now)
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
         ip4.add_address(self.devs["lo"], LO_ADDRESS)
+        if cfg.ipv6:
+            ip6.add_address(self.devs["lo"], LOOPBACK_IFACE, PREFERRED)
 
     # -- the filter's context ----------------------------------------------------------------
     def _socket_marks(self, proto: int, src: int, sport: int, dst: int,
@@ -370,49 +402,6 @@ class Stack:
         self.ip4.tables.remove(prefix, None if gateway is None else _addr(gateway, "gateway"),
                                device, kind=STATIC, table=table)
 
-    # -- IPv6 addresses ----------------------------------------------------------------------
-    def _add_ipv6(self, dev: Device, iface: IPv6Interface, now: float) -> None:
-        a = self.ip6.add_address(dev, iface)
-        self.ip6_neighbors.flush_address(dev.name, int(iface.ip))
-        self.ndp.start_dad(dev, a, now)
-
-    @staticmethod
-    def _ipv6_iface(iface) -> IPv6Interface:
-        try:
-            return IPv6Interface(iface)
-        except (ValueError, TypeError):
-            raise StackError("bad_argument", f"not an IPv6 interface address: {iface!r}") from None
-
-    def add_address6(self, name: str, iface: IPv6Interface, now: float = 0.0) -> None:
-        """An IPv6 address on an Ethernet device, tentative until DAD (RFC 4862 §5.4) passes;
-        a DuplicateAddress event says when it does not."""
-        dev = self._dev(name)
-        iface = self._ipv6_iface(iface)
-        if not self.cfg.ipv6:
-            raise StackError("bad_argument", "IPv6 is off (StackConfig.ipv6)")
-        if dev.kind != ETHERNET:
-            raise StackError("bad_argument", f"IPv6 needs an Ethernet device; {name} is {dev.kind}")
-        ip = iface.ip
-        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.ipv4_mapped is not None:
-            raise StackError("bad_argument", f"{ip} cannot be an interface address")
-        self._add_ipv6(dev, iface, now)
-
-    def del_address6(self, name: str, iface: IPv6Interface) -> None:
-        dev = self._dev(name)
-        iface = self._ipv6_iface(iface)
-        a = self.ip6_addresses.get(name, int(iface.ip))
-        if a is None or a.iface != iface:
-            raise StackError("not_found", f"{iface} is not on {name}")
-        self.ip6.remove_address(dev, iface)
-        self.ndp.forget(name, int(iface.ip))
-
-    def addresses6(self) -> list[Ipv6AddressInfo]:
-        """Every IPv6 address with its DAD state (TENTATIVE, PREFERRED, DUPLICATE)."""
-        return self.ip6_addresses.info()
-
-    def neighbors6(self) -> list[NeighborInfo]:
-        return self.ip6_neighbors.info()
-
     # -- views -------------------------------------------------------------------------------
     def devices(self) -> list[DeviceInfo]:
         return [d.info() for d in self.devs.values()]
@@ -428,7 +417,7 @@ class Stack:
         return self.arp_neighbors.info()
 
     def sockets(self) -> list[dict]:
-        return [s.info() for s in self.udp4.sockets()]
+        return [s.info() for s in self.udp4.sockets() + self.udp6.sockets()]
 
     def counters(self) -> dict[str, dict[str, int]]:
         out = self.ctr.to_dict()
@@ -436,6 +425,9 @@ class Stack:
         tcp = out.setdefault("tcp", {})
         for k, v in self.tcp4.live_counters().items():
             tcp[k] = tcp.get(k, 0) + v
+        tcp6 = out.setdefault("tcp6", {})
+        for k, v in self.tcp6.live_counters().items():
+            tcp6[k] = tcp6.get(k, 0) + v
         for d in self.devs.values():
             g = out.setdefault(f"dev:{d.name}", {})
             g["tx_queued"] = len(d.tx)
@@ -447,8 +439,14 @@ class Stack:
                                        "limit": self.ip6_addresses.limit,
                                        "dropped": self.ip6_addresses.dropped}
         out["table:reassembly"] = self.ip4.reassembly.stats()
+        out["table:reassembly6"] = self.ip6.reassembly.stats()
         out["table:udp"] = self.udp4.stats()
+        out["table:udp6"] = self.udp6.stats()
         out["table:tcp"] = self.tcp4.stats()
+        out["table:tcp6"] = self.tcp6.stats()
+        out["table:routes6"] = {"routes": len(self.ip6.routes), "limit": self.ip6.routes.max_routes,
+                                "dropped": self.ip6.routes.dropped}
+        out["table:pmtu6"] = {"entries": len(self.ip6.pmtu)}
         tables = self.ip4.tables
         out["table:routes"] = {"routes": len(routes), "limit": routes.max_routes,
                                "dropped": routes.dropped, "tables": len(tables.numbers()),
@@ -488,8 +486,9 @@ class Stack:
         # holds for the whole batch. Common frames take the fast path (fastpath.py); it
         # declines before doing anything, and the general path takes the rest.
         fast = self.fast.receive
-        tcp4 = self.tcp4
+        tcp4, tcp6 = self.tcp4, self.tcp6
         tcp4.begin_batch()
+        tcp6.begin_batch()
         try:
             for i, frame in enumerate(frames):
                 try:
@@ -503,6 +502,7 @@ class Stack:
                     self._internal_error(e)
         finally:
             tcp4.end_batch(now)
+            tcp6.end_batch(now)
         self._drain_loopback(now)
 
     def _guarded(self, dev: Device, frame: bytes, now: float) -> None:
@@ -530,7 +530,10 @@ class Stack:
             return
         if dev.kind != ETHERNET:
             if frame[:1] and frame[0] >> 4 == 6:
-                c["rx_drop_ipv6_unsupported"] += 1
+                if self.cfg.ipv6 and dev.kind == LOOPBACK:
+                    self.ip6.receive(dev, frame, False, now)
+                else:
+                    c["rx_drop_ipv6_unsupported"] += 1
                 return
             self.ip4.receive(dev, frame, False, now)
             return
@@ -581,7 +584,9 @@ class Stack:
         self.ip6_neighbors.poll(now)
         self.ndp.poll(now)
         self.ip4.expire_reassembly(now)
+        self.ip6.expire_reassembly(now)
         self.tcp4.poll(now)
+        self.tcp6.poll(now)
         self.filter.poll(now)
         self._drain_loopback(now)
 
@@ -592,7 +597,8 @@ class Stack:
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.arp_neighbors.next_deadline(), self.arp.next_deadline(),
                           self.ip6_neighbors.next_deadline(), self.ndp.next_deadline(),
-                          self.ip4.reassembly.next_deadline(), self.tcp4.next_deadline())
+                          self.ip4.reassembly.next_deadline(), self.tcp4.next_deadline(),
+                          self.ip6.reassembly.next_deadline(), self.tcp6.next_deadline())
               if d is not None]
         return min(ds) if ds else None
 
@@ -608,31 +614,44 @@ class Stack:
         self._drain_loopback(now)
 
     # -- UDP ---------------------------------------------------------------------------------
-    def udp_open(self) -> int:
+    def udp_open(self, version: int = 4) -> int:
+        """A UDP socket of IPv4 or IPv6; its id says which (UDP6_FIRST_SID and above: 6)."""
+        if version == 6:
+            if not self.cfg.ipv6:
+                raise StackError("bad_argument", "IPv6 is off (StackConfig.ipv6)")
+            return self.udp6.open()
         return self.udp4.open()
+
+    def _udp(self, sid: int) -> UdpSockets:
+        return self.udp6 if self.udp6.owns(sid) else self.udp4
 
     def udp_bind(self, sid: int, addr: IPv4Address | None, port: int,
                  device: str | None = None) -> tuple[IPv4Address | None, int]:
         if device is not None:
             self._dev(device)
+        if self.udp6.owns(sid):
+            return self.udp6.bind(sid, None if addr is None else self._addr6(addr),
+                                  _port(port, True), device, self._is_local6)
         return self.udp4.bind(sid, None if addr is None else _addr(addr), _port(port, True),
                               device, self.ip4.is_local)
 
     def udp_connect(self, sid: int, addr: IPv4Address, port: int) -> None:
-        s = self.udp4.get(sid)
-        addr, port = _addr(addr), _port(port, False)
+        table = self._udp(sid)
+        s = table.get(sid)
+        addr = self._addr6(addr) if table is self.udp6 else _addr(addr)
+        port = _port(port, False)
         if not s.local_port:
             self.udp_bind(sid, None, 0, s.device)
-        self.udp4.connect(sid, addr, port)
+        table.connect(sid, addr, port)
 
     def udp_set_broadcast(self, sid: int, on: bool) -> None:
-        self.udp4.get(sid).broadcast = bool(on)
+        self._udp(sid).get(sid).broadcast = bool(on)
 
     def udp_set_mark(self, sid: int, domain: int, value: int) -> None:
         """A socket mark (domain 1..4) for the filter's `mark` matches of the flows it opens."""
         if not 1 <= domain <= 4 or not 0 <= value <= 0xFFFFFFFF:
             raise StackError("bad_argument", "a mark is domain 1..4, value 0..2**32-1")
-        s = self.udp4.get(sid)
+        s = self._udp(sid).get(sid)
         marks = list(s.marks) + [0] * (4 - len(s.marks))
         marks[domain - 1] = value
         s.marks = tuple(marks) if any(marks) else ()
@@ -640,7 +659,10 @@ class Stack:
     def udp_sendto(self, sid: int, payload: bytes, addr: IPv4Address | None, port: int | None,
                    now: float, device: str | None = None) -> None:
         """addr: an IPv4Address, its text or its int (the binding's form, which can take
-        the fast path: fastpath.py `udp_send`)."""
+        the fast path: fastpath.py `udp_send`); an IPv6 socket's, an IPv6Address or text."""
+        if self.udp6.owns(sid):
+            self._udp6_sendto(sid, payload, addr, port, now, device)
+            return
         s = self.udp4.get(sid)
         if addr.__class__ is int and port.__class__ is int and 0 < port <= 0xFFFF and \
                 self.fast.udp_send(s, payload, addr, port, device if device is not None
@@ -670,13 +692,14 @@ class Stack:
         self._drain_loopback(now)
 
     def udp_recv(self, sid: int, max_count: int) -> list[Datagram]:
-        return self.udp4.recv(sid, max_count)
+        return self._udp(sid).recv(sid, max_count)
 
     def udp_readable(self) -> set[int]:
-        return self.udp4.take_readable()
+        r = self.udp4.take_readable()
+        return r | self.udp6.take_readable() if self.udp6._readable else r
 
     def udp_close(self, sid: int) -> None:
-        self.udp4.close(sid)
+        self._udp(sid).close(sid)
 
     # -- restart -----------------------------------------------------------------------------
     def snapshot(self, connections: bool = True, now: float = 0.0) -> dict:

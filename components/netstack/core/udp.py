@@ -119,15 +119,19 @@ def _overlap(a, b) -> bool:
 
 
 class UdpSockets:
-    def __init__(self, version: int, cfg: StackConfig, counters, rng: random.Random) -> None:
+    def __init__(self, version: int, cfg: StackConfig, counters, rng: random.Random,
+                 first_sid: int = 1) -> None:
+        """`first_sid`: where this table's socket ids start (one table per IP version,
+        disjoint ranges, so a binding serving both tells them apart by id)."""
         self.version = version
+        self.first_sid = first_sid
         self.cfg = cfg
         self.counters = counters
         self.rng = rng
         self._sockets: dict[int, UdpSocket] = {}
         self._by_port: dict[int, list[int]] = {}
         self._readable: set[int] = set()
-        self.next_sid = 1
+        self.next_sid = first_sid
 
     def __len__(self) -> int:
         return len(self._sockets)
@@ -137,6 +141,10 @@ class UdpSockets:
         if s is None:
             raise StackError("not_found", f"no UDP socket {sid}")
         return s
+
+    def owns(self, sid: int) -> bool:
+        """Whether a socket id is of this table's range (see first_sid)."""
+        return sid >= self.first_sid
 
     def open(self) -> int:
         if len(self._sockets) >= self.cfg.max_sockets:
@@ -310,7 +318,7 @@ class UdpSockets:
                             for s in self._sockets.values()]}
 
     def restore(self, snap: dict) -> None:
-        self.next_sid = int(snap.get("next_sid", 1))
+        self.next_sid = max(int(snap.get("next_sid", 1)), self.first_sid)
         for d in snap.get("sockets", ()):
             s = UdpSocket(int(d["sid"]))
             s.local_addr = None if d["local_addr"] is None else ipaddress.ip_address(d["local_addr"])

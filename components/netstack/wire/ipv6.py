@@ -35,14 +35,18 @@ class Ipv6Packet:
     payload: bytes | memoryview  # trimmed to payload_length
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "Ipv6Packet":
+    def parse(cls, buf: bytes | memoryview, check_length: bool = True) -> "Ipv6Packet":
+        """check_length=False reads a packet quoted in an ICMPv6 error, cut short: the
+        payload is what the buffer holds."""
         n = len(buf)
         if n < IPV6_HEADER_LEN:
             raise ParseError(f"ipv6: packet of {n} bytes is shorter than the 40-byte header")
         word, payload_length, next_header, hop_limit, src, dst = _HEADER.unpack_from(buf)
         if word >> 28 != 6:
             raise ParseError(f"ipv6: version {word >> 28}, not 6")
-        if IPV6_HEADER_LEN + payload_length > n:
+        if not check_length:
+            payload_length = min(payload_length, n - IPV6_HEADER_LEN)
+        elif IPV6_HEADER_LEN + payload_length > n:
             # A zero length with a Jumbo Payload option (RFC 2675) is not supported.
             raise ParseError(f"ipv6: payload length {payload_length} exceeds the {n}-byte buffer")
         return _make_packet(ipv6_address(src), ipv6_address(dst), next_header, hop_limit, word & 0xFFFFF,

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet6 import (HBHOptUnknown, ICMPv6EchoReply, ICMPv6EchoRequest,
+from scapy.layers.inet6 import (HBHOptUnknown, ICMPv6DestUnreach, IPerror6, ICMPv6EchoReply, ICMPv6EchoRequest,
                                 ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr,
                                 ICMPv6NDOptSrcLLAddr, ICMPv6ParamProblem, IPv6,
                                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, in6_chksum)
@@ -199,8 +199,13 @@ def test_ns_for_our_address_gets_a_solicited_na_and_teaches_us_the_sender():
     assert f[Ether].dst == HOST_A and f[Ether].src == MAC0
     assert f[IPv6].src == LL0 and f[IPv6].dst == LLA and f[IPv6].hlim == 255
     a = f[ICMPv6ND_NA]
-    assert (a.tgt, a.R, a.S, a.O, a.code) == (LL0, 0, 1, 1, 0)
+    # R: the device forwards (the default), so we are a router on it (RFC 4861 §4.4).
+    assert (a.tgt, a.R, a.S, a.O, a.code) == (LL0, 1, 1, 1, 0)
     assert f[ICMPv6NDOptDstLLAddr].lladdr == MAC0
+    s.set_forwarding("eth0", False)
+    s.receive("eth0", ns(LL0), 3.0)
+    (f,) = sent(s, "eth0")
+    assert f[ICMPv6ND_NA].R == 0
     assert checksum_ok(f)
     assert neighbor_state(s, LLA) == ("STALE", HOST_A)
 
@@ -359,7 +364,7 @@ def test_unknown_next_header_gets_parameter_problem_code_1_pointing_at_it():
     assert (f[ICMPv6ParamProblem].code, f[ICMPv6ParamProblem].ptr) == (1, 6)
 
 
-def test_fragments_bad_checksums_and_foreign_destinations_are_counted_drops():
+def test_bad_checksums_foreign_link_local_and_martians_are_counted_drops():
     s = known_a()
     frag = IPv6(src=LLA, dst=LL0) / IPv6ExtHdrFragment(m=1, id=5) / Raw(b"x" * 16)
     bad = Ether(echo())
@@ -367,10 +372,12 @@ def test_fragments_bad_checksums_and_foreign_destinations_are_counted_drops():
     for f in (frame(frag), bytes(bad), echo(dst="fe80::5"), echo(dst="2001:db8::77"),
               echo(src="ff02::1"), frame(IPv6(src=LLA, dst=LL0, nh=59))):
         s.receive("eth0", f, 2.1)
-    assert sent(s) == []
+    # A link-local source is never forwarded: RFC 4443 §3.1 code 2 (beyond its scope).
+    (f,) = sent(s)
+    assert f[ICMPv6DestUnreach].code == 2 and f[IPerror6].dst == "2001:db8::77"
     c = s.counters()
-    assert c["ipv6"]["rx_drop_fragment"] == 1 and c["icmpv6"]["rx_bad"] == 1
-    assert c["ipv6"]["rx_drop_not_ours"] == 2 and c["ipv6"]["rx_drop_martian"] == 1
+    assert c["reassembly6"]["fragments"] == 1 and c["icmpv6"]["rx_bad"] == 1
+    assert c["ipv6"]["forward_drop_link_local"] == 2 and c["ipv6"]["rx_drop_martian"] == 1
     assert c["ipv6"]["rx_no_next_header"] == 1
 
 

@@ -99,7 +99,10 @@ class Listener:
 class TcpLayer:
     def __init__(self, ip: TcpIp, counters, rng: random.Random, isn_key: bytes,
                  config: TcpConfig | None = None,
-                 limits: TcpLayerConfig | None = None) -> None:
+                 limits: TcpLayerConfig | None = None,
+                 ids: tuple[int, int] = (1, 0x7FFFFFFF)) -> None:
+        """`ids`: the range of connection and listener ids (one per IP version, disjoint,
+        so a binding serving both layers tells them apart by id)."""
         self.ip = ip
         self.version = ip.version
         self._addr = ipaddress.IPv4Address if ip.version == 4 else ipaddress.IPv6Address
@@ -116,7 +119,8 @@ class TcpLayer:
         self.time_wait: dict[int, None] = {}        # cids that entered TIME-WAIT, oldest first
         self.deadlines = Deadlines()
         self._events: list[tuple[int, object]] = []
-        self._next_id = 1
+        self._ids = ids
+        self._next_id = ids[0]
         self._held: set[int] | None = None       # cids holding ACKs for the batch's end
         # Socket marks of connections we open (qnet.socket set_mark / SO_MARK), by cid: the
         # filter gives them to the connection's conntrack entry when its SYN leaves
@@ -125,12 +129,17 @@ class TcpLayer:
 
     # -- ids ---------------------------------------------------------------------------------
     def _new_id(self) -> int:
+        lo, hi = self._ids
         i = self._next_id
-        self._next_id = i + 1 if i < 0x7FFFFFFF else 1
+        self._next_id = i + 1 if i < hi else lo
         while i in self.conns or i in self.listeners:
             i = self._next_id
-            self._next_id += 1
+            self._next_id = i + 1 if i < hi else lo
         return i
+
+    def owns(self, cid: int) -> bool:
+        """Whether an id is of this layer's range."""
+        return self._ids[0] <= cid <= self._ids[1]
 
     def marks_of(self, src: int, sport: int, dst: int, dport: int) -> tuple[int, ...] | None:
         """The socket marks of the connection that sends src:sport -> dst:dport, if any."""
@@ -420,8 +429,9 @@ class TcpLayer:
                                (sq.le(conn.snd_una, seq) and sq.lt(seq, conn.snd_max))):
             self.c["icmp_error_out_of_window"] += 1
             return True
-        if icmp_type == 3 and code == 4 and mtu:
-            # RFC 1191 §6.1 / RFC 9293 §3.7.3: "fragmentation needed" lowers the segment size.
+        if mtu and (icmp_type, code) == ((3, 4) if self.version == 4 else (2, 0)):
+            # RFC 1191 §6.1, RFC 8201 §4 / RFC 9293 §3.7.3: "fragmentation needed" (IPv4) or
+            # Packet Too Big (IPv6) lowers the segment size.
             mss = max(mtu - self.ip.header_len - 20 - (TS_OPTION_SPACE if conn.ts_ok else 0), 88)
             if mss < conn.send_mss:
                 conn.send_mss = mss
@@ -581,7 +591,7 @@ class TcpLayer:
         if not 16 <= len(key) <= 64:
             raise ValueError("isn_key must be 16..64 bytes")
         self.isn_key = key
-        self._next_id = int(d["next_id"])
+        self._next_id = min(max(int(d["next_id"]), self._ids[0]), self._ids[1])
         for ld in d["listeners"]:
             lst = Listener(int(ld["lid"]), None if ld["addr"] is None else int(ld["addr"]),
                            int(ld["port"]), int(ld["backlog"]))
