@@ -43,6 +43,7 @@ class StackConfig:
     # table per version, each of neighbor_table_size, and RETRANS_TIMER is arp_retrans_time.
     max_ipv6_addresses: int = 1024
     dup_addr_detect_transmits: int = 1      # RFC 4862 §5.1 DupAddrDetectTransmits
+    router_solicitations: int = 3           # RFC 4861 §10 MAX_RTR_SOLICITATIONS (0: none)
     icmp6_echo_ignore_multicast: bool = False   # Linux's default: ff02::1 pings are answered
 
     # Routing.

@@ -66,6 +66,7 @@ class Ipv6Addr:
     iface: IPv6Interface
     state: str
     probes_left: int = 0        # DAD solicitations still to send
+    connected: bool = True      # made its prefix's connected route (SLAAC's do not)
 
     @property
     def ip(self) -> IPv6Address:
@@ -254,13 +255,20 @@ class Ipv6Layer:
         self.next_ident = ident
         # RFC 8201: destination int -> (path MTU, when it is forgotten).
         self.pmtu: dict[int, tuple[int, float]] = {}
+        # What Router Advertisements set per device (RFC 4861 §6.3.4): the link's MTU for
+        # IPv6 (at most the device's) and the hop limit of what we originate.
+        self.link_mtu: dict[str, int] = {}
+        self.hop_limits: dict[str, int] = {}
 
     # -- addresses ---------------------------------------------------------------------------
-    def add_address(self, dev: Device, iface: IPv6Interface, state: str = TENTATIVE) -> Ipv6Addr:
-        """Assign an address the caller has checked; a global one gets its connected route."""
+    def add_address(self, dev: Device, iface: IPv6Interface, state: str = TENTATIVE,
+                    connected: bool = True) -> Ipv6Addr:
+        """Assign an address the caller has checked; a global one gets its connected route
+        unless `connected` is False (SLAAC's: RFC 5942, only an RA makes a prefix on-link)."""
         a = self.addresses.add(dev.name, iface, state)
+        a.connected = connected
         net = iface.network
-        if net.prefixlen < 128 and iface.ip not in LINK_LOCAL and not any(
+        if connected and net.prefixlen < 128 and iface.ip not in LINK_LOCAL and not any(
                 r.kind == CONNECTED and r.device == dev.name and r.prefix == net
                 for r in self.routes):
             self.routes.add(Route(net, None, dev.name, 0, CONNECTED))
@@ -549,8 +557,8 @@ class Ipv6Layer:
         except StackError:
             self.c["tx_drop_no_route"] += 1
             raise
-        hop_limit = hop_limit or self.cfg.default_ttl
-        mtu = self.path_mtu(int(dst), dev.mtu, now)
+        hop_limit = hop_limit or self.hop_limits.get(dev.name) or self.cfg.default_ttl
+        mtu = self.path_mtu(int(dst), self.link_mtu.get(dev.name, dev.mtu), now)
         if 40 + len(payload) <= mtu:
             packets = [build_ipv6(src, dst, next_header, payload, hop_limit=hop_limit,
                                   traffic_class=traffic_class)]
@@ -586,8 +594,8 @@ class Ipv6Layer:
         the static routes (connected ones follow from the addresses) and the fragment
         identification (so a successor does not reuse recent ones)."""
         return {"ipv6_addresses": [{"device": a.device, "address": str(a.iface),
-                                    "state": a.state} for a in self.addresses
-                                   if a.device != "lo"],
+                                    "state": a.state, "connected": a.connected}
+                                   for a in self.addresses if a.device != "lo"],
                 "routes6": [r.to_dict() for r in self.routes if r.kind != CONNECTED],
                 "ip6_ident": self.next_ident}
 
@@ -603,7 +611,8 @@ class Ipv6Layer:
             state = str(a["state"])
             if state not in STATES:
                 raise ValueError(f"bad IPv6 address state {state!r}")
-            self.add_address(self._devs[a["device"]], IPv6Interface(a["address"]), state)
+            self.add_address(self._devs[a["device"]], IPv6Interface(a["address"]), state,
+                             bool(a.get("connected", True)))
         for r in snap.get("routes6", []):
             self.routes.add(route_from_dict(r))
         self.next_ident = int(snap.get("ip6_ident", 0)) & 0xFFFFFFFF

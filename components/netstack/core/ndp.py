@@ -18,12 +18,14 @@ from ..wire.icmpv6 import Icmpv6Message
 from ..wire.ipv6 import NEXT_HEADER_ICMPV6
 from ..wire.ndp import (ALL_NODES, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_REDIRECT,
                         ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT, NeighborAdvertisement,
-                        NeighborSolicitation, SourceLinkLayerAddress, TargetLinkLayerAddress,
+                        NeighborSolicitation, RouterAdvertisement, RouterSolicitation,
+                        SourceLinkLayerAddress, TargetLinkLayerAddress,
                         multicast_mac, parse_ndp, solicited_node_address)
 from .config import StackConfig
 from .device import ETHERNET, Device
 from .events import DuplicateAddress, NeighborUnreachable
-from .ipv6 import DUPLICATE, PREFERRED, TENTATIVE, Ipv6Addr, Ipv6Addresses, Ipv6Datagram
+from .ipv6 import (DUPLICATE, LINK_LOCAL, PREFERRED, TENTATIVE, Ipv6Addr, Ipv6Addresses,
+                   Ipv6Datagram)
 from .links import Links
 from .neighbor import NeighborTable, State
 from .timers import Deadlines
@@ -49,6 +51,9 @@ class NdpContext:
     is_router: Callable[[str], bool]
     # IPv6's answer to a failed resolution: address unreachable to the packets' senders.
     unreachable: Callable[[str, list[bytes], float], None] | None = None
+    # Router discovery (routerdisc.py): valid RAs (device, source, message, now) and RSs.
+    router_advertisement: Callable | None = None
+    router_solicitation: Callable | None = None
 
 
 class Ndp:
@@ -63,6 +68,8 @@ class Ndp:
         self._emit = ctx.emit
         self._is_router = ctx.is_router
         self._unreachable = ctx.unreachable
+        self._router_advertisement = ctx.router_advertisement
+        self._router_solicitation = ctx.router_solicitation
         self.neighbors = NeighborTable(cfg, self, neighbor_counters,
                                        format_address=lambda a: str(IPv6Address(a)))
         # DAD's retransmissions, keyed (device, address int).
@@ -90,8 +97,28 @@ class Ndp:
         elif type(nd) is NeighborAdvertisement:
             c["rx_na"] += 1
             self._advertisement(dev, rx, nd, now)
+        elif type(nd) is RouterAdvertisement:
+            c["rx_ra"] += 1
+            if rx.src not in LINK_LOCAL:
+                c["rx_ra_not_link_local"] += 1      # RFC 4861 §6.1.2: silently discarded
+                return
+            self._learn_router_lladdr(dev, rx.src, nd.source_lladdr, now)
+            if self._router_advertisement is not None:
+                self._router_advertisement(dev, rx.src, nd, now)
+        elif type(nd) is RouterSolicitation:
+            c["rx_rs"] += 1
+            if not rx.src.is_unspecified:
+                self._learn_router_lladdr(dev, rx.src, nd.source_lladdr, now)
+            if self._router_solicitation is not None:
+                self._router_solicitation(dev, rx.src, now)
         else:
-            c["rx_ignored_router_or_redirect"] += 1     # hosts' and routers' parts: later
+            c["rx_ignored_redirect"] += 1
+
+    def _learn_router_lladdr(self, dev: Device, src: IPv6Address, lladdr, now: float) -> None:
+        # RFC 4861 §6.2.6 (RS at a router), §6.3.4 (RA at a host): a source link-layer
+        # address creates or updates the sender's entry, STALE when new or changed.
+        if lladdr is not None:
+            self.neighbors.learn(dev.name, int(src), lladdr, now, create=True)
 
     def _solicitation(self, dev: Device, rx: Ipv6Datagram, ns: NeighborSolicitation,
                       now: float) -> None:

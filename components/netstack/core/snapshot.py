@@ -34,6 +34,7 @@ def take(stack: "Stack", connections: bool = True, now: float = 0.0) -> dict:
     snap["neighbors"] = stack.arp.snapshot()
     snap.update(stack.ip6.snapshot())           # ipv6_addresses
     snap["neighbors6"] = stack.ndp.snapshot()
+    snap["routers6"] = stack.routers6.snapshot(now)
     snap["udp"] = stack.udp4.snapshot()
     snap["udp6"] = stack.udp6.snapshot()
     snap["counters"] = stack.ctr.to_dict()
@@ -60,6 +61,7 @@ def restore(cls, snap: dict, config: StackConfig | None, now: float) -> "Stack":
             # Absent before IPv6: Ethernet devices then get their link-local addresses anew.
             stack.ip6.restore(snap)
             stack.ndp.restore(snap.get("neighbors6", []), now)
+            stack.routers6.restore(snap.get("routers6", {}), now)
         stack.udp4.restore(snap.get("udp", {}))
         stack.udp6.restore(snap.get("udp6", {}))
         if "tcp4" in snap:

@@ -33,6 +33,7 @@ from .icmpv6 import UNREACH_PORT6, Icmpv6, Icmpv6Context
 from .ipv6 import (LOOPBACK_IFACE, PREFERRED, Ipv6Addresses, Ipv6Context, Ipv6ForTransport,
                    Ipv6Layer, link_local_for)
 from .ndp import Ndp, NdpContext
+from .routerdisc import RouterDiscovery, RouterDiscoveryContext
 from .stack6 import Ipv6Api
 from ..wire.icmpv6 import ICMPV6_DEST_UNREACH
 from ..wire.ipv6 import NEXT_HEADER_ICMPV6, NEXT_HEADER_TCP, NEXT_HEADER_UDP
@@ -137,11 +138,15 @@ class Stack(Ipv6Api):
         # UDP and TCP over IPv6 are the same layers as IPv4's, one table per version.
         self.ip6_addresses = Ipv6Addresses(cfg.max_ipv6_addresses)
         self.ndp = Ndp(cfg, g("ndp"), g("neighbor6"), NdpContext(
-            links=self.links, addresses=self.ip6_addresses, emit=self.emit,
+            links=self.links, addresses=self.ip6_addresses, emit=self._ndp_event,
             is_router=lambda device: self.devs[device].forwarding if device in self.devs
             else False,
             unreachable=lambda device, packets, now: self.ip6.neighbor_failed(device, packets,
-                                                                              now)))
+                                                                              now),
+            router_advertisement=lambda dev, src, ra, now: self.routers6.router_advertisement(
+                dev, src, ra, now),
+            router_solicitation=lambda dev, src, now: self.routers6.router_solicitation(
+                dev, src, now)))
         self.ip6_neighbors = self.ndp.neighbors
         self.ip6 = Ipv6Layer(cfg, g("ipv6"), g("reassembly6"), rng.randrange(1 << 32), Ipv6Context(
             links=self.links, addresses=self.ip6_addresses,
@@ -170,6 +175,18 @@ class Stack(Ipv6Api):
         tcp6_receive = self.tcp6.receive
         ip6.protocols[NEXT_HEADER_TCP] = lambda rx, now: tcp6_receive(
             rx.src, rx.dst, rx.payload, rx.multicast, now)
+        # Router discovery (routerdisc.py): SLAAC on host devices, advertisements on the
+        # devices configured as the link's router. RFC 7217's key: secret, random; a seeded
+        # stack (tests) derives it; a successor gets it in the snapshot.
+        slaac_key = rng.randbytes(32) if cfg.random_seed is not None else secrets.token_bytes(32)
+        self.routers6 = RouterDiscovery(g("routers6"), g("slaac"), g("radv"), slaac_key, rng,
+                                        RouterDiscoveryContext(
+            links=self.links, addresses=self.ip6_addresses, add_address=self._add_slaac_address,
+            remove_address=lambda dev, iface: self._remove_ipv6(dev, iface),
+            set_state=lambda device, address, state: self.ip6_addresses.set_state(
+                self.ip6_addresses.get(device, int(address)), state),
+            routes=ip6.routes, link_mtu=ip6.link_mtu, hop_limit=ip6.hop_limits),
+            cfg.router_solicitations)
         self.devs["lo"] = Device("lo", LOOPBACK, None, MAX_MTU)
         ip4.add_address(self.devs["lo"], LO_ADDRESS)
         if cfg.ipv6:
@@ -287,6 +304,8 @@ class Stack(Ipv6Api):
                 self._add_ipv6(dev, link_local_for(mac), now)
             except StackError:
                 self._c["link_local_refused"] += 1      # the address table is full
+            if up:
+                self.routers6.link_up(dev, now)
         return dev.info()
 
     def remove_device(self, name: str, now: float = 0.0) -> None:
@@ -299,6 +318,7 @@ class Stack(Ipv6Api):
         dev.tx.clear()
         del self.devs[name]
         self.ndp.link_down(name)
+        self.routers6.remove_device(name, now)
         self.ip6.remove_device(name)
         self.ip4.tables.remove_device(name)
         self.ip4.reindex()
@@ -325,7 +345,9 @@ class Stack(Ipv6Api):
             # RFC 5227 §2.3: announce our addresses again when the link comes back.
             for iface in dev.addresses:
                 self.arp.announce(dev, iface.ip, now)
-            self.ndp.link_up(dev, now)      # RFC 4862 §5.4: and probe the IPv6 ones again
+            if self.cfg.ipv6 and dev.kind == ETHERNET:
+                self.ndp.link_up(dev, now)  # RFC 4862 §5.4: and probe the IPv6 ones again
+                self.routers6.link_up(dev, now)     # RFC 4861 §6.3.7: solicit routers
         self.emit(LinkChanged(name, dev.up))
 
     def set_tso(self, name: str, max_payload: int) -> None:
@@ -583,6 +605,7 @@ class Stack(Ipv6Api):
         self.arp.poll(now)
         self.ip6_neighbors.poll(now)
         self.ndp.poll(now)
+        self.routers6.poll(now)
         self.ip4.expire_reassembly(now)
         self.ip6.expire_reassembly(now)
         self.tcp4.poll(now)
@@ -597,6 +620,7 @@ class Stack(Ipv6Api):
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.arp_neighbors.next_deadline(), self.arp.next_deadline(),
                           self.ip6_neighbors.next_deadline(), self.ndp.next_deadline(),
+                          self.routers6.next_deadline(),
                           self.ip4.reassembly.next_deadline(), self.tcp4.next_deadline(),
                           self.ip6.reassembly.next_deadline(), self.tcp6.next_deadline())
               if d is not None]

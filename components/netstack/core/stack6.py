@@ -14,7 +14,9 @@ from ..wire.icmpv6 import ICMPV6_ECHO_REQUEST, build_echo6
 from ..wire.ipv6 import NEXT_HEADER_ICMPV6, NEXT_HEADER_UDP
 from .device import ETHERNET, Device
 from .errors import StackError
+from .events import DuplicateAddress
 from .ipv6 import LINK_LOCAL, Ipv6AddressInfo
+from .radv import RaConfig
 from .neighbor import NeighborInfo
 from .route import STATIC, RouteInfo
 
@@ -45,10 +47,25 @@ class Ipv6Api:
         return addr.is_loopback or self.ip6_addresses.is_preferred(int(addr))
 
     # -- addresses ---------------------------------------------------------------------------
-    def _add_ipv6(self, dev: Device, iface: IPv6Interface, now: float) -> None:
-        a = self.ip6.add_address(dev, iface)
+    def _add_ipv6(self, dev: Device, iface: IPv6Interface, now: float,
+                  connected: bool = True) -> None:
+        a = self.ip6.add_address(dev, iface, connected=connected)
         self.ip6_neighbors.flush_address(dev.name, int(iface.ip))
         self.ndp.start_dad(dev, a, now)
+
+    def _add_slaac_address(self, dev: Device, iface: IPv6Interface, now: float) -> None:
+        # RFC 5942: an autoconfigured address does not make its prefix on-link.
+        self._add_ipv6(dev, iface, now, connected=False)
+
+    def _remove_ipv6(self, dev: Device, iface: IPv6Interface) -> None:
+        self.ip6.remove_address(dev, iface)
+        self.ndp.forget(dev.name, int(iface.ip))
+
+    def _ndp_event(self, event) -> None:
+        self.emit(event)
+        if type(event) is DuplicateAddress:
+            # RFC 7217 §6, RFC 8981 §3.4: SLAAC tries another interface identifier.
+            self.routers6.dad_failed(event.device, event.address)
 
     def add_address6(self, name: str, iface: IPv6Interface, now: float = 0.0) -> None:
         """An IPv6 address on an Ethernet device, tentative until DAD (RFC 4862 §5.4) passes;
@@ -69,8 +86,7 @@ class Ipv6Api:
         a = self.ip6_addresses.get(name, int(iface.ip))
         if a is None or a.iface != iface:
             raise StackError("not_found", f"{iface} is not on {name}")
-        self.ip6.remove_address(dev, iface)
-        self.ndp.forget(name, int(iface.ip))
+        self._remove_ipv6(dev, iface)
 
     def addresses6(self) -> list[Ipv6AddressInfo]:
         """Every IPv6 address with its state (TENTATIVE, PREFERRED, DEPRECATED, DUPLICATE),
@@ -79,6 +95,26 @@ class Ipv6Api:
 
     def neighbors6(self) -> list[NeighborInfo]:
         return self.ip6_neighbors.info()
+
+    # -- router discovery --------------------------------------------------------------------
+    def set_router_advertisements(self, name: str, cfg: RaConfig | None, now: float) -> None:
+        """Make a device the router of its link, advertising cfg (prefixes, MTU, DNS; RFC
+        4861 §6.2), or (None) a host on it again, doing SLAAC from others' advertisements."""
+        self._need_ipv6()
+        dev = self._dev(name)
+        if dev.kind != ETHERNET:
+            raise StackError("bad_argument", f"router advertisements need an Ethernet device")
+        try:
+            self.routers6.configure(dev, cfg, now)
+        except ValueError as e:
+            raise StackError("bad_argument", str(e)) from None
+
+    def router_advertisements(self, name: str) -> RaConfig | None:
+        return self.routers6.config_of(name)
+
+    def dns6(self, name: str) -> tuple[list[IPv6Address], list[str]]:
+        """DNS servers and search domains that RAs (RFC 8106) gave a host device."""
+        return self.routers6.dns(name)
 
     # -- routes ------------------------------------------------------------------------------
     def add_route6(self, prefix: IPv6Network, gateway: IPv6Address | None = None,

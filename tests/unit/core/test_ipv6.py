@@ -34,6 +34,7 @@ def v6_stack(now: float = 0.0, **cfg) -> Stack:
     cfg.setdefault("strict", True)
     cfg.setdefault("random_seed", 1)
     cfg.setdefault("ipv6", True)
+    cfg.setdefault("router_solicitations", 0)   # test_router_discovery.py covers them
     s = Stack(StackConfig(**cfg))
     s.add_device("eth0", mac=mac(MAC0), now=now)
     return s
@@ -175,7 +176,7 @@ def test_global_address_is_probed_listed_and_removed():
 
 
 def test_ipv6_is_on_by_default():
-    s = Stack(StackConfig(strict=True, random_seed=1))
+    s = Stack(StackConfig(strict=True, random_seed=1, router_solicitations=0))
     s.add_device("eth0", mac=mac(MAC0))
     assert [a.state for a in s.addresses6()] == ["TENTATIVE"] and len(sent(s)) == 1
 

@@ -32,6 +32,7 @@ def router(**cfg) -> Stack:
     neighbors known."""
     cfg.setdefault("strict", True)
     cfg.setdefault("random_seed", 1)
+    cfg.setdefault("router_solicitations", 0)
     s = Stack(StackConfig(**cfg))
     s.add_device("eth0", mac=mac(MAC0), now=0.0)
     s.add_device("eth1", mac=mac(MAC1), now=0.0)
@@ -241,7 +242,7 @@ def test_packet_too_big_lowers_the_path_mtu_and_reaches_the_udp_socket():
 # -- TCP over IPv6 -----------------------------------------------------------------------------
 
 def _pair():
-    a, b = (Stack(StackConfig(strict=True, random_seed=n)) for n in (1, 2))
+    a, b = (Stack(StackConfig(strict=True, random_seed=n, router_solicitations=0)) for n in (1, 2))
     a.add_device("eth0", mac=b"\x02\0\0\0\0\x0a")
     b.add_device("eth0", mac=b"\x02\0\0\0\0\x0b")
     a.add_address6("eth0", "2001:db8::a/64")
