@@ -320,3 +320,73 @@ def test_snapshot_keeps_routes6_udp6_sockets_and_their_queues():
     assert d.payload == b"held"
     assert r.udp_open(6) != sid and r.udp6.owns(sid)
     assert "::1" not in {a.address.split("/")[0] for a in r.addresses6()}
+
+
+# -- fuzzing -----------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from scapy.layers.inet6 import (ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptPrefixInfo,  # noqa: E402
+                                ICMPv6NDOptSrcLLAddr)
+
+FUZZ_LIMITS = dict(neighbor_table_size=8, neighbor_queue_packets=4, tx_queue_frames=64,
+                   max_events=32, max_ipv6_addresses=24, max_routes=32,
+                   reassembly_max_datagrams=4, reassembly_bytes_total=16384)
+FUZZ_ADDRS = [G0, GA, G1, GB, LL0, LLA, LLB, "::", "ff02::1", "ff02::2", "2001:db8:7::7",
+              "::1", "fe80::1"]
+
+
+@st.composite
+def routed_frames(draw):
+    src, dst = draw(st.sampled_from(FUZZ_ADDRS)), draw(st.sampled_from(FUZZ_ADDRS))
+    hlim = draw(st.sampled_from([255, 64, 2, 1]))
+    kind = draw(st.integers(0, 5))
+    if kind == 0:       # an RA with a random prefix: SLAAC must stay bounded
+        net = draw(st.integers(0, 0xFFFF))
+        body = ICMPv6ND_RA(routerlifetime=draw(st.sampled_from([0, 30, 1800]))) \
+            / ICMPv6NDOptSrcLLAddr(lladdr=HOST_A) \
+            / ICMPv6NDOptPrefixInfo(prefix=f"2001:db8:{net:x}::", prefixlen=64,
+                                    validlifetime=draw(st.sampled_from([0, 10, 7200, 0xFFFFFFFF])),
+                                    preferredlifetime=draw(st.sampled_from([0, 5, 3600])))
+    elif kind == 1:
+        body = ICMPv6ND_RS()
+    elif kind == 2:
+        body = UDP(sport=draw(st.integers(1, 3)), dport=draw(st.sampled_from([53, 54]))) \
+            / Raw(draw(st.binary(max_size=40)))
+    elif kind == 3:
+        body = IPv6ExtHdrFragment(id=draw(st.integers(0, 3)), m=draw(st.integers(0, 1)),
+                                  offset=draw(st.integers(0, 200))) / Raw(b"f" * 8 * draw(st.integers(0, 4)))
+    elif kind == 4:
+        quote = IPv6(src=draw(st.sampled_from([G0, G1, GA])), dst=GB) / UDP(sport=53, dport=9)
+        body = (ICMPv6PacketTooBig(mtu=draw(st.integers(0, 2000))) if draw(st.booleans())
+                else ICMPv6DestUnreach(code=draw(st.integers(0, 6)))) / bytes(quote)[:draw(st.integers(0, 48))]
+    else:
+        body = ICMPv6EchoRequest(data=draw(st.binary(max_size=32)))
+    raw = bytearray(frame(IPv6(src=src, dst=dst, hlim=hlim) / body,
+                          dst_mac=draw(st.sampled_from([MAC0, "33:33:00:00:00:01",
+                                                        "33:33:00:00:00:02"]))))
+    for pos, val in draw(st.lists(st.tuples(st.integers(14, 120), st.integers(0, 255)), max_size=3)):
+        if pos < len(raw):
+            raw[pos] = val
+    return bytes(raw)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(routed_frames(), st.floats(0, 40)), max_size=25))
+def test_random_frames_to_a_routing_ipv6_stack_never_raise_and_tables_stay_bounded(frames):
+    s = router(**FUZZ_LIMITS)
+    sid = s.udp_open(6)
+    s.udp_bind(sid, None, 53)
+    now = 2.0
+    for f, dt in frames:
+        now += dt
+        s.receive("eth0", f, now)       # strict: an internal error raises here
+        s.poll(now)
+        assert len(s.addresses6()) <= FUZZ_LIMITS["max_ipv6_addresses"]
+        assert len(s.ip6.routes) <= FUZZ_LIMITS["max_routes"]
+        assert len(s.neighbors6()) <= 2 * FUZZ_LIMITS["neighbor_table_size"]
+        assert len(s.ip6.reassembly) <= FUZZ_LIMITS["reassembly_max_datagrams"]
+        assert len(s.devs["eth0"].tx) <= FUZZ_LIMITS["tx_queue_frames"]
+        assert len(s.take_events()) <= FUZZ_LIMITS["max_events"]
+        s.udp_recv(sid, 100)
+    s.poll(now + 100_000.0)
+    assert all(a.state != "DEPRECATED" or a.address.startswith("2001:db8:") for a in s.addresses6())
