@@ -125,19 +125,53 @@ def cmd_ss(args) -> int:
 
 
 def _iface(text: str) -> str:
+    """An IPv4 or IPv6 address with its prefix length, its version told by its text."""
     try:
-        return str(ipaddress.IPv4Interface(text))
+        iface = ipaddress.ip_interface(text)
     except ValueError:
-        raise CliError(f"not an address with prefix length: {text!r} (want A.B.C.D/LEN)", EXIT_USAGE) from None
+        raise CliError(f"not an address with prefix length: {text!r} (want A.B.C.D/LEN or an IPv6 "
+                       f"address/LEN, e.g. 2001:db8::1/64)", EXIT_USAGE) from None
+    if iface.version == 6 and (iface.ip.scope_id is not None or iface.ip.is_multicast or iface.ip.is_unspecified
+                               or iface.ip.is_loopback):
+        raise CliError(f"{text!r} cannot be an interface address (multicast, ::, ::1 or with a %zone)", EXIT_USAGE)
+    return str(iface)
 
 
-def _prefix(text: str) -> str:
+def _prefix(text: str, version: int | None = None) -> str:
+    """A prefix of either version; 'default' is 0.0.0.0/0, or ::/0 for version 6."""
     if text == "default":
-        return "0.0.0.0/0"
+        return "::/0" if version == 6 else "0.0.0.0/0"
     try:
-        return str(ipaddress.IPv4Network(text, strict=True))
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise CliError(f"not a prefix: {text!r} ({exc})", EXIT_USAGE) from None
+    if version is not None and net.version != version:
+        raise CliError(f"{text} is not an IPv{version} prefix", EXIT_USAGE)
+    return str(net)
+
+
+def _addr6(text: str) -> tuple[str, str | None]:
+    """An IPv6 address and the zone it names (fe80::1%p0: the port p0), or a usage error."""
+    addr, _, zone = text.partition("%")
+    try:
+        a = ipaddress.IPv6Address(addr)
+    except ValueError:
+        raise CliError(f"not an IPv6 address: {text!r}", EXIT_USAGE) from None
+    if zone == "" and "%" in text:
+        raise CliError(f"{text!r}: an empty zone after '%' (say fe80::1%PORT)", EXIT_USAGE)
+    return str(a), (zone or None)
+
+
+def _version_of(text: str) -> int:
+    return 6 if ":" in text else 4
+
+
+def _family(args) -> int | None:
+    """-4 or -6 as given (None: neither); both is a usage error."""
+    v4, v6 = getattr(args, "v4", False), getattr(args, "v6", False)
+    if v4 and v6:
+        raise CliError(f"qnet {args.cmd}: say -4 or -6, not both", EXIT_USAGE)
+    return 4 if v4 else (6 if v6 else None)
 
 
 def _addr(text: str) -> str:
@@ -165,11 +199,13 @@ def cmd_port(args) -> int:
                 fault = str(parse_fault_spec(args.fault))
             except ValueError as exc:
                 raise CliError(f"qnet port add: --{exc}", EXIT_USAGE) from None
+        addrs = [_iface(a) for a in args.addr or []]
         res = call(args, "port_add", timeout=30.0, name=args.name, backend=backend, tap=args.tap,
                    create=not args.no_create, mac=args.mac.lower() if args.mac else None, mtu=args.mtu, forwarding=not args.no_forwarding,
                    path=args.stream or args.dgram, peer_path=args.peer,
                    dhcp="client" if args.dhcp else ("server" if args.dhcp_server else None),
-                   addresses=[_iface(a) for a in args.addr or []],
+                   addresses=[a for a in addrs if ":" not in a],
+                   **({"addresses6": [a for a in addrs if ":" in a]} if any(":" in a for a in addrs) else {}),
                    **({"offloads": True} if args.offloads else {}), **({"fault": fault} if fault else {}))
         if args.json:
             out_json(res)
@@ -196,6 +232,7 @@ def cmd_port(args) -> int:
         r["link"] = "up" if r["up"] else "down"
         r["driver"] = "attached" if r["attached"] else "none"
         r["offloads"] = ",".join(r.get("offloads") or []) or "-"
+        r["addresses"] = list(r["addresses"]) + [_addr6_text(a) for a in r.get("addresses6") or []]
     print(table(rows, [("name", "PORT"), ("kind", "KIND"), ("mac", "MAC"), ("mtu", "MTU"), ("link", "LINK"),
                        ("driver", "DRIVER"), ("forwarding", "FORWARDING"), ("offloads", "OFFLOADS"),
                        ("addresses", "ADDRESSES")]))
@@ -218,33 +255,73 @@ def _port_rows(args) -> list[dict]:
     return rows
 
 
+# The states of IPv6 addresses, as `ip -6 addr` words them beside the address.
+_STATE6_WORDS = {"PREFERRED": "", "TENTATIVE": "tentative", "DEPRECATED": "deprecated",
+                 "DUPLICATE": "dadfailed"}
+
+
+def _addr6_text(a: dict) -> str:
+    word = _STATE6_WORDS.get(a["state"], a["state"].lower())
+    return a["address"] + (f" ({word})" if word else "")
+
+
 def cmd_addr(args) -> int:
+    family = _family(args)
     if args.addr_cmd in ("add", "del"):
         addr = _iface(args.address)
-        call(args, "addr_add" if args.addr_cmd == "add" else "addr_del", port=args.port, address=addr)
-        print(f"{args.port}: {addr} {'added' if args.addr_cmd == 'add' else 'removed'}")
+        v6 = ":" in addr
+        if family is not None and family != (6 if v6 else 4):
+            raise CliError(f"qnet addr {args.addr_cmd}: {addr} is not an IPv{family} address", EXIT_USAGE)
+        method = ("addr6_" if v6 else "addr_") + args.addr_cmd
+        ok = call(args, method, port=args.port, address=addr)
+        if args.addr_cmd == "del" and not ok:
+            raise CliError(f"{args.port}: {addr} is not on the port")
+        print(f"{args.port}: {addr} {'added' if args.addr_cmd == 'add' else 'removed'}"
+              + (" (tentative until duplicate address detection passes)" if v6 and args.addr_cmd == "add" else ""))
         return 0
-    rows = [{"port": p["name"], "address": a} for p in netstack_call(args, "port_list") for a in p["addresses"]]
+    rows = []
+    for p in netstack_call(args, "port_list"):
+        if family in (None, 4):
+            rows += [{"port": p["name"], "family": "inet", "address": a, "state": None} for a in p["addresses"]]
+        if family in (None, 6):
+            rows += [{"port": p["name"], "family": "inet6", "address": a["address"], "state": a["state"]}
+                     for a in p.get("addresses6") or []]
     if args.json:
         out_json(rows)
     else:
-        print(table(rows, [("port", "PORT"), ("address", "ADDRESS")]))
+        print(table(rows, [("port", "PORT"), ("address", "ADDRESS"), ("state", "STATE")]))
     return 0
 
 
 def cmd_route(args) -> int:
+    family = _family(args)
     if args.route_cmd in ("add", "del"):
-        prefix = _prefix(args.prefix)
+        verb = args.route_cmd
+        if family is None:  # told by the prefix, or by the gateway for 'default'
+            family = _version_of(args.via) if args.prefix == "default" and args.via else _version_of(args.prefix)
+        prefix = _prefix(args.prefix, family)
+        if family == 6:
+            return _route6(args, verb, prefix)
         via = _addr(args.via) if args.via else None
-        if args.route_cmd == "add" and via is None and args.dev is None:
+        if verb == "add" and via is None and args.dev is None:
             raise CliError("qnet route add: say 'via GATEWAY' or 'dev PORT'", EXIT_USAGE)
-        if args.route_cmd == "add":
+        if verb == "add":
             call(args, "route_add", prefix=prefix, via=via, dev=args.dev, metric=args.metric, table=args.table)
         else:
             call(args, "route_del", prefix=prefix, via=via, dev=args.dev, table=args.table)
         print(f"route {prefix}{' via ' + via if via else ''}{' dev ' + args.dev if args.dev else ''}"
               f"{f' table {args.table}' if args.table else ''}: "
-              f"{'added' if args.route_cmd == 'add' else 'removed'}")
+              f"{'added' if verb == 'add' else 'removed'}")
+        return 0
+    if family == 6:
+        if args.table is not None:
+            raise CliError("qnet route list -6: IPv6 routes have no numbered tables (main only)", EXIT_USAGE)
+        rows = netstack_call(args, "route6_list")
+        if args.json:
+            out_json(rows)
+        else:
+            print(table(rows, [("prefix", "PREFIX"), ("gateway", "VIA"), ("device", "DEV"), ("metric", "METRIC"),
+                               ("origin", "ORIGIN")]))
         return 0
     rows = netstack_call(args, "route_list", table=args.table)
     if args.json:
@@ -257,6 +334,33 @@ def cmd_route(args) -> int:
                 r["table"] = r["table"] or "main"
             columns.insert(0, ("table", "TABLE"))
         print(table(rows, columns))
+    return 0
+
+
+def _route6(args, verb: str, prefix: str) -> int:
+    if args.table is not None:
+        raise CliError(f"qnet route {verb}: IPv6 routes have no numbered tables (main only)", EXIT_USAGE)
+    via, dev = None, args.dev
+    if args.via:
+        if _version_of(args.via) != 6:
+            raise CliError(f"qnet route {verb}: {args.via} is not an IPv6 gateway (the prefix {prefix} is IPv6)",
+                           EXIT_USAGE)
+        via, zone = _addr6(args.via)
+        if zone is not None:
+            if dev is not None and dev != zone:
+                raise CliError(f"qnet route {verb}: {args.via} names port {zone}, but dev is {dev}", EXIT_USAGE)
+            dev = zone
+        if ipaddress.IPv6Address(via).is_link_local and dev is None:
+            raise CliError(f"qnet route {verb}: the link-local gateway {via} needs 'dev PORT' (or {via}%PORT)",
+                           EXIT_USAGE)
+    if verb == "add" and via is None and dev is None:
+        raise CliError("qnet route add: say 'via GATEWAY' or 'dev PORT'", EXIT_USAGE)
+    if verb == "add":
+        call(args, "route6_add", prefix=prefix, via=via, dev=dev, metric=args.metric)
+    else:
+        call(args, "route6_del", prefix=prefix, via=via, dev=dev)
+    print(f"route {prefix}{' via ' + via if via else ''}{' dev ' + dev if dev else ''}: "
+          f"{'added' if verb == 'add' else 'removed'}")
     return 0
 
 
@@ -274,7 +378,11 @@ def _table_word(verb: str, text: str, every: bool) -> int | None:
 
 
 def cmd_neigh(args) -> int:
-    rows = netstack_call(args, "neigh_list")
+    """Both tables by default, as `ip neigh`: ARP's, then Neighbor Discovery's."""
+    family = _family(args)
+    rows = netstack_call(args, "neigh_list") if family in (None, 4) else []
+    if family in (None, 6):
+        rows += netstack_call(args, "neigh6_list")
     if args.json:
         out_json(rows)
     else:
@@ -298,12 +406,36 @@ def _number_in(lo: float, hi: float, *, integer: bool = False):
 
 
 def cmd_ping(args) -> int:
-    dst = _addr(args.dst)
+    family = _family(args) or _version_of(args.dst)
     budget = args.count * args.interval + args.timeout + 5
-    res = _ping(args, dst, budget)
+    if family == 6:
+        if _version_of(args.dst) != 6:
+            raise CliError(f"qnet ping -6: {args.dst} is not an IPv6 address", EXIT_USAGE)
+        dst, zone = _addr6(args.dst)
+        port = args.interface
+        if zone is not None:
+            if port is not None and port != zone:
+                raise CliError(f"qnet ping: {args.dst} names port {zone}, but -I says {port}", EXIT_USAGE)
+            port = zone
+        a = ipaddress.IPv6Address(dst)
+        if (a.is_link_local or a.is_multicast) and port is None:
+            raise CliError(f"qnet ping: {dst} is link-local: say which port, {dst}%PORT or -I PORT", EXIT_USAGE)
+        res = provider_call(args, NETSTACK, "netstack", "ping6", budget, retries=0, dst=dst, count=args.count,
+                            interval=args.interval, timeout=args.timeout, size=args.size, hop_limit=args.ttl,
+                            port=port)
+        shown = dst + (f"%{port}" if port and (a.is_link_local or a.is_multicast) else "")
+    else:
+        if _version_of(args.dst) == 6:
+            raise CliError(f"qnet ping -4: {args.dst} is not an IPv4 address", EXIT_USAGE)
+        if args.interface is not None:
+            raise CliError("qnet ping: -I PORT is for IPv6 (link-local destinations); IPv4 follows its routes",
+                           EXIT_USAGE)
+        shown = dst = _addr(args.dst)
+        res = _ping(args, dst, budget)
     if args.json:
         out_json(res)
     else:
+        dst = shown
         print(f"PING {dst}: {args.size} data bytes, sent by qnet's stack")
         for r in res["replies"]:
             if r["ok"]:
@@ -390,42 +522,60 @@ def add_commands(sub) -> None:
     ls.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_port, port_cmd="list", json=False)
 
-    p = sub.add_parser("addr", help="addresses: add, del, list")
+    p = sub.add_parser("addr", help="addresses, IPv4 and IPv6: add, del, list [-4|-6]",
+                       description="IPv4 and IPv6 addresses (the version is told by the address). IPv6 "
+                                   "addresses are tentative until duplicate address detection passes; "
+                                   "one another node holds is shown as DUPLICATE and never used.")
+    _family_flags(p, top=True)
     ps = p.add_subparsers(dest="addr_cmd", metavar="add|del|list", parser_class=_Parser)
     for verb in ("add", "del"):
-        x = ps.add_parser(verb, help=f"{verb} PORT CIDR")
+        x = ps.add_parser(verb, help=f"{verb} PORT ADDRESS/LEN (10.0.0.1/24 or 2001:db8::1/64)")
         x.add_argument("port")
-        x.add_argument("address")
-    ls = ps.add_parser("list")
-    ls.add_argument("--json", action="store_true")
+        x.add_argument("address", help="A.B.C.D/LEN or an IPv6 address/LEN")
+        _family_flags(x)
+    ls = ps.add_parser("list", help="list [-4|-6] [--json]: every address, IPv6 ones with their state")
+    _family_flags(ls)
     p.set_defaults(func=cmd_addr, addr_cmd="list", json=False)
 
-    p = sub.add_parser("route", help="routes: add, del, list")
+    p = sub.add_parser("route", help="routes, IPv4 and IPv6: add, del, list [-4|-6]",
+                       description="Routes of either version (told by the prefix; 'default' is IPv4's unless "
+                                   "-6 or an IPv6 gateway says otherwise). A link-local IPv6 gateway needs "
+                                   "its port: 'via fe80::1 dev PORT' or 'via fe80::1%PORT'.")
+    _family_flags(p, top=True)
     ps = p.add_subparsers(dest="route_cmd", metavar="add|del|list", parser_class=_Parser)
     for verb in ("add", "del"):
         x = ps.add_parser(verb, help=f"{verb} PREFIX [via GW] [dev PORT] [metric N] [table N]")
-        x.add_argument("prefix", help="A.B.C.D/LEN or 'default'")
-        x.add_argument("rest", nargs="*", help="via GW | dev PORT | metric N | table N (1-252; default main)")
-    ls = ps.add_parser("list", help="list [table N|main|all]")
-    ls.add_argument("rest", nargs="*", help="table N|main|all (default main)")
-    ls.add_argument("--json", action="store_true")
+        x.add_argument("prefix", help="A.B.C.D/LEN, an IPv6 prefix (2001:db8::/64) or 'default'")
+        x.add_argument("rest", nargs="*", help="via GW | dev PORT | metric N | table N (1-252, IPv4 only; "
+                                               "default main)")
+        _family_flags(x, json=False)
+    ls = ps.add_parser("list", help="list [-4|-6] [table N|main|all]")
+    ls.add_argument("rest", nargs="*", help="table N|main|all (default main; IPv4 only)")
+    _family_flags(ls)
     p.set_defaults(func=_route_entry, route_cmd="list", json=False, rest=[])
 
-    p = sub.add_parser("neigh", help="the neighbor (ARP) table")
+    p = sub.add_parser("neigh", help="the neighbor tables: ARP (IPv4) and NDP (IPv6); -4 or -6 for one")
+    _family_flags(p, top=True)
     ps = p.add_subparsers(dest="neigh_cmd", metavar="list", parser_class=_Parser)
-    ls = ps.add_parser("list")
-    ls.add_argument("--json", action="store_true")
+    ls = ps.add_parser("list", help="list [-4|-6] [--json]")
+    _family_flags(ls)
     p.set_defaults(func=cmd_neigh, json=False)
 
-    p = sub.add_parser("ping", help="ICMP echo sent by qnet's stack")
-    p.add_argument("dst")
+    p = sub.add_parser("ping", help="ICMP or ICMPv6 echo sent by qnet's stack",
+                       description="ping DST: an IPv4 or IPv6 address. A link-local IPv6 destination "
+                                   "needs its port: fe80::1%PORT or -I PORT.")
+    p.add_argument("-4", dest="v4", action="store_true", help="IPv4 only")
+    p.add_argument("-6", dest="v6", action="store_true", help="IPv6 only")
+    p.add_argument("-I", "--interface", metavar="PORT", help="IPv6: the port to leave by (link-local destinations)")
+    p.add_argument("dst", help="A.B.C.D, an IPv6 address, or fe80::1%%PORT")
     # the bounds netstack's ping accepts (components/netstack/process.py, ipc/protocols/netstack.py)
     p.add_argument("-c", "--count", type=_number_in(1, 10000, integer=True), default=3)
     p.add_argument("-i", "--interval", type=_number_in(0.001, 60), default=1.0, help="seconds, 0.001..60")
     p.add_argument("-W", "--timeout", type=_number_in(0.01, 60), default=2.0,
                    help="seconds to wait for each reply, 0.01..60")
     p.add_argument("-s", "--size", type=_number_in(0, 65000, integer=True), default=56)
-    p.add_argument("-t", "--ttl", type=_number_in(1, 255, integer=True), default=64)
+    p.add_argument("-t", "--ttl", type=_number_in(1, 255, integer=True), default=64,
+                   help="TTL, or IPv6's hop limit (1..255)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ping)
 
@@ -450,6 +600,17 @@ def add_commands(sub) -> None:
     p = sub.add_parser("stats", help="per-interface and per-protocol counters")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+
+def _family_flags(p, top: bool = False, json: bool = True) -> None:
+    """-4/-6 (and --json) on a command and on its subcommands alike, so that both
+    `qnet addr -6` and `qnet addr list -6` work: a subcommand's own flags leave the
+    command's untouched when not given (argparse.SUPPRESS)."""
+    extra = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-4", dest="v4", action="store_true", help="IPv4 only", **extra)
+    p.add_argument("-6", dest="v6", action="store_true", help="IPv6 only", **extra)
+    if json:
+        p.add_argument("--json", action="store_true", **extra)
 
 
 def _route_entry(args) -> int:

@@ -13,15 +13,19 @@ incarnation (idempotent calls: reconcile, don't replay logs).
     mac = "02:00:00:00:00:01"  # our MAC on this port (default: derived from the name)
     mtu = 1500
     forwarding = true
-    addresses = ["10.0.0.1/24"]
+    addresses = ["10.0.0.1/24", "2001:db8:1::1/64"]   # IPv4 and IPv6 (a link-local one is made)
     offloads = true            # TAP only: checksum and TSO/GSO offloads (docs/manifest.md)
     fault = "loss=0.01,delay=0.3"  # the driver's fault injector (docs/fault-injection.md)
 
     [[routes]]
     prefix = "0.0.0.0/0"
     via = "10.0.0.254"
-    dev = "up0"                # optional
+    dev = "up0"                # optional; needed with a link-local (fe80::) via
     metric = 0
+
+    [[routes]]
+    prefix = "::/0"            # IPv6: the same fields; no table
+    via = "2001:db8:1::fffe"
 """
 from __future__ import annotations
 
@@ -93,11 +97,11 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             out["fault"] = str(parse_fault_spec(cfg["fault"]))
         except ValueError as exc:
             raise ValueError(f"port {name}: {exc}") from None
-    for a in cfg.get("addresses", []):
-        try:
-            out["addresses"].append(str(ipaddress.IPv4Interface(a)))
-        except ValueError:
-            raise ValueError(f"port {name}: bad address {a!r} (want A.B.C.D/LEN)") from None
+    addresses = cfg.get("addresses", [])
+    if not isinstance(addresses, list):
+        raise ValueError(f"port {name}: addresses must be a list of addresses with their length")
+    for a in addresses:
+        out["addresses"].append(_interface(name, a))
     if out["dhcp"] not in (None, "client", "server"):
         raise ValueError(f"port {name}: dhcp must be 'client' or 'server'")
     pool = cfg.get("pool")
@@ -110,26 +114,77 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_route(r: dict[str, Any]) -> dict[str, Any]:
+def _interface(port: str, a: Any) -> str:
+    """An IPv4 or IPv6 interface address in its canonical text; ValueError with a clear sentence."""
+    if not isinstance(a, str) or "/" not in a:
+        raise ValueError(f"port {port}: bad address {a!r} (want A.B.C.D/LEN or an IPv6 address/LEN)")
     try:
-        prefix = str(ipaddress.IPv4Network(r["prefix"], strict=True))
+        iface = ipaddress.ip_interface(a)
+    except ValueError:
+        raise ValueError(f"port {port}: bad address {a!r} (want A.B.C.D/LEN or an IPv6 address/LEN)") from None
+    if iface.version == 6:
+        ip = iface.ip
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.ipv4_mapped is not None \
+                or ip.scope_id is not None:
+            raise ValueError(f"port {port}: {a!r} cannot be an interface address "
+                             f"(multicast, ::, ::1, IPv4-mapped or with a %zone)")
+    return str(iface)
+
+
+def is_ipv6(text: str) -> bool:
+    """Whether an address, interface or prefix as kept in the configuration is IPv6's."""
+    return ":" in text
+
+
+def ipv4_addresses(cfg: dict) -> list[str]:
+    return [a for a in cfg.get("addresses", []) if not is_ipv6(a)]
+
+
+def validate_route(r: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
+    """A checked, normalised route; deleting, neither via nor dev is needed (they narrow what
+    is removed, as `ip route del`)."""
+    if not isinstance(r, dict):
+        raise ValueError("route: must be a table with prefix and via or dev")
+    unknown = set(r) - {"prefix", "via", "dev", "metric", "table"}
+    if unknown:
+        raise ValueError(f"route: unknown field(s) {', '.join(sorted(unknown))} (prefix, via, dev, metric, table)")
+    try:
+        net = ipaddress.ip_network(r["prefix"], strict=True)
     except KeyError:
         raise ValueError("route: prefix is missing") from None
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ValueError(f"route: bad prefix {r.get('prefix')!r}: {exc}") from None
+    prefix = str(net)
+    dev = r.get("dev")
+    if dev is not None and (not isinstance(dev, str) or not _PORT_RE.match(dev)):
+        raise ValueError(f"route {prefix}: bad dev {dev!r} (a port name)")
     via = r.get("via")
     if via is not None:
         try:
-            via = str(ipaddress.IPv4Address(via))
-        except ValueError:
+            gw = ipaddress.ip_address(via)
+        except (ValueError, TypeError):
             raise ValueError(f"route {prefix}: bad gateway {via!r}") from None
-    dev = r.get("dev")
-    if via is None and dev is None:
+        if gw.version != net.version:
+            raise ValueError(f"route {prefix}: gateway {via} is not an IPv{net.version} address")
+        if gw.version == 6:
+            if gw.scope_id is not None:     # fe80::1%p0: the zone is the port
+                if dev is not None and dev != gw.scope_id:
+                    raise ValueError(f"route {prefix}: gateway {via} names zone {gw.scope_id}, but dev is {dev}")
+                dev = gw.scope_id
+                gw = ipaddress.IPv6Address(int(gw))
+            if gw.is_multicast or gw.is_unspecified or gw.is_loopback:
+                raise ValueError(f"route {prefix}: {gw} cannot be a gateway")
+            if gw.is_link_local and dev is None:
+                raise ValueError(f"route {prefix}: the link-local gateway {gw} needs 'dev PORT' (its link)")
+        via = str(gw)
+    if via is None and dev is None and not deleting:
         raise ValueError(f"route {prefix}: needs 'via' or 'dev'")
-    metric = int(r.get("metric", 0))
-    if not 0 <= metric <= 0xFFFFFFFF:
-        raise ValueError(f"route {prefix}: bad metric")
+    metric = r.get("metric", 0)
+    if type(metric) is not int or not 0 <= metric <= 0xFFFFFFFF:
+        raise ValueError(f"route {prefix}: bad metric {metric!r} (0..4294967295)")
     table = r.get("table")
+    if table is not None and net.version == 6:
+        raise ValueError(f"route {prefix}: IPv6 routes have no numbered tables (main only)")
     if table is not None and (type(table) is not int or not 1 <= table <= ROUTE_TABLE.hi):
         raise ValueError(f"route {prefix}: table must be 1-{ROUTE_TABLE.hi} (absent: main)")
     return {"prefix": prefix, "via": via, "dev": dev, "metric": metric, "table": table}
@@ -140,13 +195,22 @@ def _route_key(r: dict) -> tuple:
     return r.get("prefix"), r.get("via"), r.get("dev"), r.get("table")
 
 
-def _line_of(graph, header: str) -> str:
-    """FILE:LINE of a table header in the manifest, or FILE when it cannot be found."""
+def _deleted_by(x: dict, r: dict) -> bool:
+    """Whether a kept route x goes with the deletion r (its via and dev, when absent, match any)."""
+    return x.get("prefix") == r["prefix"] and x.get("table") == r.get("table") \
+        and r["via"] in (None, x.get("via")) and r["dev"] in (None, x.get("dev"))
+
+
+def _line_of(graph, header: str, nth: int = 0) -> str:
+    """FILE:LINE of a table header in the manifest (its nth occurrence, for [[arrays]]), or
+    FILE when it cannot be found."""
     try:
         with open(graph.source, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 if line.strip().replace(" ", "").startswith(header.replace(" ", "")):
-                    return f"{graph.source}:{i}"
+                    if nth == 0:
+                        return f"{graph.source}:{i}"
+                    nth -= 1
     except OSError:
         pass
     return graph.source
@@ -164,12 +228,27 @@ def manifest_ports(graph) -> tuple[dict[str, dict], list[dict]]:
             raise ManifestError(f"{where}: [ports.{name}]: {exc}") from None
     if not isinstance(graph.raw.get("routes") or [], list):
         raise ManifestError(f"{graph.source}: routes must be [[routes]] tables")
-    for r in graph.raw.get("routes") or []:
+    for n, r in enumerate(graph.raw.get("routes") or []):
         try:
             routes.append(validate_route(r))
         except (ValueError, TypeError, AttributeError) as exc:
-            raise ManifestError(f"{_line_of(graph, '[[routes]]')}: [[routes]]: {exc}") from None
+            raise ManifestError(f"{_line_of(graph, '[[routes]]', n)}: [[routes]]: {exc}") from None
     return ports, routes
+
+
+def _addr_call(port: str, address: str, present: bool) -> tuple:
+    """netstack's method and arguments for an address of either version."""
+    method = ("addr6_" if is_ipv6(address) else "addr_") + ("add" if present else "del")
+    return method, {"port": port, "address": address}
+
+
+def _route_call(r: dict, present: bool) -> tuple:
+    kw = {"prefix": r["prefix"], "gateway": r["via"], "device": r["dev"]}
+    if present:
+        kw["metric"] = r["metric"]
+    if is_ipv6(r["prefix"]):
+        return ("route6_add" if present else "route6_del"), kw
+    return ("route_add" if present else "route_del"), {**kw, "table": r.get("table")}
 
 
 class PortManager:
@@ -245,6 +324,10 @@ class PortManager:
 
     def _ns(self, method: str, **kw) -> Steps:
         return self._call(self.netstack_name, NETSTACK, method, **kw)
+
+    def _ns_call(self, call: tuple[str, dict]) -> Steps:
+        method, kw = call
+        return self._ns(method, **kw)
 
     def _dhcpd(self, method: str, **kw) -> Steps:
         from ipc.protocols.dhcpd import DHCPD
@@ -364,7 +447,7 @@ class PortManager:
         row = yield from self._ns("port_add", name=name, kind="ethernet", mac=cfg.get("mac"), mtu=cfg["mtu"],
                                   forwarding=cfg["forwarding"])
         for a in cfg["addresses"]:
-            yield from self._ns("addr_add", port=name, address=a)
+            yield from self._ns_call(_addr_call(name, a, True))
         if cfg.get("mac") is None and row.mac:
             cfg["mac"] = row.mac  # keep the derived MAC: the DHCP client identifies itself with it
         yield from self._dhcp_port(name, cfg)
@@ -381,11 +464,12 @@ class PortManager:
         if self.dhcpd_name is None:
             raise errors.RemoteError(f"port {name}: dhcp {role} needs a dhcpd component in the graph", code="failed")
         if role == "server":
-            if not cfg["addresses"]:
-                raise errors.RemoteError(f"port {name}: a DHCP server needs an address on the port "
+            v4 = ipv4_addresses(cfg)
+            if not v4:
+                raise errors.RemoteError(f"port {name}: a DHCP server needs an IPv4 address on the port "
                                          f"(--addr A.B.C.1/24)", code="bad_argument")
             pool = cfg.get("pool") or {}
-            yield from self._dhcpd("server_add", port=name, interface=cfg["addresses"][0],
+            yield from self._dhcpd("server_add", port=name, interface=v4[0],
                                    pool_start=pool.get("start"), pool_end=pool.get("end"))
         else:
             yield from self._dhcpd("client_add", port=name, mac=cfg["mac"], hostname=None)
@@ -459,10 +543,11 @@ class PortManager:
         return True
 
     def addr(self, port: str, address: str, present: bool) -> Steps:
+        """An IPv4 or IPv6 address (told apart by its text) added or removed."""
         cfg = self.ports.get(port)
         if cfg is None:
             raise errors.RemoteError(f"no port {port!r}", code="not_found")
-        ok = yield from self._ns("addr_add" if present else "addr_del", port=port, address=address)
+        ok = yield from self._ns_call(_addr_call(port, address, present))
         if present and address not in cfg["addresses"]:
             cfg["addresses"].append(address)
         if not present and address in cfg["addresses"]:
@@ -471,20 +556,19 @@ class PortManager:
         return bool(ok)
 
     def route(self, r: dict, present: bool) -> Steps:
-        r = validate_route(r)
+        r = validate_route(r, deleting=not present)
         if present:
-            yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
-                                metric=r["metric"], table=r["table"])
+            yield from self._ns_call(_route_call(r, True))
         else:
-            ok = yield from self._ns("route_del", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
-                                     table=r["table"])
+            ok = yield from self._ns_call(_route_call(r, False))
             if not ok:
                 raise errors.RemoteError(f"no route {r['prefix']}"
                                          + (f" in table {r['table']}" if r["table"] else ""), code="not_found")
-        key = _route_key(r)
-        self.routes = [x for x in self.routes if _route_key(x) != key]
         if present:
-            self.routes.append(r)
+            key = _route_key(r)
+            self.routes = [x for x in self.routes if _route_key(x) != key] + [r]
+        else:
+            self.routes = [x for x in self.routes if not _deleted_by(x, r)]
         self.save()
         return True
 
@@ -500,10 +584,9 @@ class PortManager:
                 if cfg.get("link") is False:
                     yield from self._ns("port_set", name=name, link=False)
                 for a in list(cfg["addresses"]):
-                    yield from self._ns("addr_add", port=name, address=a)
+                    yield from self._ns_call(_addr_call(name, a, True))
             for r in list(self.routes):
-                yield from self._ns("route_add", prefix=r["prefix"], gateway=r["via"], device=r["dev"],
-                                    metric=r["metric"], table=r.get("table"))
+                yield from self._ns_call(_route_call(r, True))
         except errors.IpcError as exc:
             log.warning("reconciling netstack failed: %s", exc)
 

@@ -438,9 +438,9 @@ class _Control:
 
     # -- ports, addresses, routes (configuration the launcher owns) ----------------------------
     def port_add(self, name, backend, tap, create, mac, mtu, forwarding, path, peer_path, dhcp, addresses,
-                 offloads=False, fault=None):
+                 offloads=False, fault=None, addresses6=()):
         cfg = {"backend": backend, "mtu": mtu, "forwarding": forwarding, "dhcp": dhcp,
-               "addresses": [str(a) for a in addresses]}
+               "addresses": [str(a) for a in addresses] + [str(a) for a in addresses6]}
         if offloads:
             cfg["offloads"] = True
         if fault:
@@ -471,6 +471,21 @@ class _Control:
     def route_del(self, prefix, via, dev, table=None):
         return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
                                                       "dev": dev, "table": table}, False))
+
+    # IPv6 (1.4): kept beside IPv4's in the same configuration (ports.py tells them apart)
+    def addr6_add(self, port, address):
+        return self._answer_later(self.l.ports.addr(port, str(address), True))
+
+    def addr6_del(self, port, address):
+        return self._answer_later(self.l.ports.addr(port, str(address), False))
+
+    def route6_add(self, prefix, via, dev, metric):
+        return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                                      "dev": dev, "metric": metric}, True))
+
+    def route6_del(self, prefix, via, dev):
+        return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
+                                                      "dev": dev}, False))
 
     def dhcp_pool(self, port, start, end):
         return self._answer_later(self.l.ports.set_pool(port, str(start), str(end)))

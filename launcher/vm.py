@@ -155,6 +155,8 @@ class VmManager:
         used = {vm.subnet for vm in self.vms.values() if vm.live}
         for cfg in self.l.ports.ports.values():
             for a in cfg.get("addresses", []):
+                if ":" in a:
+                    continue    # IPv6: no guest subnet of 10.77.0.0/16
                 net = ipaddress.IPv4Interface(a).network
                 if net.overlaps(ipaddress.IPv4Network("10.77.0.0/16")):
                     used.add(int(net.network_address) >> 8 & 0xFF)

@@ -7,6 +7,7 @@ The binding that owns the core and its I/O is components/netstack/process.py.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 from typing import TYPE_CHECKING
 
@@ -34,12 +35,36 @@ def _port_mac(name: str) -> str:
     return "02:71:6e:%02x:%02x:%02x" % ((n >> 16) & 0xFF, (n >> 8) & 0xFF, n & 0xFF)
 
 
-def _port_row(ns: "Netstack", info) -> dict:
+def _port_row(ns: "Netstack", info, addresses6: dict[str, list[dict]] | None = None) -> dict:
     p = ns.ports.get(info.name, {})
+    if addresses6 is None:
+        addresses6 = _addresses6_by_port(ns.stack)
     return {"name": info.name, "kind": info.kind, "mac": info.mac, "mtu": info.mtu, "up": info.up,
             "attached": bool(p.get("attached")), "forwarding": info.forwarding,
             "addresses": list(info.addresses),
-            "offloads": list(ns.offloads[info.name][0].names()) if info.name in ns.offloads else []}
+            "offloads": list(ns.offloads[info.name][0].names()) if info.name in ns.offloads else [],
+            "addresses6": addresses6.get(info.name, [])}
+
+
+def _addresses6_by_port(stack: Stack) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    if stack.cfg.ipv6:
+        for a in stack.addresses6():
+            out.setdefault(a.device, []).append({"address": a.address, "state": a.state})
+    return out
+
+
+def _unzoned(addr: ipaddress.IPv6Address | None) -> ipaddress.IPv6Address | None:
+    """The address without a "%zone" (ipaddress keeps one in the value and compares it): the
+    core's tables hold bare addresses, and a zone travels as a port name."""
+    if addr is None or addr.scope_id is None:
+        return addr
+    return ipaddress.IPv6Address(int(addr))
+
+
+def _need_port(stack: Stack, port: str | None) -> None:
+    if port is not None and (port not in stack.devs or port == "lo"):
+        raise errors.RemoteError(f"no port {port!r}", code="not_found")
 
 
 class Control:
@@ -117,7 +142,8 @@ class Control:
         return self._row(name)
 
     def port_list(self):
-        return [_port_row(self.ns, i) for i in self.stack.devices() if i.name != "lo"]
+        a6 = _addresses6_by_port(self.stack)
+        return [_port_row(self.ns, i, a6) for i in self.stack.devices() if i.name != "lo"]
 
     def addr_add(self, port, address):
         if port not in self.stack.devs:
@@ -195,6 +221,104 @@ class Control:
             raise errors.RemoteError("too many pings in progress", code="busy")
         token = self.ns.rt.rpc.defer()
         self.ns.start_ping(token, dst, count, interval, timeout, size, ttl)
+
+    # -- IPv6 (1.3) -------------------------------------------------------------------------
+    def _need_ipv6(self) -> None:
+        if not self.stack.cfg.ipv6:
+            raise errors.RemoteError("IPv6 is off in this netstack ([components.netstack.args] ipv6 = false)",
+                                     code="bad_argument")
+
+    def addr6_add(self, port, address):
+        self._need_ipv6()
+        _need_port(self.stack, port)
+        for a in self.stack.addresses6():
+            if ipaddress.IPv6Interface(a.address).ip != address.ip:
+                continue
+            if a.device == port and a.address == str(address):
+                return True     # idempotent: present, whatever its DAD state
+            where = "" if a.device == port else f" on {a.device}"
+            raise errors.RemoteError(f"{address.ip} is already assigned{where} as {a.address}", code="exists")
+        try:
+            self.stack.add_address6(port, address, time.monotonic())
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.addresses6_changed()
+        self.ns.checkpoint()
+        return True
+
+    def addr6_del(self, port, address):
+        self._need_ipv6()
+        if port not in self.stack.devs or not any(a.device == port and a.address == str(address)
+                                                  for a in self.stack.addresses6()):
+            return False
+        try:
+            self.stack.del_address6(port, address)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.addresses6_changed()
+        self.ns.checkpoint()
+        return True
+
+    def route6_add(self, prefix, gateway, device, metric):
+        self._need_ipv6()
+        gateway = _unzoned(gateway)
+        _need_port(self.stack, device)
+        if gateway is not None and gateway.is_link_local and device is None:
+            raise errors.RemoteError(f"a link-local gateway ({gateway}) needs the port it is on (device)",
+                                     code="bad_argument")
+        same = [r for r in self.stack.routes6() if r.kind != "connected" and r.prefix == str(prefix)
+                and r.gateway == (None if gateway is None else str(gateway)) and r.device == device]
+        if any(r.metric == metric for r in same):
+            return True
+        try:
+            # The same route with another metric is replaced (the launcher keys routes so).
+            for r in same:
+                self.stack.del_route6(prefix, gateway, device)
+            self.stack.add_route6(prefix, gateway, device, metric)
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return True
+
+    def route6_del(self, prefix, gateway, device):
+        self._need_ipv6()
+        try:
+            self.stack.del_route6(prefix, _unzoned(gateway), device)
+        except StackError as exc:
+            if exc.code == "not_found":
+                return False
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return True
+
+    def route6_list(self):
+        if not self.stack.cfg.ipv6:
+            return []
+        return [{"prefix": r.prefix, "gateway": r.gateway, "device": r.device, "metric": int(r.metric),
+                 "origin": str(r.kind) + ("" if r.active else " (inactive)")} for r in self.stack.routes6()]
+
+    def neigh6_list(self):
+        if not self.stack.cfg.ipv6:
+            return []
+        return [{"device": n.device, "address": n.address, "mac": n.mac, "state": str(n.state),
+                 "queued": int(n.queued)} for n in self.stack.neighbors6()]
+
+    def ping6(self, dst, count, interval, timeout, size, hop_limit, port):
+        self._need_ipv6()
+        if dst.scope_id is not None:
+            if port is not None and port != dst.scope_id:
+                raise errors.RemoteError(f"{dst} names zone {dst.scope_id}, not port {port}", code="bad_argument")
+            port = dst.scope_id
+        dst = _unzoned(dst)
+        _need_port(self.stack, port)
+        if (dst.is_link_local or dst.is_multicast) and port is None:
+            raise errors.RemoteError(f"{dst} is link-local: say which port to leave by", code="bad_argument")
+        if not (0.001 <= interval <= 60 and 0.01 <= timeout <= 60):
+            raise errors.RemoteError("interval must be 0.001..60 s and timeout 0.01..60 s", code="bad_argument")
+        if len(self.ns.pings) >= 64:
+            raise errors.RemoteError("too many pings in progress", code="busy")
+        token = self.ns.rt.rpc.defer()
+        self.ns.start_ping(token, dst, count, interval, timeout, size, hop_limit, device=port)
 
     def capture_start(self, port, path, max_frames):
         if port not in self.stack.devs:

@@ -20,7 +20,7 @@ from typing import Any
 
 from components.netstack.control import Control, Datagrams
 from components.netstack.core import Stack, StackConfig, StackError
-from components.netstack.core.events import EchoReply, IcmpErrorForSocket, PingError
+from components.netstack.core.events import DuplicateAddress, EchoReply, IcmpErrorForSocket, PingError
 from components.netstack.core.offload import PortOffloads, to_plain_frames, tso_frame
 from components.netstack.dgram_client import decode_send, encode_received
 from components.netstack.tcp_binding import TcpService
@@ -44,9 +44,12 @@ TX_BATCH = 256               # frames per tx batch (the device protocol allows 1
 
 
 class _Ping:
-    def __init__(self, token, dst, count, interval, timeout, size, ttl, ident):
+    """One `ping` or `ping6` call in progress (ttl is IPv6's hop limit; device: ping6's port)."""
+
+    def __init__(self, token, dst, count, interval, timeout, size, ttl, ident, device=None):
         self.token, self.dst, self.count, self.interval = token, dst, count, interval
         self.timeout, self.size, self.ttl, self.ident = timeout, size, ttl, ident
+        self.device = device
         self.sent: dict[int, float] = {}
         self.replies: dict[int, dict] = {}
         self.next_seq = 0
@@ -83,6 +86,8 @@ class Netstack(Component):
         self.owners: dict[int, str] = {}        # UDP socket id -> owner channel identity
         self.captures: dict[str, tuple[PcapWriter, Any, int]] = {}
         self.pings: dict[int, _Ping] = {}
+        # IPv6 addresses' DAD states as last published (address6 events): (port, address) -> state
+        self.addr6_states: dict[tuple[str, str], str] = {}
         self.rng = random.Random()
         self.timer = None
         self._armed_for = None
@@ -407,6 +412,7 @@ class Netstack(Component):
         if dl is not None and dl <= now:
             self.stack.poll(now)
             self._flush()
+            self.addresses6_changed()    # DAD ends, SLAAC lifetimes run out, on timers
             dl = self.stack.next_deadline()
         if dl == self._armed_for:
             return  # re-arming on every wake-up would fill the timer heap with cancelled entries
@@ -478,7 +484,8 @@ class Netstack(Component):
         now = time.monotonic()
         if isinstance(ev, EchoReply):
             p = self.pings.get(ev.ident)
-            if p is not None and ev.seq in p.sent and ev.seq not in p.replies and ev.src == p.dst:
+            if p is not None and ev.seq in p.sent and ev.seq not in p.replies and (
+                    ev.src == p.dst or p.dst.is_multicast):
                 p.replies[ev.seq] = {"seq": ev.seq, "ok": True, "rtt_ms": round((now - p.sent[ev.seq]) * 1000, 3),
                                      "ttl": ev.ttl, "size": ev.size, "error": None, "src": str(ev.src)}
                 self._ping_maybe_done(p)
@@ -486,8 +493,12 @@ class Netstack(Component):
             p = self.pings.get(ev.ident)
             if p is not None and ev.seq in p.sent and ev.seq not in p.replies:
                 p.replies[ev.seq] = {"seq": ev.seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
-                                     "error": _icmp_error_text(ev.type, ev.code), "src": str(ev.src)}
+                                     "error": (_icmp_error_text if p.dst.version == 4 else _icmp6_error_text)(
+                                         ev.type, ev.code), "src": str(ev.src)}
                 self._ping_maybe_done(p)
+        elif isinstance(ev, DuplicateAddress):
+            self.rt.problem(f"duplicate address on {ev.device}: {ev.address} is used by another node (DAD)")
+            self.addresses6_changed()
         elif isinstance(ev, IcmpErrorForSocket):
             self.udp.icmp_error(ev.sid, ev.type, ev.code, ev.dst, ev.dst_port)
         else:
@@ -498,6 +509,24 @@ class Netstack(Component):
                 self.rt.problem(f"address conflict on {d['device']}: {d['address']} is used by {d['mac']}")
             elif kind == "LinkChanged":
                 self.pub.emit("port", port=d["device"], up=d["up"], attached=self.ports.get(d["device"], {}).get("attached", False))
+                self.addresses6_changed()    # a link that comes up probes its addresses again
+
+    def addresses6_changed(self) -> None:
+        """Publish what changed in the IPv6 addresses since the last look (address6 events):
+        the core tells a failed DAD (DuplicateAddress) but not a passed one, so the states are
+        compared after timers, link changes and control calls."""
+        if not self.cfg.ipv6:
+            return
+        now = {(a.device, a.address): a.state for a in self.stack.addresses6()}
+        if now == self.addr6_states:
+            return
+        for (port, address), state in now.items():
+            if self.addr6_states.get((port, address)) != state:
+                self.pub.emit("address6", port=port, address=address, state=state, present=True)
+        for (port, address), state in self.addr6_states.items():
+            if (port, address) not in now:
+                self.pub.emit("address6", port=port, address=address, state=state, present=False)
+        self.addr6_states = now
 
     def _capture(self, port: str, frames: list[bytes]):
         w, f, limit = self.captures[port]
@@ -509,11 +538,11 @@ class Netstack(Component):
         f.flush()
 
     # -- ping ----------------------------------------------------------------------------
-    def start_ping(self, token, dst, count, interval, timeout, size, ttl):
+    def start_ping(self, token, dst, count, interval, timeout, size, ttl, device=None):
         ident = self.rng.randrange(1, 0xFFFF)
         while ident in self.pings:
             ident = self.rng.randrange(1, 0xFFFF)
-        p = _Ping(token, dst, count, interval, timeout, size, ttl, ident)
+        p = _Ping(token, dst, count, interval, timeout, size, ttl, ident, device)
         self.pings[ident] = p
         self._ping_send(p)
 
@@ -526,7 +555,10 @@ class Netstack(Component):
         p.sent[seq] = now
         payload = (b"qnet-ping" * ((p.size // 9) + 1))[:p.size]
         try:
-            self.stack.ping(p.dst, p.ident, seq, payload, now, ttl=p.ttl)
+            if p.dst.version == 6:
+                self.stack.ping6(p.dst, p.ident, seq, payload, now, hop_limit=p.ttl, device=p.device)
+            else:
+                self.stack.ping(p.dst, p.ident, seq, payload, now, ttl=p.ttl)
         except StackError as exc:
             p.replies[seq] = {"seq": seq, "ok": False, "rtt_ms": None, "ttl": None, "size": None,
                               "error": str(exc)[:128], "src": None}
@@ -557,6 +589,21 @@ def _icmp_error_text(t: int, code: int) -> str:
     if t == 11:
         return "time to live exceeded" if code == 0 else "fragment reassembly time exceeded"
     return f"icmp type {t} code {code}"
+
+
+def _icmp6_error_text(t: int, code: int) -> str:
+    # RFC 4443 §3
+    if t == 1:
+        return {0: "no route to destination", 1: "administratively prohibited", 2: "beyond scope of source address",
+                3: "address unreachable", 4: "port unreachable", 5: "source address failed policy",
+                6: "reject route"}.get(code, f"destination unreachable ({code})")
+    if t == 2:
+        return "packet too big"
+    if t == 3:
+        return "hop limit exceeded" if code == 0 else "fragment reassembly time exceeded"
+    if t == 4:
+        return f"parameter problem ({code})"
+    return f"icmpv6 type {t} code {code}"
 
 
 def main():

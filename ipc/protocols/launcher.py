@@ -1,7 +1,7 @@
 """The launcher's control interface: the `qnet` CLI is an ordinary client of it."""
 from ..decl import Method, Protocol, Version
-from ..types import (ANY, BOOL, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Enum, Field, Int, List, Optional, Str,
-                     U32, struct)
+from ..types import (ANY, BOOL, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC, NAME, Enum,
+                     Field, Int, List, Optional, Str, U32, struct)
 from .netstack import ROUTE_TABLE
 
 PORT_ERRORS = ("not_found", "exists", "bad_argument", "failed", "no_route", "no_device", "address_in_use")
@@ -13,7 +13,7 @@ PORT_CONFIG = struct(
     Field("tap", Optional(Str(max_len=64))),
     Field("mtu", Int(68, 65535)),
     Field("forwarding", BOOL),
-    Field("addresses", List(Str(max_len=64), max_len=64)),
+    Field("addresses", List(Str(max_len=64), max_len=64), doc="IPv4 and (1.4) IPv6 addresses with their length"),
     Field("dhcp", Optional(Str(max_len=16))),
 )
 
@@ -45,8 +45,10 @@ LOG_CHUNK = struct(
 )
 
 LAUNCHER = Protocol(
-    "qnet.launcher", Version(1, 3),
-    doc="Control of the component graph: status, restarts, logs, shutdown.",
+    "qnet.launcher", Version(1, 4),
+    doc="Control of the component graph: status, restarts, logs, shutdown; the configuration it owns "
+        "(ports, addresses, routes), re-asserted to every netstack incarnation. 1.4: IPv6 addresses "
+        "and routes (addr6_*, route6_*, port_add's addresses6).",
     methods=(
         Method("status", result=List(COMPONENT_STATUS), idempotent=True),
         Method("graph", result=ANY, idempotent=True, doc="The graph as loaded: file, components, endpoints."),
@@ -72,7 +74,9 @@ LAUNCHER = Protocol(
                                        doc="1.1: TAP with IFF_VNET_HDR, checksum and TSO/GSO offloads"),
                                  Field("fault", Optional(Str(max_len=512)), default=None,
                                        doc="1.2: the driver's fault injector, KEY=VALUE,... "
-                                           "(docs/fault-injection.md)")),
+                                           "(docs/fault-injection.md)"),
+                                 Field("addresses6", List(IPV6_IFACE, max_len=64), default=[],
+                                       doc="1.4: IPv6 addresses for the port (beside its link-local one)")),
                result=PORT_CONFIG, errors=PORT_ERRORS,
                doc="Open the backend handle, start ethdriver.NAME, create the port in netstack."),
         Method("port_del", args=(Field("name", NAME),), result=BOOL, errors=PORT_ERRORS),
@@ -88,6 +92,19 @@ LAUNCHER = Protocol(
                                   Field("table", Optional(ROUTE_TABLE), default=None,
                                         doc="1.3: a numbered routing table; absent: main")),
                result=BOOL, errors=PORT_ERRORS, idempotent=True),
+        Method("addr6_add", args=(Field("port", NAME), Field("address", IPV6_IFACE)), result=BOOL,
+               errors=PORT_ERRORS, idempotent=True,
+               doc="1.4: an IPv6 address, kept and re-asserted like IPv4's; DAD runs in netstack "
+                   "(`qnet addr` shows its state)."),
+        Method("addr6_del", args=(Field("port", NAME), Field("address", IPV6_IFACE)), result=BOOL,
+               errors=PORT_ERRORS, idempotent=True, doc="1.4"),
+        Method("route6_add", args=(Field("prefix", IPV6_PREFIX), Field("via", Optional(IPV6), default=None),
+                                   Field("dev", Optional(NAME), default=None, doc="needed with a link-local via"),
+                                   Field("metric", U32, default=0)),
+               result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="1.4: an IPv6 route (main table)."),
+        Method("route6_del", args=(Field("prefix", IPV6_PREFIX), Field("via", Optional(IPV6), default=None),
+                                   Field("dev", Optional(NAME), default=None)),
+               result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="1.4"),
         Method("dhcp_pool", args=(Field("port", NAME), Field("start", IPV4), Field("end", IPV4)),
                result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="Set the DHCP server's pool on a port."),
         Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),

@@ -3,13 +3,24 @@ and datagrams (UDP sockets for components inside the graph, e.g. dhcpd)."""
 import struct as struct_
 
 from ..decl import Event, Method, Protocol, Stream, Version
-from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, MAC, NAME, Bytes, Enum, Field, Int,
-                     List, Optional, Str, U16, U32, struct)
+from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC, NAME,
+                     Bytes, Enum, Field, Int, List, Optional, Str, U16, U32, struct)
 
 PORT_KIND = Enum("PortKind", ("ethernet", "ip"))
 # Policy routing (1.2): numbered routing tables beside main, picked by the firewall's `table N`
 # (ipc/protocols/filter.py). Linux's numbers: 253-255 are its default, main and local tables.
 ROUTE_TABLE = Int(1, 252)
+
+# 1.3: IPv6. An address's Duplicate Address Detection state (RFC 4862 §5.4): TENTATIVE while
+# DAD runs (nothing is sent from it), PREFERRED once it passed, DEPRECATED (still ours, not
+# chosen for new traffic; RFC 4862 §5.5.4), DUPLICATE when another node holds it (kept, unused).
+ADDRESS6_STATE = Enum("Address6State", ("TENTATIVE", "PREFERRED", "DEPRECATED", "DUPLICATE"))
+
+ADDRESS6 = struct(
+    "Address6",
+    Field("address", IPV6_IFACE),
+    Field("state", ADDRESS6_STATE),
+)
 
 PORT = struct(
     "Port",
@@ -23,6 +34,8 @@ PORT = struct(
     Field("addresses", List(IPV4_IFACE, max_len=64)),
     Field("offloads", List(Str(max_len=16), max_len=16), default=[],
           doc="1.1: what the port's driver takes and may hand over (csum tso4 tso6 tso_ecn uso)"),
+    Field("addresses6", List(ADDRESS6, max_len=64), default=[],
+          doc="1.3: its IPv6 addresses (the link-local one made from its MAC too), with their state"),
 )
 
 ROUTE = struct(
@@ -39,6 +52,24 @@ NEIGHBOR = struct(
     "Neighbor",
     Field("device", NAME),
     Field("address", IPV4),
+    Field("mac", Optional(MAC)),
+    Field("state", Str(max_len=16)),
+    Field("queued", U32),
+)
+
+ROUTE6 = struct(
+    "Route6",
+    Field("prefix", IPV6_PREFIX),
+    Field("gateway", Optional(IPV6)),
+    Field("device", Optional(NAME)),
+    Field("metric", U32),
+    Field("origin", Str(max_len=32), doc="connected | static, with ' (inactive)' while its port is down"),
+)
+
+NEIGHBOR6 = struct(
+    "Neighbor6",
+    Field("device", NAME),
+    Field("address", IPV6),
     Field("mac", Optional(MAC)),
     Field("state", Str(max_len=16)),
     Field("queued", U32),
@@ -63,12 +94,32 @@ PING_RESULT = struct(
     Field("replies", List(PING_REPLY, max_len=10000)),
 )
 
+PING6_REPLY = struct(
+    "Ping6Reply",
+    Field("seq", U16),
+    Field("ok", BOOL),
+    Field("rtt_ms", Optional(FLOAT)),
+    Field("ttl", Optional(Int(0, 255)), doc="the reply's hop limit (named as in IPv4's, as iputils prints it)"),
+    Field("size", Optional(U32)),
+    Field("error", Optional(Str(max_len=128))),
+    Field("src", Optional(IPV6)),
+)
+
+PING6_RESULT = struct(
+    "Ping6Result",
+    Field("dst", IPV6),
+    Field("sent", U32),
+    Field("received", U32),
+    Field("replies", List(PING6_REPLY, max_len=10000)),
+)
+
 STACK_ERRORS = ("not_found", "exists", "no_route", "bad_argument", "no_device", "address_in_use",
                 "message_too_long", "busy", "failed")
 
 NETSTACK = Protocol(
-    "qnet.netstack", Version(1, 2),
-    doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics.",
+    "qnet.netstack", Version(1, 3),
+    doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics. "
+        "1.3: IPv6 (addr6_*, route6_*, neigh6_list, ping6, the address6 event, Port.addresses6).",
     methods=(
         Method("port_add", args=(Field("name", NAME), Field("kind", PORT_KIND, default="ethernet"),
                                  Field("mac", Optional(MAC), default=None), Field("mtu", Int(68, 65535), default=1500),
@@ -106,6 +157,31 @@ NETSTACK = Protocol(
                              Field("size", Int(0, 65000), default=56), Field("ttl", Int(1, 255), default=64)),
                result=PING_RESULT, errors=STACK_ERRORS,
                doc="ICMP echo sent by the stack itself; answers when every reply arrived or timed out."),
+        Method("addr6_add", args=(Field("port", NAME), Field("address", IPV6_IFACE)), result=BOOL,
+               errors=STACK_ERRORS, idempotent=True,
+               doc="1.3: an IPv6 address, TENTATIVE until Duplicate Address Detection passes (address6 "
+                   "events tell); adding a present address is not an error."),
+        Method("addr6_del", args=(Field("port", NAME), Field("address", IPV6_IFACE)), result=BOOL,
+               errors=STACK_ERRORS, idempotent=True, doc="1.3: false when it was not there."),
+        Method("route6_add", args=(Field("prefix", IPV6_PREFIX), Field("gateway", Optional(IPV6), default=None),
+                                   Field("device", Optional(NAME), default=None,
+                                         doc="needed with a link-local gateway (its zone)"),
+                                   Field("metric", U32, default=0)),
+               result=BOOL, errors=STACK_ERRORS, idempotent=True,
+               doc="1.3: an IPv6 route; the same route with another metric is replaced."),
+        Method("route6_del", args=(Field("prefix", IPV6_PREFIX), Field("gateway", Optional(IPV6), default=None),
+                                   Field("device", Optional(NAME), default=None)),
+               result=BOOL, errors=STACK_ERRORS, idempotent=True, doc="1.3: false when there was no such route."),
+        Method("route6_list", result=List(ROUTE6, max_len=65536), idempotent=True),
+        Method("neigh6_list", result=List(NEIGHBOR6, max_len=65536), idempotent=True,
+               doc="1.3: the IPv6 neighbor table (Neighbor Discovery, RFC 4861)."),
+        Method("ping6", args=(Field("dst", IPV6), Field("count", Int(1, 10000), default=3),
+                              Field("interval", FLOAT, default=1.0), Field("timeout", FLOAT, default=2.0),
+                              Field("size", Int(0, 65000), default=56), Field("hop_limit", Int(1, 255), default=64),
+                              Field("port", Optional(NAME), default=None,
+                                    doc="the port to leave by: needed for a link-local destination")),
+               result=PING6_RESULT, errors=STACK_ERRORS,
+               doc="1.3: ICMPv6 echo sent by the stack itself; answers when every reply arrived or timed out."),
         Method("capture_start", args=(Field("port", NAME), Field("path", Str(max_len=4096)),
                                       Field("max_frames", U32, default=0)),
                result=BOOL, errors=STACK_ERRORS, doc="Write every frame crossing the port to a pcap file."),
@@ -117,6 +193,10 @@ NETSTACK = Protocol(
               doc="A port's link or driver changed."),
         Event("address", (Field("port", NAME), Field("address", IPV4_IFACE), Field("present", BOOL))),
         Event("conflict", (Field("port", NAME), Field("address", IPV4), Field("mac", MAC))),
+        Event("address6", (Field("port", NAME), Field("address", IPV6_IFACE), Field("state", ADDRESS6_STATE),
+                           Field("present", BOOL)),
+              doc="1.3: an IPv6 address came, went (present false, its last state) or changed state: "
+                  "DAD passed (PREFERRED) or found another node holding it (DUPLICATE)."),
         Event("started", (Field("incarnation", U32), Field("restored", BOOL)),
               doc="A netstack incarnation became active; owners of configuration re-assert theirs."),
     ),
