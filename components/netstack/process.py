@@ -245,6 +245,18 @@ class Netstack(Component):
             "icmp_error_rate": table(cfg.icmp_error_burst - int(bucket.tokens) if bucket is not None else 0,
                                      cfg.icmp_error_burst, g("icmp").get("error_rate_limited", 0)),
         }
+        if cfg.ipv6:
+            # IPv6's own tables (1.3): Neighbor Discovery's cache, our addresses, routes, reassembly
+            n6, r6, a6, rt6 = g("table:neighbor6"), g("table:reassembly6"), g("table:ipv6_addresses"), \
+                g("table:routes6")
+            out["neighbors6"] = table(n6.get("entries", 0), n6.get("limit"), drops_of(
+                {k: v for k, v in g("neighbor6").items() if k.startswith(("evicted", "queue_dropped"))}))
+            out["neighbor6_queue_bytes"] = table(n6.get("queued_bytes", 0), n6.get("queued_bytes_limit"),
+                                                 g("neighbor6").get("queue_dropped_full", 0))
+            out["ipv6_addresses"] = table(a6.get("addresses", 0), a6.get("limit"), a6.get("dropped", 0))
+            out["routes6"] = table(rt6.get("routes", 0), rt6.get("limit"), rt6.get("dropped", 0))
+            out["reassembly6"] = table(r6.get("datagrams", 0), r6.get("datagrams_limit"),
+                                       drops_of(g("reassembly6")))
         for name, dc in c.items():
             if name.startswith("dev:"):
                 out[f"tx_queue:{name[4:]}"] = table(dc.get("tx_queued", 0), dc.get("tx_queue_limit"), drops_of(dc))

@@ -9,9 +9,7 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from ipc.events import Subscriber
 from ipc.protocols.netstack import NETSTACK
 
-from .conftest import run_qnet, wait_until
+from .conftest import QnetGraph, run_qnet, wait_until
 
 needs_tap = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                reason="needs root and /dev/net/tun (TAP ports)")
@@ -144,21 +142,20 @@ def _routes6(run) -> set[tuple]:
 
 @pytest.fixture(scope="module")
 def tap_graph():
-    """The default graph up with port p0 on a TAP nobody answers on: (run dir, x, tap)."""
+    """The default graph up with port p0 on a TAP nobody answers on: (run dir, x, tap). Torn
+    down by `qnet down`, and whatever of it still runs is killed (QnetGraph.cleanup)."""
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("needs root and /dev/net/tun (TAP ports)")
-    work = tempfile.mkdtemp(prefix="q6", dir="/tmp")
-    run = os.path.join(work, "r")
+    g = QnetGraph()
     x = random.randrange(16, 250)
     tap = f"qt6c{random.randrange(10000, 99999)}"
     try:
-        res = run_qnet(run, "up", "--detach", "--timeout", "40")
+        res = g.qnet("up", "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
-        _ok(run, "port", "add", "p0", "--tap", tap, "--addr", f"10.96.{x}.1/24", "--addr", f"2001:db8:{x:x}::1/64")
-        yield run, x, tap
+        _ok(g.run, "port", "add", "p0", "--tap", tap, "--addr", f"10.96.{x}.1/24", "--addr", f"2001:db8:{x:x}::1/64")
+        yield g.run, x, tap
     finally:
-        run_qnet(run, "down", timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
+        g.cleanup()
 
 
 @needs_tap
@@ -184,6 +181,12 @@ def test_port_ipv6_addresses_become_preferred_beside_the_link_local_one(tap_grap
     assert glob in text and ll in text
     text = _ok(run, "addr", "list", "-6")
     assert text.splitlines()[0].split() == ["PORT", "ADDRESS", "STATE"] and "PREFERRED" in text
+    # IPv6's tables are bounded and shown with the others (qnet status --tables)
+    ns = next(c for c in _json(run, "status")["components"] if c["name"] == "netstack")
+    tables = ns["details"]["tables"]
+    assert tables["ipv6_addresses"]["size"] >= 2 and tables["ipv6_addresses"]["limit"] > 0, tables
+    for name in ("neighbors6", "routes6", "reassembly6"):
+        assert tables[name]["limit"] > 0, tables
 
 
 @needs_tap
