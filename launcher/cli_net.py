@@ -281,10 +281,11 @@ def cmd_addr(args) -> int:
         return 0
     rows = []
     for p in netstack_call(args, "port_list"):
+        # --json rows: IPv4's as they always were, IPv6's with their DAD state
         if family in (None, 4):
-            rows += [{"port": p["name"], "family": "inet", "address": a, "state": None} for a in p["addresses"]]
+            rows += [{"port": p["name"], "address": a} for a in p["addresses"]]
         if family in (None, 6):
-            rows += [{"port": p["name"], "family": "inet6", "address": a["address"], "state": a["state"]}
+            rows += [{"port": p["name"], "address": a["address"], "state": a["state"]}
                      for a in p.get("addresses6") or []]
     if args.json:
         out_json(rows)

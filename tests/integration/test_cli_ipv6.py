@@ -175,8 +175,9 @@ def test_port_ipv6_addresses_become_preferred_beside_the_link_local_one(tap_grap
     assert port["addresses"] == [f"10.96.{x}.1/24"]
     assert {a["address"] for a in port["addresses6"]} == {ll, glob}
     rows = _json(run, "addr")
-    assert {(r["family"], r["address"]) for r in rows} >= {("inet", f"10.96.{x}.1/24"), ("inet6", glob)}
-    assert all(r["family"] == "inet" for r in _json(run, "addr", "-4"))
+    assert {"port": "p0", "address": f"10.96.{x}.1/24"} in rows      # IPv4's rows as before
+    assert {"port": "p0", "address": glob, "state": "PREFERRED"} in rows
+    assert _json(run, "addr", "-4") == [{"port": "p0", "address": f"10.96.{x}.1/24"}]
     text = _ok(run, "port", "list")
     assert glob in text and ll in text
     text = _ok(run, "addr", "list", "-6")
