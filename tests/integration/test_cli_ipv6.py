@@ -317,3 +317,37 @@ def test_ipv6_configuration_survives_netstack_restarts_and_a_launcher_that_died(
     assert f"2001:db8:{x:x}::1/64" in _states6(run)
     port = next(p for p in _json(run, "port", "list") if p["name"] == "p0")
     assert port["addresses"] == [f"10.96.{x}.1/24"]
+
+
+@needs_tap
+def test_ipv6_addresses_and_routes_declared_in_a_manifest_come_up_with_the_graph():
+    import launcher
+    g = QnetGraph()
+    x = random.randrange(16, 250)
+    tap = f"qt6m{random.randrange(10000, 99999)}"
+    with open(os.path.join(os.path.dirname(launcher.__file__), "default_graph.toml")) as f:
+        text = f.read()
+    text += f"""
+[ports.m0]
+tap = "{tap}"
+addresses = ["10.95.{x}.1/24", "2001:db8:{x:x}:9::1/64"]
+
+[[routes]]
+prefix = "2001:db8:{x:x}:a::/64"
+via = "fe80::9%m0"
+metric = 4
+
+[[routes]]
+prefix = "::/0"
+via = "2001:db8:{x:x}:9::fffe"
+"""
+    try:
+        res = g.qnet("up", "-f", g.write(text), "--detach", "--timeout", "40")
+        assert res.returncode == 0, res.stdout + res.stderr
+        port = next(p for p in _json(g.run, "port", "list") if p["name"] == "m0")
+        assert port["addresses"] == [f"10.95.{x}.1/24"]
+        assert f"2001:db8:{x:x}:9::1/64" in {a["address"] for a in port["addresses6"]}
+        assert _routes6(g.run) == {(f"2001:db8:{x:x}:a::/64", "fe80::9", "m0", 4),
+                                   ("::/0", f"2001:db8:{x:x}:9::fffe", None, 0)}
+    finally:
+        g.cleanup()
