@@ -161,6 +161,16 @@ def test_linux_and_qnet_ping6_each_others_link_local_and_global_addresses(six):
         assert qmac in kn.lower() and any(s in kn for s in RESOLVED), kn
 
 
+@pytest.mark.timeout(60)
+def test_4000_byte_echoes_are_fragmented_and_reassembled_both_ways(six):
+    g, a, _ = six
+    # RFC 8200 §4.5: 4008 bytes of ICMPv6 in a 1500-byte link MTU travel as three fragments.
+    r = a.ping6(a.qnet6, "-c", "2", "-i", "0.3", "-W", "2", "-s", "4000")
+    assert r.received == 2 and "4008 bytes from" in r.text, r.text
+    res = g.qnet_json("ping", "-c", "2", "-i", "0.3", "-s", "4000", a.linux6)
+    assert res["received"] == 2 and all(x["size"] == 4000 for x in res["replies"]), res
+
+
 # -- 2: Duplicate Address Detection against an address Linux holds ----------------------------------
 @pytest.mark.timeout(60)
 def test_an_address_linux_holds_is_duplicate_at_qnet_which_never_answers_for_it(six):
