@@ -37,18 +37,26 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def ping(dst: str, count: int, interval: float, timeout: float, size: int) -> dict:
-    """One echo outstanding at a time; an RTT per reply, in nanoseconds."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    """One echo outstanding at a time; an RTT per reply, in nanoseconds. An IPv6 dst is
+    pinged with ICMPv6 (the kernel fills its checksum and hands replies without a header)."""
+    v6 = ":" in dst
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 else \
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    request, reply = (128, 129) if v6 else (_ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY)
     ident = os.getpid() & 0xFFFF
     payload = bytes(range(size % 256)) + bytes(max(0, size - size % 256))
     rtts: list[int] = []
     lost = 0
     try:
         for seq in range(count):
-            head = struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-            csum = _checksum(head + payload)
-            pkt = struct.pack("!BBHHH", _ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
+            head = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+            csum = 0 if v6 else _checksum(head + payload)
+            pkt = struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload
             t0 = time.perf_counter_ns()
             sock.sendto(pkt, (dst, 0))
             deadline = time.monotonic() + timeout
@@ -59,11 +67,11 @@ def ping(dst: str, count: int, interval: float, timeout: float, size: int) -> di
                     break
                 data = sock.recv(65535)
                 t1 = time.perf_counter_ns()
-                ihl = (data[0] & 0x0F) * 4
+                ihl = 0 if v6 else (data[0] & 0x0F) * 4
                 if len(data) < ihl + 8:
                     continue
                 typ, _code, _c, rid, rseq = struct.unpack_from("!BBHHH", data, ihl)
-                if typ == _ICMP_ECHO_REPLY and rid == ident and rseq == seq:
+                if typ == reply and rid == ident and rseq == seq:
                     rtts.append(t1 - t0)
                     break
             if interval > 0:
@@ -75,9 +83,11 @@ def ping(dst: str, count: int, interval: float, timeout: float, size: int) -> di
 
 def udp_echo(port: int) -> None:
     """Echo every datagram back until killed (the kernel anchor's server)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # One dual-stack socket: IPv4 and IPv6 clients alike.
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.bind(("0.0.0.0", port))
+    sock.bind(("::", port))
     print(json.dumps({"ready": True}), flush=True)
     while True:
         data, addr = sock.recvfrom(65535)
@@ -91,7 +101,7 @@ def udp_rr(dst: str, port: int, outstanding: int, duration: float, size: int, ti
     releases the next. A request unanswered after ``timeout`` counts as lost
     and is replaced, so one drop does not stall the window.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(dst), socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.connect((dst, port))
     pad = bytes(max(0, size - 8))
@@ -157,9 +167,10 @@ def udp_rr(dst: str, port: int, outstanding: int, duration: float, size: int, ti
 def udp_sink(port: int, duration: float, idle: float, busy: float) -> dict:
     """Count datagrams for up to ``duration`` s; once ``busy`` s have passed, stop early ``idle`` s
     after the last arrival (a stack may pause for a while when the sender hogs the CPU)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)     # dual-stack
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    sock.bind(("0.0.0.0", port))
+    sock.bind(("::", port))
     sock.setblocking(False)
     print(json.dumps({"ready": True}), flush=True)
     frames = nbytes = 0
@@ -188,7 +199,7 @@ def udp_sink(port: int, duration: float, idle: float, busy: float) -> dict:
 
 def udp_blast(dst: str, port: int, size: int, duration: float, rate: float) -> dict:
     """Send ``size``-byte datagrams for ``duration`` s: back to back, or paced at ``rate`` per s."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(dst), socket.SOCK_DGRAM)
     sock.connect((dst, port))
     payload = bytes(size)
     sent = nobufs = 0
