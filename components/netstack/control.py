@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from components.netstack.core import Stack, StackError
+from components.netstack.core.radv import RaConfig, RaPrefix
 from components.netstack.wire.addr import MacAddr
 from components.netstack.wire.pcap import PcapWriter
 from ipc import errors
@@ -319,6 +320,73 @@ class Control:
             raise errors.RemoteError("too many pings in progress", code="busy")
         token = self.ns.rt.rpc.defer()
         self.ns.start_ping(token, dst, count, interval, timeout, size, hop_limit, device=port)
+
+    # -- router mode (1.4) -------------------------------------------------------------------
+    def _ra_port(self, port) -> None:
+        self._need_ipv6()
+        _need_port(self.stack, port)
+        if self.stack.devs[port].kind != "ethernet":
+            raise errors.RemoteError(f"{port} is not an Ethernet port: router advertisements need "
+                                     f"a link with neighbors (Neighbor Discovery)", code="bad_argument")
+
+    def _global_64s(self, port) -> list[ipaddress.IPv6Network]:
+        """The /64s of the port's global (and unique-local) IPv6 addresses, in their order."""
+        nets: list[ipaddress.IPv6Network] = []
+        for a in self.stack.addresses6():
+            iface = ipaddress.IPv6Interface(a.address)
+            if a.device == port and not iface.ip.is_link_local and iface.network.prefixlen == 64 \
+                    and iface.network not in nets:
+                nets.append(iface.network)
+        return nets
+
+    def _ra_row(self, port, cfg: RaConfig) -> dict:
+        advertising = any(a.device == port and a.address.startswith("fe80:") and a.state == "PREFERRED"
+                          for a in self.stack.addresses6())
+        return {"port": port, "prefixes": [str(p.network) for p in cfg.prefixes], "mtu": cfg.mtu,
+                "rdnss": [str(s) for s in cfg.rdnss], "dnssl": list(cfg.dnssl), "managed": cfg.managed,
+                "other": cfg.other, "router_lifetime": cfg.router_lifetime, "advertising": advertising}
+
+    def ra_set(self, port, prefixes, mtu, rdnss, dnssl, managed, other, router_lifetime):
+        self._ra_port(port)
+        for p in prefixes:
+            if p.prefixlen != 64:
+                # RFC 4862 §5.5.3 (d): hosts form addresses only from /64 prefixes.
+                raise errors.RemoteError(f"prefix {p} is not a /64 (hosts form addresses only in /64s)",
+                                         code="bad_argument")
+        if not prefixes:
+            prefixes = self._global_64s(port)
+            if not prefixes:
+                raise errors.RemoteError(f"no prefix to advertise: {port} has no global IPv6 address in a "
+                                         f"/64; name the prefixes or add an address first", code="bad_argument")
+        dev_mtu = self.stack.devs[port].mtu
+        if mtu is not None and mtu > dev_mtu:
+            raise errors.RemoteError(f"mtu {mtu} is more than {port}'s own MTU ({dev_mtu})", code="bad_argument")
+        cfg = RaConfig(prefixes=[RaPrefix(p) for p in prefixes], mtu=mtu, rdnss=[_unzoned(s) for s in rdnss],
+                       dnssl=list(dnssl), managed=managed, other=other, router_lifetime=router_lifetime)
+        try:
+            self.stack.set_router_advertisements(port, cfg, time.monotonic())
+        except StackError as exc:
+            # RaConfig.validate's sentence ("radv: router_lifetime 30 must be 0 or ...") is the answer.
+            raise errors.RemoteError(exc.message.removeprefix("radv: "), code=_err(exc).code) from None
+        self.ns.checkpoint()
+        return self._ra_row(port, cfg)
+
+    def ra_del(self, port):
+        self._need_ipv6()
+        if port not in self.stack.devs or self.stack.router_advertisements(port) is None:
+            return False
+        try:
+            self.stack.set_router_advertisements(port, None, time.monotonic())
+        except StackError as exc:
+            raise _err(exc) from None
+        self.ns.checkpoint()
+        return True
+
+    def ra_list(self):
+        if not self.stack.cfg.ipv6:
+            return []
+        return [self._ra_row(name, cfg) for name in sorted(self.stack.devs)
+                if (cfg := self.stack.router_advertisements(name)) is not None]
 
     def capture_start(self, port, path, max_frames):
         if port not in self.stack.devs:

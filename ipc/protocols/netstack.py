@@ -113,13 +113,31 @@ PING6_RESULT = struct(
     Field("replies", List(PING6_REPLY, max_len=10000)),
 )
 
+# 1.4: router mode. What a port advertises in its Router Advertisements (RFC 4861 §6.2.1):
+# hosts on its link form addresses in the /64 prefixes (SLAAC) and take the port's link-local
+# address as their default router; the port itself no longer takes RAs.
+RA_CONFIG = struct(
+    "RaConfig",
+    Field("port", NAME),
+    Field("prefixes", List(IPV6_PREFIX, max_len=16), doc="on-link, autonomous /64s"),
+    Field("mtu", Optional(Int(1280, 65535)), doc="the MTU option; absent: none sent"),
+    Field("rdnss", List(IPV6, max_len=8), doc="DNS servers (RFC 8106)"),
+    Field("dnssl", List(Str(max_len=253), max_len=8), doc="DNS search domains (RFC 8106)"),
+    Field("managed", BOOL, doc="M: addresses from DHCPv6"),
+    Field("other", BOOL, doc="O: other configuration from DHCPv6"),
+    Field("router_lifetime", U16, doc="s; 0: not a default router"),
+    Field("advertising", BOOL, doc="false while the port's link-local address is tentative "
+                                   "(RAs start once it is preferred)"),
+)
+
 STACK_ERRORS = ("not_found", "exists", "no_route", "bad_argument", "no_device", "address_in_use",
                 "message_too_long", "busy", "failed")
 
 NETSTACK = Protocol(
-    "qnet.netstack", Version(1, 3),
+    "qnet.netstack", Version(1, 4),
     doc="Control of the network stack: ports, addresses, routes, neighbors, diagnostics. "
-        "1.3: IPv6 (addr6_*, route6_*, neigh6_list, ping6, the address6 event, Port.addresses6).",
+        "1.3: IPv6 (addr6_*, route6_*, neigh6_list, ping6, the address6 event, Port.addresses6). "
+        "1.4: router mode (ra_set, ra_del, ra_list).",
     methods=(
         Method("port_add", args=(Field("name", NAME), Field("kind", PORT_KIND, default="ethernet"),
                                  Field("mac", Optional(MAC), default=None), Field("mtu", Int(68, 65535), default=1500),
@@ -182,6 +200,25 @@ NETSTACK = Protocol(
                                     doc="the port to leave by: needed for a link-local destination")),
                result=PING6_RESULT, errors=STACK_ERRORS,
                doc="1.3: ICMPv6 echo sent by the stack itself; answers when every reply arrived or timed out."),
+        Method("ra_set", args=(Field("port", NAME),
+                               Field("prefixes", List(IPV6_PREFIX, max_len=16), default=[],
+                                     doc="/64s; empty: the /64s of the port's global IPv6 addresses now"),
+                               Field("mtu", Optional(Int(1280, 65535)), default=None,
+                                     doc="at most the port's MTU"),
+                               Field("rdnss", List(IPV6, max_len=8), default=[]),
+                               Field("dnssl", List(Str(max_len=253), max_len=8), default=[]),
+                               Field("managed", BOOL, default=False), Field("other", BOOL, default=False),
+                               Field("router_lifetime", U16, default=1800,
+                                     doc="0 or 600..65535 s (at least the 600 s between RAs)")),
+               result=RA_CONFIG, errors=STACK_ERRORS, idempotent=True,
+               doc="1.4: router mode on an Ethernet port: it advertises (RFC 4861 §6.2), answers "
+                   "Router Solicitations and takes no RAs; the same configuration again changes "
+                   "nothing, another restarts the initial advertisements. Answers what it applied."),
+        Method("ra_del", args=(Field("port", NAME),), result=BOOL, errors=STACK_ERRORS, idempotent=True,
+               doc="1.4: a final RA with router lifetime 0 (RFC 4861 §6.2.5), then a host again "
+                   "(SLAAC from others' RAs); false when the port was not advertising."),
+        Method("ra_list", result=List(RA_CONFIG, max_len=1024), idempotent=True,
+               doc="1.4: every port in router mode."),
         Method("capture_start", args=(Field("port", NAME), Field("path", Str(max_len=4096)),
                                       Field("max_frames", U32, default=0)),
                result=BOOL, errors=STACK_ERRORS, doc="Write every frame crossing the port to a pcap file."),
