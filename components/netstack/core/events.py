@@ -29,7 +29,7 @@ class _Event:
 @dataclass(frozen=True)
 class EchoReply(_Event):
     """An ICMP echo reply arrived for us (answers `Stack.ping`)."""
-    src: ipaddress.IPv4Address
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
     ident: int
     seq: int
     ttl: int
@@ -39,10 +39,10 @@ class EchoReply(_Event):
 @dataclass(frozen=True)
 class PingError(_Event):
     """An ICMP error arrived about one of our echo requests."""
-    src: ipaddress.IPv4Address
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
     type: int
     code: int
-    dst: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     ident: int
     seq: int
 
@@ -87,10 +87,10 @@ class DeviceRemoved(_Event):
 class IcmpErrorForSocket(_Event):
     """An ICMP error quoting a datagram sent by UDP socket sid (ECONNREFUSED and friends)."""
     sid: int
-    src: ipaddress.IPv4Address
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
     type: int
     code: int
-    dst: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     dst_port: int
     mtu: int
 

@@ -457,7 +457,7 @@ class Stack(Ipv6Api):
         routes = self.ip4.routes
         out["table:neighbor"] = self.arp_neighbors.stats()
         out["table:neighbor6"] = self.ip6_neighbors.stats()
-        out["table:ipv6_addresses"] = {"addresses": len(self.ip6_addresses),
+        out["table:ipv6_addresses"] = {"addresses": len(self.addresses6()),
                                        "limit": self.ip6_addresses.limit,
                                        "dropped": self.ip6_addresses.dropped}
         out["table:reassembly"] = self.ip4.reassembly.stats()
