@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import importlib
     from . import cli_net  # noqa: F401  (registers the network commands)
+    from . import cli_ra  # noqa: F401  (registers qnet ra)
     from . import cli_run  # noqa: F401  (registers qnet run)
     from . import cli_fw  # noqa: F401  (registers qnet fw)
     try:

@@ -16,6 +16,8 @@ incarnation (idempotent calls: reconcile, don't replay logs).
     addresses = ["10.0.0.1/24", "2001:db8:1::1/64"]   # IPv4 and IPv6 (a link-local one is made)
     offloads = true            # TAP only: checksum and TSO/GSO offloads (docs/manifest.md)
     fault = "loss=0.01,delay=0.3"  # the driver's fault injector (docs/fault-injection.md)
+    ra = { rdnss = ["2001:db8:1::53"] }  # router mode: Router Advertisements of the
+                               # port's /64s (or prefixes = [...]); ra = true: all defaults
 
     [[routes]]
     prefix = "0.0.0.0/0"
@@ -52,7 +54,8 @@ _PORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,14}$")
 CALL_TIMEOUT = 2.0
 CONFIG_DEADLINE = 8.0
 _PORT_KEYS = {"backend", "tap", "create", "mac", "mtu", "forwarding", "addresses", "path", "peer_path", "dhcp",
-              "vnet_hdr", "pool", "link", "offloads", "fault"}
+              "vnet_hdr", "pool", "link", "offloads", "fault", "ra"}
+_RA_KEYS = {"prefixes", "mtu", "rdnss", "dnssl", "managed", "other", "router_lifetime"}
 
 
 def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +114,80 @@ def validate_port(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
                            "end": str(ipaddress.IPv4Address(pool["end"]))}
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"port {name}: pool must be {{start = A.B.C.D, end = A.B.C.D}}") from None
+    ra = cfg.get("ra")
+    if ra is not None and ra is not False:
+        # Only set when asked, so a port saved before router mode existed compares equal.
+        out["ra"] = validate_ra(name, ra, out)
     return out
+
+
+def validate_ra(port: str, ra: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Router mode's settings, checked and normalised (every key present); ``true`` is all the
+    defaults. No prefixes means the /64s of the port's IPv6 addresses, which netstack finds
+    again each time the settings are asserted; the checks are RaConfig's own (core/radv.py)."""
+    from components.netstack.core.radv import RaConfig
+    if ra is True:
+        ra = {}
+    if not isinstance(ra, dict):
+        raise ValueError(f"port {port}: ra must be true or a table (prefixes, rdnss, dnssl, mtu, managed, "
+                         f"other, router_lifetime)")
+    unknown = set(ra) - _RA_KEYS
+    if unknown:
+        raise ValueError(f"port {port}: ra: unknown field(s) {', '.join(sorted(unknown))} "
+                         f"({', '.join(sorted(_RA_KEYS))})")
+    out: dict[str, Any] = {"prefixes": [], "mtu": ra.get("mtu"), "rdnss": [], "dnssl": [],
+                           "managed": ra.get("managed", False), "other": ra.get("other", False),
+                           "router_lifetime": ra.get("router_lifetime", 1800)}
+    for key in ("prefixes", "rdnss", "dnssl"):
+        if not isinstance(ra.get(key, []), list):
+            raise ValueError(f"port {port}: ra: {key} must be a list")
+    for p in ra.get("prefixes", []):
+        try:
+            net = ipaddress.IPv6Network(p, strict=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"port {port}: ra: bad prefix {p!r} ({exc})") from None
+        if net.prefixlen != 64:
+            raise ValueError(f"port {port}: ra: prefix {net} is not a /64 (hosts form addresses only in /64s)")
+        out["prefixes"].append(str(net))
+    for a in ra.get("rdnss", []):
+        try:
+            out["rdnss"].append(str(ipaddress.IPv6Address(a)))
+        except (ValueError, TypeError):
+            raise ValueError(f"port {port}: ra: bad DNS server {a!r} (an IPv6 address)") from None
+    for d in ra.get("dnssl", []):
+        if not isinstance(d, str) or not d or len(d) > 253:
+            raise ValueError(f"port {port}: ra: bad search domain {d!r}")
+        out["dnssl"].append(d)
+    for key in ("managed", "other"):
+        if type(out[key]) is not bool:
+            raise ValueError(f"port {port}: ra: {key} must be true or false")
+    mtu, lifetime = out["mtu"], out["router_lifetime"]
+    if mtu is not None and (type(mtu) is not int or not 1280 <= mtu <= cfg.get("mtu", 65535)):
+        raise ValueError(f"port {port}: ra: mtu {mtu!r} must be 1280..{cfg.get('mtu', 65535)} (the port's MTU)")
+    if type(lifetime) is not int or not 0 <= lifetime <= 0xFFFF:
+        raise ValueError(f"port {port}: ra: router_lifetime {lifetime!r} must be 0..65535 s")
+    prefixes = out["prefixes"] or _own_64s(cfg)
+    if not prefixes:
+        raise ValueError(f"port {port}: ra: no prefix to advertise: give ra.prefixes or an IPv6 address/64 "
+                         f"on the port")
+    try:
+        RaConfig(prefixes=[ipaddress.IPv6Network(p) for p in prefixes], mtu=mtu,
+                 rdnss=[ipaddress.IPv6Address(a) for a in out["rdnss"]], dnssl=out["dnssl"],
+                 managed=out["managed"], other=out["other"], router_lifetime=lifetime).validate()
+    except ValueError as exc:
+        raise ValueError(f"port {port}: ra: {str(exc).removeprefix('radv: ')}") from None
+    return out
+
+
+def _own_64s(cfg: dict) -> list[str]:
+    """The /64s of a port's configured global IPv6 addresses (router mode's default prefixes)."""
+    nets = []
+    for a in cfg.get("addresses", []):
+        iface = ipaddress.ip_interface(a)
+        if iface.version == 6 and iface.network.prefixlen == 64 and not iface.ip.is_link_local \
+                and str(iface.network) not in nets:
+            nets.append(str(iface.network))
+    return nets
 
 
 def _interface(port: str, a: Any) -> str:
@@ -371,7 +447,7 @@ class PortManager:
     def add(self, name: str, cfg: dict, *, save: bool = True) -> Steps:
         cfg = validate_port(name, cfg)
         existing = self.ports.get(name)
-        volatile = ("addresses", "mac", "pool", "link")
+        volatile = ("addresses", "mac", "pool", "link", "ra")
         if existing is not None and {k: v for k, v in existing.items() if k not in volatile} != \
                 {k: v for k, v in cfg.items() if k not in volatile}:
             raise errors.RemoteError(f"port {name} exists with other settings; 'qnet port del {name}' first",
@@ -408,7 +484,13 @@ class PortManager:
                 set_link_up(cfg["tap"], True)
             except OSError:
                 pass  # moved to another namespace: its owner brings it up
-        self.ports[name] = cfg if existing is None else {**cfg, "addresses": existing["addresses"]}
+        if existing is None:
+            self.ports[name] = cfg
+        else:
+            self.ports[name] = {k: v for k, v in cfg.items() if k != "ra"}
+            self.ports[name]["addresses"] = existing["addresses"]
+            if "ra" in existing:
+                self.ports[name]["ra"] = existing["ra"]
         if save:
             self.save()
         return self.ports[name]
@@ -448,6 +530,8 @@ class PortManager:
                                   forwarding=cfg["forwarding"])
         for a in cfg["addresses"]:
             yield from self._ns_call(_addr_call(name, a, True))
+        if cfg.get("ra"):
+            yield from self._ns("ra_set", port=name, **cfg["ra"])
         if cfg.get("mac") is None and row.mac:
             cfg["mac"] = row.mac  # keep the derived MAC: the DHCP client identifies itself with it
         yield from self._dhcp_port(name, cfg)
@@ -572,6 +656,25 @@ class PortManager:
         self.save()
         return True
 
+    def ra(self, port: str, ra: dict | None) -> Steps:
+        """Router mode on a port (ra: the settings) or off (None), kept like its addresses."""
+        cfg = self.ports.get(port)
+        if cfg is None:
+            raise errors.RemoteError(f"no port {port!r}", code="not_found")
+        if ra is None:
+            ok = yield from self._ns("ra_del", port=port)
+            had = cfg.pop("ra", None) is not None
+            self.save()
+            return bool(ok) or had
+        try:
+            ra = validate_ra(port, ra, cfg)
+        except ValueError as exc:
+            raise errors.RemoteError(str(exc), code="bad_argument") from None
+        applied = yield from self._ns("ra_set", port=port, **ra)
+        cfg["ra"] = ra
+        self.save()
+        return applied
+
     # -- reconciliation ----------------------------------------------------------------------
     def reconcile(self) -> Steps:
         """Re-assert every port, address and route into netstack (all calls idempotent)."""
@@ -585,6 +688,9 @@ class PortManager:
                     yield from self._ns("port_set", name=name, link=False)
                 for a in list(cfg["addresses"]):
                     yield from self._ns_call(_addr_call(name, a, True))
+                if cfg.get("ra"):
+                    # after the addresses: no prefixes means the /64s of the port's addresses
+                    yield from self._ns("ra_set", port=name, **cfg["ra"])
             for r in list(self.routes):
                 yield from self._ns_call(_route_call(r, True))
         except errors.IpcError as exc:
@@ -622,6 +728,13 @@ class PortManager:
                             run_blocking(self.addr(name, a, True))
                         except errors.IpcError as exc:
                             log.warning("restoring %s on port %s: %s", a, name, exc)
+                # ... and so does router mode as it was set at run time.
+                ra = cfg.get("ra") if isinstance(cfg, dict) else None
+                if ra and ra != self.ports[name].get("ra"):
+                    try:
+                        run_blocking(self.ra(name, ra))
+                    except errors.IpcError as exc:
+                        log.warning("restoring router mode on port %s: %s", name, exc)
                 continue
             self.l.progress(f"port {name} (restored) ...")
             try:

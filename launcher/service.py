@@ -487,6 +487,15 @@ class _Control:
         return self._answer_later(self.l.ports.route({"prefix": str(prefix), "via": None if via is None else str(via),
                                                       "dev": dev}, False))
 
+    # router mode (1.5): kept in the port's configuration (ports.py), re-asserted after its addresses
+    def ra_set(self, port, prefixes, mtu, rdnss, dnssl, managed, other, router_lifetime):
+        ra = {"prefixes": [str(p) for p in prefixes], "mtu": mtu, "rdnss": [str(a) for a in rdnss],
+              "dnssl": list(dnssl), "managed": managed, "other": other, "router_lifetime": router_lifetime}
+        return self._answer_later(self.l.ports.ra(port, ra))
+
+    def ra_del(self, port):
+        return self._answer_later(self.l.ports.ra(port, None))
+
     def dhcp_pool(self, port, start, end):
         return self._answer_later(self.l.ports.set_pool(port, str(start), str(end)))
 

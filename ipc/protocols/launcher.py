@@ -1,8 +1,8 @@
 """The launcher's control interface: the `qnet` CLI is an ordinary client of it."""
 from ..decl import Method, Protocol, Version
 from ..types import (ANY, BOOL, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC, NAME, Enum,
-                     Field, Int, List, Optional, Str, U32, struct)
-from .netstack import ROUTE_TABLE
+                     Field, Int, List, Optional, Str, U16, U32, struct)
+from .netstack import RA_CONFIG, ROUTE_TABLE
 
 PORT_ERRORS = ("not_found", "exists", "bad_argument", "failed", "no_route", "no_device", "address_in_use")
 
@@ -45,10 +45,10 @@ LOG_CHUNK = struct(
 )
 
 LAUNCHER = Protocol(
-    "qnet.launcher", Version(1, 4),
+    "qnet.launcher", Version(1, 5),
     doc="Control of the component graph: status, restarts, logs, shutdown; the configuration it owns "
         "(ports, addresses, routes), re-asserted to every netstack incarnation. 1.4: IPv6 addresses "
-        "and routes (addr6_*, route6_*, port_add's addresses6).",
+        "and routes (addr6_*, route6_*, port_add's addresses6). 1.5: router mode (ra_set, ra_del).",
     methods=(
         Method("status", result=List(COMPONENT_STATUS), idempotent=True),
         Method("graph", result=ANY, idempotent=True, doc="The graph as loaded: file, components, endpoints."),
@@ -105,6 +105,21 @@ LAUNCHER = Protocol(
         Method("route6_del", args=(Field("prefix", IPV6_PREFIX), Field("via", Optional(IPV6), default=None),
                                    Field("dev", Optional(NAME), default=None)),
                result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="1.4"),
+        Method("ra_set", args=(Field("port", NAME),
+                               Field("prefixes", List(IPV6_PREFIX, max_len=16), default=[],
+                                     doc="/64s; empty: the /64s of the port's global IPv6 addresses "
+                                         "whenever it is (re-)asserted"),
+                               Field("mtu", Optional(Int(1280, 65535)), default=None),
+                               Field("rdnss", List(IPV6, max_len=8), default=[]),
+                               Field("dnssl", List(Str(max_len=253), max_len=8), default=[]),
+                               Field("managed", BOOL, default=False), Field("other", BOOL, default=False),
+                               Field("router_lifetime", U16, default=1800)),
+               result=RA_CONFIG, errors=PORT_ERRORS, idempotent=True,
+               doc="1.5: router mode on a port (netstack's ra_set), kept and re-asserted like its "
+                   "addresses; answers what netstack applied."),
+        Method("ra_del", args=(Field("port", NAME),), result=BOOL, errors=PORT_ERRORS, idempotent=True,
+               doc="1.5: the port stops advertising (a final RA with router lifetime 0); false when "
+                   "it was not."),
         Method("dhcp_pool", args=(Field("port", NAME), Field("start", IPV4), Field("end", IPV4)),
                result=BOOL, errors=PORT_ERRORS, idempotent=True, doc="Set the DHCP server's pool on a port."),
         Method("route_del", args=(Field("prefix", IPV4_PREFIX), Field("via", Optional(IPV4), default=None),

@@ -60,13 +60,13 @@ def test_ipc_list_shows_every_builtin_protocol(graph):
         assert name in res.stdout
     as_json = json.loads(graph.qnet("ipc", "list", "--json").stdout)
     launcher = next(p for p in as_json if p["name"] == "qnet.launcher")
-    assert launcher["version"] == "1.4" and "restart" in launcher["methods"]
+    assert launcher["version"] == "1.5" and "restart" in launcher["methods"]
 
 
 def test_ipc_describe_prints_a_declaration(graph):
     res = graph.qnet("ipc", "describe", "qnet.launcher")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("protocol qnet.launcher version 1.4")
+    assert res.stdout.startswith("protocol qnet.launcher version 1.5")
     for word in ("status()", "restart(name: name", "logs(", "shutdown()", "ComponentStatus:", "not_found"):
         assert word in res.stdout
 

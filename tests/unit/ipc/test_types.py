@@ -224,14 +224,14 @@ def test_registry_lists_the_builtin_protocols():
     for name in ("qnet.launcher", "qnet.lifecycle", "qnet.supervisor", "qnet.device", "qnet.tcp"):
         assert name in names
     assert names == sorted(names)
-    assert registry.get("qnet.launcher").version == Version(1, 4)  # 1.1: port_add offloads; 1.2: fault; 1.3: route tables; 1.4: IPv6
+    assert registry.get("qnet.launcher").version == Version(1, 5)  # 1.1: port_add offloads; 1.2: fault; 1.3: route tables; 1.4: IPv6; 1.5: router mode
     assert registry.get("no.such") is None
 
 
 def test_registry_refuses_a_second_protocol_under_a_taken_name():
     with pytest.raises(ValueError, match="declared twice"):
         registry.register(Protocol("qnet.launcher", Version(9, 0)))
-    assert registry.get("qnet.launcher").version == Version(1, 4)  # 1.1: port_add offloads; 1.2: fault; 1.3: route tables; 1.4: IPv6
+    assert registry.get("qnet.launcher").version == Version(1, 5)  # 1.1: port_add offloads; 1.2: fault; 1.3: route tables; 1.4: IPv6; 1.5: router mode
 
 
 def test_parse_ref_splits_name_and_optional_version():
