@@ -243,6 +243,14 @@ class IPv6Addr(_AddrType):
     pytype, label = ipaddress.IPv6Address, "ipv6"
 
 
+class IPAddr(_AddrType):
+    """An address of either version ("10.0.0.1", "2001:db8::1"); it decodes into an
+    IPv4Address or an IPv6Address (their common base is what msgspec checks). No zone: a
+    link-local address's scope travels beside it, as sockaddr_in6 keeps it apart."""
+
+    pytype, label = ipaddress._BaseAddress, "ip"
+
+
 class IPv4Prefix(_AddrType):
     pytype, label = ipaddress.IPv4Network, "ipv4-prefix"
 
@@ -270,13 +278,21 @@ class Mac(IpcType):
 
 
 IPV4, IPV6, IPV4_PREFIX, IPV6_PREFIX = IPv4Addr(), IPv6Addr(), IPv4Prefix(), IPv6Prefix()
+IP = IPAddr()
 IPV4_IFACE, IPV6_IFACE, MAC = IPv4Iface(), IPv6Iface(), Mac()
 BOOL, FLOAT, ANY = Bool(), Float(), AnyValue()
 NAME = Str(max_len=64, min_len=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", label="name")
 
+def _unscoped(a):
+    if getattr(a, "scope_id", None):
+        raise ValueError(f"{a}: a zone travels apart from the address (a scope_id field)")
+    return a
+
+
 _ADDR_TYPES = {
     ipaddress.IPv4Address: ipaddress.IPv4Address,
     ipaddress.IPv6Address: ipaddress.IPv6Address,
+    ipaddress._BaseAddress: lambda s: _unscoped(ipaddress.ip_address(s)),
     ipaddress.IPv4Network: lambda s: ipaddress.IPv4Network(s, strict=True),
     ipaddress.IPv6Network: lambda s: ipaddress.IPv6Network(s, strict=True),
     ipaddress.IPv4Interface: ipaddress.IPv4Interface,

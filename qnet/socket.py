@@ -1,15 +1,20 @@
-"""Python's `socket` module, with AF_INET sockets on qnet.
+"""Python's `socket` module, with AF_INET and AF_INET6 sockets on qnet.
 
     from qnet import socket
     with socket.create_connection(("10.0.0.2", 80), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); print(s.recv(65536))
 
-Everything the standard module has is here; `socket.socket` for AF_INET (TCP and UDP),
-`create_connection`, `create_server`, `getaddrinfo`, `gethostbyname`... go through qnet's
-socket provider (components/sockets) and netstack. AF_UNIX sockets and `socketpair()` stay the
-kernel's: they are not networking. What qnet does not do (AF_INET6 for now, raw sockets, an
-option it does not know) raises OSError naming the call; nothing falls back to the host's
-network stack.
+Everything the standard module has is here; `socket.socket` for AF_INET and AF_INET6 (TCP and
+UDP), `create_connection` (Happy Eyeballs v2 over the addresses of both families, RFC 8305),
+`create_server`, `getaddrinfo`, `gethostbyname`... go through qnet's socket provider
+(components/sockets) and netstack. AF_UNIX sockets and `socketpair()` stay the kernel's: they
+are not networking. What qnet does not do (raw sockets, an option it does not know) raises
+OSError naming the call; nothing falls back to the host's network stack.
+
+AF_INET6 as Linux has it: sockaddrs are (host, port, flowinfo, scope_id), a link-local
+address needs its scope (netstack's interface index; `fe80::1%p0` in getaddrinfo), and
+IPV6_V6ONLY is off by default: a socket on :: is dual stack, IPv4 peers show as
+::ffff:a.b.c.d.
 
 A qnet socket is a real file descriptor: a TCP socket's fd is one end of an AF_UNIX stream
 socketpair whose other end netstack serves (its bytes are the connection's), a UDP socket's
@@ -49,18 +54,37 @@ TCP_CONGESTION = getattr(_std, "TCP_CONGESTION", 13)
 UDP_RECV_HEAD = _struct.Struct("<4sH4sBBH")     # ipc/protocols/udp.py
 UDP_SEND_HEAD = _struct.Struct("<4sHhh")
 UDP_ERROR_HEAD = _struct.Struct("<4sHBB")       # an ICMP error for a connected socket
+UDP6_RECV_HEAD = _struct.Struct("<16sH16sBBH")  # an AF_INET6 socket's (qnet.udp 1.2)
+UDP6_SEND_HEAD = _struct.Struct("<16sHhhH")
+UDP6_ERROR_HEAD = _struct.Struct("<16sHBB")
 _ICMP_UNREACH_ERRNO = {2: _errno.ENOPROTOOPT, 3: _errno.ECONNREFUSED}
+# icmpv6_err_convert's hard errors: administratively prohibited, port unreachable (type 1)
+_ICMP6_UNREACH_ERRNO = {1: _errno.EACCES, 4: _errno.ECONNREFUSED}
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"       # ::ffff:0:0/96
 MAX_DATAGRAM = 65507
+MAX_DATAGRAM6 = 65527                           # IPv6: only the payload length bounds it
+IPV6_V6ONLY = getattr(_std, "IPV6_V6ONLY", 26)
+IPV6_UNICAST_HOPS = getattr(_std, "IPV6_UNICAST_HOPS", 16)
+IPV6_TCLASS = getattr(_std, "IPV6_TCLASS", 67)
+IPV6_RECVPKTINFO = getattr(_std, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(_std, "IPV6_PKTINFO", 50)
+IPV6_RECVHOPLIMIT = getattr(_std, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(_std, "IPV6_HOPLIMIT", 52)
+IPV6_RECVTCLASS = getattr(_std, "IPV6_RECVTCLASS", 66)
 DEFAULT_BUFFER = 256 * 1024                     # a channel's kernel buffer (launcher/channels.py)
 # Options kept here, read back by getsockopt; the provider hears of those that reach netstack.
 _LOCAL = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT), (SOL_SOCKET, SO_RCVBUF),
           (SOL_SOCKET, SO_SNDBUF), (SOL_SOCKET, SO_LINGER), (IPPROTO_IP, IP_PKTINFO),
           (IPPROTO_IP, IP_RECVTTL), (IPPROTO_IP, IP_RECVTOS), (SOL_SOCKET, SO_RCVLOWAT),
-          (SOL_SOCKET, SO_SNDLOWAT), (SOL_SOCKET, SO_OOBINLINE)}
+          (SOL_SOCKET, SO_SNDLOWAT), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_IPV6, IPV6_V6ONLY),
+          (IPPROTO_IPV6, IPV6_RECVPKTINFO), (IPPROTO_IPV6, IPV6_RECVHOPLIMIT),
+          (IPPROTO_IPV6, IPV6_RECVTCLASS)}
 _REMOTE = {(IPPROTO_TCP, TCP_NODELAY), (SOL_SOCKET, SO_KEEPALIVE), (IPPROTO_TCP, TCP_KEEPIDLE),
            (IPPROTO_TCP, TCP_KEEPINTVL), (IPPROTO_TCP, TCP_KEEPCNT), (IPPROTO_IP, IP_TTL),
            (IPPROTO_IP, IP_TOS), (IPPROTO_TCP, TCP_CONGESTION), (SOL_SOCKET, SO_MARK),
-           (SOL_SOCKET, SO_BROADCAST)}
+           (SOL_SOCKET, SO_BROADCAST), (IPPROTO_IPV6, IPV6_UNICAST_HOPS), (IPPROTO_IPV6, IPV6_TCLASS)}
+# Options of one family only: the other's level on a socket is ENOPROTOOPT, as in Linux.
+_V6_ONLY_OPTIONS = {k for k in _LOCAL | _REMOTE if k[0] == IPPROTO_IPV6}
 
 
 def _unsupported(call: str, what: str, code: int = _errno.EOPNOTSUPP) -> OSError:
@@ -70,41 +94,75 @@ def _unsupported(call: str, what: str, code: int = _errno.EOPNOTSUPP) -> OSError
 class _State:
     """What a qnet socket is, shared by its dups."""
     __slots__ = ("sock", "kind", "state", "local", "peer", "options", "shut_rd", "connect_timeout",
-                 "eof")
+                 "eof", "family")
 
-    def __init__(self, sock: str, kind: str) -> None:
+    def __init__(self, sock: str, kind: str, family: int = AF_INET) -> None:
         self.sock = sock
         self.kind = kind                # tcp | udp
+        self.family = family            # AF_INET | AF_INET6
         self.state = "new"              # new bound listening connecting connected closed
-        self.local: tuple[str, int] | None = None
-        self.peer: tuple[str, int] | None = None
+        self.local: tuple | None = None     # (host, port), or (host, port, flowinfo, scope_id)
+        self.peer: tuple | None = None
         self.options: dict[tuple[int, int], object] = {}
         self.shut_rd = False
         self.connect_timeout = 0.0
         self.eof = False                # the channel's EOF was seen and its cause reported
 
 
-def _host(call: str, address) -> tuple[str, int]:
-    if not isinstance(address, tuple) or len(address) != 2:
-        raise TypeError(f"{call}(): AF_INET address must be a tuple (host, port)")
-    host, port = address
-    if not isinstance(port, int) or isinstance(port, bool):
-        raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+def _int_arg(v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"'{type(v).__name__}' object cannot be interpreted as an integer")
+    return v
+
+
+def _host(call: str, address, family: int = AF_INET) -> tuple:
+    """A sockaddr as CPython's getsockaddrarg reads it: (host, port) for AF_INET, (host, port
+    [, flowinfo[, scope_id]]) for AF_INET6 with its 4-tuple answered; the host resolved in the
+    socket's family (gaierror EAI_ADDRFAMILY for the other's literal). As CPython, the scope is
+    the tuple's: a %zone in the host text is not read."""
+    six = family == AF_INET6
+    if not isinstance(address, tuple) or not (2 <= len(address) <= 4 if six else len(address) == 2):
+        raise TypeError(f"{call}(): AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])"
+                        if six else f"{call}(): AF_INET address must be a tuple (host, port)")
+    host, port = address[0], _int_arg(address[1])
     if not 0 <= port <= 65535:
         raise OverflowError(f"{call}(): port must be 0-65535.")
     if not isinstance(host, str):
         raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
-    return _resolver.address_of(host), port
+    if not six:
+        return _resolver.address_of(host, AF_INET), port
+    flowinfo = _int_arg(address[2]) if len(address) > 2 else 0
+    scope = _int_arg(address[3]) if len(address) > 3 else 0
+    if not 0 <= flowinfo <= 0xFFFFF:
+        raise OverflowError(f"{call}(): flowinfo must be 0-1048575.")
+    return _resolver.address_of(host.partition("%")[0] if ":" in host else host, AF_INET6), port, flowinfo, scope
+
+
+def _addr6(host: str, port: int, scope: int) -> tuple[str, int, int, int]:
+    """An AF_INET6 sockaddr as Linux answers it: the address in inet_ntop's form (an
+    IPv4-mapped one as ::ffff:a.b.c.d), the scope only with a link-local address."""
+    try:
+        host = inet_ntop(AF_INET6, inet_pton(AF_INET6, host))
+    except (OSError, ValueError):
+        pass
+    return host, port, 0, scope if _link_local(host) else 0
+
+
+def _link_local(host: str) -> bool:
+    try:
+        b = inet_pton(AF_INET6, host)
+    except (OSError, ValueError):
+        return False
+    return b[0] == 0xFE and b[1] & 0xC0 == 0x80
 
 
 class socket(_STD_SOCKET):
-    """socket.socket on qnet for AF_INET; the kernel's for AF_UNIX (and for a given fileno)."""
+    """socket.socket on qnet for AF_INET and AF_INET6; the kernel's for AF_UNIX (and for a
+    given fileno)."""
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         self._q: _State | None = None
-        if fileno is not None or family not in (-1, AF_INET):
-            if family == AF_INET6:
-                raise _unsupported("socket.socket", "AF_INET6 (IPv6)", _errno.EAFNOSUPPORT)
+        if fileno is not None or family not in (-1, AF_INET, AF_INET6):
             if family == getattr(_std, "AF_PACKET", -2):
                 raise _unsupported("socket.socket", "AF_PACKET", _errno.EAFNOSUPPORT)
             _STD_SOCKET.__init__(self, family, type, proto, fileno)
@@ -127,20 +185,39 @@ class socket(_STD_SOCKET):
                                _errno.EPROTONOSUPPORT)
         if proto not in (-1, 0, IPPROTO_TCP if kind == "tcp" else IPPROTO_UDP):
             raise _unsupported("socket.socket", f"protocol {proto}", _errno.EPROTONOSUPPORT)
-        result, fds = _session().call("socket", {"kind": kind})
-        _STD_SOCKET.__init__(self, AF_INET, kind_type, 0 if proto == -1 else proto, fds[0])
+        family = AF_INET if family == -1 else AddressFamily(family)
+        args = {"kind": kind} if family == AF_INET else {"kind": kind, "family": "ipv6"}
+        result, fds = _session().call("socket", args)
+        _STD_SOCKET.__init__(self, family, kind_type, 0 if proto == -1 else proto, fds[0])
         for fd in fds[1:]:
             _os.close(fd)
-        self._q = _State(result["sock"], kind)
+        self._q = _State(result["sock"], kind, family)
         if type != -1 and type & getattr(_std, "SOCK_NONBLOCK", 0):
             self.setblocking(False)
 
     @classmethod
-    def _adopt(cls, fd: int, sock: str, kind: str) -> "socket":
+    def _adopt(cls, fd: int, sock: str, kind: str, family: int = AF_INET) -> "socket":
         s = cls.__new__(cls)
-        _STD_SOCKET.__init__(s, AF_INET, SOCK_STREAM if kind == "tcp" else SOCK_DGRAM, 0, fd)
-        s._q = _State(sock, kind)
+        _STD_SOCKET.__init__(s, family, SOCK_STREAM if kind == "tcp" else SOCK_DGRAM, 0, fd)
+        s._q = _State(sock, kind, family)
         return s
+
+    def _sockaddr(self, host: str, port: int, scope: int = 0) -> tuple:
+        """An address in this socket's family's form."""
+        if self._q.family == AF_INET6:
+            return _addr6(host, port, scope)
+        return host, port
+
+    def _six(self) -> dict:
+        """The IPv6 arguments of a provider call (none on an AF_INET socket)."""
+        q = self._q
+        if q.family != AF_INET6:
+            return {}
+        return {"v6only": bool(q.options.get((IPPROTO_IPV6, IPV6_V6ONLY)))}
+
+    @property
+    def _any(self) -> str:
+        return "::" if self._q.family == AF_INET6 else "0.0.0.0"
 
     # -- the calls that go to the provider -------------------------------------------------
     def _call(self, method: str, args: dict, **kw):
@@ -156,14 +233,17 @@ class socket(_STD_SOCKET):
         if q is None:
             return _STD_SOCKET.bind(self, address)
         self._closed_check("bind")
-        host, port = _host("bind", address)
+        host, port, *six = _host("bind", address, q.family)
         if q.state != "new":
             raise OSError(_errno.EINVAL, "Invalid argument")
-        r, _ = self._call("bind", {"kind": q.kind, "address": host, "port": port,
-                                   "reuse_address": bool(q.options.get((SOL_SOCKET, SO_REUSEADDR))),
-                                   "reuse_port": bool(q.options.get((SOL_SOCKET, SO_REUSEPORT))),
-                                   "broadcast": bool(q.options.get((SOL_SOCKET, SO_BROADCAST)))})
-        q.local = (r["address"], r["port"])
+        args = {"kind": q.kind, "address": host, "port": port,
+                "reuse_address": bool(q.options.get((SOL_SOCKET, SO_REUSEADDR))),
+                "reuse_port": bool(q.options.get((SOL_SOCKET, SO_REUSEPORT))),
+                "broadcast": bool(q.options.get((SOL_SOCKET, SO_BROADCAST)))}
+        if six:
+            args.update(self._six(), scope_id=six[1])
+        r, _ = self._call("bind", args)
+        q.local = self._sockaddr(r["address"], r["port"], r.get("scope_id", 0))
         q.state = "bound"
 
     def _remote_options(self) -> dict:
@@ -177,13 +257,13 @@ class socket(_STD_SOCKET):
         if q.kind != "tcp":
             raise OSError(_errno.EOPNOTSUPP, "Operation not supported")
         if q.state == "new":
-            self.bind(("0.0.0.0", 0))
+            self.bind((self._any, 0))
         if q.state not in ("bound", "listening"):
             raise OSError(_errno.EINVAL, "Invalid argument")
         r, _ = self._call("listen", {"address": q.local[0], "port": q.local[1],
                                      "backlog": max(0, min(int(backlog), 65535)),
-                                     "options": self._remote_options()})
-        q.local = (q.local[0], int(r["port"]))
+                                     "options": self._remote_options(), **self._six()})
+        q.local = (q.local[0], int(r["port"]), *q.local[2:])
         q.state = "listening"
 
     def _drain(self) -> None:
@@ -219,10 +299,11 @@ class socket(_STD_SOCKET):
             if left is not None and left <= 0:
                 raise _std.timeout("timed out")
             _select.select([self.fileno()], [], [], left)
-        conn = type(self)._adopt(fds[0], r["sock"], "tcp")
+        conn = type(self)._adopt(fds[0], r["sock"], "tcp", q.family)
         conn._q.state = "connected"
-        conn._q.local = (r["local"], r["local_port"])
-        conn._q.peer = (r["remote"], r["remote_port"])
+        scope = r.get("scope_id", 0)
+        conn._q.local = conn._sockaddr(r["local"], r["local_port"], scope)
+        conn._q.peer = conn._sockaddr(r["remote"], r["remote_port"], scope)
         conn._q.options = {k: v for k, v in q.options.items()}
         if _std.getdefaulttimeout() is None and self.gettimeout():
             conn.setblocking(True)
@@ -233,10 +314,13 @@ class socket(_STD_SOCKET):
         if q is None:
             return _STD_SOCKET.connect(self, address)
         self._closed_check("connect")
-        host, port = _host("connect", address)
+        host, port, *six = _host("connect", address, q.family)
+        scope = six[1] if six else 0
+        extra = {**self._six(), "scope_id": scope} if six else {}
         if q.kind == "udp":
-            r, _ = self._call("connect", {"kind": "udp", "address": host, "port": port})
-            q.local, q.peer, q.state = (r["local"], r["local_port"]), (host, port), "connected"
+            r, _ = self._call("connect", {"kind": "udp", "address": host, "port": port, **extra})
+            q.local = self._sockaddr(r["local"], r["local_port"], r.get("scope_id", 0))
+            q.peer, q.state = self._sockaddr(host, port, scope), "connected"
             return
         if q.state == "connected":
             raise OSError(_errno.EISCONN, "Transport endpoint is already connected")
@@ -245,7 +329,7 @@ class socket(_STD_SOCKET):
         timeout = self.gettimeout()
         args = {"kind": "tcp", "address": host, "port": port,
                 "local_address": q.local[0] if q.local else None, "local_port": q.local[1] if q.local else 0,
-                "options": self._remote_options()}
+                "options": self._remote_options(), **extra}
         if q.state == "connecting":
             r = self._connect_result(0.0 if timeout == 0.0 else (timeout or 3600.0), timeout)
         elif timeout == 0.0:
@@ -279,8 +363,9 @@ class socket(_STD_SOCKET):
     def _connected(self, r: dict) -> None:
         q = self._q
         q.state = "connected"
-        q.local = (r["local"], r["local_port"])
-        q.peer = (r["remote"], r["remote_port"])
+        scope = r.get("scope_id", 0)
+        q.local = self._sockaddr(r["local"], r["local_port"], scope)
+        q.peer = self._sockaddr(r["remote"], r["remote_port"], scope)
 
     def _connect_result(self, wait: float, timeout) -> dict:
         """The end of a connect under way (EALREADY while it lasts on a non-blocking socket)."""
@@ -310,7 +395,7 @@ class socket(_STD_SOCKET):
         if q is None:
             return _STD_SOCKET.getsockname(self)
         self._closed_check("getsockname")
-        return q.local or ("0.0.0.0", 0)
+        return q.local or self._sockaddr(self._any, 0)
 
     def getpeername(self):
         q = self._q
@@ -334,6 +419,10 @@ class socket(_STD_SOCKET):
             raise _unsupported("setsockopt", "a None value")
         if isinstance(value, bool):
             value = int(value)
+        if key in _V6_ONLY_OPTIONS and q.family != AF_INET6:
+            raise OSError(_errno.ENOPROTOOPT, "Protocol not available")
+        if key == (IPPROTO_IPV6, IPV6_V6ONLY) and q.state != "new":
+            raise OSError(_errno.EINVAL, "Invalid argument")    # Linux: not once bound
         if key == (SOL_SOCKET, SO_LINGER):
             if not isinstance(value, (bytes, bytearray)) or len(value) < 8:
                 raise OSError(_errno.EINVAL, "Invalid argument")
@@ -365,7 +454,9 @@ class socket(_STD_SOCKET):
         if key == (SOL_SOCKET, SO_TYPE):
             v = SOCK_STREAM if q.kind == "tcp" else SOCK_DGRAM
         elif key == (SOL_SOCKET, SO_DOMAIN):
-            v = AF_INET
+            v = q.family
+        elif key in _V6_ONLY_OPTIONS and q.family != AF_INET6:
+            raise OSError(_errno.EOPNOTSUPP, "Operation not supported")     # Linux's answer
         elif key == (SOL_SOCKET, SO_PROTOCOL):
             v = IPPROTO_TCP if q.kind == "tcp" else IPPROTO_UDP
         elif key == (SOL_SOCKET, SO_ACCEPTCONN):
@@ -387,7 +478,7 @@ class socket(_STD_SOCKET):
             if buflen is None:
                 raise OSError(_errno.EINVAL, "Invalid argument")
             return v[:buflen]
-        elif key == (IPPROTO_IP, IP_TTL):
+        elif key in ((IPPROTO_IP, IP_TTL), (IPPROTO_IPV6, IPV6_UNICAST_HOPS)):
             v = int(q.options.get(key, 64))
         elif key in q.options or key in _LOCAL or key in _REMOTE:
             v = q.options.get(key, 0)
@@ -533,23 +624,33 @@ class socket(_STD_SOCKET):
     # -- UDP -------------------------------------------------------------------------------
     def _send_datagram(self, data, address, flags=0, ttl: int = -1, tos: int = -1) -> int:
         q = self._q
+        six = q.family == AF_INET6
         data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        if len(data) > MAX_DATAGRAM:
-            raise OSError(_errno.EMSGSIZE, "Message too long")
         if address is None:
             if q.state != "connected":
                 raise OSError(_errno.EDESTADDRREQ, "Destination address required")
-            dst, port = b"\0\0\0\0", 0
+            dst, port, scope = bytes(16 if six else 4), 0, 0
         else:
-            host, port = _host("sendto", address)
+            host, port, *rest = _host("sendto", address, q.family)
             if port == 0:
                 raise OSError(_errno.EINVAL, "Invalid argument")
-            dst = inet_aton(host)
-            if dst == b"\xff\xff\xff\xff" and not q.options.get((SOL_SOCKET, SO_BROADCAST)):
-                raise PermissionError(_errno.EACCES, "Permission denied")
+            if six:
+                dst, scope = inet_pton(AF_INET6, host), rest[1]
+            else:
+                dst, scope = inet_aton(host), 0
+                if dst == b"\xff\xff\xff\xff" and not q.options.get((SOL_SOCKET, SO_BROADCAST)):
+                    raise PermissionError(_errno.EACCES, "Permission denied")
+        mapped = six and (dst[:12] == _MAPPED_PREFIX or (address is None and q.peer and
+                                                         q.peer[0].startswith("::ffff:")))
+        if len(data) > (MAX_DATAGRAM6 if six and not mapped else MAX_DATAGRAM):
+            raise OSError(_errno.EMSGSIZE, "Message too long")
         if q.state == "new":
-            self.bind(("0.0.0.0", 0))
-        _STD_SOCKET.send(self, UDP_SEND_HEAD.pack(dst, port, ttl, tos) + bytes(data), flags)
+            self.bind((self._any, 0))
+        if six:
+            head = UDP6_SEND_HEAD.pack(dst, port, ttl, tos, scope)
+        else:
+            head = UDP_SEND_HEAD.pack(dst, port, ttl, tos)
+        _STD_SOCKET.send(self, head + bytes(data), flags)
         return len(data)
 
     def sendto(self, data, flags_or_address, address=None):
@@ -569,7 +670,9 @@ class socket(_STD_SOCKET):
         q = self._q
         if q.state == "new":
             # Linux: recv on an unbound UDP socket binds it to an ephemeral port, then waits.
-            self.bind(("0.0.0.0", 0))
+            self.bind((self._any, 0))
+        if q.family == AF_INET6:
+            return self._recv_datagram6(flags)
         msg = _STD_SOCKET.recv(self, UDP_RECV_HEAD.size + MAX_DATAGRAM, flags & ~MSG_TRUNC)
         if len(msg) == UDP_ERROR_HEAD.size and q.state == "connected":
             # Linux reports it once, on the next call (sk_err); the datagram is gone.
@@ -580,6 +683,25 @@ class socket(_STD_SOCKET):
         src, sport, dst, ttl, tos, ifindex = UDP_RECV_HEAD.unpack_from(msg)
         payload = msg[UDP_RECV_HEAD.size:]
         return payload, (inet_ntoa(src), sport), (dst, ttl, tos, ifindex)
+
+    def _recv_datagram6(self, flags: int):
+        q = self._q
+        msg = _STD_SOCKET.recv(self, UDP6_RECV_HEAD.size + MAX_DATAGRAM6, flags & ~MSG_TRUNC)
+        if len(msg) == UDP6_ERROR_HEAD.size and q.state == "connected":
+            dst, _port, icmp_type, code = UDP6_ERROR_HEAD.unpack(msg)
+            if dst[:12] == _MAPPED_PREFIX:      # about an IPv4 datagram: ICMPv4's codes
+                n = _ICMP_UNREACH_ERRNO.get(code, _errno.EHOSTUNREACH)
+            elif icmp_type == 4:
+                n = _errno.EPROTO               # parameter problem
+            else:
+                n = _ICMP6_UNREACH_ERRNO.get(code, _errno.EHOSTUNREACH)
+            raise _os_error(_errno.errorcode[n], "")
+        if len(msg) < UDP6_RECV_HEAD.size:
+            raise OSError(_errno.EIO, "qnet: malformed datagram from netstack")
+        src, sport, dst, hops, tclass, ifindex = UDP6_RECV_HEAD.unpack_from(msg)
+        payload = msg[UDP6_RECV_HEAD.size:]
+        host = inet_ntop(AF_INET6, src)
+        return payload, _addr6(host, sport, ifindex), (dst, hops, tclass, ifindex)
 
     def recvfrom(self, bufsize, flags=0):
         q = self._q
@@ -609,6 +731,16 @@ class socket(_STD_SOCKET):
             return self.recv(bufsize, flags), [], 0, None
         payload, addr, (dst, ttl, tos, ifindex) = self._recv_datagram(bufsize, flags)
         anc = []
+        if q.family == AF_INET6:
+            # Linux's order (ip6_datagram_recv_specific_ctl): PKTINFO, HOPLIMIT, TCLASS; an
+            # IPv4 datagram of a dual socket reports them too, its destination mapped.
+            if q.options.get((IPPROTO_IPV6, IPV6_RECVPKTINFO)):
+                anc.append((IPPROTO_IPV6, IPV6_PKTINFO, _struct.pack("=16si", dst, ifindex)))
+            if q.options.get((IPPROTO_IPV6, IPV6_RECVHOPLIMIT)):
+                anc.append((IPPROTO_IPV6, IPV6_HOPLIMIT, _struct.pack("=i", ttl)))
+            if q.options.get((IPPROTO_IPV6, IPV6_RECVTCLASS)):
+                anc.append((IPPROTO_IPV6, IPV6_TCLASS, _struct.pack("=i", tos)))
+            return payload[:bufsize], anc, MSG_TRUNC if len(payload) > bufsize else 0, addr
         if q.options.get((IPPROTO_IP, IP_PKTINFO)):
             anc.append((IPPROTO_IP, IP_PKTINFO, _struct.pack("=i4s4s", ifindex, dst, dst)))
         if q.options.get((IPPROTO_IP, IP_RECVTTL)):
@@ -631,15 +763,17 @@ class socket(_STD_SOCKET):
             return self.send(data, flags)
         ttl = tos = -1
         for level, kind, value in ancdata:
-            if (level, kind) == (IPPROTO_IP, IP_TTL):
+            if (level, kind) in ((IPPROTO_IP, IP_TTL), (IPPROTO_IPV6, IPV6_HOPLIMIT)):
                 ttl = _struct.unpack("=i", bytes(value)[:4])[0]
             elif (level, kind) == (IPPROTO_IP, IP_TOS):
                 tos = bytes(value)[0]
+            elif (level, kind) == (IPPROTO_IPV6, IPV6_TCLASS):
+                tos = _struct.unpack("=i", bytes(value)[:4])[0]
             else:
                 raise _unsupported("sendmsg", f"ancillary data level {level} type {kind}")
         return self._send_datagram(data, address, flags, ttl, tos)
 
-    def recv_many(self, count: int, bufsize: int = MAX_DATAGRAM) -> list[tuple[bytes, tuple[str, int]]]:
+    def recv_many(self, count: int, bufsize: int = MAX_DATAGRAM6) -> list[tuple[bytes, tuple]]:
         """Like recvmmsg: up to `count` datagrams waiting now (at least one, waiting as recv would)."""
         out = [self.recvfrom(bufsize)]
         fd = self.fileno()
@@ -684,7 +818,8 @@ class socket(_STD_SOCKET):
         if self._q is None:
             return _STD_SOCKET.__repr__(self)
         kind = "SOCK_STREAM" if self._q.kind == "tcp" else "SOCK_DGRAM"
-        s = f"<qnet.socket.socket fd={self.fileno()}, family=AF_INET, type={kind}, proto={self.proto}"
+        fam = "AF_INET6" if self._q.family == AF_INET6 else "AF_INET"
+        s = f"<qnet.socket.socket fd={self.fileno()}, family={fam}, type={kind}, proto={self.proto}"
         if self._q.local:
             s += f", laddr={self._q.local}"
         if self._q.peer and self._q.state == "connected":
@@ -735,15 +870,128 @@ def _rebind(fn):
     return f
 
 
-create_connection = _rebind(_std.create_connection)
 create_server = _rebind(_std.create_server)
+_std_create_connection = _rebind(_std.create_connection)
+
+# RFC 8305 §5: the Connection Attempt Delay (recommended 250 ms, never below 100 ms).
+CONNECTION_ATTEMPT_DELAY = 0.25
+
+
+def _interleave(infos: list) -> list:
+    """RFC 8305 §4: the addresses in the order getaddrinfo gave them (RFC 6724's), IPv6 first
+    (First Address Family Count 1), then alternating families."""
+    six = [i for i in infos if i[0] == AF_INET6]
+    four = [i for i in infos if i[0] != AF_INET6]
+    out = []
+    for pair in zip(six, four):
+        out.extend(pair)
+    return out + six[len(four):] + four[len(six):]
+
+
+def create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
+                      all_errors=False):
+    """socket.create_connection with Happy Eyeballs v2 (RFC 8305 §§4-5): the host's addresses
+    of both families interleaved, IPv6 first; an attempt starts every
+    CONNECTION_ATTEMPT_DELAY seconds while none has succeeded, or at once when the previous
+    one failed; the first to connect wins and the others are closed. With one address it is
+    the standard function. A socket's timeout bounds each attempt, as in the standard."""
+    host, port = address
+    infos = getaddrinfo(host, port, 0, SOCK_STREAM)
+    if not infos:
+        raise error("getaddrinfo returns an empty list")
+    infos = _interleave(infos)
+    if len(infos) == 1:
+        return _std_create_connection(address, timeout, source_address, all_errors=all_errors)
+    return _happy_eyeballs(infos, timeout, source_address, all_errors)
+
+
+def _happy_eyeballs(infos, timeout, source_address, all_errors):
+    import queue
+    import threading
+    done = queue.Queue()
+    lock = threading.Lock()
+    over = [False]                  # a winner was taken (or we gave up): late ones close
+    pending: list = []
+    errors: list = []
+
+    def attempt(sock, sa):
+        try:
+            sock.connect(sa)
+        except BaseException as e:          # noqa: BLE001 -- handed to the waiting thread
+            done.put((sock, e))
+            return
+        with lock:
+            late = over[0]
+        if late:
+            sock.close()
+        else:
+            done.put((sock, None))
+
+    i = 0
+    next_start = _time.monotonic()
+    winner = None
+    try:
+        while winner is None:
+            now = _time.monotonic()
+            if i < len(infos) and (not pending or now >= next_start):
+                af, socktype, proto, _canon, sa = infos[i]
+                i += 1
+                sock = None
+                try:
+                    sock = socket(af, socktype, proto)
+                    if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
+                        sock.settimeout(timeout)
+                    if source_address:
+                        sock.bind(source_address)
+                except OSError as e:
+                    errors.append(e)
+                    if sock is not None:
+                        sock.close()
+                    continue
+                pending.append(sock)
+                threading.Thread(target=attempt, args=(sock, sa), daemon=True,
+                                 name="qnet-happy-eyeballs").start()
+                next_start = _time.monotonic() + CONNECTION_ATTEMPT_DELAY
+                continue
+            if not pending:
+                break                       # every address tried, every attempt failed
+            wait = max(0.0, next_start - now) if i < len(infos) else None
+            try:
+                sock, err = done.get(timeout=wait)
+            except queue.Empty:
+                continue                    # the delay passed: the next attempt starts
+            pending.remove(sock)
+            if err is None:
+                winner = sock
+                break
+            errors.append(err)
+            sock.close()
+            next_start = _time.monotonic()  # RFC 8305 §5: a failure starts the next at once
+    finally:
+        with lock:
+            over[0] = True
+        for sock in pending:
+            sock.close()                    # their attempts end (EBADF) and are dropped
+        while True:
+            try:
+                sock, err = done.get_nowait()
+            except queue.Empty:
+                break
+            if sock is not winner:
+                sock.close()
+    if winner is not None:
+        return winner
+    if all_errors:
+        raise ExceptionGroup("create_connection failed", errors)
+    raise errors[-1] if errors else error("getaddrinfo returns an empty list")
 getfqdn = _rebind(_std.getfqdn)
 fromfd = _std.fromfd
 socketpair = _std.socketpair
 
 
 def has_dualstack_ipv6():
-    return False
+    """qnet's AF_INET6 sockets are dual stack unless IPV6_V6ONLY (netstack's bindings)."""
+    return True
 
 
 getaddrinfo = _resolver.getaddrinfo
@@ -751,4 +999,4 @@ gethostbyname = _resolver.gethostbyname
 gethostbyname_ex = _resolver.gethostbyname_ex
 gethostbyaddr = _resolver.gethostbyaddr
 getnameinfo = _resolver.getnameinfo
-has_ipv6 = False
+has_ipv6 = True

@@ -5,6 +5,9 @@
     client.sendto(sid, payload, "255.255.255.255", 68, device="p0")
     for d in client.recv(timeout=1.0): ...           # Received(sid, src, sport, dst, dport, device, payload)
 
+The 'send' and 'recv' streams carry either IP version (qnet.datagram 1.3: the frame's family
+byte says which, ipc/protocols/netstack.py).
+
 Sockets belong to ``owner`` (the channel identity), so they survive a restart
 of either side: netstack keeps them in its state, and a new incarnation of the
 owner reconnects under the same identity and keeps receiving.
@@ -30,31 +33,33 @@ _RECV_HEAD = DATAGRAM_RECV_HEAD
 _RECV_LEN = DATAGRAM_RECV_HEAD.size
 _SEND_HEAD = DATAGRAM_SEND_HEAD
 _SEND_LEN = DATAGRAM_SEND_HEAD.size
+_ADDR_LEN = {4: 4, 6: 16}       # the head's family byte -> bytes per address
 _NAMES_LIMIT = 64       # device names remembered by a decoder (a sender controls the bytes)
 
 
 class Received:
-    """A datagram for one of our sockets. `src`/`dst` are IPv4Address objects built when
-    asked; `src_addr`/`dst_addr` are the 4 bytes in network order, which send_many takes."""
+    """A datagram for one of our sockets. `src`/`dst` are IPv4Address or IPv6Address objects
+    built when asked; `src_addr`/`dst_addr` are the address bytes in network order (4 or 16),
+    which send_many takes."""
     __slots__ = ("sid", "src_addr", "src_port", "dst_addr", "dst_port", "device", "payload")
 
     def __init__(self, sid: int, src, src_port: int, dst, dst_port: int, device: str,
                  payload: bytes) -> None:
         self.sid = sid
-        self.src_addr = src if src.__class__ is bytes else ipaddress.IPv4Address(src).packed
+        self.src_addr = src if src.__class__ is bytes else ipaddress.ip_address(src).packed
         self.src_port = src_port
-        self.dst_addr = dst if dst.__class__ is bytes else ipaddress.IPv4Address(dst).packed
+        self.dst_addr = dst if dst.__class__ is bytes else ipaddress.ip_address(dst).packed
         self.dst_port = dst_port
         self.device = device
         self.payload = payload
 
     @property
-    def src(self) -> ipaddress.IPv4Address:
-        return ipaddress.IPv4Address(self.src_addr)
+    def src(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.src_addr)
 
     @property
-    def dst(self) -> ipaddress.IPv4Address:
-        return ipaddress.IPv4Address(self.dst_addr)
+    def dst(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.dst_addr)
 
     def _key(self) -> tuple:
         return (self.sid, self.src_addr, self.src_port, self.dst_addr, self.dst_port,
@@ -81,43 +86,56 @@ def _device_name(raw: bytes, names: dict[bytes, str]) -> str:
     return name
 
 
+def _addr_len(family: int) -> int:
+    n = _ADDR_LEN.get(family)
+    if n is None:
+        raise ValueError(f"family {family} is neither 4 nor 6")
+    return n
+
+
 _recv_names: dict[bytes, str] = {}
 
 
 def decode_received(frame: bytes | memoryview) -> Received:
     """One frame of the 'recv' stream; raises BadMessage on a malformed one."""
     try:
-        sid, src, sport, dst, dport, n = _RECV_HEAD.unpack_from(frame, 0)
-        end = _RECV_LEN + n
+        sid, family, sport, dport, n = _RECV_HEAD.unpack_from(frame, 0)
+        size = _addr_len(family)
+        a = _RECV_LEN + size
+        b = a + size
+        end = b + n
         if end > len(frame):
-            raise ValueError(f"device name of {n} bytes overruns the frame")
-        device = _device_name(bytes(frame[_RECV_LEN:end]), _recv_names)
-        return Received(sid, src, sport, dst, dport, device, bytes(frame[end:]))
+            raise ValueError(f"addresses and a device name of {n} bytes overrun the frame")
+        device = _device_name(bytes(frame[b:end]), _recv_names)
+        return Received(sid, bytes(frame[_RECV_LEN:a]), sport, bytes(frame[a:b]), dport, device,
+                        bytes(frame[end:]))
     except (struct.error, ValueError) as exc:
         raise errors.BadMessage(f"datagram frame: {exc}") from None
 
 
-def encode_received(sid: int, src: int, src_port: int, dst: int, dst_port: int,
+def encode_received(sid: int, version: int, src: int, src_port: int, dst: int, dst_port: int,
                     device: bytes, payload: bytes) -> bytes:
-    """One frame of the 'recv' stream (netstack's side); device: the UTF-8 name."""
-    return b"".join((_RECV_HEAD.pack(sid, src.to_bytes(4, "big"), src_port,
-                                     dst.to_bytes(4, "big"), dst_port, len(device)),
-                     device, payload))
+    """One frame of the 'recv' stream (netstack's side): addresses as ints of IP `version`
+    (core.udp.Datagram's form); device: the UTF-8 name."""
+    size = _addr_len(version)
+    return b"".join((_RECV_HEAD.pack(sid, version, src_port, dst_port, len(device)),
+                     src.to_bytes(size, "big"), dst.to_bytes(size, "big"), device, payload))
 
 
 def _packed(address) -> bytes:
-    """An IPv4 address as 4 bytes: from its text (dotted quad only), int, bytes or object."""
+    """An address as its 4 or 16 bytes: from its text, bytes, object or int (an int up to
+    2**32-1 is IPv4's, a larger one IPv6's)."""
     cls = address.__class__
-    if cls is bytes and len(address) == 4:
+    if cls is bytes and len(address) in (4, 16):
         return address
     try:
         if cls is str:
-            return socket.inet_pton(socket.AF_INET, address)
+            return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         if cls is int:
-            return address.to_bytes(4, "big")
-        return ipaddress.IPv4Address(address).packed
+            return address.to_bytes(4 if 0 <= address < 1 << 32 else 16, "big")
+        return ipaddress.ip_address(address).packed
     except (OSError, OverflowError, ValueError, TypeError):
-        raise ValueError(f"not an IPv4 address: {address!r}") from None
+        raise ValueError(f"not an IP address: {address!r}") from None
 
 
 def encode_send(sid: int, payload: bytes, address, port: int, device: str | None) -> bytes:
@@ -125,27 +143,30 @@ def encode_send(sid: int, payload: bytes, address, port: int, device: str | None
     name = b"" if device is None else device.encode()
     if len(name) > 255:
         raise ValueError(f"device name too long: {device!r}")
+    dst = _packed(address)
     try:
-        head = _SEND_HEAD.pack(sid, _packed(address), port, len(name))
+        head = _SEND_HEAD.pack(sid, 4 if len(dst) == 4 else 6, port, len(name))
     except struct.error as exc:
         raise ValueError(f"cannot send to socket {sid!r}, port {port!r}: {exc}") from None
-    return b"".join((head, name, payload))
+    return b"".join((head, dst, name, payload))
 
 
 _send_names: dict[bytes, str] = {}
 
 
-def decode_send(frame: bytes | memoryview) -> tuple[int, int, int, str | None, bytes | memoryview]:
-    """(sid, destination as an int, port, device or None, payload) of a 'send' frame (netstack's
-    side); the payload is a slice of frame. Raises struct.error or ValueError if malformed."""
-    sid, dst, port, n = _SEND_HEAD.unpack_from(frame, 0)
-    if not n:
-        return sid, int.from_bytes(dst, "big"), port, None, frame[_SEND_LEN:]
-    end = _SEND_LEN + n
+def decode_send(frame: bytes | memoryview) -> tuple[int, int, int, int, str | None, bytes | memoryview]:
+    """(sid, family, destination as an int, port, device or None, payload) of a 'send' frame
+    (netstack's side); the payload is a slice of frame. Raises struct.error or ValueError if
+    malformed."""
+    sid, family, port, n = _SEND_HEAD.unpack_from(frame, 0)
+    a = _SEND_LEN + _addr_len(family)
+    end = a + n
     if end > len(frame):
-        raise ValueError(f"device name of {n} bytes overruns the frame")
-    return (sid, int.from_bytes(dst, "big"), port,
-            _device_name(bytes(frame[_SEND_LEN:end]), _send_names), frame[end:])
+        raise ValueError(f"a destination and a device name of {n} bytes overrun the frame")
+    dst = int.from_bytes(frame[_SEND_LEN:a], "big")
+    if not n:
+        return sid, family, dst, port, None, frame[a:]
+    return sid, family, dst, port, _device_name(bytes(frame[a:end]), _send_names), frame[end:]
 
 
 class DatagramClient:
@@ -207,7 +228,8 @@ class DatagramClient:
         return self.send_many([(sid, payload, address, port, device)])
 
     def send_many(self, datagrams: list[tuple[int, bytes, Any, int, str | None]]) -> bool:
-        """Each address: its text, an IPv4Address, an int, or 4 bytes (Received.src_addr)."""
+        """Each address: its text, an IPv4Address or IPv6Address, an int, or its 4 or 16
+        bytes (Received.src_addr); of the socket's family."""
         return self.chan.send_batch("send", [encode_send(*d) for d in datagrams])
 
     def sockets(self) -> Any:

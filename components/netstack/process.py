@@ -121,9 +121,10 @@ class Netstack(Component):
         # a checkpoint, its connections dropped.
         handover = bool(state and state.get("handover")
                         and state.get("from_incarnation") == self.rt.incarnation - 1)
-        if state and not handover and isinstance(state.get("stack"), dict) \
-                and isinstance(state["stack"].get("tcp4"), dict):
-            state["stack"]["tcp4"]["conns"] = []
+        if state and not handover and isinstance(state.get("stack"), dict):
+            for layer in ("tcp4", "tcp6"):
+                if isinstance(state["stack"].get(layer), dict):
+                    state["stack"][layer]["conns"] = []
         if state:
             self.stack = Stack.restore(state["stack"], self.cfg, now=time.monotonic())
             self.ports = {n: {"attached": False, "incarnation": 0} for n in state.get("ports", [])}
@@ -405,12 +406,15 @@ class Netstack(Component):
         now = time.monotonic()
         owners = self.owners
         sendto = self.stack.udp_sendto
+        udp6_owns = self.stack.udp6.owns
         for f in frames:
             try:
                 # The destination stays an int: the core's fast path takes it as it is.
-                sid, dst, dport, device, payload = decode_send(f)
+                sid, family, dst, dport, device, payload = decode_send(f)
                 if owners.get(sid) != owner:
                     raise ValueError(f"socket {sid} is not {owner}'s")
+                if (family == 6) != udp6_owns(sid):
+                    raise ValueError(f"an IPv{family} destination for socket {sid}")
                 sendto(sid, payload, dst, dport, now, device=device)
             except (StackError, ValueError, struct.error):
                 self.counters["dg_send_errors"] += 1
@@ -486,8 +490,8 @@ class Netstack(Component):
                 continue
             out = by_owner.setdefault(owner, [])
             for d in dgrams:
-                out.append(encode_received(sid, d.src_int, d.src_port, d.dst_int, d.dst_port,
-                                           d.device.encode(), d.payload))
+                out.append(encode_received(sid, d.version, d.src_int, d.src_port, d.dst_int,
+                                           d.dst_port, d.device.encode(), d.payload))
         for owner, frames in by_owner.items():
             if not self.dg_chan.send_batch(owner.encode(), "recv", frames):
                 self.counters["dg_undeliverable"] += len(frames)

@@ -29,6 +29,16 @@ closes the listener and releases the channel; close_listener does the same from 
 the pairing travels in every snapshot and checkpoint, and survives a crash as well as a
 hand-over.
 
+IPv6 (qnet.tcp 1.3): connections and listeners of either layer, tcp4 or tcp6 (the core's,
+told apart by id: `_tcp`). Dual stack, as Linux with IPV6_V6ONLY off (its default): an IPv6
+listener on :: gets a twin, an IPv4 listener on the same port, and one accept serves both
+queues; a connection that came over the twin, or that a client opened to an IPv4-mapped
+address (::ffff:a.b.c.d), is an IPv4 connection of tcp4 that the client sees with mapped
+addresses (`ByteChannel.mapped`). The twin names its IPv6 listener in the core (its
+Listener.channel is "twin:LID", which no channel can be called), so the pair survives a
+crash as well as a hand-over. A link-local destination needs its link (connect's scope_id):
+the connection leaves from that port's link-local address.
+
 Across a planned restart the hand-over state keeps each channel's binding and the bytes
 waiting in `to_client`/`from_client`; the core's snapshot keeps the connections. After a
 crash, channels whose connection is not known are closed and reported `reset`.
@@ -48,6 +58,8 @@ from components.netstack.core import StackError
 from components.netstack.core.tcp import TcpEvent
 from components.netstack.core.tcp.layer import ACCEPTABLE
 from components.netstack.core.tcp.state import State
+from components.netstack.tcp_calls import MAPPED as _MAPPED
+from components.netstack.tcp_calls import TWIN, TcpCalls
 from ipc import errors
 from ipc.protocols.netstack import TCP
 
@@ -61,20 +73,9 @@ ENDED_KEPT = 4096           # ended channels whose reason `status` still answers
 # States in which the peer's FIN has been received (RFC 9293 §3.3.2).
 _PEER_FIN = frozenset((State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK, State.TIME_WAIT))
 
-_STACK_TO_TCP = {"address_in_use": "address_in_use", "address_not_available": "address_not_available",
-                 "not_found": "not_found", "no_route": "no_route", "no_address": "no_route",
-                 "link_down": "no_route", "no_device": "no_route", "limit": "limit",
-                 "bad_argument": "bad_argument", "not_connected": "not_connected",
-                 "connection_closing": "not_connected", "exists": "busy"}
-
-
-def _remote_error(e: StackError) -> errors.RemoteError:
-    return errors.RemoteError(str(e), code=_STACK_TO_TCP.get(e.code, "failed"))
-
-
 class ByteChannel:
     __slots__ = ("id", "sock", "fd", "cid", "lid", "to_client", "from_client", "reading",
-                 "writing", "eof_in", "shut_out", "status", "owner", "tcb_closed")
+                 "writing", "eof_in", "shut_out", "status", "owner", "tcb_closed", "mapped")
 
     def __init__(self, chan_id: str, sock: socket.socket) -> None:
         self.id = chan_id
@@ -91,10 +92,12 @@ class ByteChannel:
         self.tcb_closed = False             # the core said CLOSED: the TCB is gone
         self.status = "unbound"
         self.owner = ""
+        self.mapped = False                 # an IPv4 connection of an IPv6 socket (dual stack)
 
 
-class TcpService:
-    """The handlers of qnet.tcp and the byte channels' pump. `ns` is the Netstack component."""
+class TcpService(TcpCalls):
+    """qnet.tcp: the byte channels' pump here, the calls in tcp_calls.py. `ns` is the Netstack
+    component."""
 
     def __init__(self, ns) -> None:
         self.ns = ns
@@ -105,6 +108,9 @@ class TcpService:
         self.connecting: dict[int, tuple[Any, ByteChannel, Any]] = {}   # cid -> (token, chan, timer)
         self.accepting: dict[int, deque] = {}      # lid -> waiters (token, chan, timer)
         self.ended: OrderedDict[str, str] = OrderedDict()
+        self.twins: dict[int, int] = {}            # dual IPv6 listener -> its IPv4 twin
+        self.twin_of: dict[int, int] = {}          # IPv4 twin -> its IPv6 listener
+        self.mapped_lids: set[int] = set()         # IPv4 listeners of IPv6 sockets (::ffff:a.b.c.d)
         self.active = False
         self.counters = {"channels_released": 0, "channel_errors": 0, "client_gone_resets": 0,
                          "bytes_from_clients": 0, "bytes_to_clients": 0,
@@ -114,9 +120,20 @@ class TcpService:
         for chan_id, fd in inherited.items():
             self._adopt(chan_id, fd)
 
-    @property
-    def tcp(self):
-        return self.ns.stack.tcp4
+    def _tcp(self, ident: int):
+        """The TCP layer a connection or listener id is of (disjoint ranges: core/stack.py)."""
+        stack = self.ns.stack
+        return stack.tcp6 if stack.tcp6.owns(ident) else stack.tcp4
+
+    def _conn(self, cid: int):
+        return self._tcp(cid).conns.get(cid)
+
+    def _listener(self, lid: int):
+        return self._tcp(lid).listeners.get(lid)
+
+    def _all_listeners(self) -> dict:
+        stack = self.ns.stack
+        return {**stack.tcp4.listeners, **stack.tcp6.listeners}
 
     # -- channels coming and going (the runtime calls add_peer/remove_peer) ------------------
     def _adopt(self, chan_id: str, fd: int) -> ByteChannel:
@@ -181,6 +198,15 @@ class TcpService:
         if release:
             self.rt.release_channel(TCP, ch.id)
             self.counters["channels_released"] += 1
+        for cid, (token, waiting, timer) in list(self.connecting.items()):
+            if waiting is ch:
+                # The client gave up on a connect under way (it closed the fd, as Happy
+                # Eyeballs closes the attempts that lost): the handshake ends here.
+                del self.connecting[cid]
+                if timer is not None:
+                    timer.cancel()
+                self._tcp(cid).abort(cid, time.monotonic())
+                self.rt.rpc.reply_error(token, errors.RemoteError("the channel was closed", code="reset"))
         self.ended[ch.id] = status
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
@@ -226,7 +252,7 @@ class TcpService:
     def _client_readable(self, ch: ByteChannel) -> None:
         """Bytes from the client: into the connection's send buffer while it takes them."""
         now = time.monotonic()
-        tcp = self.tcp
+        tcp = self._tcp(ch.cid)
         for _ in range(READS_PER_WAKEUP):
             try:
                 data = ch.sock.recv(CHUNK)
@@ -255,16 +281,17 @@ class TcpService:
     def _client_eof(self, ch: ByteChannel, now: float) -> None:
         if ch.from_client:
             return                  # the FIN follows once the rest is taken (_writable)
-        conn = self.tcp.conns.get(ch.cid)
+        tcp = self._tcp(ch.cid)
+        conn = tcp.conns.get(ch.cid)
         if conn is not None and conn.state in _PEER_FIN and conn.rcvbuf:
             # The peer sent all it will (its FIN is in), so flow control is over: our FIN
             # may end the connection within this very drain (LAST-ACK -> CLOSED, at once
             # over loopback), and the core forgets a closed connection with its receive
             # buffer. What the client has not read yet waits here instead.
-            rest = self.tcp.recv(ch.cid, None, now)
+            rest = tcp.recv(ch.cid, None, now)
             ch.to_client = memoryview(bytes(ch.to_client) + rest)
         try:
-            self.tcp.close(ch.cid, now)
+            tcp.close(ch.cid, now)
         except StackError:
             pass
         self._maybe_finished(ch)
@@ -273,7 +300,7 @@ class TcpService:
         """The connection's send buffer has room again."""
         if ch.from_client:
             try:
-                n = self.tcp.send(ch.cid, ch.from_client, now)
+                n = self._tcp(ch.cid).send(ch.cid, ch.from_client, now)
             except StackError:
                 ch.from_client = memoryview(b"")
                 return
@@ -289,7 +316,7 @@ class TcpService:
         """Bytes for the client: from the connection into the channel while it takes them."""
         if ch.cid is None or not self.active:
             return
-        tcp = self.tcp
+        tcp = self._tcp(ch.cid)
         now = time.monotonic()
         sock = ch.sock
         while True:
@@ -350,7 +377,7 @@ class TcpService:
         if ch.reading:
             self.rt.loop.remove_reader(ch.fd)
             ch.reading = False
-        lst = self.tcp.listeners[lid]
+        lst = self._listener(lid)
         ch.lid = lid
         ch.status = "listening"
         ch.owner = lst.owner or ""
@@ -380,8 +407,10 @@ class TcpService:
         """A byte on lid's readiness channel if a connection waits and the client has read
         every byte we wrote (so its fd is readable again, and at most one byte is queued)."""
         ch = self.by_lid.get(lid)
-        lst = self.tcp.listeners.get(lid)
-        if ch is None or lst is None or not lst.accept or not self.active:
+        lst = self._listener(lid)
+        twin = self._listener(self.twins[lid]) if lid in self.twins else None
+        if ch is None or lst is None or not (lst.accept or (twin is not None and twin.accept)) \
+                or not self.active:
             return
         try:
             unread = _OUTQ.unpack(fcntl.ioctl(ch.fd, termios.TIOCOUTQ, bytes(_OUTQ.size)))[0]
@@ -398,13 +427,20 @@ class TcpService:
         """The client of a readiness channel went away: its listener closes with it."""
         lid = ch.lid
         self._close_channel(ch, "closed", release=release)
-        if lid is not None and lid in self.tcp.listeners:
+        if lid is not None and self._listener(lid) is not None:
             self.counters["listeners_client_gone"] += 1
             self._close_listener(lid)
             self.ns.checkpoint()
 
     def _close_listener(self, lid: int) -> None:
-        self.tcp.close_listener(lid, time.monotonic())
+        now = time.monotonic()
+        self._tcp(lid).close_listener(lid, now)
+        twin = self.twins.pop(lid, None)
+        if twin is not None:
+            self.twin_of.pop(twin, None)
+            if self._listener(twin) is not None:
+                self.ns.stack.tcp4.close_listener(twin, now)
+        self.mapped_lids.discard(lid)
         for token, ch, timer in self.accepting.pop(lid, ()):
             if timer is not None:
                 timer.cancel()
@@ -425,7 +461,9 @@ class TcpService:
         for _ in range(SERVICE_ROUNDS):
             now = time.monotonic()
             stack.drain(now)
-            evs = self.tcp.take_events()
+            evs = stack.tcp4.take_events()
+            if stack.tcp6._events:
+                evs += stack.tcp6.take_events()
             if not evs:
                 return
             self._handle_events(evs, now)
@@ -439,8 +477,9 @@ class TcpService:
     def _handle_events(self, evs: list, now: float) -> None:
         for ident, ev in evs:
             if ev == ACCEPTABLE:
-                self._serve_acceptors(ident, now)
-                self._signal_ready(ident)
+                lid = self.twin_of.get(ident, ident)
+                self._serve_acceptors(lid, now)
+                self._signal_ready(lid)
                 continue
             pending = self.connecting.get(ident)
             if pending is not None:
@@ -466,7 +505,7 @@ class TcpService:
             if timer is not None:
                 timer.cancel()
             self._bind(ch, cid)
-            self.rt.rpc.reply(token, self._conn_result(cid))
+            self.rt.rpc.reply(token, self._conn_result(cid, ch.mapped))
         elif ev in (TcpEvent.RESET, TcpEvent.TIMED_OUT, TcpEvent.CLOSED):
             del self.connecting[cid]
             if timer is not None:
@@ -481,22 +520,38 @@ class TcpService:
         if pending is None:
             return
         token, ch, _timer = pending
-        self.tcp.abort(cid, time.monotonic())
+        self._tcp(cid).abort(cid, time.monotonic())
         self._close_channel(ch, "timed_out")
         self.rt.rpc.reply_error(token, errors.RemoteError("connection timed out", code="timed_out"))
         self.ns._flush_transmit()
 
+    def _accept_one(self, lid: int) -> tuple[int, bool] | None:
+        """The next established connection of a listener or of its IPv4 twin, and whether
+        its client sees it IPv4-mapped; None when none waits."""
+        tcp = self._tcp(lid)
+        cid = tcp.accept(lid) if lid in tcp.listeners else None
+        if cid is not None:
+            return cid, lid in self.mapped_lids
+        twin = self.twins.get(lid)
+        if twin is not None and twin in self.ns.stack.tcp4.listeners:
+            cid = self.ns.stack.tcp4.accept(twin)
+            if cid is not None:
+                return cid, True
+        return None
+
     def _serve_acceptors(self, lid: int, now: float) -> None:
         q = self.accepting.get(lid)
         while q:
-            cid = self.tcp.accept(lid) if lid in self.tcp.listeners else None
-            if cid is None:
+            got = self._accept_one(lid)
+            if got is None:
                 return
+            cid, mapped = got
             token, ch, timer = q.popleft()
             if timer is not None:
                 timer.cancel()
+            ch.mapped = mapped
             self._bind(ch, cid)
-            self.rt.rpc.reply(token, self._conn_result(cid))
+            self.rt.rpc.reply(token, self._conn_result(cid, mapped))
         self.accepting.pop(lid, None)
 
     def _accept_timeout(self, lid: int, token) -> None:
@@ -511,10 +566,15 @@ class TcpService:
         if not q:
             self.accepting.pop(lid, None)
 
-    def _conn_result(self, cid: int) -> dict:
-        conn = self.tcp.conns[cid]
-        return {"conn": cid, "local": conn.local_ip, "local_port": conn.local_port,
-                "remote": conn.remote_ip, "remote_port": conn.remote_port}
+    def _conn_result(self, cid: int, mapped: bool = False) -> dict:
+        conn = self._conn(cid)
+        local, remote = conn.local_ip, conn.remote_ip
+        if mapped:
+            local = ipaddress.IPv6Address(_MAPPED | int(local))
+            remote = ipaddress.IPv6Address(_MAPPED | int(remote))
+        return {"conn": cid, "local": local, "local_port": conn.local_port,
+                "remote": remote, "remote_port": conn.remote_port,
+                "scope_id": self.ns.udp.scope_of(conn.local_ip)}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -551,9 +611,9 @@ class TcpService:
                                      "from_client": bytes(ch.from_client), "eof_in": ch.eof_in,
                                      "shut_out": ch.shut_out, "status": ch.status,
                                      "tcb_closed": ch.tcb_closed,
-                                     "owner": ch.owner}
+                                     "owner": ch.owner, "mapped": ch.mapped}
                              for ch in self.chans.values()},
-                "ended": dict(self.ended)}
+                "ended": dict(self.ended), "mapped_lids": sorted(self.mapped_lids)}
 
     def restore(self, state: dict | None, handover: bool) -> None:
         """After activate: bind inherited channels again. After a hand-over, channels the
@@ -563,13 +623,28 @@ class TcpService:
         state = state or {}
         known = state.get("channels", {}) if handover else {}
         self.ended.update({str(k): str(v) for k, v in state.get("ended", {}).items()})
+        self.mapped_lids = {int(x) for x in state.get("mapped_lids", ())} if handover else set()
+        now = time.monotonic()
+        stack = self.ns.stack
+        # Dual listeners: each twin names its IPv6 listener (checkpoints keep both).
+        for lid, lst in list(stack.tcp4.listeners.items()):
+            if lst.channel and lst.channel.startswith(TWIN):
+                try:
+                    lid6 = int(lst.channel[len(TWIN):])
+                except ValueError:
+                    lid6 = -1
+                if lid6 in stack.tcp6.listeners:
+                    self.twins[lid6], self.twin_of[lid] = lid, lid6
+                else:
+                    stack.tcp4.close_listener(lid, now)
         # Listeners survive a crash too (checkpoints keep them), and with them the channels
         # they name; a listener whose channel the launcher no longer holds lost its client.
-        ready = {lst.channel: lid for lid, lst in self.tcp.listeners.items() if lst.channel}
+        ready = {lst.channel: lid for lid, lst in self._all_listeners().items()
+                 if lst.channel and not lst.channel.startswith(TWIN)}
         for chan_id, lid in ready.items():
             ch = self.chans.get(chan_id)
             if ch is None:
-                self.tcp.close_listener(lid, time.monotonic())
+                self._close_listener(lid)
                 self.counters["listeners_client_gone"] += 1
             else:
                 self._bind_listener(ch, lid)
@@ -585,7 +660,7 @@ class TcpService:
             if cid is None:
                 continue
             closed = bool(d.get("tcb_closed"))     # only bytes for the client are left
-            if int(cid) not in self.tcp.conns and not closed:
+            if self._conn(int(cid)) is None and not closed:
                 self._close_channel(ch, "reset")
                 continue
             ch.tcb_closed = closed
@@ -596,150 +671,5 @@ class TcpService:
             ch.shut_out = bool(d.get("shut_out"))
             ch.status = str(d.get("status", "established"))
             ch.owner = str(d.get("owner", ""))
+            ch.mapped = bool(d.get("mapped"))
             self.by_cid[ch.cid] = ch
-
-    # -- qnet.tcp handlers ------------------------------------------------------------------
-    def listen(self, port, address=None, backlog=128, owner="", channel=None):
-        addr = None if address is None else ipaddress.IPv4Address(address)
-        ch = None if channel is None else self._take_channel(channel)
-        try:
-            lid = self.tcp.listen(addr, port, backlog)
-        except StackError as e:
-            raise _remote_error(e) from None
-        lst = self.tcp.listeners[lid]
-        lst.owner = owner or None
-        if ch is not None:
-            self._bind_listener(ch, lid)
-            self._watch_listener(ch)
-        self.ns.checkpoint()
-        return {"listener": lid, "address": address, "port": port, "backlog": lst.backlog,
-                "channel": channel}
-
-    def close_listener(self, listener):
-        if listener not in self.tcp.listeners:
-            return False
-        self._close_listener(listener)
-        self.ns.checkpoint()
-        return True
-
-    def accept(self, listener, channel, wait=0.0, owner=""):
-        if listener not in self.tcp.listeners:
-            raise errors.RemoteError(f"no listener {listener}", code="not_found")
-        ch = self._take_channel(channel)
-        ch.owner = owner
-        cid = self.tcp.accept(listener)
-        if cid is not None:
-            self._bind(ch, cid)
-            self._signal_ready(listener)        # more wait: the client's fd stays readable
-            return self._conn_result(cid)
-        if not wait or wait <= 0:
-            raise errors.RemoteError("no connection waits", code="would_block")
-        q = self.accepting.setdefault(listener, deque())
-        if len(q) >= 1024:
-            raise errors.RemoteError("too many accepts waiting", code="busy")
-        token = self.rt.rpc.defer()
-        timer = self.rt.loop.call_later(min(float(wait), 3600.0),
-                                        lambda: self._accept_timeout(listener, token))
-        q.append((token, ch, timer))
-        return None
-
-    def connect(self, channel, address, port, local_address=None, local_port=0, timeout=0.0,
-                owner="", marks=()):
-        ch = self._take_channel(channel)
-        ch.owner = owner
-        now = time.monotonic()
-        try:
-            cid = self.tcp.connect(ipaddress.IPv4Address(address), port, now,
-                                   None if local_address is None else ipaddress.IPv4Address(local_address),
-                                   local_port, tuple(marks))
-        except StackError as e:
-            raise _remote_error(e) from None
-        token = self.rt.rpc.defer()
-        timer = None
-        if timeout and timeout > 0:
-            timer = self.rt.loop.call_later(min(float(timeout), 3600.0), lambda: self._connect_timeout(cid))
-        self.connecting[cid] = (token, ch, timer)
-        self.ns.stack.drain(now)
-        return None
-
-    def shutdown(self, conn, how):
-        ch = self.by_cid.get(conn)
-        if ch is None or conn not in self.tcp.conns:
-            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
-        now = time.monotonic()
-        if how in ("write", "both") and not ch.eof_in:
-            # The client should shut its channel's write side (the FIN then follows every byte
-            # it wrote); this call takes what the channel holds first.
-            self._client_readable(ch)
-            if not ch.eof_in:
-                ch.eof_in = True
-                self._pause_reading(ch)
-                self._client_eof(ch, now)
-        return True
-
-    def abort(self, conn):
-        ch = self.by_cid.get(conn)
-        now = time.monotonic()
-        if conn in self.tcp.conns:
-            self.tcp.abort(conn, now)
-        if ch is not None:
-            self._close_channel(ch, "closed")
-        return True
-
-    def set_option(self, conn, name, value):
-        if conn not in self.tcp.conns:
-            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
-        if name in ("keepidle", "keepintvl", "keepcnt") and value < 1:
-            raise errors.RemoteError(f"{name} must be at least 1", code="bad_argument")
-        kw = {"nodelay": {"nodelay": bool(value)}, "keepalive": {"keepalive": bool(value)},
-              "keepidle": {"keepidle": float(value)}, "keepintvl": {"keepintvl": float(value)},
-              "keepcnt": {"keepcnt": int(value)}, "ttl": {"ttl": int(value)},
-              "tos": {"tos": int(value)}}[name]
-        try:
-            self.tcp.configure(conn, time.monotonic(), **kw)
-        except StackError as e:
-            raise _remote_error(e) from None
-        return True
-
-    def set_congestion(self, conn, name):
-        if conn not in self.tcp.conns:
-            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
-        self.tcp.configure(conn, time.monotonic(), congestion=name)
-        return True
-
-    def info(self, conn):
-        if conn not in self.tcp.conns:
-            raise errors.RemoteError(f"no connection {conn}", code="not_connected")
-        d = self.tcp.info(conn)
-        ch = self.by_cid.get(conn)
-        d["channel"] = ch.id if ch else None
-        return _plain(d)
-
-    def status(self, channel):
-        ch = self.chans.get(channel)
-        if ch is not None:
-            if ch.cid is None:
-                return "connecting" if channel in self._waiting_channels() else "unbound"
-            return ch.status
-        return self.ended.get(channel, "unknown")
-
-    def list(self):
-        conns = []
-        for cid in self.tcp.conns:
-            d = self.tcp.info(cid)
-            ch = self.by_cid.get(cid)
-            d["channel"] = ch.id if ch else None
-            d["owner"] = ch.owner if ch else ""
-            conns.append(_plain(d))
-        return {"connections": conns, "listeners": _plain(self.tcp.listener_info())}
-
-
-def _plain(obj):
-    """info() dicts as msgpack-able values (enums and addresses as text)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj
-    return str(getattr(obj, "value", obj))

@@ -15,92 +15,65 @@ message per datagram (heads in ipc/protocols/udp.py):
 - EOF on a channel (the client closed every copy of its end) closes the socket and releases
   the channel.
 
+IPv6 (qnet.udp 1.2): a socket bound with family "ipv6" is a core socket of the IPv6 table
+(Stack.udp_open(6)) and its channel carries the UDP6_* heads (udp_heads.py). Dual stack, as
+Linux with IPV6_V6ONLY off (its default): an IPv6 socket bound to :: gets a twin, an IPv4 core
+socket on the same port (`sid4`), and what the twin receives reaches the same channel with
+IPv4-mapped addresses (::ffff:a.b.c.d); a datagram to a mapped address leaves through the
+twin. Bound to an IPv4-mapped address, an IPv6 socket is that IPv4 socket alone. Connected
+over one version, a dual socket drops what the other side receives, as a connected socket
+takes only its peer's. One TTL (IP_TTL or IPV6_UNICAST_HOPS) and one TOS serve both sides.
+
+Scopes: a link-local address needs its link, given as an ifindex (sin6_scope_id) in bind,
+connect and the send head; the numbering is the heads' (`ifindex`: 1-based, lo is 1, kept
+for the graph's life), and every port has an index as soon as someone asks.
+
 State: the channel <-> socket mapping and the options the core does not keep (TTL, TOS, the
-recv_* flags, reuse flags) travel in the hand-over state and in checkpoints; the sockets and
-their queued datagrams travel in the core's snapshot. Datagrams clients wrote while netstack
-was down wait in the channels and are read by the next incarnation.
+recv_* flags, reuse flags, the family, the twin) travel in the hand-over state and in
+checkpoints; the sockets and their queued datagrams travel in the core's snapshot. Datagrams
+clients wrote while netstack was down wait in the channels and are read by the next
+incarnation.
 """
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import select
 import socket
-import struct
 import time
 
 from components.netstack.core import StackError
+from components.netstack.udp_calls import LINK_LOCAL as _LINK_LOCAL
+from components.netstack.udp_calls import UdpCalls, bad as _bad
+from components.netstack.udp_heads import (EPHEMERAL_MAX, EPHEMERAL_MIN, error_head, is_mapped,  # noqa: F401
+                                           mapped, parse_send, parse_send6, pick_ephemeral,
+                                           recv_head, recv_head6)
 from components.netstack.wire import PROTO_UDP, build_udp
+from components.netstack.wire.ipv6 import NEXT_HEADER_UDP
 from ipc import errors
-from ipc.protocols.udp import (UDP, UDP_ERROR_HEAD, UDP_MAX_MESSAGE, UDP_MAX_PAYLOAD, UDP_RECV_HEAD,
-                               UDP_SEND_HEAD)
+from ipc.protocols.udp import UDP, UDP6_MAX_MESSAGE, UDP6_MAX_PAYLOAD, UDP_MAX_MESSAGE, UDP_MAX_PAYLOAD
 
 READS_PER_WAKEUP = 64           # messages read from one channel before yielding to others
 BYTES_PER_WAKEUP = 1 << 20      # ... or this many bytes (16 datagrams of 64 KiB, 720 fragments)
 RECV_BATCH = 1024               # datagrams taken from a core socket per wake-up (its queue holds fewer)
-EPHEMERAL_MIN, EPHEMERAL_MAX = 32768, 60999   # Linux's ip_local_port_range, as TCP's
-_ZERO4 = bytes(4)
-_SIOCOUTQ = 0x5411
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _HUP = select.POLLHUP | getattr(select, "POLLRDHUP", 0x2000)
 
-_STACK_TO_UDP = {"address_in_use": "address_in_use", "address_not_available": "address_not_available",
-                 "not_found": "not_found", "no_route": "no_route", "no_address": "no_route",
-                 "link_down": "no_route", "no_device": "bad_argument", "limit": "limit",
-                 "bad_argument": "bad_argument"}
-
-# Per-socket counters (also the sum over sockets in `stats`).
+# Per-socket counters (also the sum over sockets in `stats`). rx_dropped_connected: a dual
+# socket connected over one IP version, a datagram that came over the other.
 SOCKET_COUNTERS = ("rx_datagrams", "rx_dropped_full", "tx_datagrams", "tx_errors", "rx_bad_messages",
-                   "rx_icmp_errors")
-
-
-def _remote_error(e: StackError) -> errors.RemoteError:
-    return errors.RemoteError(str(e), code=_STACK_TO_UDP.get(e.code, "failed"))
-
-
-def parse_send(msg: bytes) -> tuple[int, int, int, int, memoryview]:
-    """A client's message: (destination as an int, port, ttl, tos, payload); -1 for ttl or tos:
-    the socket's. Destination 0 with port 0: the connected one. ValueError when malformed."""
-    if len(msg) < UDP_SEND_HEAD.size:
-        raise ValueError(f"{len(msg)} bytes: shorter than the send head")
-    if len(msg) > UDP_MAX_MESSAGE:
-        raise ValueError(f"{len(msg) - UDP_SEND_HEAD.size} bytes of payload exceed {UDP_MAX_PAYLOAD}")
-    dst, port, ttl, tos = UDP_SEND_HEAD.unpack_from(msg)
-    if not (ttl == -1 or 1 <= ttl <= 255) or not -1 <= tos <= 255:
-        raise ValueError(f"ttl {ttl} or tos {tos} out of range")
-    if (dst == _ZERO4) != (port == 0):
-        raise ValueError("address 0.0.0.0 goes with port 0 (the connected destination) only")
-    return int.from_bytes(dst, "big"), port, ttl, tos, memoryview(msg)[UDP_SEND_HEAD.size:]
-
-
-def recv_head(src: int, sport: int, dst: int, ttl: int, tos: int, ifindex: int) -> bytes:
-    return UDP_RECV_HEAD.pack(src.to_bytes(4, "big"), sport, dst.to_bytes(4, "big"), ttl, tos, ifindex)
-
-
-def pick_ephemeral(used: set[int], rng) -> int | None:
-    """RFC 6056 §3.3.1 (Algorithm 1): a random start in the range, then a linear search."""
-    count = EPHEMERAL_MAX - EPHEMERAL_MIN + 1
-    start = rng.randrange(count)
-    for i in range(count):
-        port = EPHEMERAL_MIN + (start + i) % count
-        if port not in used:
-            return port
-    return None
-
-
-def _overlap(a, b) -> bool:
-    return a is None or b is None or a == b
+                   "rx_icmp_errors", "rx_dropped_connected")
 
 
 class DatagramChannel:
     __slots__ = ("id", "sock", "fd", "sid", "reading", "owner", "ttl", "tos", "flags",
-                 "reuse_address", "reuse_port", "fixed_address", "c")
+                 "reuse_address", "reuse_port", "fixed_address", "c", "family", "sid4", "v6only",
+                 "via")
 
     def __init__(self, chan_id: str, sock: socket.socket) -> None:
         self.id = chan_id
         self.sock = sock
         self.fd = sock.fileno()
-        self.sid: int | None = None
+        self.sid: int | None = None         # the socket bind answered with (`sock` in calls)
         self.reading = False
         self.owner = ""
         self.ttl: int | None = None         # IP_TTL; None: the stack's default
@@ -110,12 +83,20 @@ class DatagramChannel:
         self.reuse_port = False
         self.fixed_address = False          # the local address was bound, not set by connect
         self.c = dict.fromkeys(SOCKET_COUNTERS, 0)
+        self.family = 4                     # the client's socket: which heads the channel carries
+        self.sid4: int | None = None        # a dual IPv6 socket's IPv4 twin
+        self.v6only = False
+        self.via: int | None = None         # a dual socket connected over this IP version
+
+    def sids(self) -> tuple[int, ...]:
+        return (self.sid,) if self.sid4 is None else (self.sid, self.sid4)
 
     def saved(self) -> dict:
         return {"sid": self.sid, "owner": self.owner, "ttl": self.ttl, "tos": self.tos,
                 "flags": dict(self.flags), "reuse_address": self.reuse_address,
                 "reuse_port": self.reuse_port, "fixed_address": self.fixed_address,
-                "counters": dict(self.c)}
+                "counters": dict(self.c), "family": self.family, "sid4": self.sid4,
+                "v6only": self.v6only, "via": self.via}
 
     def load(self, d: dict) -> None:
         self.sid = int(d["sid"])
@@ -127,18 +108,23 @@ class DatagramChannel:
         self.reuse_port = bool(d.get("reuse_port"))
         self.fixed_address = bool(d.get("fixed_address"))
         self.c.update({k: int(v) for k, v in d.get("counters", {}).items() if k in self.c})
+        self.family = 6 if d.get("family") == 6 else 4
+        self.sid4 = None if d.get("sid4") is None else int(d["sid4"])
+        self.v6only = bool(d.get("v6only"))
+        self.via = d.get("via") if d.get("via") in (4, 6) else None
 
 
-class UdpService:
-    """The handlers of qnet.udp and the datagram channels' pump. `ns` is the Netstack component."""
+class UdpService(UdpCalls):
+    """qnet.udp: the datagram channels' pump here, the calls in udp_calls.py. `ns` is the
+    Netstack component."""
 
     def __init__(self, ns) -> None:
         self.ns = ns
         self.rt = ns.rt
         self.chans: dict[str, DatagramChannel] = {}
-        self.by_sid: dict[int, DatagramChannel] = {}
-        # ifindex of a port in the heads: 1-based, stable while this graph runs (kept in the
-        # state), never reused for another name; lo is 1 as in Linux.
+        self.by_sid: dict[int, DatagramChannel] = {}    # every core socket of a channel
+        # ifindex of a port in the heads and in scopes: 1-based, stable while this graph runs
+        # (kept in the state), never reused for another name; lo is 1 as in Linux.
         self.ifindex: dict[str, int] = {"lo": 1}
         self.active = False
         self.counters = {"channels_released": 0, "channel_errors": 0, "sockets_closed_by_eof": 0,
@@ -152,6 +138,33 @@ class UdpService:
     @property
     def stack(self):
         return self.ns.stack
+
+    def _table(self, sid: int):
+        stack = self.stack
+        return stack.udp6 if stack.udp6.owns(sid) else stack.udp4
+
+    # -- interface indexes (heads, scopes) --------------------------------------------------
+    def index_of(self, name: str) -> int:
+        idx = self.ifindex.get(name)
+        if idx is None:
+            idx = self.ifindex[name] = max(self.ifindex.values()) + 1
+        return idx
+
+    def name_of(self, index: int) -> str:
+        """The port of a scope (an ifindex); RemoteError bad_argument when there is none."""
+        for name in sorted(self.stack.devs):
+            self.index_of(name)
+        for name, idx in self.ifindex.items():
+            if idx == index and name in self.stack.devs:
+                return name
+        raise _bad(f"no interface with index {index}")
+
+    def scope_of(self, addr) -> int:
+        """The ifindex of a link-local IPv6 address of ours (its zone), else 0."""
+        if addr is None or addr.version != 6 or addr not in _LINK_LOCAL:
+            return 0
+        dev = self.stack.ip6_addresses.device_of(int(addr))
+        return 0 if dev is None else self.index_of(dev)
 
     # -- channels coming and going (the runtime calls add_peer/remove_peer) ------------------
     def _adopt(self, chan_id: str, fd: int) -> DatagramChannel:
@@ -192,20 +205,21 @@ class UdpService:
         return bool(p.poll(0))
 
     def _close_channel(self, ch: DatagramChannel, release: bool = True) -> None:
-        """The channel goes, and its socket with it."""
+        """The channel goes, and its sockets with it."""
         if self.chans.get(ch.id) is ch:
             del self.chans[ch.id]
         self._unwatch(ch)
         if ch.sid is not None:
-            if self.by_sid.get(ch.sid) is ch:
-                del self.by_sid[ch.sid]
-            try:
-                self.stack.udp_close(ch.sid)
-            except StackError:
-                pass
+            for sid in ch.sids():
+                if self.by_sid.get(sid) is ch:
+                    del self.by_sid[sid]
+                try:
+                    self.stack.udp_close(sid)
+                except StackError:
+                    pass
             for k, v in ch.c.items():
                 self.counters["closed"][k] += v
-            ch.sid = None
+            ch.sid = ch.sid4 = None
         try:
             ch.sock.close()
         except OSError:
@@ -226,7 +240,7 @@ class UdpService:
 
     def _sock(self, sid: int) -> DatagramChannel:
         ch = self.by_sid.get(sid)
-        if ch is None:
+        if ch is None or ch.sid != sid:
             raise errors.RemoteError(f"no UDP socket {sid}", code="not_found")
         return ch
 
@@ -239,10 +253,12 @@ class UdpService:
         c = ch.c
         now = time.monotonic()
         budget = BYTES_PER_WAKEUP
+        v6 = ch.family == 6
+        limit = (UDP6_MAX_MESSAGE if v6 else UDP_MAX_MESSAGE) + 1
         for _ in range(READS_PER_WAKEUP):
             try:
                 # One byte more than the largest valid message: a longer one shows as too long.
-                msg = sock.recv(UDP_MAX_MESSAGE + 1)
+                msg = sock.recv(limit)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -255,14 +271,20 @@ class UdpService:
                 c["rx_bad_messages"] += 1
                 continue
             try:
-                dst, port, ttl, tos, payload = parse_send(msg)
+                if v6:
+                    dst, port, ttl, tos, scope, payload = parse_send6(msg)
+                else:
+                    dst, port, ttl, tos, payload = parse_send(msg)
             except ValueError:
                 c["rx_bad_messages"] += 1
                 continue
             try:
-                self._send(ch, dst, port, ttl, tos, payload, now)
+                if v6:
+                    self._send6(ch, dst, port, ttl, tos, scope, payload, now)
+                else:
+                    self._send(ch, ch.sid, dst, port, ttl, tos, payload, now)
                 c["tx_datagrams"] += 1
-            except (StackError, ValueError):
+            except (StackError, ValueError, errors.RemoteError):
                 c["tx_errors"] += 1
             budget -= len(msg)
             if budget <= 0:
@@ -282,10 +304,10 @@ class UdpService:
             return
         self._unwatch(ch)
 
-    def _send(self, ch: DatagramChannel, dst: int, port: int, ttl: int, tos: int, payload,
-              now: float) -> None:
+    def _send(self, ch: DatagramChannel, sid: int, dst: int, port: int, ttl: int, tos: int,
+              payload, now: float) -> None:
+        """A datagram of IPv4 socket sid (a channel's own, or a dual socket's twin)."""
         stack = self.stack
-        sid = ch.sid
         if port == 0:
             s = stack.udp4.get(sid)
             if s.remote_int is None:
@@ -319,6 +341,73 @@ class UdpService:
         stack.ctr.inc("udp", "tx_datagrams")
         stack.drain(now)        # what went to lo (our own addresses) is delivered now
 
+    def _v4_sid(self, ch: DatagramChannel) -> int | None:
+        """The IPv4 core socket of an IPv6 channel: its dual twin, or itself when bound to an
+        IPv4-mapped address."""
+        if ch.sid4 is not None:
+            return ch.sid4
+        return None if self.stack.udp6.owns(ch.sid) else ch.sid
+
+    def _v6_sid(self, ch: DatagramChannel) -> int | None:
+        return ch.sid if self.stack.udp6.owns(ch.sid) else None
+
+    def _send6(self, ch: DatagramChannel, dst: int, port: int, hops: int, tclass: int, scope: int,
+               payload, now: float) -> None:
+        """A datagram from an IPv6 socket's channel: over IPv4 to a mapped address (through
+        the twin), else over IPv6."""
+        stack = self.stack
+        if port == 0:
+            via = ch.via if ch.via is not None else (6 if self._v6_sid(ch) else 4)
+            if via == 4:
+                sid4 = self._v4_sid(ch)
+                if sid4 is None:
+                    raise StackError("destination_required", f"socket {ch.sid} is not connected")
+                self._send(ch, sid4, 0, 0, hops, tclass, payload, now)
+                return
+            s = stack.udp6.get(ch.sid)
+            if s.remote_int is None:
+                raise StackError("destination_required", f"socket {ch.sid} is not connected")
+            dst, port = s.remote_int, s.remote_port
+        elif is_mapped(dst):
+            sid4 = self._v4_sid(ch)
+            if sid4 is None:
+                # Linux: ENETUNREACH for an IPV6_V6ONLY socket (or one bound to IPv6 alone).
+                raise StackError("no_route", "an IPv6-only socket cannot reach IPv4")
+            if len(payload) > UDP_MAX_PAYLOAD:
+                raise StackError("message_too_long", f"{len(payload)} bytes exceed {UDP_MAX_PAYLOAD}")
+            self._send(ch, sid4, dst & 0xFFFFFFFF, port, hops, tclass, payload, now)
+            return
+        sid = self._v6_sid(ch)
+        if sid is None:
+            raise StackError("no_route", "a socket bound to an IPv4-mapped address sends over IPv4 only")
+        device = self.name_of(scope) if scope else None
+        hops = ch.ttl if hops == -1 else hops
+        tclass = ch.tos if tclass == -1 else tclass
+        if hops is None and not tclass:
+            stack.udp_sendto(sid, payload, dst, port, now, device=device)
+            return
+        self._send_marked6(sid, payload, ipaddress.IPv6Address(dst), port, hops, tclass, device, now)
+
+    def _send_marked6(self, sid: int, payload, addr: ipaddress.IPv6Address, port: int,
+                      hops: int | None, tclass: int, device: str | None, now: float) -> None:
+        """An IPv6 datagram with the socket's hop limit or traffic class: the core's UDP6
+        send (stack6.py) with the IPv6 header's fields set."""
+        stack = self.stack
+        s = stack.udp6.get(sid)
+        if len(payload) > UDP6_MAX_PAYLOAD:
+            raise StackError("message_too_long", f"{len(payload)} bytes exceed {UDP6_MAX_PAYLOAD}")
+        if addr.is_unspecified:
+            raise StackError("bad_argument", "cannot send to ::")
+        device = device if device is not None else s.device
+        out, _ = stack.ip6.resolve(addr, device, s.local_addr)
+        src = s.local_addr or stack._source6(out.name, addr)
+        link_scope = addr.is_multicast or addr in _LINK_LOCAL
+        stack.ip6.send(addr, NEXT_HEADER_UDP, build_udp(src, addr, s.local_port, port, bytes(payload)),
+                       now, src=src, device=out.name if link_scope else device, hop_limit=hops,
+                       traffic_class=tclass)
+        stack.ctr.inc("udp6", "tx_datagrams")
+        stack.drain(now)
+
     # -- peer -> client --------------------------------------------------------------------
     def deliver(self, sids: set[int]) -> set[int]:
         """After every wake-up: the datagrams the core queued for our sockets go to their
@@ -330,18 +419,30 @@ class UdpService:
         stack = self.stack
         ifindex = self.ifindex
         for sid in ours:
-            ch = by_sid[sid]
+            ch = by_sid.get(sid)
+            if ch is None:
+                continue            # its channel closed while delivering another socket's
             try:
                 dgrams = stack.udp_recv(sid, RECV_BATCH)
             except StackError:
                 continue
             sock = ch.sock
             c = ch.c
+            v6 = ch.family == 6
+            if v6 and ch.via is not None and ch.via != (6 if stack.udp6.owns(sid) else 4):
+                c["rx_dropped_connected"] += len(dgrams)
+                continue
             for d in dgrams:
                 idx = ifindex.get(d.device)
                 if idx is None:
-                    idx = ifindex[d.device] = max(ifindex.values()) + 1
-                head = recv_head(d.src_int, d.src_port, d.dst_int, d.ttl, d.tos, idx)
+                    idx = self.index_of(d.device)
+                if not v6:
+                    head = recv_head(d.src_int, d.src_port, d.dst_int, d.ttl, d.tos, idx)
+                elif d.version == 6:
+                    head = recv_head6(d.src_int, d.src_port, d.dst_int, d.ttl, d.tos, idx)
+                else:
+                    head = recv_head6(mapped(d.src_int), d.src_port, mapped(d.dst_int), d.ttl,
+                                      d.tos, idx)
                 try:
                     sock.sendmsg((head, d.payload))
                     c["rx_datagrams"] += 1
@@ -356,15 +457,25 @@ class UdpService:
 
     def icmp_error(self, sid: int, icmp_type: int, code: int, dst, dst_port: int) -> bool:
         """An ICMP error quoting a datagram of socket sid: a notice on its channel when Linux
-        would report it (a connected socket, a hard error: protocol or port unreachable)."""
+        would report it (a connected socket, a hard error: udp_err and __udp6_lib_err without
+        IP_RECVERR). ICMPv4: protocol or port unreachable; ICMPv6 (icmpv6_err_convert's fatal
+        ones): administratively prohibited, port unreachable, parameter problem."""
         ch = self.by_sid.get(sid)
         if ch is None:
             return False
-        s = self.stack.udp4.get(sid)
-        if s.remote_int is None or icmp_type != 3 or code not in (2, 3):
+        v6 = self.stack.udp6.owns(sid)
+        s = self._table(sid).get(sid)
+        if v6:
+            hard = (icmp_type == 1 and code in (1, 4)) or icmp_type == 4
+        else:
+            hard = icmp_type == 3 and code in (2, 3)
+        if s.remote_int is None or not hard:
             return True
+        a = int(dst)
+        if ch.family == 6 and not v6:
+            a = mapped(a)
         try:
-            ch.sock.send(UDP_ERROR_HEAD.pack(int(dst).to_bytes(4, "big"), dst_port, icmp_type, code))
+            ch.sock.send(error_head(ch.family, a, dst_port, icmp_type, code))
             ch.c["rx_icmp_errors"] += 1
         except OSError:
             ch.c["rx_dropped_full"] += 1
@@ -383,7 +494,7 @@ class UdpService:
             self._unwatch(ch)
 
     def state(self) -> dict:
-        """Which socket each channel serves and the options the core does not keep. Unlike a
+        """Which sockets each channel serves and the options the core does not keep. Unlike a
         TCP connection, a UDP socket resumed from a checkpoint is not stale, so this goes into
         checkpoints too."""
         return {"channels": {ch.id: ch.saved() for ch in self.chans.values() if ch.sid is not None},
@@ -401,184 +512,25 @@ class UdpService:
         for k, v in state.get("closed", {}).items():
             if k in self.counters["closed"]:
                 self.counters["closed"][k] = int(v)
-        have = {s.sid for s in self.stack.udp4.sockets()}
+        stack = self.stack
+        have = {s.sid for s in stack.udp4.sockets()} | {s.sid for s in stack.udp6.sockets()}
         for chan_id, d in saved.items():
             ch = self.chans.get(chan_id)
             try:
-                sid = int(d["sid"])
+                sids = [int(d["sid"])] + ([] if d.get("sid4") is None else [int(d["sid4"])])
             except (KeyError, TypeError, ValueError):
                 continue
             if ch is None:
-                if sid in have:
-                    self.stack.udp_close(sid)
+                for sid in sids:
+                    if sid in have:
+                        stack.udp_close(sid)
                 continue
-            if sid not in have:
+            if any(sid not in have for sid in sids):
+                for sid in sids:
+                    if sid in have:
+                        stack.udp_close(sid)
                 self._close_channel(ch)
                 continue
             ch.load(d)
-            self.by_sid[sid] = ch
-
-    # -- qnet.udp handlers ------------------------------------------------------------------
-    def bind(self, channel, address=None, port=0, device=None, reuse_address=False,
-             reuse_port=False, broadcast=False, owner=""):
-        ch = self._take_channel(channel)
-        addr = None if address is None or address.is_unspecified else ipaddress.IPv4Address(address)
-        stack = self.stack
-        try:
-            sid = stack.udp_open()
-        except StackError as e:
-            raise _remote_error(e) from None
-        try:
-            if port == 0:
-                port = self._ephemeral(addr, device)
-            self._bind_port(sid, addr, port, device, reuse_address, reuse_port)
-            if broadcast:
-                stack.udp_set_broadcast(sid, True)
-        except StackError as e:
-            stack.udp_close(sid)
-            raise _remote_error(e) from None
-        ch.sid = sid
-        ch.owner = owner
-        ch.reuse_address, ch.reuse_port = bool(reuse_address), bool(reuse_port)
-        ch.fixed_address = addr is not None
-        self.by_sid[sid] = ch
-        if self.active:
-            self._watch(ch)
-        self.ns.checkpoint()
-        return {"sock": sid, "address": str(addr or "0.0.0.0"), "port": port}
-
-    def _ephemeral(self, addr, device) -> int:
-        used = {s.local_port for s in self.stack.udp4.sockets()
-                if s.local_port and _overlap(s.local_addr, addr) and _overlap(s.device, device)}
-        port = pick_ephemeral(used, self.ns.rng)
-        if port is None:
-            raise StackError("address_in_use", "no free ephemeral port")
-        return port
-
-    def _bind_port(self, sid: int, addr, port: int, device, reuse_address: bool,
-                   reuse_port: bool) -> None:
-        stack = self.stack
-        try:
-            stack.udp_bind(sid, addr, port, device)
-            return
-        except StackError as e:
-            if e.code != "address_in_use" or not (reuse_address or reuse_port):
-                raise
-        # Linux (inet_csk_bind_conflict for UDP): sockets may share an address and port when
-        # every one of them set SO_REUSEPORT, or every one SO_REUSEADDR. Unicast datagrams then
-        # go to the first bound (the core's best match).
-        for o in stack.udp4.sockets():
-            if o.sid == sid or o.local_port != port or not _overlap(o.local_addr, addr) \
-                    or not _overlap(o.device, device):
-                continue
-            other = self.by_sid.get(o.sid)
-            if other is None or not ((reuse_port and other.reuse_port) or
-                                     (reuse_address and other.reuse_address)):
-                raise StackError("address_in_use", f"port {port} is in use")
-        if addr is not None and not stack.ip4.is_local(addr):
-            raise StackError("address_not_available", f"{addr} is not one of our addresses")
-        # The core's bind has no SO_REUSEADDR: the binding enters the shared port itself.
-        udp4 = stack.udp4
-        s = udp4.get(sid)
-        s.local_addr, s.local_port, s.device = addr, port, device
-        s.local_int = None if addr is None else int(addr)
-        udp4._by_port.setdefault(port, []).append(sid)
-
-    def connect(self, sock, address=None, port=0):
-        ch = self._sock(sock)
-        stack = self.stack
-        s = stack.udp4.get(sock)
-        if address is None or (address.is_unspecified and port == 0):
-            # AF_UNSPEC: disconnect; an address that connect chose is forgotten (Linux).
-            s.remote_addr, s.remote_int, s.remote_port = None, None, 0
-            if not ch.fixed_address:
-                s.local_addr = s.local_int = None
-        else:
-            if port == 0:
-                raise errors.RemoteError("connect needs a port", code="bad_argument")
-            addr = ipaddress.IPv4Address(address)
-            try:
-                if s.local_addr is None:
-                    # Linux ip4_datagram_connect: a wildcard socket takes the route's source.
-                    path = stack.ip4.resolve(addr, device=s.device)
-                    if not path.src.is_unspecified:
-                        s.local_addr, s.local_int = path.src, int(path.src)
-                stack.udp_connect(sock, addr, port)
-            except StackError as e:
-                raise _remote_error(e) from None
-        self.ns.checkpoint()
-        return {"address": str(s.local_addr or "0.0.0.0"), "port": s.local_port,
-                "remote": None if s.remote_addr is None else str(s.remote_addr),
-                "remote_port": s.remote_port}
-
-    def set_option(self, sock, name, value):
-        ch = self._sock(sock)
-        if name == "broadcast":
-            self.stack.udp_set_broadcast(sock, bool(value))
-        elif name == "ttl":
-            if not 1 <= value <= 255:
-                raise errors.RemoteError("ttl must be 1..255", code="bad_argument")
-            ch.ttl = None if value == self.stack.cfg.default_ttl else value
-        elif name == "tos":
-            ch.tos = value
-        else:
-            ch.flags[name] = bool(value)
-        self.ns.checkpoint()
-        return True
-
-    def set_mark(self, sock, domain, value):
-        self._sock(sock)
-        try:
-            self.stack.udp_set_mark(sock, domain, value)
-        except StackError as e:
-            raise _remote_error(e) from None
-        self.ns.checkpoint()
-        return True
-
-    def get_option(self, sock, name):
-        ch = self._sock(sock)
-        if name == "broadcast":
-            return int(self.stack.udp4.get(sock).broadcast)
-        if name == "ttl":
-            return ch.ttl if ch.ttl is not None else self.stack.cfg.default_ttl
-        if name == "tos":
-            return ch.tos
-        return int(ch.flags[name])
-
-    def close(self, sock):
-        ch = self.by_sid.get(sock)
-        if ch is None:
-            return False
-        self._close_channel(ch)
-        self.ns.checkpoint()
-        return True
-
-    def list(self):
-        out = []
-        for sid, ch in self.by_sid.items():
-            try:
-                s = self.stack.udp4.get(sid)
-            except StackError:
-                continue
-            out.append({"sock": sid, "address": str(s.local_addr or "0.0.0.0"), "port": s.local_port,
-                        "remote": None if s.remote_addr is None else str(s.remote_addr),
-                        "remote_port": s.remote_port, "device": s.device, "owner": ch.owner,
-                        "channel": ch.id, "queued": len(s.queue), "channel_bytes": _outq(ch.sock),
-                        "dropped": s.dropped + ch.c["rx_dropped_full"], **ch.c})
-        return out
-
-    def stats(self):
-        totals = dict(self.counters["closed"])
-        for ch in self.by_sid.values():
-            for k, v in ch.c.items():
-                totals[k] += v
-        return {"sockets": len(self.by_sid), "channels": len(self.chans), "ifindex": dict(self.ifindex),
-                **{k: v for k, v in self.counters.items() if k != "closed"}, **totals}
-
-
-def _outq(sock: socket.socket) -> int:
-    """Bytes we wrote to a channel that its client has not read (SIOCOUTQ)."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
+            for sid in ch.sids():
+                self.by_sid[sid] = ch

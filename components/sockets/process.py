@@ -7,6 +7,11 @@ channel (qnet.tcp) for TCP, a datagram channel (qnet.udp) for UDP. Payload never
 through this process; it brokers channels, checks grants and limits, and translates the
 socket calls into netstack's qnet.tcp and qnet.udp calls, without ever blocking its loop.
 
+IPv6 (qnet.socket 1.1): a socket's family is given at `socket` and every address it takes
+must be of it; an AF_INET6 socket's link-local addresses come with a scope (an ifindex of
+netstack's numbering), and IPV6_V6ONLY (off by default, as Linux) decides whether one on ::
+is dual stack, which netstack's bindings carry out (qnet.tcp 1.3, qnet.udp 1.2).
+
 State and what survives a restart: nothing here has to. Every netstack resource a socket
 holds (listener, connection, UDP socket) is found again by its channel id in netstack's own
 tables, whose owner field names the client (`prog[pid]`); a new incarnation rebuilds its
@@ -51,6 +56,8 @@ NETSTACK_CALL_TIMEOUT = 5.0
 EPHEMERAL = (32768, 60999)      # RFC 6056, as netstack's TCP
 GRANTS = ("low_ports", "mark", "raw_icmp")
 MARK_DOMAINS = 4                # independent marks per socket (netstack3 has two)
+IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
+IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
 TCP_OPTIONS = {  # (level, name) -> qnet.tcp set_option name
     (socket.IPPROTO_TCP, socket.TCP_NODELAY): "nodelay",
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE): "keepalive",
@@ -59,12 +66,17 @@ TCP_OPTIONS = {  # (level, name) -> qnet.tcp set_option name
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT): "keepcnt",
     (socket.IPPROTO_IP, socket.IP_TTL): "ttl",
     (socket.IPPROTO_IP, socket.IP_TOS): "tos",
+    (socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS): "ttl",      # the hop limit: IPv6's TTL
+    (socket.IPPROTO_IPV6, IPV6_TCLASS): "tos",            # the traffic class: IPv6's TOS
 }
 UDP_OPTIONS = {
     (socket.SOL_SOCKET, socket.SO_BROADCAST): "broadcast",
     (socket.IPPROTO_IP, socket.IP_TTL): "ttl",
     (socket.IPPROTO_IP, socket.IP_TOS): "tos",
+    (socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS): "ttl",
+    (socket.IPPROTO_IPV6, IPV6_TCLASS): "tos",
 }
+FAMILIES = {"ipv4": 4, "ipv6": 6}
 SO_MARK = getattr(socket, "SO_MARK", 36)
 TCP_INFO = getattr(socket, "TCP_INFO", 11)
 TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
@@ -110,6 +122,9 @@ class Sock:
     state: str = "new"          # new bound listening connecting connected closed
     address: str = "0.0.0.0"
     port: int = 0
+    family: int = 4             # AF_INET or AF_INET6 (6): the addresses it takes
+    v6only: bool = False        # IPV6_V6ONLY as it was at bind
+    scope: int = 0              # the scope of a link-local address it is bound to
     reuse_address: bool = False
     reuse_port: bool = False
     listener: int | None = None
@@ -156,7 +171,7 @@ class SocketProvider(Component):
         self.max_sockets = int(a.get("max_sockets", MAX_SOCKETS))
         self.max_sockets = min(self.max_sockets, int(a.get("max_buffered", MAX_BUFFERED)) // CHANNEL_BYTES)
         self.grants = self._parse_grants(a.get("grants", {}))
-        self.dns = [str(ipaddress.IPv4Address(d)) for d in a.get("dns", [])]
+        self.dns = [str(ipaddress.ip_address(d)) for d in a.get("dns", [])]
         self.search = [str(s) for s in a.get("search", [])]
         self.path = os.path.join(rt.spec.runtime_dir, a.get("socket", SOCKET_NAME))
         self.mode = int(str(a.get("mode", "0666")), 8)
@@ -401,7 +416,12 @@ class SocketProvider(Component):
         def got(r):
             if isinstance(r, errors.IpcError):
                 return
-            self.local_addresses = {str(ipaddress.IPv4Interface(a).ip) for p in r for a in p.get("addresses", [])}
+            mine = {str(ipaddress.IPv4Interface(a).ip) for p in r for a in p.get("addresses", [])}
+            # qnet.netstack 1.3: IPv6 addresses with their DAD state; a tentative or duplicate
+            # one cannot be bound (Linux: EADDRNOTAVAIL).
+            mine |= {str(ipaddress.IPv6Interface(a["address"]).ip) for p in r
+                     for a in p.get("addresses6", []) if a.get("state") in ("PREFERRED", "DEPRECATED")}
+            self.local_addresses = mine
         self._call(self.ns, "port_list", got)
 
     def _channel(self, kind: str) -> tuple[str, socket.socket]:
@@ -421,7 +441,8 @@ class SocketProvider(Component):
         if s is None:
             # Not ours (yet): a socket made by a predecessor. Adopt it for its caller; netstack
             # checks the channel itself on every use, and its tables name the owner.
-            s = self.socks[chan] = Sock(chan, "tcp", c.pid)
+            # Its family is learnt from what names it in netstack, or from its next address.
+            s = self.socks[chan] = Sock(chan, "tcp", c.pid, family=0)
             s.state = "unknown"
         elif s.pid != c.pid:
             self.counters["denied"] += 1
@@ -432,12 +453,13 @@ class SocketProvider(Component):
         return sum(1 for s in self.socks.values() if s.pid == pid)
 
     # -- calls -----------------------------------------------------------------------------------
-    def do_socket(self, c: Client, req_id: int, kind: str) -> None:
+    def do_socket(self, c: Client, req_id: int, kind: str, family: str = "ipv4") -> None:
         if self._count(c.pid) >= self.max_sockets:
             self.counters["limit_hits"] += 1
             raise SockError("EMFILE", f"this process has {self.max_sockets} qnet sockets (the limit)")
         chan, end = self._channel(kind)
-        self.socks[chan] = Sock(chan, kind, c.pid)
+        fam = FAMILIES[family]
+        self.socks[chan] = Sock(chan, kind, c.pid, family=fam, address="::" if fam == 6 else "0.0.0.0")
         try:
             self._ok(c, req_id, {"sock": chan}, [end.fileno()])
         finally:
@@ -449,32 +471,63 @@ class SocketProvider(Component):
             raise SockError("EACCES", f"binding port {port} needs the low_ports grant (manifest: "
                                       f"[components.sockets.args] grants)")
 
-    def _check_address(self, address: str) -> None:
+    @staticmethod
+    def _parse(address: str, family: int):
+        """An address of the socket's family (AF_INET6's may be IPv4-mapped); EINVAL else.
+        Family 0: a socket adopted after a restart, whose family is not known yet."""
         try:
-            a = ipaddress.IPv4Address(address)
+            a = ipaddress.ip_address(address)
         except ValueError:
-            raise SockError("EINVAL", f"not an IPv4 address: {address!r}") from None
-        if not (a.is_unspecified or a.is_loopback or address in self.local_addresses):
+            a = None
+        if a is None or (family and a.version != family):
+            raise SockError("EINVAL", f"not an IPv{family or ''} address: {address!r}")
+        return a
+
+    def _address(self, s: Sock, address: str):
+        """_parse for socket s, which learns its family from it if it did not know it."""
+        a = self._parse(address, s.family)
+        if not s.family:
+            s.family = a.version
+        return a
+
+    def _check_address(self, address: str, family: int = 4) -> None:
+        a = self._parse(address, family)
+        if a.version == 6 and a.ipv4_mapped is not None:
+            a = a.ipv4_mapped
+        if not (a.is_unspecified or a.is_loopback or str(a) in self.local_addresses):
             raise SockError("EADDRNOTAVAIL", f"{address} is not an address of this stack")
 
+    @staticmethod
+    def _wildcard(s: Sock, address: str | None) -> str | None:
+        """None for the unspecified address (netstack's "every local address")."""
+        return None if address in (None, "0.0.0.0", "::") else address
+
     def do_bind(self, c: Client, req_id: int, sock: str, kind: str, address: str, port: int,
-                reuse_address: bool = False, reuse_port: bool = False, broadcast: bool = False) -> None:
+                reuse_address: bool = False, reuse_port: bool = False, broadcast: bool = False,
+                scope_id: int = 0, v6only: bool = False) -> None:
         s = self._sock(c, sock)
         s.kind = kind
         if s.state not in ("new", "unknown"):
             raise SockError("EINVAL", "the socket is already bound")
         self._check_port(c, port)
-        self._check_address(address)
+        a = self._address(s, address)
+        if s.family == 6 and a.ipv4_mapped is not None and v6only:
+            raise SockError("EINVAL", f"{address}: an IPv4-mapped address on an IPV6_V6ONLY socket")
+        if s.family == 6 and a.is_link_local and not scope_id:
+            raise SockError("EINVAL", f"{address} is link-local: it needs a scope (sin6_scope_id)")
+        self._check_address(address, s.family)
+        s.v6only = bool(v6only)
         if kind == "udp":
             def bound(r):
                 if isinstance(r, errors.IpcError):
                     return self._fail(c, req_id, _errno_of(r))
                 s.udp, s.state = int(r["sock"]), "bound"
-                s.address, s.port = str(r["address"]), int(r["port"])
-                self._push_marks(s, lambda: self._ok(c, req_id, {"address": s.address, "port": s.port}))
-            self._call(self.udp, "bind", bound, channel=sock, address=None if address == "0.0.0.0" else address,
+                s.address, s.port, s.scope = str(r["address"]), int(r["port"]), int(r.get("scope_id", 0))
+                self._push_marks(s, lambda: self._ok(c, req_id, {"address": s.address, "port": s.port,
+                                                                 "scope_id": s.scope}))
+            self._call(self.udp, "bind", bound, channel=sock, address=self._wildcard(s, address),
                        port=port, reuse_address=reuse_address, reuse_port=reuse_port, broadcast=broadcast,
-                       owner=c.owner)
+                       owner=c.owner, **self._udp_family(s, scope_id if a.is_link_local else 0))
             return
 
         def listed(r):
@@ -484,25 +537,56 @@ class SocketProvider(Component):
                 chosen = self._tcp_port(r, address, port, reuse_address, reuse_port, s)
             except SockError as e:
                 return self._fail(c, req_id, e)
-            s.state, s.address, s.port = "bound", address, chosen
+            s.state, s.address, s.port = "bound", str(a), chosen
+            s.scope = scope_id if a.is_link_local else 0
             s.reuse_address, s.reuse_port = reuse_address, reuse_port
-            self._ok(c, req_id, {"address": address, "port": chosen})
+            self._ok(c, req_id, {"address": s.address, "port": chosen, "scope_id": s.scope})
         self._call(self.tcp, "list", listed)
+
+    @staticmethod
+    def _udp_family(s: Sock, scope_id: int = 0) -> dict:
+        """qnet.udp bind's IPv6 arguments (none for an IPv4 socket: an older netstack takes those)."""
+        if s.family != 6:
+            return {}
+        return {"family": "ipv6", "v6only": s.v6only, "scope_id": scope_id}
+
+    @staticmethod
+    def _claims(address, family: int, v6only: bool) -> set[tuple[int, str | None]]:
+        """What a socket's local address holds of a port, as (IP version, address or None
+        for all): an AF_INET6 socket on :: holds IPv4's side too unless v6only; an
+        IPv4-mapped address is IPv4's."""
+        a = ipaddress.ip_address("0.0.0.0" if address in (None, "") else str(address))
+        if a.version == 6 and a.ipv4_mapped is not None:
+            a = a.ipv4_mapped
+        if not a.is_unspecified:
+            return {(a.version, str(a))}
+        if a.version == 6 and family == 6 and not v6only:
+            return {(6, None), (4, None)}
+        return {(a.version, None)}
+
+    @staticmethod
+    def _conflict(x: set, y: set) -> bool:
+        return any(vx == vy and (ax is None or ay is None or ax == ay) for vx, ax in x for vy, ay in y)
 
     def _tcp_port(self, listing: dict, address: str, port: int, reuse_address: bool, reuse_port: bool,
                   me: Sock) -> int:
         """The port a TCP bind gets, with Linux's rules: a port held by a listener is in use
-        whatever the options; one held by a connection (TIME-WAIT too) needs SO_REUSEADDR."""
+        whatever the options; one held by a connection (TIME-WAIT too) needs SO_REUSEADDR.
+        Addresses of both versions: a dual-stack bind on :: needs the port on both sides."""
+        mine = self._claims(address, me.family, me.v6only)
+
         def overlaps(a) -> bool:
-            a = "0.0.0.0" if a in (None, "") else str(a)
-            return a == "0.0.0.0" or address == "0.0.0.0" or a == address
+            return self._conflict(mine, self._claims(a, 4, True))
+        # netstack lists a dual listener's IPv4 side as a listener of its own (its twin); a
+        # listener's addr None is every address of its layer's version.
         used_listen = {int(lst["port"]) for lst in listing.get("listeners", [])
-                       if overlaps(lst.get("address", lst.get("addr")))}
+                       if overlaps(lst.get("address", lst.get("addr"))
+                                   or ("::" if lst.get("version") == 6 else "0.0.0.0"))}
         used_conn = {int(cn.get("local_port", 0)) for cn in listing.get("connections", [])
                      if overlaps(cn.get("local"))}
         # Listeners are netstack's to report; only binds not yet listening live here alone.
         bound = [o for o in self.socks.values() if o is not me and o.kind == "tcp"
-                 and o.state == "bound" and overlaps(o.address)]
+                 and o.state == "bound" and self._conflict(mine, self._claims(o.address, o.family, o.v6only))]
 
         def free(p: int) -> bool:
             if p in used_listen:
@@ -524,13 +608,16 @@ class SocketProvider(Component):
         raise SockError("EADDRINUSE", "no ephemeral port is free")
 
     def do_listen(self, c: Client, req_id: int, sock: str, address: str, port: int, backlog: int = 128,
-                  options: Any = None) -> None:
+                  options: Any = None, v6only: bool = False) -> None:
         s = self._sock(c, sock)
         if s.state == "listening":
             return self._ok(c, req_id, {"listener": s.listener, "address": s.address, "port": s.port})
         if s.state in ("connecting", "connected"):
             raise SockError("EINVAL", "the socket is connected")
         self._check_port(c, port)
+        self._address(s, address)
+        if s.state == "new":
+            s.v6only = bool(v6only)
         s.kind = "tcp"
         if isinstance(options, dict):
             s.options.update(options)
@@ -543,8 +630,9 @@ class SocketProvider(Component):
             s.state, s.listener = "listening", int(r["listener"])
             s.address, s.port = address, int(r["port"])
             self._ok(c, req_id, {"listener": s.listener, "address": address, "port": s.port})
-        self._call(self.tcp, "listen", done, port=port, address=None if address == "0.0.0.0" else address,
-                   backlog=max(1, backlog), owner=c.owner, channel=sock)
+        six = {"family": "ipv6", "v6only": s.v6only} if s.family == 6 else {}
+        self._call(self.tcp, "listen", done, port=port, address=self._wildcard(s, address),
+                   backlog=max(1, backlog), owner=c.owner, channel=sock, **six)
 
     def _relisten(self, c: Client, req_id: int, s: Sock) -> None:
         def listed(r):
@@ -567,6 +655,7 @@ class SocketProvider(Component):
                     if lst.get("owner") and not str(lst["owner"]).endswith(f"[{c.pid}]"):
                         return fail(SockError("EBADF", "not this process's socket"))
                     s.state, s.listener = "listening", _lid(lst)
+                    s.family = 6 if lst.get("family") == "ipv6" else 4
                     s.port = int(lst["port"])
                     return then()
             for cn in r.get("connections", []):
@@ -574,6 +663,7 @@ class SocketProvider(Component):
                     if cn.get("owner") and not str(cn["owner"]).endswith(f"[{c.pid}]"):
                         return fail(SockError("EBADF", "not this process's socket"))
                     s.state, s.conn = "connected", _cid(cn)
+                    s.family = 6 if cn.get("family") == "ipv6" else 4
                     s.result = _conn_result(cn)
                     return then()
             s.state = "new"
@@ -611,19 +701,24 @@ class SocketProvider(Component):
 
     def do_connect(self, c: Client, req_id: int, sock: str, kind: str, address: str, port: int,
                    local_address: str | None = None, local_port: int = 0, timeout: float = 0.0,
-                   nonblocking: bool = False, options: Any = None) -> None:
+                   nonblocking: bool = False, options: Any = None, scope_id: int = 0,
+                   v6only: bool = False) -> None:
         s = self._sock(c, sock)
-        try:
-            ipaddress.IPv4Address(address)
-        except ValueError:
-            raise SockError("EINVAL", f"not an IPv4 address: {address!r}") from None
+        a = self._address(s, address)
+        if s.state in ("new", "unknown"):
+            s.v6only = bool(v6only)
+        if s.family == 6 and a.ipv4_mapped is not None and s.v6only:
+            raise SockError("ENETUNREACH", f"{address}: IPv4 from an IPV6_V6ONLY socket")
+        if s.family == 6 and a.is_link_local and not scope_id:
+            raise SockError("EINVAL", f"{address} is link-local: it needs a scope (sin6_scope_id)")
         if isinstance(options, dict):
             s.options.update(options)
         if kind == "udp":
-            return self._udp_connect(c, req_id, s, address, port)
+            return self._udp_connect(c, req_id, s, address, port, scope_id)
         if s.state == "unknown":
             return self._find_tcp(c, s, lambda: self.do_connect(c, req_id, sock, kind, address, port, local_address,
-                                                                 local_port, timeout, nonblocking, options),
+                                                                 local_port, timeout, nonblocking, options,
+                                                                 scope_id, v6only),
                                   lambda e: self._fail(c, req_id, e))
         if s.state == "connected":
             raise SockError("EISCONN", "the socket is already connected")
@@ -647,11 +742,12 @@ class SocketProvider(Component):
             else:
                 s.conn = int(r["conn"])
                 self._connect_ended(s, _conn_result(r), None)
+        extra = {"marks": [s.marks.get(d, 0) for d in range(1, MARK_DOMAINS + 1)]} if any(s.marks.values()) else {}
+        if scope_id:
+            extra["scope_id"] = scope_id
         self._call(self.tcp, "connect", done, call_timeout=(timeout or 140.0) + 10.0, channel=sock, address=address,
-                   port=port, local_address=local_address or (None if s.address == "0.0.0.0" else s.address),
-                   local_port=local_port or s.port, timeout=timeout, owner=c.owner,
-                   **({"marks": [s.marks.get(d, 0) for d in range(1, MARK_DOMAINS + 1)]}
-                      if any(s.marks.values()) else {}))
+                   port=port, local_address=local_address or self._wildcard(s, s.address),
+                   local_port=local_port or s.port, timeout=timeout, owner=c.owner, **extra)
         if nonblocking:
             raise SockError("EINPROGRESS", "the connection is under way")
         self.do_connect_result(c, req_id, sock, wait=(timeout or 3600.0))
@@ -715,13 +811,15 @@ class SocketProvider(Component):
             timer = self.rt.loop.call_later(wait, expire)
         s.waiters.append((c, req_id, timer))
 
-    def _udp_connect(self, c: Client, req_id: int, s: Sock, address: str, port: int) -> None:
+    def _udp_connect(self, c: Client, req_id: int, s: Sock, address: str, port: int, scope_id: int = 0) -> None:
+        scope = {"scope_id": scope_id} if scope_id else {}
+
         def connected(r):
             if isinstance(r, errors.IpcError):
                 return self._fail(c, req_id, _errno_of(r))
             s.state = "connected"
             s.result = {"local": str(r["address"]), "local_port": int(r["port"]),
-                        "remote": address, "remote_port": port}
+                        "remote": address, "remote_port": port, "scope_id": int(r.get("scope_id", 0))}
             self._ok(c, req_id, s.result)
 
         def bound(r):
@@ -729,12 +827,13 @@ class SocketProvider(Component):
                 return self._fail(c, req_id, _errno_of(r))
             s.udp, s.address, s.port, s.state = int(r["sock"]), str(r["address"]), int(r["port"]), "bound"
             self._push_marks(s, lambda: self._call(self.udp, "connect", connected, sock=s.udp,
-                                                   address=address, port=port))
+                                                   address=address, port=port, **scope))
         s.kind = "udp"
         if s.udp is None:
-            self._call(self.udp, "bind", bound, channel=s.chan, address=None, port=0, owner=c.owner)
+            self._call(self.udp, "bind", bound, channel=s.chan, address=None, port=0, owner=c.owner,
+                       **self._udp_family(s))
         else:
-            self._call(self.udp, "connect", connected, sock=s.udp, address=address, port=port)
+            self._call(self.udp, "connect", connected, sock=s.udp, address=address, port=port, **scope)
 
     def do_shutdown(self, c: Client, req_id: int, sock: str, how: str) -> None:
         s = self._sock(c, sock)
@@ -865,9 +964,20 @@ class SocketProvider(Component):
                              "limit": self.max_sockets, "sockets": mine})
 
     def do_resolver(self, c: Client, req_id: int) -> None:
-        """The manifest's DNS servers; without them, those of the uplinks' DHCP leases."""
+        """The manifest's DNS servers; without them, those of the uplinks' DHCP leases. And
+        netstack's interface indexes, which name the zones of link-local addresses
+        (fe80::1%p0: the scope of p0)."""
+        def answer(result: dict) -> None:
+            def got(r):
+                if not isinstance(r, errors.IpcError) and isinstance(r, dict):
+                    result["interfaces"] = {str(k): int(v) for k, v in (r.get("ifindex") or {}).items()}
+                self._ok(c, req_id, result)
+            if self.udp is None:
+                return self._ok(c, req_id, result)
+            self._call(self.udp, "stats", got)
+
         if self.dns or self.dhcpd is None:
-            return self._ok(c, req_id, {"nameservers": self.dns, "search": self.search})
+            return answer({"nameservers": self.dns, "search": self.search})
 
         def got(r):
             servers, search = [], list(self.search)
@@ -877,7 +987,7 @@ class SocketProvider(Component):
                         servers += [str(d) for d in lease.get("dns") or [] if str(d) not in servers]
                         if lease.get("domain") and lease["domain"] not in search:
                             search.append(str(lease["domain"]))
-            self._ok(c, req_id, {"nameservers": servers[:3], "search": search})
+            answer({"nameservers": servers[:3], "search": search})
         self._call(self.dhcpd, "leases", got)
 
 
@@ -891,7 +1001,8 @@ def _lid(d: dict) -> int:
 
 def _conn_result(r: dict) -> dict:
     return {"local": str(r.get("local")), "local_port": int(r.get("local_port", 0)),
-            "remote": str(r.get("remote")), "remote_port": int(r.get("remote_port", 0))}
+            "remote": str(r.get("remote")), "remote_port": int(r.get("remote_port", 0)),
+            "scope_id": int(r.get("scope_id", 0))}
 
 
 def main():

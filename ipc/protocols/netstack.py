@@ -3,6 +3,7 @@ and datagrams (UDP sockets for components inside the graph, e.g. dhcpd)."""
 import struct as struct_
 
 from ..decl import Event, Method, Protocol, Stream, Version
+from ..types import IP
 from ..types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC, NAME,
                      Bytes, Enum, Field, Int, List, Optional, Str, U16, U32, struct)
 
@@ -239,19 +240,21 @@ NETSTACK = Protocol(
     ),
 )
 
-# One received or sent datagram in a frame of the datagram streams (since 1.2): a fixed
-# little-endian head, the device name (UTF-8, its length in the head), then the payload.
-# Addresses are the 4 bytes of the IPv4 address in network order, as on the wire. Frames
-# carry no layout mark: the 1.1 layout (u16 length, msgpack meta) is no longer read, because
-# both ends are netstack and components/netstack/dgram_client.py, run from one tree and
-# restarted together. A frame too short for its head or device name is counted and dropped.
-#   recv: sid u32, src 4 bytes, src port u16, dst 4 bytes, dst port u16, device length u8
-#   send: sid u32, dst 4 bytes, dst port u16, device length u8 (0: no device)
-DATAGRAM_RECV_HEAD = struct_.Struct("<I4sH4sHB")     # 17 bytes
-DATAGRAM_SEND_HEAD = struct_.Struct("<I4sHB")        # 11 bytes
+# One received or sent datagram in a frame of the datagram streams (layout since 1.3, for
+# either IP version): a fixed little-endian head, the addresses (4 bytes each for IPv4, 16 for
+# IPv6, in network order as on the wire; the head's family byte says which), the device name
+# (UTF-8, its length in the head), then the payload. Frames carry no layout mark: the 1.2
+# layout (4-byte addresses in the head) is no longer read, because both ends are netstack and
+# components/netstack/dgram_client.py, run from one tree and restarted together. A frame too
+# short for its head, addresses or device name, whose family is neither 4 nor 6, or (send)
+# whose family is not its socket's, is counted and dropped.
+#   recv: sid u32, family u8, src port u16, dst port u16, device length u8; src, dst, device
+#   send: sid u32, family u8, dst port u16, device length u8 (0: no device); dst, device
+DATAGRAM_RECV_HEAD = struct_.Struct("<IBHHB")        # 10 bytes, then the two addresses
+DATAGRAM_SEND_HEAD = struct_.Struct("<IBHB")         # 8 bytes, then the destination
 
 DATAGRAM = Protocol(
-    "qnet.datagram", Version(1, 2),
+    "qnet.datagram", Version(1, 3),
     doc="UDP sockets for components inside the graph (dhcpd). Data arrives on the 'recv' stream.",
     methods=(
         Method("open", args=(Field("owner", NAME, doc="channel identity that receives the datagrams"),
@@ -268,12 +271,13 @@ DATAGRAM = Protocol(
     ),
     streams=(
         Stream("recv", "to_user", max_batch=1024, max_frame=65535 + 512,
-               doc="datagrams for the user's sockets (layout since 1.2): head <I4sH4sHB (sid, src, "
-                   "sport, dst, dport, device name length; addresses in network order), device name, payload"),
+               doc="datagrams for the user's sockets (layout since 1.3): head <IBHHB (sid, family 4|6, "
+                   "sport, dport, device name length), src and dst (4 or 16 bytes each, network "
+                   "order), device name, payload"),
         Stream("send", "to_provider", max_batch=1024, max_frame=65535 + 512,
-               doc="datagrams to send without waiting for an answer (since 1.1; layout since 1.2): "
-                   "head <I4sHB (sid, dst, dport, device name length, 0 for none), device name, payload; "
-                   "failures are counted, not answered"),
+               doc="datagrams to send without waiting for an answer (since 1.1; layout since 1.3): "
+                   "head <IBHB (sid, family 4|6, dport, device name length, 0 for none), dst (4 or "
+                   "16 bytes), device name, payload; failures are counted, not answered"),
     ),
     events=(
         Event("hello", (Field("owner", NAME),),
@@ -289,18 +293,26 @@ TCP_ERRORS = ("refused", "reset", "timed_out", "address_in_use", "address_not_av
               "not_found", "would_block", "bad_argument", "no_route", "limit", "not_connected",
               "busy", "failed", "no_channel")
 
+# 1.3: IPv6. Addresses of either version; a connection accepted by an IPv6 listener over
+# IPv4 (dual stack), or opened to an IPv4-mapped address, shows IPv4-mapped addresses
+# (::ffff:a.b.c.d), as Linux shows it to an AF_INET6 socket.
+TCP_FAMILY = Enum("Family", ("ipv4", "ipv6"))
+TCP_SCOPE = Int(0, 0xFFFF)      # an ifindex (qnet.udp's numbering: 1-based, lo is 1); 0: none
+
 TCP_CONN = struct(
     "TcpConn",
     Field("conn", U32, doc="the connection's id at netstack"),
-    Field("local", IPV4), Field("local_port", U16),
-    Field("remote", IPV4), Field("remote_port", U16),
+    Field("local", IP), Field("local_port", U16),
+    Field("remote", IP), Field("remote_port", U16),
+    Field("scope_id", TCP_SCOPE, default=0, doc="1.3: the link of link-local addresses"),
 )
 
 TCP_LISTENER = struct(
     "TcpListener",
-    Field("listener", U32), Field("address", Optional(IPV4)), Field("port", U16),
+    Field("listener", U32), Field("address", Optional(IP)), Field("port", U16),
     Field("backlog", U32),
     Field("channel", Optional(CHANNEL), default=None, doc="1.1: its readiness channel, if any"),
+    Field("family", TCP_FAMILY, default="ipv4", doc="1.3"),
 )
 
 # 1.1: ttl (IP_TTL, 1..255) and tos (IP_TOS, 0..255; the ECN bits stay TCP's and are cleared).
@@ -308,7 +320,7 @@ TCP_OPTION = Enum("TcpOption", ("nodelay", "keepalive", "keepidle", "keepintvl",
                                 "ttl", "tos"))
 
 TCP = Protocol(
-    "qnet.tcp", Version(1, 2),
+    "qnet.tcp", Version(1, 3),
     doc="TCP for clients. A connection's bytes never travel here: each connection has a byte "
         "channel, an AF_UNIX stream socket whose one end the client holds (asked of the "
         "launcher's broker, RUN/channels.sock, as {\"streams\": \"qnet.tcp\", \"count\": N}) and whose "
@@ -317,14 +329,21 @@ TCP = Protocol(
         "have a readiness channel (listen's `channel`): netstack writes a byte to it when "
         "its accept queue becomes non-empty and after an accept that leaves it non-empty, "
         "keeping at most one unread; the client reads the bytes away before accept(wait=0). "
-        "EOF from the client on it closes the listener; close_listener closes it (EOF).",
+        "EOF from the client on it closes the listener; close_listener closes it (EOF). "
+        "1.3: IPv6 (listen's family; dual stack on :: unless v6only), IPv4-mapped addresses, "
+        "scopes of link-local addresses.",
     methods=(
-        Method("listen", args=(Field("port", U16), Field("address", Optional(IPV4), default=None),
+        Method("listen", args=(Field("port", U16), Field("address", Optional(IP), default=None),
                                Field("backlog", Int(1, 65535), default=128),
                                Field("owner", Str(max_len=64), default=""),
                                Field("channel", Optional(CHANNEL), default=None,
                                      doc="1.1: a fresh byte channel made the listener's readiness "
-                                         "channel (readable while a connection waits)")),
+                                         "channel (readable while a connection waits)"),
+                               Field("family", TCP_FAMILY, default="ipv4",
+                                     doc="1.3: ipv6: an IPv6 listener (address None: ::)"),
+                               Field("v6only", BOOL, default=False,
+                                     doc="1.3: IPV6_V6ONLY; off, an IPv6 listener on :: also "
+                                         "accepts IPv4 (shown IPv4-mapped), as Linux's default")),
                result=TCP_LISTENER, errors=TCP_ERRORS,
                doc="Listen on address:port (every local address without one)."),
         Method("accept", args=(Field("listener", U32), Field("channel", CHANNEL),
@@ -334,8 +353,11 @@ TCP = Protocol(
                                      doc="who holds the channel (shown by `qnet ss`)")),
                result=TCP_CONN, errors=TCP_ERRORS,
                doc="The next established connection, served on the given (fresh) byte channel."),
-        Method("connect", args=(Field("channel", CHANNEL), Field("address", IPV4), Field("port", U16),
-                                Field("local_address", Optional(IPV4), default=None),
+        Method("connect", args=(Field("channel", CHANNEL),
+                                Field("address", IP, doc="1.3: either version; an IPv4-mapped "
+                                                         "one connects over IPv4"),
+                                Field("port", U16),
+                                Field("local_address", Optional(IP), default=None),
                                 Field("local_port", U16, default=0),
                                 Field("timeout", FLOAT, default=0.0,
                                       doc="seconds; 0: until the handshake succeeds or fails (SYN retries)"),
@@ -343,7 +365,9 @@ TCP = Protocol(
                                       doc="who holds the channel (shown by `qnet ss`)"),
                                 Field("marks", List(U32, max_len=4), default=(),
                                       doc="1.2: the socket's marks, domains 1..4 in order: the "
-                                          "connection's conntrack entry takes them with its SYN")),
+                                          "connection's conntrack entry takes them with its SYN"),
+                                Field("scope_id", TCP_SCOPE, default=0,
+                                      doc="1.3: a link-local destination's link (sin6_scope_id)")),
                result=TCP_CONN, errors=TCP_ERRORS,
                doc="Open a connection served on the given (fresh) byte channel; answers once established."),
         Method("close_listener", args=(Field("listener", U32),), result=BOOL, errors=TCP_ERRORS,

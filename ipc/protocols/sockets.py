@@ -23,8 +23,10 @@ from ..decl import Method, Protocol, Version
 from ..types import ANY, BOOL, FLOAT, Enum, Field, Int, Optional, Str, U16
 
 KIND = Enum("SocketKind", ("tcp", "udp"))
+FAMILY = Enum("Family", ("ipv4", "ipv6"))
 SOCK = Str(max_len=32, min_len=1, pattern=r"^[A-Za-z0-9_.\-]+$", label="socket")
-HOST = Str(max_len=64, label="IPv4 address")
+HOST = Str(max_len=64, label="IP address")     # numeric, of the socket's family
+SCOPE = Int(0, 0xFFFF)      # sin6_scope_id: netstack's ifindex of a link-local address's link
 
 # Every errno a call may answer with (Linux's names).
 ERRNOS = ("EACCES", "EPERM", "EADDRINUSE", "EADDRNOTAVAIL", "EAFNOSUPPORT", "EAGAIN", "EALREADY",
@@ -35,23 +37,28 @@ ERRNOS = ("EACCES", "EPERM", "EADDRINUSE", "EADDRNOTAVAIL", "EAFNOSUPPORT", "EAG
 OPTION_VALUE = Int(-(1 << 31), (1 << 31) - 1)
 
 SOCKET = Protocol(
-    "qnet.socket", Version(1, 0),
+    "qnet.socket", Version(1, 1),
     doc="The socket API's control plane for applications (the qnet.socket library), served on "
         "RUN/sockets.sock (AF_UNIX SOCK_SEQPACKET, SO_PEERCRED identity, fds by SCM_RIGHTS). "
-        "Sockets are named by their channel id; payload never travels here.",
+        "Sockets are named by their channel id; payload never travels here. 1.1: AF_INET6 "
+        "sockets (socket's family; addresses of it, scopes, IPV6_V6ONLY as v6only).",
     methods=(
-        Method("socket", args=(Field("kind", KIND),), result=ANY, errors=ERRNOS,
+        Method("socket", args=(Field("kind", KIND), Field("family", FAMILY, default="ipv4")),
+               result=ANY, errors=ERRNOS,
                doc="A new socket: {sock}, its fd attached (a byte channel for tcp, a datagram "
                    "channel for udp). Counted against the client's socket limit."),
         Method("bind", args=(Field("sock", SOCK), Field("kind", KIND), Field("address", HOST),
                              Field("port", U16), Field("reuse_address", BOOL, default=False),
                              Field("reuse_port", BOOL, default=False),
-                             Field("broadcast", BOOL, default=False)),
+                             Field("broadcast", BOOL, default=False),
+                             Field("scope_id", SCOPE, default=0), Field("v6only", BOOL, default=False)),
                result=ANY, errors=ERRNOS,
-               doc="{address, port}: port 0 picks an ephemeral port; below 1024 needs the grant."),
+               doc="{address, port, scope_id}: port 0 picks an ephemeral port; below 1024 needs "
+                   "the grant."),
         Method("listen", args=(Field("sock", SOCK), Field("address", HOST), Field("port", U16),
                                Field("backlog", Int(0, 65535), default=128),
-                               Field("options", ANY, default=None)),
+                               Field("options", ANY, default=None),
+                               Field("v6only", BOOL, default=False)),
                result=ANY, errors=ERRNOS,
                doc="{listener, address, port}; the socket's fd becomes readable while a "
                    "connection waits in the accept queue."),
@@ -65,7 +72,8 @@ SOCKET = Protocol(
                                       doc="seconds; 0: until the handshake succeeds or fails"),
                                 Field("nonblocking", BOOL, default=False,
                                       doc="answer EINPROGRESS at once; connect_result tells the end"),
-                                Field("options", ANY, default=None)),
+                                Field("options", ANY, default=None),
+                                Field("scope_id", SCOPE, default=0), Field("v6only", BOOL, default=False)),
                result=ANY, errors=ERRNOS,
                doc="tcp: {local, local_port, remote, remote_port} once established; udp: sets "
                    "the default destination."),

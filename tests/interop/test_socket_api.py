@@ -866,3 +866,328 @@ def test_connected_udp_to_a_closed_port_is_refused_on_the_next_call(api, closing
     # The port unreachable comes back; Linux reports it on the next call of a connected socket.
     with pytest.raises(ConnectionRefusedError):
         s.recv(100)
+
+
+# -- IPv6 (issue 12): AF_INET6 over ::1, dual stack, IPV6_V6ONLY, 4-tuple names ---------------
+LO6 = "::1"
+MAPPED_LO = "::ffff:127.0.0.1"
+
+
+def listener6(api, closing, host=LO6, v6only=None, backlog: int = 16):
+    s = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(s)
+    if v6only is not None:
+        s.setsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY, int(v6only))
+    s.bind((host, 0))
+    s.listen(backlog)
+    s.settimeout(WAIT)
+    return s
+
+
+def udp6(api, closing, addr=(LO6, 0), v6only=None):
+    s = api.socket(api.AF_INET6, api.SOCK_DGRAM)
+    closing(s)
+    s.settimeout(WAIT)
+    if v6only is not None:
+        s.setsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY, int(v6only))
+    if addr is not None:
+        s.bind(addr)
+    return s
+
+
+def test_ipv6_tcp_over_loopback_has_4_tuple_names(api, closing):
+    fresh = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(fresh)
+    assert fresh.getsockname() == ("::", 0, 0, 0)
+    assert fresh.family == api.AF_INET6 and fresh.getsockopt(api.SOL_SOCKET, api.SO_DOMAIN) == api.AF_INET6
+    lst = listener6(api, closing)
+    host, port, flowinfo, scope = lst.getsockname()
+    assert (host, flowinfo, scope) == (LO6, 0, 0) and port > 0
+    c = api.create_connection((LO6, port), timeout=WAIT)
+    closing(c)
+    srv, peer = lst.accept()
+    closing(srv)
+    srv.settimeout(WAIT)
+    assert peer == c.getsockname() and c.getpeername() == lst.getsockname()
+    assert srv.getsockname() == (LO6, port, 0, 0) and c.family == api.AF_INET6
+    c.sendall(b"over ipv6")
+    assert recv_exactly(srv, 9) == b"over ipv6"
+    # A 3-tuple is a sockaddr too; the flow label's range is checked.
+    c3 = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(c3)
+    c3.settimeout(WAIT)
+    c3.connect((LO6, port, 0))
+    s3, _ = lst.accept()
+    closing(s3)
+    with pytest.raises(OverflowError):
+        api.socket(api.AF_INET6).connect((LO6, port, 1 << 20))
+    with pytest.raises(TypeError):
+        api.socket(api.AF_INET6).connect((LO6,))
+
+
+def test_an_ipv4_literal_on_an_ipv6_socket_and_the_reverse_are_gaierror(api, closing):
+    s6 = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(s6)
+    with pytest.raises(api.gaierror) as e:
+        s6.bind((LO, 0))
+    assert e.value.errno == api.EAI_ADDRFAMILY
+    s4 = api.socket(api.AF_INET, api.SOCK_STREAM)
+    closing(s4)
+    with pytest.raises(api.gaierror) as e:
+        s4.connect((LO6, 80))
+    assert e.value.errno == api.EAI_ADDRFAMILY
+
+
+def test_a_dual_stack_listener_takes_ipv4_as_mapped_addresses(api, closing):
+    lst = listener6(api, closing, host="::")
+    assert lst.getsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY) == 0       # Linux's default
+    port = lst.getsockname()[1]
+    c4 = api.create_connection((LO, port), timeout=WAIT)
+    closing(c4)
+    srv, peer = lst.accept()
+    closing(srv)
+    srv.settimeout(WAIT)
+    assert peer == (MAPPED_LO, c4.getsockname()[1], 0, 0)
+    assert srv.getsockname() == (MAPPED_LO, port, 0, 0) and c4.getpeername() == (LO, port)
+    c4.sendall(b"ipv4 in")
+    assert recv_exactly(srv, 7) == b"ipv4 in"
+    srv.sendall(b"mapped out")
+    assert recv_exactly(c4, 10) == b"mapped out"
+    c6 = api.create_connection((LO6, port), timeout=WAIT)
+    closing(c6)
+    s6, peer6 = lst.accept()
+    closing(s6)
+    assert peer6 == c6.getsockname() and peer6[0] == LO6
+    # The port is held on IPv4's side too.
+    taken = api.socket(api.AF_INET, api.SOCK_STREAM)
+    closing(taken)
+    with pytest.raises(OSError) as e:
+        taken.bind(("0.0.0.0", port))
+    assert e.value.errno == errno.EADDRINUSE
+
+
+def test_a_v6only_listener_refuses_ipv4_and_leaves_its_port_free(api, closing):
+    lst = listener6(api, closing, host="::", v6only=True)
+    assert lst.getsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY) == 1
+    port = lst.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        api.create_connection((LO, port), timeout=WAIT)
+    four = api.socket(api.AF_INET, api.SOCK_STREAM)
+    closing(four)
+    four.bind((LO, port))
+    # IPV6_V6ONLY is set before bind or not at all (Linux: EINVAL once bound).
+    with pytest.raises(OSError) as e:
+        lst.setsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY, 0)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_a_dual_bind_needs_the_port_on_both_sides(api, closing):
+    four = listener(api, closing)
+    port = four.getsockname()[1]
+    dual = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(dual)
+    with pytest.raises(OSError) as e:
+        dual.bind(("::", port))
+        dual.listen()                       # qnet learns of the IPv4 listener's port here at the latest
+    assert e.value.errno == errno.EADDRINUSE
+    only6 = listener6(api, closing, host="::", v6only=True)
+    assert only6.getsockname()[1] > 0
+
+
+def test_an_ipv6_socket_reaches_ipv4_through_a_mapped_address_unless_v6only(api, closing):
+    four = listener(api, closing)
+    port = four.getsockname()[1]
+    s = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(s)
+    s.settimeout(WAIT)
+    s.connect((MAPPED_LO, port))
+    assert s.getpeername() == (MAPPED_LO, port, 0, 0) and s.getsockname()[0] == MAPPED_LO
+    srv, peer = four.accept()
+    closing(srv)
+    assert peer == (LO, s.getsockname()[1])
+    only6 = api.socket(api.AF_INET6, api.SOCK_STREAM)
+    closing(only6)
+    only6.setsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY, 1)
+    with pytest.raises(OSError) as e:
+        only6.connect((MAPPED_LO, port))
+    assert e.value.errno == errno.ENETUNREACH
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_ipv6_bind_to_an_address_not_ours_or_link_local_without_a_scope(api, closing, kind):
+    t = api.SOCK_STREAM if kind == "tcp" else api.SOCK_DGRAM
+    s = api.socket(api.AF_INET6, t)
+    closing(s)
+    with pytest.raises(OSError) as e:
+        s.bind(("2001:db8::99", 0))
+    assert e.value.errno == errno.EADDRNOTAVAIL
+    s2 = api.socket(api.AF_INET6, t)
+    closing(s2)
+    with pytest.raises(OSError) as e:
+        s2.bind(("fe80::1", 0))
+    assert e.value.errno == errno.EINVAL
+
+
+def test_ipv6_options_belong_to_ipv6_sockets(api, closing):
+    s4 = api.socket(api.AF_INET, api.SOCK_DGRAM)
+    closing(s4)
+    with pytest.raises(OSError) as e:
+        s4.setsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY, 1)
+    assert e.value.errno == errno.ENOPROTOOPT
+    with pytest.raises(OSError) as e:
+        s4.getsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY)
+    assert e.value.errno == errno.EOPNOTSUPP
+    s6 = api.socket(api.AF_INET6, api.SOCK_DGRAM)
+    closing(s6)
+    assert s6.getsockopt(api.IPPROTO_IPV6, api.IPV6_UNICAST_HOPS) == 64
+
+
+def test_ipv6_udp_and_dual_stack_datagrams(api, closing):
+    r = udp6(api, closing, addr=("::", 0))
+    port = r.getsockname()[1]
+    assert r.getsockname() == ("::", port, 0, 0)
+    s6 = udp6(api, closing)
+    s6.sendto(b"from ::1", (LO6, port))
+    assert r.recvfrom(100) == (b"from ::1", s6.getsockname())
+    s4 = udp(api, closing)
+    s4.sendto(b"from 127.0.0.1", (LO, port))
+    data, src = r.recvfrom(100)
+    assert (data, src) == (b"from 127.0.0.1", (MAPPED_LO, s4.getsockname()[1], 0, 0))
+    r.sendto(b"back over ipv4", src)
+    assert s4.recvfrom(100) == (b"back over ipv4", (LO, port))
+    r.sendto(b"back over ipv6", s6.getsockname())
+    assert s6.recvfrom(100) == (b"back over ipv6", (LO6, port, 0, 0))
+    # An IPv6-only socket takes nothing over IPv4 (the sentinel proves it).
+    only6 = udp6(api, closing, addr=("::", 0), v6only=True)
+    s4.sendto(b"lost", (LO, only6.getsockname()[1]))
+    s6.sendto(b"sentinel", (LO6, only6.getsockname()[1]))
+    assert only6.recvfrom(100)[0] == b"sentinel"
+    big = random.Random(6).randbytes(65507)
+    s6.sendto(big, (LO6, port))
+    assert r.recvfrom(70000) == (big, s6.getsockname())
+
+
+def test_ipv6_recvmsg_reports_pktinfo_hoplimit_and_tclass(api, closing):
+    r, s = udp6(api, closing), udp6(api, closing)
+    for opt in (api.IPV6_RECVPKTINFO, api.IPV6_RECVHOPLIMIT, api.IPV6_RECVTCLASS):
+        r.setsockopt(api.IPPROTO_IPV6, opt, 1)
+    s.setsockopt(api.IPPROTO_IPV6, api.IPV6_UNICAST_HOPS, 33)
+    s.setsockopt(api.IPPROTO_IPV6, api.IPV6_TCLASS, 0x28)
+    assert s.getsockopt(api.IPPROTO_IPV6, api.IPV6_UNICAST_HOPS) == 33
+    assert s.getsockopt(api.IPPROTO_IPV6, api.IPV6_TCLASS) == 0x28
+    s.sendto(b"marked", r.getsockname())
+    data, anc, flags, src = r.recvmsg(100, 256)
+    assert (data, flags, src) == (b"marked", 0, s.getsockname())
+    assert [(lvl, typ) for lvl, typ, _ in anc] == [(api.IPPROTO_IPV6, api.IPV6_PKTINFO),
+                                                   (api.IPPROTO_IPV6, api.IPV6_HOPLIMIT),
+                                                   (api.IPPROTO_IPV6, api.IPV6_TCLASS)]
+    cm = _cmsgs(anc)
+    dst, ifindex = struct.unpack("=16si", cm[(api.IPPROTO_IPV6, api.IPV6_PKTINFO)])
+    assert socket.inet_ntop(socket.AF_INET6, dst) == LO6 and ifindex == 1      # lo is 1 in both
+    assert struct.unpack("=i", cm[(api.IPPROTO_IPV6, api.IPV6_HOPLIMIT)])[0] == 33
+    assert struct.unpack("=i", cm[(api.IPPROTO_IPV6, api.IPV6_TCLASS)])[0] == 0x28
+    # Per message, by ancillary data.
+    s.sendmsg([b"per ", b"message"], [(api.IPPROTO_IPV6, api.IPV6_HOPLIMIT, struct.pack("=i", 7))], 0,
+              r.getsockname())
+    data, anc, _f, _src = r.recvmsg(100, 256)
+    assert data == b"per message"
+    assert struct.unpack("=i", _cmsgs(anc)[(api.IPPROTO_IPV6, api.IPV6_HOPLIMIT)])[0] == 7
+
+
+def test_connected_ipv6_udp_to_a_closed_port_is_refused_on_the_next_call(api, closing):
+    dead = udp6(api, closing)
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    s = udp6(api, closing)
+    s.connect((LO6, dead_port))
+    assert s.getpeername() == (LO6, dead_port, 0, 0)
+    s.send(b"anyone?")
+    with pytest.raises(ConnectionRefusedError):
+        s.recv(100)
+
+
+def test_getaddrinfo_of_ipv6_literals(api):
+    assert api.getaddrinfo(LO6, 80, api.AF_INET6, api.SOCK_STREAM) == [
+        (api.AF_INET6, api.SOCK_STREAM, api.IPPROTO_TCP, "", (LO6, 80, 0, 0))]
+    assert api.getaddrinfo(LO6, 80, 0, api.SOCK_STREAM)[0][4] == (LO6, 80, 0, 0)
+    assert api.getaddrinfo("fe80::1%lo", 80, api.AF_INET6, api.SOCK_STREAM)[0][4] == ("fe80::1", 80, 0, 1)
+    assert api.getaddrinfo("fe80::1%1", 80, api.AF_INET6, api.SOCK_DGRAM)[0][4] == ("fe80::1", 80, 0, 1)
+    assert api.getaddrinfo("::ffff:1.2.3.4", 80, 0, api.SOCK_STREAM)[0][4] == ("::ffff:1.2.3.4", 80, 0, 0)
+    assert api.getaddrinfo(LO6, 80, 0, api.SOCK_STREAM, 0, api.AI_NUMERICHOST)[0][0] == api.AF_INET6
+    assert api.getaddrinfo(None, 80, api.AF_INET6, api.SOCK_STREAM, 0, api.AI_PASSIVE)[0][4] == ("::", 80, 0, 0)
+    assert [ai[4] for ai in api.getaddrinfo(None, 80, 0, api.SOCK_STREAM)] == [(LO6, 80, 0, 0), (LO, 80)]
+    assert [ai[4] for ai in api.getaddrinfo(None, 80, 0, api.SOCK_STREAM, 0, api.AI_PASSIVE)] == [
+        ("0.0.0.0", 80), ("::", 80, 0, 0)]
+    for host, fam in ((LO6, api.AF_INET), (LO, api.AF_INET6)):
+        with pytest.raises(api.gaierror) as e:
+            api.getaddrinfo(host, 80, fam)
+        assert e.value.errno == api.EAI_ADDRFAMILY
+    for bad in ("2001:db8::1%lo", "fe80::1%no-such-port", "[::1]"):
+        with pytest.raises(api.gaierror) as e:
+            api.getaddrinfo(bad, 80, api.AF_INET6)
+        assert e.value.errno == api.EAI_NONAME
+    with pytest.raises(api.gaierror) as e:
+        api.gethostbyname(LO6)
+    assert e.value.errno == api.EAI_ADDRFAMILY
+    assert api.getnameinfo((LO6, 80, 0, 0), api.NI_NUMERICHOST | api.NI_NUMERICSERV) == (LO6, "80")
+    assert api.getnameinfo(("fe80::1", 80, 0, 1), api.NI_NUMERICHOST | api.NI_NUMERICSERV) == ("fe80::1%lo", "80")
+
+
+def test_create_server_dual_stack_and_create_connection_over_ipv6(api, closing):
+    assert api.has_ipv6 and api.has_dualstack_ipv6()
+    srv = api.create_server(("", 0), family=api.AF_INET6, dualstack_ipv6=True)
+    closing(srv)
+    srv.settimeout(WAIT)
+    port = srv.getsockname()[1]
+    for host in (LO, LO6):
+        c = api.create_connection((host, port), timeout=WAIT)
+        closing(c)
+        conn, peer = srv.accept()
+        closing(conn)
+        assert peer[0] == (MAPPED_LO if host == LO else LO6)
+    # Without dualstack_ipv6, create_server sets IPV6_V6ONLY.
+    only6 = api.create_server((LO6, 0), family=api.AF_INET6)
+    closing(only6)
+    assert only6.getsockopt(api.IPPROTO_IPV6, api.IPV6_V6ONLY) == 1
+
+
+def test_sendall_5mb_both_ways_over_ipv6_is_sha256_exact(api, closing):
+    size = 5 << 20
+    up, down = random.Random(11).randbytes(size), random.Random(12).randbytes(size)
+    lst = listener6(api, closing)
+    c = api.create_connection(lst.getsockname()[:2], timeout=60)
+    closing(c)
+    srv, _ = lst.accept()
+    closing(srv)
+    srv.settimeout(60)
+    t1 = Thread(lambda: hashlib.sha256(recv_exactly(srv, size)).hexdigest())
+    t2 = Thread(lambda: srv.sendall(down))
+    t1.start()
+    t2.start()
+    c.sendall(up)
+    got = recv_exactly(c, size)
+    assert t1.join(60) == hashlib.sha256(up).hexdigest()
+    t2.join(60)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(down).digest()
+
+
+def test_happy_eyeballs_falls_back_to_ipv4_at_once_when_ipv6_is_refused(qapi, closing, tmp_path,
+                                                                        monkeypatch):
+    # qnet's create_connection is Happy Eyeballs v2 (the standard module's tries in turn):
+    # a name with both loopbacks, a server on IPv4 only: IPv6 first, refused, IPv4 at once.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 both.qnet.test\n127.0.0.1 both.qnet.test\n")
+    monkeypatch.setenv("QNET_HOSTS", str(hosts))
+    assert [ai[0] for ai in qapi.getaddrinfo("both.qnet.test", 80, 0, qapi.SOCK_STREAM)] == [
+        qapi.AF_INET6, qapi.AF_INET]
+    four = listener(qapi, closing)
+    port = four.getsockname()[1]
+    t0 = time.monotonic()
+    c = qapi.create_connection(("both.qnet.test", port), timeout=WAIT)
+    closing(c)
+    assert c.family == qapi.AF_INET and c.getpeername() == (LO, port)
+    assert time.monotonic() - t0 < qapi.CONNECTION_ATTEMPT_DELAY * 2
+    six = listener6(qapi, closing, host="::")
+    c6 = qapi.create_connection(("both.qnet.test", six.getsockname()[1]), timeout=WAIT)
+    closing(c6)
+    assert c6.family == qapi.AF_INET6                 # IPv6 preferred when it answers

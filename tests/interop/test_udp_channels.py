@@ -254,7 +254,8 @@ def test_a_connected_socket_gets_only_its_peer_and_a_disconnect_opens_it_again(u
     sid, lport = bound["sock"], bound["port"]
     c = client.call("connect", sock=sid, address=a.linux_ip, port=pa)
     # A wildcard socket takes the route's source address (Linux ip4_datagram_connect).
-    assert c == {"address": a.qnet_ip, "port": lport, "remote": a.linux_ip, "remote_port": pa}
+    assert c == {"address": a.qnet_ip, "port": lport, "remote": a.linux_ip, "remote_port": pa,
+                 "scope_id": 0}     # 1.2: a link-local remote's link
     send(s, "0.0.0.0", 0, b"to the connected one")
     got = peer.recv("ca")
     assert got["size"] == 20 and got["src"] == [a.qnet_ip, lport]

@@ -6,7 +6,7 @@ import pytest
 
 from ipc import errors, registry
 from ipc.decl import Event, Method, Protocol, Stream, Version, encode, to_plain
-from ipc.types import (ANY, BOOL, FLOAT, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC,
+from ipc.types import (ANY, BOOL, FLOAT, IP, IPV4, IPV4_IFACE, IPV4_PREFIX, IPV6, IPV6_IFACE, IPV6_PREFIX, MAC,
                        NAME, U8, U16, U32, U64, Bytes, Enum, Field, Int, List, Map, Optional, Str, dec_hook,
                        is_mac, struct)
 from tests.components.decls import COUNTER
@@ -77,6 +77,8 @@ def test_int_bounds_that_cannot_be_enforced_are_refused_at_declaration():
     (IPV4, ["10.0.0.1", "0.0.0.0", "255.255.255.255"],
      ["10.0.0.256", "010.0.0.1", "10.0.0", "::1", "10.0.0.1/32", "", 167772161, b"\n\0\0\1", "1" * 100]),
     (IPV6, ["::1", "fe80::1", "2001:db8::ff00:42:8329"], ["1.2.3.4", "2001:db8:::1", "::1/128", "g::1", 1]),
+    (IP, ["10.0.0.1", "::1", "::ffff:10.0.0.1", "fe80::1"],
+     ["10.0.0.256", "2001:db8:::1", "fe80::1%eth0", "10.0.0.0/8", "", 1, "1" * 100]),
     (IPV4_PREFIX, ["10.0.0.0/24", "0.0.0.0/0", "10.0.0.1/32", "10.0.0.1"],
      ["10.0.0.1/24", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/", "::/0", 24]),
     (IPV6_PREFIX, ["2001:db8::/64", "::/0", "fe80::1/128"], ["2001:db8::1/64", "2001:db8::/129", "10.0.0.0/8"]),
@@ -90,6 +92,12 @@ def test_address_types_accept_canonical_text_and_refuse_malformed_values(t, good
         assert accepts(t, v), f"{t.describe()} refused {v!r}"
     for v in bad:
         assert not accepts(t, v), f"{t.describe()} accepted {v!r}"
+
+
+def test_an_address_of_either_version_decodes_into_its_own_class():
+    assert decode(IP, "10.0.0.1") == ipaddress.IPv4Address("10.0.0.1")
+    assert decode(IP, "2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
+    assert decode(Optional(IP), None) is None
 
 
 def test_prefixes_are_strict_a_host_address_with_length_is_not_a_prefix():
