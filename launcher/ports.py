@@ -689,8 +689,12 @@ class PortManager:
                 for a in list(cfg["addresses"]):
                     yield from self._ns_call(_addr_call(name, a, True))
                 if cfg.get("ra"):
-                    # after the addresses: no prefixes means the /64s of the port's addresses
-                    yield from self._ns("ra_set", port=name, **cfg["ra"])
+                    # After the addresses: no prefixes means the /64s of the port's addresses. A
+                    # refusal (those addresses deleted since) leaves the other ports and routes be.
+                    try:
+                        yield from self._ns("ra_set", port=name, **cfg["ra"])
+                    except errors.RemoteError as exc:
+                        log.warning("router mode on port %s not re-asserted: %s", name, exc)
             for r in list(self.routes):
                 yield from self._ns_call(_route_call(r, True))
         except errors.IpcError as exc:
