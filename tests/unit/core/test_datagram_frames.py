@@ -88,3 +88,39 @@ def test_malformed_frames_are_refused():
             decode_send(bad)
     with pytest.raises(ValueError):
         decode_send(send4[:7] + b"\x02" + send4[8:] + b"\xff\xfe")   # not UTF-8
+
+
+def test_netstack_sends_good_frames_of_both_versions_and_counts_the_rest():
+    from types import SimpleNamespace
+
+    from components.netstack.core import Stack, StackConfig
+    from components.netstack.process import Netstack
+    stack = Stack(StackConfig(strict=True, random_seed=1))
+    sid4, sid6 = stack.udp_open(), stack.udp_open(6)
+    stack.udp_bind(sid4, None, 0)
+    stack.udp_bind(sid6, None, 0)
+    r4, r6 = stack.udp_open(), stack.udp_open(6)
+    stack.udp_bind(r4, None, 5000)
+    stack.udp_bind(r6, None, 5000)
+    me = SimpleNamespace(stack=stack, owners={sid4: "dhcpd", sid6: "dhcpd", r4: "other"},
+                         counters={"dg_send_errors": 0})
+    good = [encode_send(sid4, b"four", "127.0.0.1", 5000, None),
+            encode_send(sid6, b"six", "::1", 5000, None)]
+    bad = [encode_send(sid4, b"x", "::1", 5000, None),           # an IPv6 destination, IPv4 socket
+           encode_send(sid6, b"x", "127.0.0.1", 5000, None),     # and the reverse
+           encode_send(r4, b"x", "127.0.0.1", 5000, None),       # not the sender's socket
+           good[0][:4] + b"\x05" + good[0][5:],                  # family 5
+           good[1][:20],                                         # the destination cut
+           b"\0" * 5]                                            # shorter than the head
+    Netstack._on_dgram_batch(me, b"dhcpd", "send", good + bad)
+    assert me.counters["dg_send_errors"] == len(bad)
+    assert [d.payload for d in stack.udp_recv(r4, 10)] == [b"four"]
+    # What reaches an owner's socket leaves in frames of its own version.
+    sent = []
+    me.owners[r6] = "dhcpd"
+    me.dg_chan = SimpleNamespace(send_batch=lambda peer, stream, frames: sent.extend(frames) or True)
+    me.counters["dg_undeliverable"] = 0
+    Netstack._deliver_datagrams(me, {r6})
+    (d,) = [decode_received(f) for f in sent]
+    assert (d.sid, d.src, d.dst, d.dst_port, d.device, d.payload) == (
+        r6, IPv6Address("::1"), IPv6Address("::1"), 5000, "lo", b"six")
