@@ -186,6 +186,10 @@ class RouterAdvertiser:
             a.mac, a.cfg, a.sent = MacAddr(mac), cfg, 0
             a.due = now if a.last_sent is None else max(now, a.last_sent + MIN_DELAY_BETWEEN_RAS)
 
+    def config(self, device: str) -> RaConfig | None:
+        a = self._devices.get(device)
+        return a.cfg if a is not None else None
+
     def unconfigure(self, device: str, now: float) -> list[tuple[str, IPv6Address, RouterAdvertisement]]:
         """Stop advertising: the final RA, router lifetime 0, to send now (RFC 4861 §6.2.5)."""
         a = self._devices.pop(device, None)

@@ -101,8 +101,10 @@ class RouterDiscovery:
     def config_of(self, device: str) -> RaConfig | None:
         if device in self._waiting:
             return self._waiting[device]
-        a = self.radv._devices.get(device) if device in self._routers else None
-        return a.cfg if a is not None else None
+        return self.radv.config(device) if device in self._routers else None
+
+    def advertising(self, device: str) -> bool:
+        return device in self._routers and device not in self._waiting
 
     def _link_local(self, device: str) -> IPv6Address | None:
         return next((a.ip for a in self._ctx.addresses.of_device(device)

@@ -103,7 +103,8 @@ class Ipv6Api:
         self._need_ipv6()
         dev = self._dev(name)
         if dev.kind != ETHERNET:
-            raise StackError("bad_argument", f"router advertisements need an Ethernet device")
+            raise StackError("bad_argument", f"router advertisements need an Ethernet device; "
+                                             f"{name} is {dev.kind}")
         try:
             self.routers6.configure(dev, cfg, now)
         except ValueError as e:
@@ -111,6 +112,11 @@ class Ipv6Api:
 
     def router_advertisements(self, name: str) -> RaConfig | None:
         return self.routers6.config_of(name)
+
+    def advertising(self, name: str) -> bool:
+        """Whether a router device's advertisements have started (its link-local address
+        is preferred; before that, the configuration waits)."""
+        return self.routers6.advertising(name)
 
     def dns6(self, name: str) -> tuple[list[IPv6Address], list[str]]:
         """DNS servers and search domains that RAs (RFC 8106) gave a host device."""
