@@ -71,8 +71,18 @@ _SS_STATE = {"ESTABLISHED": "ESTAB", "SYN-SENT": "SYN-SENT", "SYN-RECEIVED": "SY
              "CLOSED": "UNCONN", "LISTEN": "LISTEN"}
 
 
+def _endpoint(addr, port, version=None) -> str:
+    """ss's "address:port": IPv6 in brackets, a wildcard as "*" ("[::]" for an IPv6 one)."""
+    if addr in (None, "", "0.0.0.0"):
+        return f"{'[::]' if version == 6 else '*'}:{port}"
+    if addr == "::":
+        return f"[::]:{port}"
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
 def cmd_ss(args) -> int:
-    """TCP and UDP sockets in the idiom of iproute2's `ss`: -t TCP, -u UDP, both without either."""
+    """TCP and UDP sockets in the idiom of iproute2's `ss`: -t TCP, -u UDP, both without either.
+    An IPv6 listener's IPv4 twin (dual stack, channel "twin:LID") is folded into it."""
     tcp = args.tcp or not args.udp
     udp = args.udp or not args.tcp
     rows = []
@@ -81,29 +91,33 @@ def cmd_ss(args) -> int:
         conns, listeners = got.get("connections", []), got.get("listeners", [])
         if args.listening or args.all:
             for lst in listeners:
+                if str(lst.get("channel") or "").startswith("twin:"):
+                    continue
                 rows.append({"netid": "tcp", "state": "LISTEN", "recv_q": lst.get("accept_queue", 0),
                              "send_q": lst.get("backlog", 0),
-                             "local": f"{lst.get('addr') or '*'}:{lst.get('port')}", "peer": "*:*",
+                             "local": _endpoint(lst.get("addr"), lst.get("port"), lst.get("version")),
+                             "peer": "*:*",
                              "owner": lst.get("owner") or "", "kind": "listener", **lst})
         if not args.listening or args.all:
             for c in conns:
                 rows.append({**c, "netid": "tcp", "kind": "connection",
                              "state": _SS_STATE.get(c.get("state"), c.get("state")),
                              "recv_q": c.get("recv_queue", 0), "send_q": c.get("send_queue", 0),
-                             "local": f"{c.get('local')}:{c.get('local_port')}",
-                             "peer": f"{c.get('remote')}:{c.get('remote_port')}", "owner": c.get("owner") or ""})
+                             "local": _endpoint(c.get("local"), c.get("local_port")),
+                             "peer": _endpoint(c.get("remote"), c.get("remote_port")),
+                             "owner": c.get("owner") or ""})
     if udp:
         from ipc.protocols.udp import UDP
         got = provider_call(args, UDP, "netstack", "list")
         for u in (got if isinstance(got, list) else got.get("sockets", [])):
-            connected = bool(u.get("remote")) and u.get("remote") != "0.0.0.0"
+            connected = bool(u.get("remote")) and u.get("remote") not in ("0.0.0.0", "::")
             if args.listening and connected:
                 continue
             addr = u.get("address")
             rows.append({**u, "netid": "udp", "kind": "udp", "state": "ESTAB" if connected else "UNCONN",
                          "recv_q": u.get("channel_bytes", u.get("queued", 0)), "send_q": 0,
-                         "local": f"{'*' if addr in (None, '0.0.0.0') else addr}:{u.get('port')}",
-                         "peer": f"{u.get('remote')}:{u.get('remote_port')}" if connected else "*:*",
+                         "local": _endpoint(addr, u.get("port"), u.get("version")),
+                         "peer": _endpoint(u.get("remote"), u.get("remote_port")) if connected else "*:*",
                          "owner": u.get("owner") or ""})
     if args.json:
         out_json(rows)
