@@ -331,7 +331,7 @@ def test_after_a_dhcpd_restart_a_nak_of_the_old_lease_takes_its_address_out_of_n
     # netstack has answered before the next is made: once the new address is in netstack (the
     # sentinel), the old one must be gone for good.
     def u6_addrs():
-        return [a["address"] for a in lab.g.qnet_json("addr", "list") if a["port"] == "u6"]
+        return [a["address"] for a in lab.g.qnet_json("addr", "list", "-4") if a["port"] == "u6"]
     addrs = wait_for(lambda: (a := u6_addrs()) and f"{new}/24" in a and a, 5.0, 0.1,
                      f"{new}/24 on u6 in netstack")
     assert addrs == [f"{new}/24"], addrs
