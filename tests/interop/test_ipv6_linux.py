@@ -18,7 +18,7 @@ import pytest
 
 from ipc.events import Subscriber
 from ipc.protocols.netstack import NETSTACK
-from tests.interop.util import NsPort, QnetGraph, missing_prerequisite, run, wait_for
+from tests.interop.util import NsPort, QnetGraph, ipv6_namespace_port, missing_prerequisite, run, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -85,25 +85,11 @@ class Ns6Port:
 
 
 def _add_ns6_port(g: QnetGraph, port: str, x: int) -> Ns6Port:
-    base = NsPort(port=port, tap=f"qtap{g.tag}{port}"[:15], ns=f"qn{g.tag}{port}", x=x)
-    g.ports[port] = base        # g.stop() deletes the namespace and a TAP left behind
-    p = Ns6Port(base)
-    g.qnet("port", "add", port, "--tap", p.tap, "--addr", f"{p.qnet6}/64", timeout=30)
-    g.remember_pids()
-    run(["ip", "netns", "add", base.ns])
-    # Set before the TAP arrives: a device takes the namespace's defaults when it enters it.
-    p.sh(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
-          "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-          "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
-          "net.ipv6.conf.all.forwarding=0"])
-    run(["ip", "link", "set", p.tap, "netns", base.ns])
-    run(["ip", "-n", base.ns, "link", "set", "lo", "up"])
-    run(["ip", "-n", base.ns, "addr", "add", f"{p.linux6}/64", "dev", p.tap, "nodad"])
-    run(["ip", "-n", base.ns, "link", "set", p.tap, "up"])
-    run(["ip", "-n", base.ns, "-6", "route", "add", "default", "via", p.qnet6])
-    wait_for(lambda: (r := g.port_row(port))["up"] and r["attached"], 5.0, 0.1, f"port {port} attached, up")
-    wait_for(lambda: all(a["state"] == "PREFERRED" for a in g.port_row(port)["addresses6"])
-             and len(g.port_row(port)["addresses6"]) == 2, 8.0, 0.2, f"qnet's addresses on {port} preferred")
+    p = Ns6Port(ipv6_namespace_port(g, port, x, "qn", (
+        "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
+        "net.ipv6.conf.all.forwarding=0"), addr=f"fd00:99:{x:x}::1/64"))
+    run(["ip", "-n", p.base.ns, "addr", "add", f"{p.linux6}/64", "dev", p.tap, "nodad"])
+    run(["ip", "-n", p.base.ns, "-6", "route", "add", "default", "via", p.qnet6])
     return p
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.interop.util import NS_PYTHON, NsPort, QnetGraph, missing_prerequisite, run, wait_for
+from tests.interop.util import NS_PYTHON, NsPort, QnetGraph, ipv6_namespace_port, missing_prerequisite, run, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -92,24 +92,13 @@ class RaLink:
 
 
 def _add_host_port(g: QnetGraph, port: str, x: int) -> RaLink:
-    base = NsPort(port=port, tap=f"qtap{g.tag}{port}"[:15], ns=f"qa{g.tag}{port}", x=x)
-    g.ports[port] = base        # g.stop() deletes the namespace and a TAP left behind
-    link = RaLink(base, ipaddress.IPv6Network(f"fd00:97:{x:x}::/64"))
-    g.qnet("port", "add", port, "--tap", link.tap, "--addr", f"{link.qnet6}/64", timeout=30)
-    g.remember_pids()
-    run(["ip", "netns", "add", base.ns])
-    # Before the TAP arrives: a device takes the namespace's defaults when it enters it.
-    link.sh(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
-             "net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.default.forwarding=0",
-             "net.ipv6.conf.all.accept_ra=1", "net.ipv6.conf.default.accept_ra=1",
-             "net.ipv6.conf.all.autoconf=1", "net.ipv6.conf.default.autoconf=1",
-             "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
-    run(["ip", "link", "set", link.tap, "netns", base.ns])
-    run(["ip", "-n", base.ns, "link", "set", "lo", "up"])
-    run(["ip", "-n", base.ns, "link", "set", link.tap, "up"])
-    wait_for(lambda: (r := g.port_row(port))["up"] and r["attached"], 5.0, 0.1, f"port {port} attached, up")
-    wait_for(lambda: len(a6 := g.port_row(port)["addresses6"]) == 2 and all(a["state"] == "PREFERRED" for a in a6),
-             8.0, 0.2, f"qnet's addresses on {port} preferred")
+    prefix = ipaddress.IPv6Network(f"fd00:97:{x:x}::/64")
+    base = ipv6_namespace_port(g, port, x, "qa", (
+        "net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.default.forwarding=0",
+        "net.ipv6.conf.all.accept_ra=1", "net.ipv6.conf.default.accept_ra=1",
+        "net.ipv6.conf.all.autoconf=1", "net.ipv6.conf.default.autoconf=1"),
+        addr=f"{prefix[1]}/64")
+    link = RaLink(base, prefix)
     return link
 
 

@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from tests.interop.util import NsPort, QnetGraph, missing_prerequisite, run, wait_for
+from tests.interop.util import QnetGraph, ipv6_namespace_port, missing_prerequisite, run, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -42,18 +42,8 @@ def radvd_link():
     proc = None
     tmp = tempfile.mkdtemp(prefix="qnet-radvd-")
     try:
-        base = NsPort(port="p0", tap=f"qtap{g.tag}p0"[:15], ns=f"qr{g.tag}p0", x=x)
-        g.ports["p0"] = base
-        g.qnet("port", "add", "p0", "--tap", base.tap, timeout=30)
-        g.remember_pids()
-        run(["ip", "netns", "add", base.ns])
-        base.sh(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
-                 "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.all.accept_dad=0",
-                 "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.forwarding=1"])
-        run(["ip", "link", "set", base.tap, "netns", base.ns])
-        run(["ip", "-n", base.ns, "link", "set", "lo", "up"])
+        base = ipv6_namespace_port(g, "p0", x, "qr", ("net.ipv6.conf.all.forwarding=1",))
         run(["ip", "-n", base.ns, "addr", "add", f"{prefix[1]}/64", "dev", base.tap, "nodad"])
-        run(["ip", "-n", base.ns, "link", "set", base.tap, "up"])
         conf = os.path.join(tmp, "radvd.conf")
         with open(conf, "w") as f:
             f.write(f"""interface {base.tap} {{

@@ -155,6 +155,34 @@ class NsPort:
         return rows[0] if rows else None
 
 
+IPV6_ON = ("net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
+           "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+
+
+def ipv6_namespace_port(g: "QnetGraph", port: str, x: int, ns_prefix: str, sysctls: tuple[str, ...],
+                        addr: str | None = None) -> NsPort:
+    """A TAP port of g (with qnet's address `addr`, if given) whose kernel side is moved into a
+    new namespace with IPv6 on (DAD off: Linux's addresses usable at once) and `sysctls`, both
+    set before the TAP arrives (a device takes the namespace's defaults when it enters it);
+    lo and the TAP up; returns once qnet's port is attached and up and, with `addr`, its
+    link-local address and `addr` have passed DAD. g.stop() removes the namespace."""
+    base = NsPort(port=port, tap=f"qtap{g.tag}{port}"[:15], ns=f"{ns_prefix}{g.tag}{port}", x=x)
+    g.ports[port] = base
+    g.qnet("port", "add", port, "--tap", base.tap, *(("--addr", addr) if addr else ()), timeout=30)
+    g.remember_pids()
+    run(["ip", "netns", "add", base.ns])
+    base.sh(["sysctl", "-qw", *IPV6_ON, *sysctls])
+    run(["ip", "link", "set", base.tap, "netns", base.ns])
+    run(["ip", "-n", base.ns, "link", "set", "lo", "up"])
+    run(["ip", "-n", base.ns, "link", "set", base.tap, "up"])
+    wait_for(lambda: (r := g.port_row(port))["up"] and r["attached"], 5.0, 0.1, f"port {port} attached, up")
+    if addr:
+        wait_for(lambda: len(a6 := g.port_row(port)["addresses6"]) == 2
+                 and all(a["state"] == "PREFERRED" for a in a6), 8.0, 0.2,
+                 f"qnet's addresses on {port} preferred")
+    return base
+
+
 def stop_process(p: subprocess.Popen, timeout: float = 3.0) -> None:
     """End a process group this test started (start_new_session=True), by its id."""
     if p.poll() is None:
