@@ -7,6 +7,7 @@ with absolute paths), ``WORK/state`` (the counter's launcher-held handle) and
 process of the graph that is still alive, checked by its environment so that a
 recycled pid is never touched.
 """
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,21 @@ def run_qnet(run_dir: str, *args: str, timeout: float = CLI_TIMEOUT) -> subproce
     env.pop("QNET_RUNTIME_DIR", None)
     return subprocess.run([sys.executable, "-m", "launcher.cli", "--runtime-dir", run_dir, *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def qnet_ok(run_dir: str, *args: str) -> str:
+    """A command that must succeed, cleanly: its stdout."""
+    res = run_qnet(run_dir, *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    return res.stdout
+
+
+def qnet_json(run_dir: str, *args: str):
+    """A command's --json answer, which must succeed."""
+    res = run_qnet(run_dir, *args, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)
 
 
 def graph_text(work: str, *, max_restarts: int = 3, counter_args: dict | None = None, extra: str = "") -> str:

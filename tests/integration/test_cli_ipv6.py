@@ -17,7 +17,7 @@ import pytest
 from ipc.events import Subscriber
 from ipc.protocols.netstack import NETSTACK
 
-from .conftest import QnetGraph, run_qnet, wait_until
+from .conftest import QnetGraph, qnet_json, qnet_ok, run_qnet, wait_until
 
 needs_tap = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                reason="needs root and /dev/net/tun (TAP ports)")
@@ -118,25 +118,12 @@ def test_a_bad_ipv6_address_or_route_in_a_manifest_names_its_file_and_line(graph
 
 
 # -- on a graph with a TAP port ---------------------------------------------------------------------
-def _json(run, *args):
-    res = run_qnet(run, *args, "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout)
-
-
-def _ok(run, *args) -> str:
-    res = run_qnet(run, *args)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
-
 def _states6(run) -> dict[str, str]:
-    return {r["address"]: r["state"] for r in _json(run, "addr", "-6")}
+    return {r["address"]: r["state"] for r in qnet_json(run, "addr", "-6")}
 
 
 def _routes6(run) -> set[tuple]:
-    return {(r["prefix"], r["gateway"], r["device"], r["metric"]) for r in _json(run, "route", "list", "-6")
+    return {(r["prefix"], r["gateway"], r["device"], r["metric"]) for r in qnet_json(run, "route", "list", "-6")
             if r["origin"].startswith("static")}
 
 
@@ -152,7 +139,7 @@ def tap_graph():
     try:
         res = g.qnet("up", "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
-        _ok(g.run, "port", "add", "p0", "--tap", tap, "--addr", f"10.96.{x}.1/24", "--addr", f"2001:db8:{x:x}::1/64")
+        qnet_ok(g.run, "port", "add", "p0", "--tap", tap, "--addr", f"10.96.{x}.1/24", "--addr", f"2001:db8:{x:x}::1/64")
         yield g.run, x, tap
     finally:
         g.cleanup()
@@ -165,25 +152,25 @@ def test_port_ipv6_addresses_become_preferred_beside_the_link_local_one(tap_grap
     states = wait_until(lambda: (s := _states6(run)) and all(v == "PREFERRED" for v in s.values()) and s,
                         8.0, "DAD to pass on p0's addresses", interval=0.3)
     assert glob in states
-    mac = next(p for p in _json(run, "port", "list") if p["name"] == "p0")["mac"]
+    mac = next(p for p in qnet_json(run, "port", "list") if p["name"] == "p0")["mac"]
     b = [int(h, 16) for h in mac.split(":")]
     # the modified EUI-64 link-local address of the port's MAC (RFC 4291 appendix A)
     ll = str(ipaddress.IPv6Interface(f"fe80::{(b[0] ^ 2) << 8 | b[1]:x}:{b[2] << 8 | 0xff:x}:"
                                      f"{0xfe00 | b[3]:x}:{b[4] << 8 | b[5]:x}/64"))
     assert ll in states, states
-    port = next(p for p in _json(run, "port", "list") if p["name"] == "p0")
+    port = next(p for p in qnet_json(run, "port", "list") if p["name"] == "p0")
     assert port["addresses"] == [f"10.96.{x}.1/24"]
     assert {a["address"] for a in port["addresses6"]} == {ll, glob}
-    rows = _json(run, "addr")
+    rows = qnet_json(run, "addr")
     assert {"port": "p0", "address": f"10.96.{x}.1/24"} in rows      # IPv4's rows as before
     assert {"port": "p0", "address": glob, "state": "PREFERRED"} in rows
-    assert _json(run, "addr", "-4") == [{"port": "p0", "address": f"10.96.{x}.1/24"}]
-    text = _ok(run, "port", "list")
+    assert qnet_json(run, "addr", "-4") == [{"port": "p0", "address": f"10.96.{x}.1/24"}]
+    text = qnet_ok(run, "port", "list")
     assert glob in text and ll in text
-    text = _ok(run, "addr", "list", "-6")
+    text = qnet_ok(run, "addr", "list", "-6")
     assert text.splitlines()[0].split() == ["PORT", "ADDRESS", "STATE"] and "PREFERRED" in text
     # IPv6's tables are bounded and shown with the others (qnet status --tables)
-    ns = next(c for c in _json(run, "status")["components"] if c["name"] == "netstack")
+    ns = next(c for c in qnet_json(run, "status")["components"] if c["name"] == "netstack")
     tables = ns["details"]["tables"]
     assert tables["ipv6_addresses"]["size"] >= 2 and tables["ipv6_addresses"]["limit"] > 0, tables
     for name in ("neighbors6", "routes6", "reassembly6"):
@@ -194,7 +181,7 @@ def test_port_ipv6_addresses_become_preferred_beside_the_link_local_one(tap_grap
 def test_qnet_pings_its_own_ipv6_address_and_says_no_route_per_packet(tap_graph):
     run, x, _ = tap_graph
     wait_until(lambda: _states6(run).get(f"2001:db8:{x:x}::1/64") == "PREFERRED", 8.0, "DAD to pass")
-    out = _json(run, "ping", "-c", "2", "-i", "0.2", f"2001:db8:{x:x}::1")
+    out = qnet_json(run, "ping", "-c", "2", "-i", "0.2", f"2001:db8:{x:x}::1")
     assert (out["sent"], out["received"]) == (2, 2), out
     assert all(r["src"] == f"2001:db8:{x:x}::1" for r in out["replies"]), out
     res = run_qnet(run, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "0.3", "2001:db8:dead::1")
@@ -212,8 +199,8 @@ def test_ipv6_addresses_and_routes_are_added_announced_listed_and_removed(tap_gr
     events = Subscriber([NETSTACK], [f"ipc://{run}/netstack.pub"])
     try:
         time.sleep(0.3)     # the subscription reaches the publisher before the event is sent
-        assert "tentative" in _ok(run, "addr", "add", "p0", extra)
-        assert _ok(run, "addr", "add", "p0", extra)        # idempotent
+        assert "tentative" in qnet_ok(run, "addr", "add", "p0", extra)
+        assert qnet_ok(run, "addr", "add", "p0", extra)        # idempotent
 
         def dad_passed():
             events.receive(lambda _p, name, ev: seen.append((ev.state, ev.present)) if name == "address6"
@@ -224,26 +211,26 @@ def test_ipv6_addresses_and_routes_are_added_announced_listed_and_removed(tap_gr
         events.close()
     assert seen[0] == ("TENTATIVE", True) and seen[-1] == ("PREFERRED", True), seen
     assert _states6(run)[extra] == "PREFERRED"
-    _ok(run, "route", "add", f"2001:db8:{x + 1:x}::/48", "via", f"2001:db8:{x:x}::fffe")
-    _ok(run, "route", "add", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1%p0", "metric", "7")
-    _ok(run, "route", "add", "default", "via", f"2001:db8:{x:x}::fffe")
+    qnet_ok(run, "route", "add", f"2001:db8:{x + 1:x}::/48", "via", f"2001:db8:{x:x}::fffe")
+    qnet_ok(run, "route", "add", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1%p0", "metric", "7")
+    qnet_ok(run, "route", "add", "default", "via", f"2001:db8:{x:x}::fffe")
     assert _routes6(run) == {(f"2001:db8:{x + 1:x}::/48", f"2001:db8:{x:x}::fffe", None, 0),
                              (f"2001:db8:{x + 2:x}::/64", "fe80::1", "p0", 7),
                              ("::/0", f"2001:db8:{x:x}::fffe", None, 0)}
     # a second add with another metric replaces the route, as the launcher keeps it
-    _ok(run, "route", "add", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1", "dev", "p0", "metric", "9")
+    qnet_ok(run, "route", "add", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1", "dev", "p0", "metric", "9")
     assert (f"2001:db8:{x + 2:x}::/64", "fe80::1", "p0", 9) in _routes6(run)
     assert (f"2001:db8:{x + 2:x}::/64", "fe80::1", "p0", 7) not in _routes6(run)
     # IPv4's list is IPv4's alone
-    assert all(":" not in r["prefix"] for r in _json(run, "route", "list"))
+    assert all(":" not in r["prefix"] for r in qnet_json(run, "route", "list"))
 
-    _ok(run, "route", "del", "default", "via", f"2001:db8:{x:x}::fffe")
-    _ok(run, "route", "del", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1%p0")
-    _ok(run, "route", "del", f"2001:db8:{x + 1:x}::/48")
+    qnet_ok(run, "route", "del", "default", "via", f"2001:db8:{x:x}::fffe")
+    qnet_ok(run, "route", "del", f"2001:db8:{x + 2:x}::/64", "via", "fe80::1%p0")
+    qnet_ok(run, "route", "del", f"2001:db8:{x + 1:x}::/48")
     assert _routes6(run) == set()
     res = run_qnet(run, "route", "del", f"2001:db8:{x + 1:x}::/48")
     assert res.returncode == 1 and "no route" in one_clean_line(res)
-    assert "removed" in _ok(run, "addr", "del", "p0", extra)
+    assert "removed" in qnet_ok(run, "addr", "del", "p0", extra)
     assert extra not in _states6(run)
     res = run_qnet(run, "addr", "del", "p0", extra)
     assert res.returncode == 1 and "not on the port" in one_clean_line(res)
@@ -262,12 +249,12 @@ def test_neigh_shows_both_tables_by_default_and_each_alone(tap_graph):
     # pings toward on-link addresses nobody holds make neighbor entries in both tables
     run_qnet(run, "ping", "-c", "1", "-W", "0.3", f"2001:db8:{x:x}::99")
     run_qnet(run, "ping", "-c", "1", "-W", "0.3", f"10.96.{x}.99")
-    v6 = _json(run, "neigh", "-6")
-    v4 = _json(run, "neigh", "list", "-4")
-    both = _json(run, "neigh")
+    v6 = qnet_json(run, "neigh", "-6")
+    v4 = qnet_json(run, "neigh", "list", "-4")
+    both = qnet_json(run, "neigh")
     assert all(":" in r["address"] for r in v6) and all(":" not in r["address"] for r in v4)
     assert {":" in r["address"] for r in both} == {True, False}, both
-    text = _ok(run, "neigh")
+    text = qnet_ok(run, "neigh")
     assert text.splitlines()[0].split()[:3] == ["PORT", "ADDRESS", "MAC"]
 
 
@@ -277,9 +264,9 @@ def test_ipv6_configuration_survives_netstack_restarts_and_a_launcher_that_died(
     addr = f"2001:db8:{x:x}:2::1/64"
     route = (f"2001:db8:{x + 3:x}::/48", f"2001:db8:{x:x}:2::fffe", None, 0)
     ll_route = (f"2001:db8:{x + 4:x}::/64", "fe80::5", "p0", 3)
-    _ok(run, "addr", "add", "p0", addr)
-    _ok(run, "route", "add", route[0], "via", route[1])
-    _ok(run, "route", "add", ll_route[0], "via", f"{ll_route[1]}%p0", "metric", "3")
+    qnet_ok(run, "addr", "add", "p0", addr)
+    qnet_ok(run, "route", "add", route[0], "via", route[1])
+    qnet_ok(run, "route", "add", ll_route[0], "via", f"{ll_route[1]}%p0", "metric", "3")
 
     def configured() -> bool:
         return addr in _states6(run) and {route, ll_route} <= _routes6(run)
@@ -290,14 +277,14 @@ def test_ipv6_configuration_survives_netstack_restarts_and_a_launcher_that_died(
     assert {"prefix": ll_route[0], "via": "fe80::5", "dev": "p0", "metric": 3, "table": None} in cfg["routes"]
 
     # a planned restart (hand-over) and a cold one
-    _ok(run, "restart", "netstack")
+    qnet_ok(run, "restart", "netstack")
     assert configured()
-    _ok(run, "restart", "netstack", "--cold")
+    qnet_ok(run, "restart", "netstack", "--cold")
     assert configured()
 
     # a crash: respawned, the launcher re-asserts
     def pid(name):
-        return {c["name"]: c["pid"] for c in _json(run, "status")["components"]}[name]
+        return {c["name"]: c["pid"] for c in qnet_json(run, "status")["components"]}[name]
     old = pid("netstack")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: (p := pid("netstack")) and p != old, 15.0, "netstack respawned", interval=0.2)
@@ -315,7 +302,7 @@ def test_ipv6_configuration_survives_netstack_restarts_and_a_launcher_that_died(
     assert res.returncode == 0, res.stdout + res.stderr
     wait_until(configured, 10.0, "IPv6 configuration restored by a new launcher", interval=0.3)
     assert f"2001:db8:{x:x}::1/64" in _states6(run)
-    port = next(p for p in _json(run, "port", "list") if p["name"] == "p0")
+    port = next(p for p in qnet_json(run, "port", "list") if p["name"] == "p0")
     assert port["addresses"] == [f"10.96.{x}.1/24"]
 
 
@@ -344,7 +331,7 @@ via = "2001:db8:{x:x}:9::fffe"
     try:
         res = g.qnet("up", "-f", g.write(text), "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
-        port = next(p for p in _json(g.run, "port", "list") if p["name"] == "m0")
+        port = next(p for p in qnet_json(g.run, "port", "list") if p["name"] == "m0")
         assert port["addresses"] == [f"10.95.{x}.1/24"]
         assert f"2001:db8:{x:x}:9::1/64" in {a["address"] for a in port["addresses6"]}
         assert _routes6(g.run) == {(f"2001:db8:{x:x}:a::/64", "fe80::9", "m0", 4),

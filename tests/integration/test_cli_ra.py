@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from .conftest import QnetGraph, run_qnet, wait_until
+from .conftest import QnetGraph, qnet_json, qnet_ok, run_qnet, wait_until
 
 needs_tap = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                reason="needs root and /dev/net/tun (TAP ports)")
@@ -106,21 +106,8 @@ def test_a_bad_ra_in_a_manifest_names_its_file_and_line(graph, addresses, ra, wo
 
 
 # -- on a graph with a TAP port ---------------------------------------------------------------------
-def _json(run, *args):
-    res = run_qnet(run, *args, "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout)
-
-
-def _ok(run, *args) -> str:
-    res = run_qnet(run, *args)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
-
 def _ra(run) -> dict[str, dict]:
-    return {r["port"]: r for r in _json(run, "ra")}
+    return {r["port"]: r for r in qnet_json(run, "ra")}
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +121,9 @@ def tap_graph():
     try:
         res = g.qnet("up", "--detach", "--timeout", "40")
         assert res.returncode == 0, res.stdout + res.stderr
-        _ok(g.run, "port", "add", "p0", "--tap", f"qtra{random.randrange(10000, 99999)}",
+        qnet_ok(g.run, "port", "add", "p0", "--tap", f"qtra{random.randrange(10000, 99999)}",
             "--addr", f"10.94.{x}.1/24", "--addr", f"2001:db8:{x:x}::1/64")
-        _ok(g.run, "port", "add", "p1", "--tap", f"qtrb{random.randrange(10000, 99999)}", "--addr", f"10.93.{x}.1/24")
+        qnet_ok(g.run, "port", "add", "p1", "--tap", f"qtrb{random.randrange(10000, 99999)}", "--addr", f"10.93.{x}.1/24")
         yield g.run, x
     finally:
         g.cleanup()
@@ -147,10 +134,10 @@ def test_ra_set_list_and_del(tap_graph):
     run, x = tap_graph
     prefix = f"2001:db8:{x:x}::/64"
     assert _ra(run) == {}
-    assert _ok(run, "ra").splitlines()[0].split() == ["PORT", "PREFIXES", "RDNSS", "DNSSL", "MTU", "FLAGS",
+    assert qnet_ok(run, "ra").splitlines()[0].split() == ["PORT", "PREFIXES", "RDNSS", "DNSSL", "MTU", "FLAGS",
                                                       "LIFETIME", "STATE"]
     # no prefix given: the /64 of p0's global address
-    out = _ok(run, "ra", "set", "p0", "--rdnss", f"2001:db8:{x:x}::53", "--dnssl", "lab.example")
+    out = qnet_ok(run, "ra", "set", "p0", "--rdnss", f"2001:db8:{x:x}::53", "--dnssl", "lab.example")
     assert out.startswith("p0: ") and prefix in out and "rdnss 2001:db8" in out, out
     got = _ra(run)["p0"]
     assert got == {"port": "p0", "prefixes": [prefix], "mtu": None, "rdnss": [f"2001:db8:{x:x}::53"],
@@ -160,12 +147,12 @@ def test_ra_set_list_and_del(tap_graph):
 
     # set again: replaced, not added to
     other = f"2001:db8:{x + 1:x}::/64"
-    applied = _json(run, "ra", "set", "p0", prefix, other, "--mtu", "1400", "--managed", "--other",
+    applied = qnet_json(run, "ra", "set", "p0", prefix, other, "--mtu", "1400", "--managed", "--other",
                     "--lifetime", "0")
     assert applied["prefixes"] == [prefix, other] and applied["rdnss"] == [] and applied["mtu"] == 1400, applied
     assert (applied["managed"], applied["other"], applied["router_lifetime"]) == (True, True, 0), applied
     assert _ra(run)["p0"] == applied
-    text = _ok(run, "ra", "list")
+    text = qnet_ok(run, "ra", "list")
     assert "MO" in text and "advertising" in text and other in text, text
 
     # refused by the launcher or netstack: one clear line, exit 1
@@ -179,13 +166,13 @@ def test_ra_set_list_and_del(tap_graph):
     assert _ra(run)["p0"] == applied        # unchanged by the refusals
 
     # p1 has no IPv6 address of its own but may advertise a named prefix
-    assert f"2001:db8:{x + 2:x}::/64" in _ok(run, "ra", "set", "p1", f"2001:db8:{x + 2:x}::/64")
+    assert f"2001:db8:{x + 2:x}::/64" in qnet_ok(run, "ra", "set", "p1", f"2001:db8:{x + 2:x}::/64")
     assert set(_ra(run)) == {"p0", "p1"}
-    assert "router mode off" in _ok(run, "ra", "del", "p1")
+    assert "router mode off" in qnet_ok(run, "ra", "del", "p1")
     assert set(_ra(run)) == {"p0"}
     res = run_qnet(run, "ra", "del", "p1")
     assert res.returncode == 1 and "not in router mode" in one_clean_line(res)
-    _ok(run, "ra", "del", "p0")
+    qnet_ok(run, "ra", "del", "p0")
     assert _ra(run) == {}
 
 
@@ -193,7 +180,7 @@ def test_ra_set_list_and_del(tap_graph):
 def test_ra_survives_netstack_restarts_and_a_launcher_that_died(tap_graph):
     run, x = tap_graph
     prefix = f"2001:db8:{x:x}::/64"
-    _ok(run, "ra", "set", "p0", "--rdnss", f"2001:db8:{x:x}::53")
+    qnet_ok(run, "ra", "set", "p0", "--rdnss", f"2001:db8:{x:x}::53")
     want = _ra(run)["p0"]
     with open(os.path.join(run, "config.json")) as f:
         kept = json.load(f)["ports"]["p0"]["ra"]
@@ -205,14 +192,14 @@ def test_ra_survives_netstack_restarts_and_a_launcher_that_died(tap_graph):
         got = _ra(run).get("p0")
         return got is not None and {**got, "advertising": True} == {**want, "advertising": True}
 
-    _ok(run, "restart", "netstack")
+    qnet_ok(run, "restart", "netstack")
     assert same()
-    _ok(run, "restart", "netstack", "--cold")
+    qnet_ok(run, "restart", "netstack", "--cold")
     wait_until(same, 10.0, "router mode back after a cold restart", interval=0.3)
     wait_until(lambda: _ra(run)["p0"]["advertising"], 8.0, "p0 advertising again", interval=0.3)
 
     def pid(name):
-        return {c["name"]: c["pid"] for c in _json(run, "status")["components"]}[name]
+        return {c["name"]: c["pid"] for c in qnet_json(run, "status")["components"]}[name]
     old = pid("netstack")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: (p := pid("netstack")) and p != old, 15.0, "netstack respawned", interval=0.2)
@@ -228,10 +215,10 @@ def test_ra_survives_netstack_restarts_and_a_launcher_that_died(tap_graph):
     assert res.returncode == 0, res.stdout + res.stderr
     wait_until(same, 10.0, "router mode restored by a new launcher", interval=0.3)
     assert _ra(run)["p0"]["prefixes"] == [prefix]
-    _ok(run, "ra", "del", "p0")
+    qnet_ok(run, "ra", "del", "p0")
     with open(os.path.join(run, "config.json")) as f:
         assert "ra" not in json.load(f)["ports"]["p0"]
-    _ok(run, "restart", "netstack")
+    qnet_ok(run, "restart", "netstack")
     assert _ra(run) == {}
 
 
