@@ -400,7 +400,7 @@ class UdpService(UdpCalls):
             raise StackError("bad_argument", "cannot send to ::")
         device = device if device is not None else s.device
         out, _ = stack.ip6.resolve(addr, device, s.local_addr)
-        src = s.local_addr or stack._source6(out.name, addr)
+        src = s.local_addr or stack.source6(out.name, addr)
         link_scope = addr.is_multicast or addr in _LINK_LOCAL
         stack.ip6.send(addr, NEXT_HEADER_UDP, build_udp(src, addr, s.local_port, port, bytes(payload)),
                        now, src=src, device=out.name if link_scope else device, hop_limit=hops,

@@ -149,14 +149,11 @@ class UdpCalls:
             if other is None or not ((reuse_port and other.reuse_port) or
                                      (reuse_address and other.reuse_address)):
                 raise StackError("address_in_use", f"port {port} is in use")
-        local = stack._is_local6 if table is stack.udp6 else stack.ip4.is_local
+        local = stack.is_local6 if table is stack.udp6 else stack.ip4.is_local
         if addr is not None and not local(addr):
             raise StackError("address_not_available", f"{addr} is not one of our addresses")
         # The core's bind has no SO_REUSEADDR: the binding enters the shared port itself.
-        s = table.get(sid)
-        s.local_addr, s.local_port, s.device = addr, port, device
-        s.local_int = None if addr is None else int(addr)
-        table._by_port.setdefault(port, []).append(sid)
+        table.bind_shared(sid, addr, port, device)
 
     def connect(self, sock, address=None, port=0, scope_id=0):
         ch = self._sock(sock)
@@ -217,7 +214,7 @@ class UdpCalls:
         if s.local_addr is None:
             # Linux ip6_datagram_connect: a wildcard socket takes the route's source.
             out, _ = stack.ip6.resolve(addr, s.device)
-            src = stack._source6(out.name, addr)
+            src = stack.source6(out.name, addr)
             s.local_addr, s.local_int = src, int(src)
         stack.udp_connect(sid, addr, port)
 

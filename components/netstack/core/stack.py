@@ -655,7 +655,7 @@ class Stack(Ipv6Api):
             self._dev(device)
         if self.udp6.owns(sid):
             return self.udp6.bind(sid, None if addr is None else self._addr6(addr),
-                                  _port(port, True), device, self._is_local6)
+                                  _port(port, True), device, self.is_local6)
         return self.udp4.bind(sid, None if addr is None else _addr(addr), _port(port, True),
                               device, self.ip4.is_local)
 

@@ -43,7 +43,7 @@ class Ipv6Api:
         if not self.cfg.ipv6:
             raise StackError("bad_argument", "IPv6 is off (StackConfig.ipv6)")
 
-    def _is_local6(self, addr: IPv6Address) -> bool:
+    def is_local6(self, addr: IPv6Address) -> bool:
         return addr.is_loopback or self.ip6_addresses.is_preferred(int(addr))
 
     # -- addresses ---------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class Ipv6Api:
         if device is not None:
             self._dev(device)
         out, _ = self.ip6.resolve(dst, device)
-        src = self._source6(out.name, dst)
+        src = self.source6(out.name, dst)
         self.ip6.send(dst, NEXT_HEADER_ICMPV6, build_echo6(src, dst, ICMPV6_ECHO_REQUEST, ident,
                                                            seq, payload),
                       now, src=src, device=out.name if dst.is_multicast or dst in LINK_LOCAL
@@ -176,7 +176,8 @@ class Ipv6Api:
         self.ctr.inc("icmpv6", "tx_echo_request")
         self._drain_loopback(now)
 
-    def _source6(self, device: str, dst: IPv6Address) -> IPv6Address:
+    def source6(self, device: str, dst: IPv6Address) -> IPv6Address:
+        """The source of our datagrams to dst leaving through device (RFC 6724, cut down)."""
         if dst.is_loopback or self.ip6_addresses.is_preferred(int(dst)):
             return dst
         src = self.ip6_addresses.source_for(device, dst)
@@ -202,7 +203,7 @@ class Ipv6Api:
         if not s.local_port:
             self.udp_bind(sid, None, 0, s.device)
         out, _ = self.ip6.resolve(addr, device, s.local_addr)
-        src = s.local_addr or self._source6(out.name, addr)
+        src = s.local_addr or self.source6(out.name, addr)
         self.ip6.send(addr, NEXT_HEADER_UDP, build_udp(src, addr, s.local_port, port, payload),
                       now, src=src, device=out.name if addr.is_multicast or addr in LINK_LOCAL
                       else device)

@@ -187,6 +187,14 @@ class UdpSockets:
         self._by_port.setdefault(port, []).append(sid)
         return addr, port
 
+    def bind_shared(self, sid: int, addr: IPAddress | None, port: int, device: str | None) -> None:
+        """Bind without the in-use check: the binding has decided that the port may be
+        shared (SO_REUSEADDR / SO_REUSEPORT, which this table does not model)."""
+        s = self.get(sid)
+        s.local_addr, s.local_port, s.device = addr, port, device
+        s.local_int = None if addr is None else int(addr)
+        self._by_port.setdefault(port, []).append(sid)
+
     def connect(self, sid: int, addr: IPAddress, port: int) -> None:
         s = self.get(sid)
         if addr.version != self.version or not 0 < port <= 0xFFFF or addr.is_unspecified:
